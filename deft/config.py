@@ -1,0 +1,86 @@
+"""Configs as data: one dataclass per phase, defaults = the paper (METHOD.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+
+
+@dataclass
+class OptimConfig:
+    """SGD + cosine schedule, shared by both phases."""
+
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    epochs: int = 10
+
+
+@dataclass
+class Phase1Config:
+    """DEFT noisy-label detector (PEFT: dual CoOp prompts + deep VPT).
+
+    Defaults follow the official recipe; ``real_world=True`` adds the
+    ``argmax == label`` clean condition, SCE warm-up and 5 warm-up epochs.
+    """
+
+    model: str = DEFAULT_MODEL
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.03))
+    n_ctx: int = 16
+    ctx_init_std: float = 0.02
+    vpt_tokens: int = 20
+    vpt_layers: int | None = None  # None: every layer of the vision tower
+    warmup_epochs: int | None = None  # None: 1, or 5 when real_world
+    real_world: bool = False
+    sce_alpha: float = 1.0
+    sce_beta: float = 1.0
+    prob_clamp: float = 1e-5
+    augment: bool = True
+    zero_shot_template: str = "a photo of a {}."
+    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+    attn_implementation: str = "sdpa"
+    seed: int = 0
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return 5 if self.real_world else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Phase1Config:
+        return _from_dict(cls, d)
+
+
+@dataclass
+class Phase2Config:
+    """Full fine-tuning of the image encoder + a linear head on the curated set."""
+
+    model: str = DEFAULT_MODEL
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
+    val_fraction: float = 0.1
+    augment: bool = True
+    precision: str = "auto"
+    attn_implementation: str = "sdpa"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Phase2Config:
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in known}
+    if isinstance(kwargs.get("optim"), dict):
+        kwargs["optim"] = OptimConfig(**kwargs["optim"])
+    return cls(**kwargs)

@@ -1,0 +1,289 @@
+"""Dataset import and validation.
+
+A dataset is a table of samples with a stable id (the POSIX path relative to
+the root), a given label, and the class list. Two sources are accepted:
+
+* an ImageFolder tree ``root/<class>/<image>``;
+* a CSV or Parquet table with ``path,label`` columns (optional ``split`` and
+  ``true_label``), paths relative to ``root`` (default: the table's folder).
+
+Nothing is dropped silently: unreadable images are listed in
+:attr:`Dataset.issues` and excluded; structural problems (missing root,
+unknown label, duplicate paths, paths outside the root, a corrupt table)
+raise :class:`DataError` with a sentence that says how to fix them.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """A dataset cannot be imported as given; the message says how to fix it."""
+
+
+@dataclass
+class Dataset:
+    """Validated samples.
+
+    Attributes
+    ----------
+    root : Path
+        Folder the sample ids are relative to.
+    samples : pandas.DataFrame
+        One row per usable sample: ``id`` (relative POSIX path), ``label``
+        (class name), ``label_idx`` (int), ``split``, and ``true_label`` when the
+        source carries ground truth (benchmarks).
+    classes : list of str
+        Class names, index = ``label_idx``.
+    prompts : dict
+        Class name -> text used in prompts (class descriptions file, or the
+        class name with ``_`` replaced by a space).
+    issues : pandas.DataFrame
+        ``path, problem`` for every excluded file.
+    """
+
+    root: Path
+    samples: pd.DataFrame
+    classes: list[str]
+    prompts: dict[str, str]
+    issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "problem"]))
+    source: str = ""
+
+    @property
+    def N(self) -> int:  # noqa: N802 (cleanlab naming)
+        return len(self.samples)
+
+    @property
+    def K(self) -> int:  # noqa: N802
+        return len(self.classes)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.samples["label_idx"].to_numpy(dtype=np.int64, copy=True)
+
+    def paths(self) -> list[Path]:
+        return [self.root / p for p in self.samples["id"]]
+
+    def class_counts(self) -> pd.Series:
+        return self.samples["label"].value_counts().reindex(self.classes, fill_value=0)
+
+
+def class_prompt(name: str) -> str:
+    return name.replace("_", " ").strip()
+
+
+def load_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``class -> prompt text`` lines (``maple_tree -> maple tree``) or a ``class,prompt`` CSV."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"Class descriptions file not found: {p}.")
+    out: dict[str, str] = {}
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        sep = "->" if "->" in line else ","
+        if sep not in line:
+            raise DataError(f"{p}:{n}: expected 'class -> prompt text', got {line!r}.")
+        key, text = (s.strip() for s in line.split(sep, 1))
+        if key.lower() == "class" and text.lower() in {"prompt", "description"}:
+            continue
+        out[key] = text
+    return out
+
+
+def _check_image(path: Path) -> str | None:
+    """Return None if ``path`` decodes fully, else a short description of the problem."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.width < 1 or im.height < 1:
+                return "empty image"
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # PIL raises many types for corrupt data
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def check_images(paths: list[Path], workers: int = 8) -> list[str | None]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_check_image, paths))
+
+
+def _safe_relative(root: Path, raw: str) -> str:
+    """Normalise a table path to a POSIX id relative to root; refuse escapes."""
+    p = Path(raw)
+    root_abs = root.resolve()
+    full = (p if p.is_absolute() else root_abs / p).resolve()
+    try:
+        rel = full.relative_to(root_abs)
+    except ValueError:
+        raise DataError(
+            f"Path {raw!r} points outside the dataset root {root}. "
+            "Keep every image under the root, or pass a different --root."
+        ) from None
+    return PurePosixPath(*rel.parts).as_posix()
+
+
+def _finish(
+    root: Path,
+    rows: pd.DataFrame,
+    classes: list[str],
+    prompts: dict[str, str] | None,
+    verify: bool,
+    source: str,
+    pre_issues: list[dict[str, str]] | None = None,
+) -> Dataset:
+    issues = list(pre_issues or [])
+    if verify and len(rows):
+        problems = check_images([root / i for i in rows["id"]])
+        bad = np.array([p is not None for p in problems], dtype=bool)
+        issues += [{"path": i, "problem": p} for i, p in zip(rows["id"], problems, strict=True) if p]
+        rows = rows.loc[~bad]
+    if prompts:
+        unknown = sorted(set(prompts) - set(classes))
+        if unknown:
+            raise DataError(f"Class descriptions name classes that are not in the data: {unknown}.")
+    prompt_map = {c: (prompts or {}).get(c, class_prompt(c)) for c in classes}
+    index = {c: i for i, c in enumerate(classes)}
+    rows = rows.reset_index(drop=True).copy()
+    rows["label_idx"] = rows["label"].map(index).astype("int64")
+    if "split" not in rows:
+        rows["split"] = "train"
+    if len(rows) == 0:
+        raise DataError(f"No usable images in {source}: every file was unreadable (see the issues list).")
+    return Dataset(
+        root=root,
+        samples=rows,
+        classes=classes,
+        prompts=prompt_map,
+        issues=pd.DataFrame(issues, columns=["path", "problem"]),
+        source=source,
+    )
+
+
+def load_image_folder(
+    root: str | os.PathLike, prompts: dict[str, str] | None = None, verify: bool = True
+) -> Dataset:
+    """Import an ImageFolder tree ``root/<class>/<image>``."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(
+            f"Dataset folder not found: {root}. Pass a folder laid out as <root>/<class>/<image> "
+            "or a CSV/Parquet file with path,label columns."
+        )
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; for a label table pass a .csv or .parquet file.")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"{root} has no class folders. Expected <root>/<class>/<image>, e.g. {root}/cat/001.jpg."
+        )
+    records, issues = [], []
+    for d in class_dirs:
+        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+        images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+        for f in files:
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                issues.append({"path": f.relative_to(root).as_posix(), "problem": "not an image file (skipped)"})
+        if not images:
+            raise DataError(
+                f"Class folder '{d.name}' has no images. Add images to {d} or remove the folder."
+            )
+        records += [{"id": f.relative_to(root).as_posix(), "label": d.name} for f in images]
+    rows = pd.DataFrame(records)
+    return _finish(root, rows, [d.name for d in class_dirs], prompts, verify, str(root), issues)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV or Parquet label table; raise :class:`DataError` on corrupt input."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Label table not found: {path}.")
+    try:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"Could not read {path} as a {'Parquet' if path.suffix == '.parquet' else 'CSV'} table: {exc}") from None
+    return df
+
+
+def load_table(
+    table: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    prompts: dict[str, str] | None = None,
+    classes: list[str] | None = None,
+    verify: bool = True,
+) -> Dataset:
+    """Import a ``path,label`` CSV/Parquet table; paths are relative to ``root``.
+
+    ``classes`` (or the keys of ``prompts``) fixes the class list; a label outside
+    it is an error. Otherwise the classes are the sorted distinct labels.
+    """
+    table = Path(table)
+    df = read_table(table)
+    missing = {"path", "label"} - set(df.columns)
+    if missing:
+        raise DataError(
+            f"{table} is missing column(s) {sorted(missing)}; a label table needs 'path' and 'label' "
+            f"(found: {list(df.columns)})."
+        )
+    root = Path(root) if root is not None else table.parent
+    if not root.is_dir():
+        raise DataError(f"Dataset root not found: {root}. Pass --root <folder the paths are relative to>.")
+    df = df.astype({"path": str, "label": str})
+    empty = df["path"].str.strip().eq("") | df["label"].str.strip().eq("")
+    if empty.any():
+        rows = (np.flatnonzero(empty.to_numpy()) + 2).tolist()[:10]
+        raise DataError(f"{table}: empty path or label on line(s) {rows}.")
+    ids = [_safe_relative(root, p) for p in df["path"]]
+    df = df.assign(id=ids)
+    dup = df["id"][df["id"].duplicated()].unique().tolist()
+    if dup:
+        raise DataError(f"{table}: {len(dup)} duplicate path(s), e.g. {dup[:5]}. Each image may appear once.")
+    known = classes if classes is not None else (list(prompts) if prompts else None)
+    if known is not None:
+        unknown = sorted(set(df["label"]) - set(known))
+        if unknown:
+            raise DataError(
+                f"{table}: unknown class label(s) {unknown[:10]}; known classes are {known[:20]}."
+            )
+        cls_list = list(known)
+    else:
+        cls_list = sorted(df["label"].unique())
+    keep = ["id", "label"] + [c for c in ("split", "true_label") if c in df.columns]
+    return _finish(root, df[keep], cls_list, prompts, verify, str(table))
+
+
+def load_dataset(
+    source: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    descriptions: str | os.PathLike | None = None,
+    verify: bool = True,
+) -> Dataset:
+    """Import a dataset from an ImageFolder or a CSV/Parquet table (dispatch on ``source``)."""
+    prompts = load_class_descriptions(descriptions) if descriptions else None
+    src = Path(source)
+    if src.suffix.lower() in {".csv", ".parquet", ".pq", ".tsv"}:
+        return load_table(src, root=root, prompts=prompts, verify=verify)
+    return load_image_folder(src, prompts=prompts, verify=verify)
+
+
+def dataset_from_manifest(
+    root: Path, manifest: pd.DataFrame, classes: list[str], prompts: dict[str, str], source: str = ""
+) -> Dataset:
+    """Rebuild a :class:`Dataset` from a run's saved manifest (no re-validation)."""
+    return Dataset(root=Path(root), samples=manifest.reset_index(drop=True), classes=classes, prompts=prompts, source=source)

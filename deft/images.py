@@ -1,0 +1,130 @@
+"""Decode-once image pipeline: uint8 cache at model resolution, augmentation on device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+
+
+def decode_image(path: str | Path | Image.Image, size: int) -> np.ndarray:
+    """Open an image, resize its short side to ``size``, centre-crop: uint8 (size, size, 3)."""
+    im = path if isinstance(path, Image.Image) else Image.open(path)
+    try:
+        im = im.convert("RGB")
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        return np.asarray(im, dtype=np.uint8)
+    finally:
+        if not isinstance(path, Image.Image):
+            im.close()
+
+
+def decode_images(
+    paths: Sequence[str | Path | Image.Image],
+    size: int,
+    cache_file: Path | None = None,
+    workers: int = 8,
+    progress: ProgressCallback = null_progress,
+    cancel: CancelToken | None = None,
+    chunk: int = 512,
+) -> np.ndarray:
+    """Decode every image once into uint8 ``(N, 3, size, size)``.
+
+    With ``cache_file`` the array is streamed to a ``.npy`` file and memory-mapped,
+    so a large dataset never sits in RAM as PIL images, and a second call (resume,
+    re-score, Phase 2) reads the cache instead of decoding again.
+    """
+    n = len(paths)
+    shape = (n, 3, size, size)
+    if cache_file is not None and cache_file.is_file():
+        arr = np.load(cache_file, mmap_mode="r")
+        if arr.shape == shape:
+            return arr
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.name + ".part")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        out = np.empty(shape, dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, n, chunk):
+            if cancel is not None:
+                cancel.check()
+            part = paths[start : start + chunk]
+            for j, arr in enumerate(pool.map(lambda p: decode_image(p, size), part)):
+                out[start + j] = arr.transpose(2, 0, 1)
+            progress(ProgressEvent("decode", min(start + chunk, n), n))
+    if cache_file is None:
+        return out
+    out.flush()
+    del out
+    tmp.replace(cache_file)
+    return np.load(cache_file, mmap_mode="r")
+
+
+def make_batch(
+    images: np.ndarray,
+    idx: torch.Tensor,
+    device: torch.device,
+    normalizer: "Normalizer",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Gather a uint8 batch, move it to ``device``, augment there (if ``generator``), normalise."""
+    x = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).to(device, non_blocking=True)
+    if generator is not None:
+        x = augment(x, generator)
+    return normalizer(x)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """CLIP pixel normalisation, kept with the model bundle."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        x = x_uint8.to(dtype) / 255.0
+        mean = torch.tensor(self.mean, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 1/8 zero padding (CIFAR's crop 32 pad 4, scaled) and horizontal flip.
+
+    Works on a uint8 or float batch on any device; randomness comes from a CPU
+    ``generator`` so runs are reproducible and resumable.
+    """
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).to(x.device)
+    cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).to(x.device)
+    cols = torch.where(flip.to(x.device).view(b, 1), cols.flip(1), cols)
+    bidx = torch.arange(b, device=x.device).view(b, 1, 1)
+    out = xp.permute(0, 2, 3, 1)[bidx, rows.view(b, h, 1), cols.view(b, 1, w)]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    """Index batches over ``range(n)``: shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,91 @@
+"""DEFT scores, clean rule and losses as pure functions (METHOD.md, Phase 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DeftScores:
+    """``s_pos = tau*cos(v, t+)``, ``s_neg = tau*cos(sg(v), t-)``, shape ``(B, K)``."""
+
+    s_pos: torch.Tensor
+    s_neg: torch.Tensor
+
+    @property
+    def p(self) -> torch.Tensor:
+        """``p_k = sigmoid(sg(s+_k) - s-_k)``: probability that the label k fits the image."""
+        return torch.sigmoid(self.s_pos.detach() - self.s_neg)
+
+
+def deft_scores(v: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor, tau: float | torch.Tensor) -> DeftScores:
+    """Scores from L2-normalised image features ``v (B, D)`` and text features ``(K, D)``."""
+    return DeftScores(s_pos=tau * v @ t_pos.t(), s_neg=tau * v.detach() @ t_neg.t())
+
+
+def clean_mask(scores: DeftScores, labels: torch.Tensor, real_world: bool = False) -> torch.Tensor:
+    """A sample is clean iff ``p_y > 0.5`` (i.e. ``cos(v,t+_y) > cos(v,t-_y)``);
+    with ``real_world`` also ``argmax_k p_k == y``."""
+    with torch.no_grad():
+        p = scores.p
+        clean = p.gather(1, labels[:, None]).squeeze(1) > 0.5
+        if real_world:
+            clean &= p.argmax(dim=1) == labels
+    return clean
+
+
+def sce_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """Symmetric cross-entropy (Wang et al. 2019): ``alpha*CE + beta*RCE``."""
+    ce = F.cross_entropy(logits, labels)
+    pred = F.softmax(logits.float(), dim=1).clamp(1e-7, 1.0)
+    one_hot = F.one_hot(labels, logits.shape[1]).float().clamp(1e-4, 1.0)
+    rce = -(pred * torch.log(one_hot)).sum(dim=1).mean()
+    return alpha * ce + beta * rce
+
+
+def random_other_class(labels: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniformly random class different from each label (redrawn every call)."""
+    offset = torch.randint(1, k, labels.shape, generator=generator).to(labels.device)
+    return (labels + offset) % k
+
+
+def deft_losses(
+    scores: DeftScores,
+    labels: torch.Tensor,
+    *,
+    warmup: bool,
+    real_world: bool = False,
+    clamp: float = 1e-5,
+    sce: tuple[float, float] = (1.0, 1.0),
+    generator: torch.Generator | None = None,
+    other: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """``L = L_cls + L_neg`` with the stop-gradients of METHOD.md.
+
+    ``L_cls`` (cross-entropy of ``s+``; SCE during a real-world warm-up) runs over all
+    samples in warm-up and over the currently-clean ones afterwards; it never touches
+    the negative prompts. ``L_neg = -log(1 - p_cbar) - log(p_yhat)`` trains only the
+    negative prompts. An all-noisy batch gives ``L_cls = 0`` (not NaN).
+    """
+    s_pos = scores.s_pos.float()
+    k = s_pos.shape[1]
+    clean = clean_mask(scores, labels, real_world)
+    if warmup:
+        l_cls = sce_loss(s_pos, labels, *sce) if real_world else F.cross_entropy(s_pos, labels)
+    elif clean.any():
+        l_cls = F.cross_entropy(s_pos[clean], labels[clean])
+    else:
+        l_cls = s_pos.sum() * 0.0  # keeps the graph, no NaN from an empty mean
+    p = torch.sigmoid(s_pos.detach() - scores.s_neg.float())
+    cbar = other if other is not None else random_other_class(labels, k, generator)
+    if warmup:
+        yhat = labels
+    else:
+        yhat = torch.where(clean, labels, s_pos.detach().argmax(dim=1))
+    p_cbar = p.gather(1, cbar[:, None]).squeeze(1)
+    p_yhat = p.gather(1, yhat[:, None]).squeeze(1)
+    l_neg = (-torch.log((1 - p_cbar).clamp_min(clamp)) - torch.log(p_yhat.clamp_min(clamp))).mean()
+    return {"loss": l_cls + l_neg, "l_cls": l_cls, "l_neg": l_neg, "clean": clean}

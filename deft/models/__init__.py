@@ -1,0 +1,15 @@
+"""Model pieces: CLIP loading, CoOp prompt learner, deep VPT, classifier."""
+
+from .clip import ClipBundle, ModelLoadError, load_clip
+from .prompts import PromptLearner, encode_text_embeddings
+from .vpt import DeepVPT, encode_image
+
+__all__ = [
+    "ClipBundle",
+    "DeepVPT",
+    "ModelLoadError",
+    "PromptLearner",
+    "encode_image",
+    "encode_text_embeddings",
+    "load_clip",
+]

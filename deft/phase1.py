@@ -1,0 +1,256 @@
+"""Phase 1: the DEFT noisy-label detector and its deterministic scoring pass."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import Phase1Config
+from .data import Dataset
+from .device import autocast, pick_device
+from .images import decode_images, make_batch
+from .losses import DeftScores, clean_mask, deft_losses, deft_scores
+from .metrics import detection_metrics
+from .models import ClipBundle, DeepVPT, PromptLearner, encode_image, load_clip
+from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from .run import Run
+from .train_loop import train_epochs
+
+
+class DeftModel(nn.Module):
+    """Frozen CLIP + dual prompt learner (positive, negative) + deep VPT."""
+
+    def __init__(self, bundle: ClipBundle, class_texts: list[str], cfg: Phase1Config) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.clip = bundle.model
+        self.prompts = PromptLearner(self.clip, bundle.tokenize, class_texts, bundle.eos_token_id,
+                                     n_ctx=cfg.n_ctx, n_sets=2, init_std=cfg.ctx_init_std, generator=gen)
+        self.vpt = DeepVPT(self.clip, cfg.vpt_tokens, cfg.vpt_layers, generator=gen)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().detach()
+
+    def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.prompts(self.clip)
+        return t[0], t[1]
+
+    def forward(self, pixel_values: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor] | None = None) -> DeftScores:
+        t_pos, t_neg = text if text is not None else self.text_features()
+        return deft_scores(encode_image(self.clip, pixel_values, self.vpt), t_pos, t_neg, self.tau)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.prompts.ctx, self.vpt.prompts]
+
+    def save_weights(self, path: Path) -> None:
+        save_file({"ctx_pos": self.prompts.ctx[0].detach().contiguous().cpu(),
+                   "ctx_neg": self.prompts.ctx[1].detach().contiguous().cpu(),
+                   "vpt": self.vpt.prompts.detach().contiguous().cpu()}, str(path))
+
+    def load_weights(self, path: Path) -> None:
+        w = load_file(str(path))
+        with torch.no_grad():
+            self.prompts.ctx.copy_(torch.stack([w["ctx_pos"], w["ctx_neg"]]))
+            self.vpt.prompts.copy_(w["vpt"])
+
+
+@dataclass
+class DetectionResult:
+    run: Run
+    scores: pd.DataFrame
+    history: list[dict[str, float]]
+    metrics: dict[str, float] | None
+
+
+def class_texts(dataset: Dataset) -> list[str]:
+    return [dataset.prompts[c] for c in dataset.classes]
+
+
+@torch.no_grad()
+def zero_shot_text(bundle: ClipBundle, texts: list[str], template: str, chunk: int = 256) -> torch.Tensor:
+    """Normalised text features of ``template.format(text)`` for every class."""
+    feats = []
+    for i in range(0, len(texts), chunk):
+        enc = bundle.tokenize([template.format(t) for t in texts[i : i + chunk]])
+        feats.append(bundle.model.get_text_features(**enc).pooler_output.float())
+    return F.normalize(torch.cat(feats), dim=-1)
+
+
+@torch.no_grad()
+def score_samples(
+    model: DeftModel,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    zs_text: torch.Tensor,
+    normalizer,
+    *,
+    real_world: bool = False,
+    batch_size: int = 256,
+    precision: str = "auto",
+    progress: ProgressCallback = null_progress,
+    cancel: CancelToken | None = None,
+) -> pd.DataFrame:
+    """One deterministic pass (no augmentation) over every sample.
+
+    Returns one row per sample: ``sim_pos``, ``sim_neg``, ``margin`` (cosines),
+    ``p_clean``, ``is_clean``, the positive-prompt prediction ``pred`` with
+    ``pred_conf``, and the zero-shot top-3 ``zs1..zs3`` with ``zs1_conf..zs3_conf``.
+    """
+    model.eval()
+    device = model.tau.device
+    t_pos, t_neg = model.text_features()
+    tau = model.tau
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    n = len(labels)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "sim_pos", "sim_neg", "p_clean", "is_clean", "pred_idx", "pred_conf", "zs_idx", "zs_conf")}
+    for start in range(0, n, batch_size):
+        if cancel is not None:
+            cancel.check()
+        idx = torch.arange(start, min(n, start + batch_size))
+        x = make_batch(images, idx, device, normalizer)
+        y = y_all[idx].to(device)
+        with autocast(device, precision):
+            v = encode_image(model.clip, x, model.vpt)
+            v0 = encode_image(model.clip, x, None)
+        sc = deft_scores(v, t_pos, t_neg, tau)
+        cos_pos = (v @ t_pos.t()).gather(1, y[:, None]).squeeze(1)
+        cos_neg = (v @ t_neg.t()).gather(1, y[:, None]).squeeze(1)
+        probs = sc.s_pos.softmax(dim=1)
+        zs = (tau * v0 @ zs_text.t()).softmax(dim=1).topk(min(3, zs_text.shape[0]), dim=1)
+        out["sim_pos"].append(cos_pos.cpu().numpy())
+        out["sim_neg"].append(cos_neg.cpu().numpy())
+        out["p_clean"].append(sc.p.gather(1, y[:, None]).squeeze(1).cpu().numpy())
+        out["is_clean"].append(clean_mask(sc, y, real_world).cpu().numpy())
+        conf, pred = probs.max(dim=1)
+        out["pred_idx"].append(pred.cpu().numpy())
+        out["pred_conf"].append(conf.cpu().numpy())
+        out["zs_idx"].append(zs.indices.cpu().numpy())
+        out["zs_conf"].append(zs.values.cpu().numpy())
+        progress(ProgressEvent("score", min(n, start + batch_size), n))
+    cat = {k: np.concatenate(v) for k, v in out.items()}
+    names = np.asarray(classes, dtype=object)
+    cols = {
+        "sim_pos": cat["sim_pos"], "sim_neg": cat["sim_neg"],
+        "margin": cat["sim_pos"] - cat["sim_neg"], "p_clean": cat["p_clean"],
+        "is_clean": cat["is_clean"].astype(bool),
+        "pred": names[cat["pred_idx"]], "pred_conf": cat["pred_conf"],
+    }
+    for j in range(cat["zs_idx"].shape[1]):
+        cols[f"zs{j + 1}"] = names[cat["zs_idx"][:, j]]
+        cols[f"zs{j + 1}_conf"] = cat["zs_conf"][:, j]
+    return pd.DataFrame(cols)
+
+
+def build_scores_table(dataset: Dataset, raw: pd.DataFrame) -> pd.DataFrame:
+    """Join the scoring pass with sample ids/labels and add the pseudo-label suggestion."""
+    s = dataset.samples[["id", "label"]].reset_index(drop=True)
+    df = pd.concat([s, raw.reset_index(drop=True)], axis=1)
+    df["suggestion"] = df["pred"]
+    df["suggestion_conf"] = df["pred_conf"]
+    return df
+
+
+def _load_images(run: Run, bundle: ClipBundle, progress: ProgressCallback, cancel: CancelToken | None) -> np.ndarray:
+    return decode_images(run.dataset.paths(), bundle.image_size, cache_file=run.cache_file(bundle.image_size),
+                         progress=progress, cancel=cancel)
+
+
+def detect(
+    dataset: Dataset,
+    out: str | os.PathLike,
+    config: Phase1Config | None = None,
+    *,
+    device: str | torch.device = "auto",
+    bundle: ClipBundle | None = None,
+    progress: ProgressCallback = null_progress,
+    cancel: CancelToken | None = None,
+) -> DetectionResult:
+    """Train the DEFT detector on ``dataset`` and score every sample; resumable.
+
+    If ``out`` already holds an interrupted run on the same data, training resumes
+    from its last finished epoch.
+    """
+    cfg = config or Phase1Config()
+    run = Run.create(out, dataset, cfg)
+    cfg = run.config  # a resumed run keeps the config it started with
+    dev = pick_device(device) if isinstance(device, str) else device
+    bundle = bundle or load_clip(cfg.model, dev, cfg.attn_implementation)
+    images = _load_images(run, bundle, progress, cancel)
+    model = DeftModel(bundle, class_texts(dataset), cfg)
+    labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+    run.set(status="training")
+
+    def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        x = make_batch(images, idx, dev, bundle.normalizer, gen if cfg.augment else None)
+        y = labels[idx].to(dev)
+        out = deft_losses(model(x), y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
+                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), generator=gen)
+        out["clean_frac"] = out.pop("clean").float().mean()
+        return out
+
+    def epoch_end(epoch: int, summary: dict[str, float]) -> None:
+        run.log({"stage": "phase1", **summary})
+
+    loop = train_epochs(stage="phase1", n=dataset.N, step_fn=step, module=model,
+                        params=model.trainable_parameters(), cfg=cfg.optim, seed=cfg.seed, device=dev,
+                        precision=cfg.precision, checkpoint=run.checkpoint_path, on_epoch_end=epoch_end,
+                        progress=progress, cancel=cancel)
+    model.save_weights(run.weights_path)
+    scores = _score_run(run, model, bundle, images, cfg, progress, cancel)
+    metrics = _ground_truth_metrics(run, scores)
+    run.set(status="scored", history=loop.history)
+    return DetectionResult(run=run, scores=scores, history=loop.history, metrics=metrics)
+
+
+def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarray, cfg: Phase1Config,
+               progress: ProgressCallback, cancel: CancelToken | None, save: bool = True) -> pd.DataFrame:
+    ds = run.dataset
+    zs = zero_shot_text(bundle, class_texts(ds), cfg.zero_shot_template)
+    raw = score_samples(model, images, ds.labels, ds.classes, zs, bundle.normalizer, real_world=cfg.real_world,
+                        precision=cfg.precision, progress=progress, cancel=cancel)
+    scores = build_scores_table(ds, raw)
+    if save:
+        run.save_scores(scores)
+    return scores
+
+
+def _ground_truth_metrics(run: Run, scores: pd.DataFrame) -> dict[str, float] | None:
+    if "true_label" not in run.dataset.samples:
+        return None
+    truly_clean = (run.dataset.samples["true_label"].to_numpy() == run.dataset.samples["label"].to_numpy())
+    m = detection_metrics(scores["is_clean"].to_numpy(), truly_clean, scores["margin"].to_numpy())
+    (run.path / "metrics.json").write_text(json.dumps(m, indent=2))
+    return m
+
+
+def load_detector(run: Run, bundle: ClipBundle) -> DeftModel:
+    """Rebuild the trained detector of a finished run."""
+    if not run.weights_path.is_file():
+        raise FileNotFoundError(f"{run.path} has no learned prompts yet; finish `deft detect` first.")
+    model = DeftModel(bundle, class_texts(run.dataset), run.config)
+    model.load_weights(run.weights_path)
+    return model
+
+
+def rescore(run_path: str | os.PathLike, *, device: str = "auto", bundle: ClipBundle | None = None,
+            progress: ProgressCallback = null_progress, save: bool = True) -> pd.DataFrame:
+    """Re-open a run, rebuild its detector from the saved weights and score every sample again."""
+    run = Run.open(run_path)
+    cfg = run.config
+    dev = pick_device(device)
+    bundle = bundle or load_clip(cfg.model, dev, cfg.attn_implementation)
+    model = load_detector(run, bundle)
+    images = _load_images(run, bundle, progress, None)
+    return _score_run(run, model, bundle, images, cfg, progress, None, save=save)

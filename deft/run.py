@@ -1,0 +1,137 @@
+"""A run directory: config, manifest, learned weights, checkpoints, scores, logs.
+
+Layout::
+
+    RUN/run.json            config, dataset source/root, classes, prompts, status
+    RUN/manifest.parquet    id, label, label_idx, split[, true_label]
+    RUN/import_issues.csv   files excluded at import, with the reason
+    RUN/checkpoint.pt       Phase 1 state after the last finished epoch (resume)
+    RUN/prompts.safetensors learned ctx_pos, ctx_neg, vpt
+    RUN/scores.parquet      the scoring pass (one row per sample)
+    RUN/metrics.json        detection metrics when ground truth is known
+    RUN/log.jsonl           one JSON line per epoch / event
+    RUN/cache/              decoded uint8 images (re-used by re-score and Phase 2)
+    RUN/phase2/             Phase 2 classifier
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import Phase1Config
+from .data import Dataset, dataset_from_manifest
+
+
+class RunError(ValueError):
+    """A run directory is missing or incomplete; the message says what to do."""
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+@dataclass
+class Run:
+    path: Path
+    meta: dict[str, Any]
+    dataset: Dataset
+
+    # -- creation / opening -------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, dataset: Dataset, config: Phase1Config) -> Run:
+        """Create ``path`` for a new detection, or re-open it if it holds the same data (resume)."""
+        path = Path(path)
+        if (path / "run.json").is_file():
+            run = cls.open(path)
+            if run.meta["ids_hash"] != ids_hash(dataset.samples["id"]) or run.dataset.classes != dataset.classes:
+                raise RunError(f"{path} already holds a run on different data; choose another --out.")
+            return run
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "version": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "status": "created",
+            "source": dataset.source,
+            "root": str(Path(dataset.root).resolve()),
+            "classes": dataset.classes,
+            "prompts": dataset.prompts,
+            "ids_hash": ids_hash(dataset.samples["id"]),
+            "phase1": config.to_dict(),
+        }
+        dataset.samples.to_parquet(path / "manifest.parquet", index=False)
+        dataset.issues.to_csv(path / "import_issues.csv", index=False)
+        _write_json(path / "run.json", meta)
+        return cls(path=path, meta=meta, dataset=dataset)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Run:
+        path = Path(path)
+        if not (path / "run.json").is_file():
+            raise RunError(f"{path} is not a deft run folder (no run.json). Create one with `python -m deft detect`.")
+        meta = json.loads((path / "run.json").read_text())
+        manifest = pd.read_parquet(path / "manifest.parquet")
+        ds = dataset_from_manifest(Path(meta["root"]), manifest, meta["classes"], meta["prompts"], meta["source"])
+        issues = path / "import_issues.csv"
+        if issues.is_file():
+            ds.issues = pd.read_csv(issues)
+        return cls(path=path, meta=meta, dataset=ds)
+
+    # -- accessors ----------------------------------------------------------
+    @property
+    def config(self) -> Phase1Config:
+        return Phase1Config.from_dict(self.meta["phase1"])
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / "prompts.safetensors"
+
+    @property
+    def scores_path(self) -> Path:
+        return self.path / "scores.parquet"
+
+    @property
+    def phase2_dir(self) -> Path:
+        return self.path / "phase2"
+
+    def cache_file(self, size: int) -> Path:
+        return self.path / "cache" / f"images_{size}_{self.meta['ids_hash'][:12]}.npy"
+
+    def scores(self) -> pd.DataFrame:
+        if not self.scores_path.is_file():
+            raise RunError(f"{self.path} has no scores yet: detection did not finish. Re-run detect to resume.")
+        return pd.read_parquet(self.scores_path)
+
+    def save_scores(self, scores: pd.DataFrame) -> None:
+        tmp = self.scores_path.with_name("scores.tmp.parquet")
+        scores.to_parquet(tmp, index=False)
+        tmp.replace(self.scores_path)
+
+    def set(self, **kv: Any) -> None:
+        self.meta.update(kv)
+        _write_json(self.path / "run.json", self.meta)
+
+    def log(self, event: dict[str, Any]) -> None:
+        with open(self.path / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"t": time.time(), **event}, default=float) + "\n")
+
+
+def ids_hash(ids: pd.Series) -> str:
+    h = hashlib.sha1()
+    for i in ids:
+        h.update(str(i).encode())
+        h.update(b"\0")
+    return h.hexdigest()

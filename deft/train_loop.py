@@ -1,0 +1,123 @@
+"""The one training loop both phases use: SGD + cosine, autocast, progress, cancel, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import OptimConfig
+from .device import autocast
+from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, total_steps: int):
+    """SGD with momentum and weight decay, cosine-annealed per step to 0."""
+    opt = torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps)))
+    )
+    return opt, sched
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Per-epoch RNG: shuffling, augmentation and random classes replay exactly on resume."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+@dataclass
+class LoopResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+StepFn = Callable[[torch.Tensor, int, torch.Generator], dict[str, torch.Tensor]]
+EpochEndFn = Callable[[int, dict[str, float]], dict[str, float] | None]
+
+
+def train_epochs(
+    *,
+    stage: str,
+    n: int,
+    step_fn: StepFn,
+    module: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    cfg: OptimConfig,
+    seed: int,
+    device: torch.device,
+    precision: str,
+    checkpoint: Path | None = None,
+    on_epoch_end: EpochEndFn | None = None,
+    progress: ProgressCallback = null_progress,
+    cancel: CancelToken | None = None,
+) -> LoopResult:
+    """Train ``params`` for ``cfg.epochs`` epochs over ``n`` samples in shuffled batches.
+
+    ``step_fn(batch_idx, epoch, generator)`` returns a dict with a scalar ``loss``
+    and any other scalars to average per epoch. ``checkpoint`` (if given) is written
+    after every epoch (trainable state of ``module``, optimizer, scheduler, history)
+    and, if it exists, the loop resumes from it.
+    """
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    opt, sched = make_optimizer(params, cfg, steps_per_epoch * cfg.epochs)
+    result, start_epoch = LoopResult(), 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        module.load_state_dict(state["module"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        result.history, start_epoch = state["history"], state["epoch"] + 1
+    total = steps_per_epoch * cfg.epochs
+    t0, done_images = time.perf_counter(), 0
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = epoch_generator(seed, epoch)
+        sums: dict[str, float] = {}
+        module.train()
+        order = torch.randperm(n, generator=gen)
+        for step in range(steps_per_epoch):
+            if cancel is not None:
+                cancel.check()
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            with autocast(device, precision):
+                out = step_fn(idx, epoch, gen)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{stage}: non-finite loss at epoch {epoch + 1}, step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.ndim == 0:
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+            done_images += len(idx)
+            elapsed = time.perf_counter() - t0
+            g = epoch * steps_per_epoch + step + 1
+            rate = done_images / elapsed if elapsed > 0 else 0.0
+            progress(ProgressEvent(
+                stage, g, total, epoch, cfg.epochs, rate,
+                eta_s=(total - g) * cfg.batch_size / rate if rate else 0.0,
+                metrics={"loss": float(loss.detach()), "lr": sched.get_last_lr()[0]},
+            ))
+        summary = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}}
+        if on_epoch_end is not None:
+            summary.update(on_epoch_end(epoch, summary) or {})
+        result.history.append(summary)
+        progress(ProgressEvent(stage, (epoch + 1) * steps_per_epoch, total, epoch, cfg.epochs,
+                               metrics=summary, epoch_end=True))
+        if checkpoint is not None:
+            trainable = trainable_state(module)
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save({"module": trainable, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "history": result.history, "epoch": epoch}, tmp)
+            tmp.replace(checkpoint)
+    return result
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state of the parameters that train (frozen backbone weights are not saved)."""
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v.detach() for k, v in module.state_dict().items() if k in names}
