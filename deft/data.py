@@ -217,7 +217,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         else:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise DataError(f"Could not read {path} as a {'Parquet' if path.suffix == '.parquet' else 'CSV'} table: {exc}") from None
+        kind = "Parquet" if path.suffix.lower() in {".parquet", ".pq"} else "CSV"
+        raise DataError(f"Could not read {path} as a {kind} table: {exc}") from None
     return df
 
 
@@ -286,4 +287,5 @@ def dataset_from_manifest(
     root: Path, manifest: pd.DataFrame, classes: list[str], prompts: dict[str, str], source: str = ""
 ) -> Dataset:
     """Rebuild a :class:`Dataset` from a run's saved manifest (no re-validation)."""
-    return Dataset(root=Path(root), samples=manifest.reset_index(drop=True), classes=classes, prompts=prompts, source=source)
+    return Dataset(root=Path(root), samples=manifest.reset_index(drop=True), classes=classes, prompts=prompts,
+                   source=source)

@@ -79,7 +79,7 @@ def make_batch(
     images: np.ndarray,
     idx: torch.Tensor,
     device: torch.device,
-    normalizer: "Normalizer",
+    normalizer: Normalizer,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Gather a uint8 batch, move it to ``device``, augment there (if ``generator``), normalise."""

@@ -1,0 +1,180 @@
+"""``python -m deft``: check, detect, score, train, export, noise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import DEFAULT_MODEL, OptimConfig, Phase1Config, Phase2Config
+from .curation import curated_labels, read_curated, write_export
+from .data import DataError, load_dataset
+from .models import ModelLoadError
+from .noise import make_noise
+from .progress import Cancelled, TqdmProgress
+from .run import Run, RunError
+from .store import ReviewError
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>) or a CSV/Parquet with path,label")
+    p.add_argument("--root", help="folder the table's paths are relative to (default: the table's folder)")
+    p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m deft", description="DEFT noisy-label detection and training.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("check", help="validate a dataset and list every import problem")
+    _data_args(p)
+
+    p = sub.add_parser("detect", help="Phase 1: learn dual prompts + VPT and score every sample")
+    _data_args(p)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="CLIP hub id or local folder (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--real-world", action="store_true",
+                   help="human-noise variant: pred == label, SCE warm-up, 5 warm-up epochs")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+
+    p = sub.add_parser("score", help="re-open a run and score every sample again with its saved prompts")
+    p.add_argument("run")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("train", help="Phase 2: fine-tune the image encoder + linear head on the curated set")
+    p.add_argument("run")
+    p.add_argument("--labels", help="curated labels: an export CSV (path,final_label,status,...) or path,label")
+    p.add_argument("--mode", choices=["clean", "relabels", "pseudo"], default="relabels",
+                   help="without --labels: which samples train (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--out", help="where to save the model (default: RUN/phase2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="write the cleaned label table (CSV, or Parquet for .parquet)")
+    p.add_argument("run")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pseudo", action="store_true", help="give unreviewed suspects their suggested label")
+
+    p = sub.add_parser("noise", help="write a copy of the labels with synthetic noise (benchmarks)")
+    _data_args(p)
+    p.add_argument("--kind", choices=["sym", "pair", "asym", "ins"], default="sym")
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="CSV with path,label,true_label (paths relative to the data root)")
+    return ap
+
+
+def _export_frame(run: Run, pseudo: bool) -> pd.DataFrame:
+    from .curation import export_table
+    from .store import ReviewStore
+
+    if (run.path / "review.sqlite").is_file():
+        return ReviewStore.for_run(run).export(pseudo=pseudo)
+    return export_table(run.scores(), None, pseudo=pseudo)
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    ds = load_dataset(a.data, a.root, a.descriptions)
+    print(f"{ds.N} images, {ds.K} classes, {len(ds.issues)} problem file(s) excluded")
+    print(ds.class_counts().to_string())
+    if len(ds.issues):
+        print(ds.issues.to_string(index=False))
+    return 0
+
+
+def cmd_detect(a: argparse.Namespace) -> int:
+    from .phase1 import detect
+
+    ds = load_dataset(a.data, a.root, a.descriptions)
+    if len(ds.issues):
+        print(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
+    cfg = Phase1Config(model=a.model, optim=OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs),
+                       real_world=a.real_world, seed=a.seed)
+    bar = TqdmProgress()
+    t0 = time.perf_counter()
+    res = detect(ds, a.out, cfg, device=a.device, progress=bar)
+    bar.close()
+    n_sus = int((~res.scores["is_clean"]).sum())
+    print(f"{n_sus} suspects of {len(res.scores)} samples in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    if res.metrics:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.metrics.items()}))
+    return 0
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from .phase1 import rescore
+
+    scores = rescore(a.run, device=a.device, progress=TqdmProgress())
+    print(f"re-scored {len(scores)} samples; {int((~scores['is_clean']).sum())} suspects")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .phase2 import train_classifier
+
+    run = Run.open(a.run)
+    curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
+    cfg = Phase2Config(model=run.config.model, seed=a.seed, val_fraction=a.val_fraction,
+                       optim=OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs))
+    bar = TqdmProgress()
+    res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar)
+    bar.close()
+    print(f"trained on {res.classifier.meta['n_train']} samples; val accuracy last {res.last_val_acc:.4f} "
+          f"best {res.best_val_acc:.4f}; model saved to {res.out_dir}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    run = Run.open(a.run)
+    df = _export_frame(run, a.pseudo)
+    write_export(df, a.out)
+    print(f"wrote {len(df)} rows to {a.out} ({df['status'].value_counts().to_dict()})")
+    return 0
+
+
+def cmd_noise(a: argparse.Namespace) -> int:
+    from .images import decode_images
+
+    ds = load_dataset(a.data, a.root, a.descriptions)
+    feats = decode_images(ds.paths(), 32).reshape(ds.N, -1) if a.kind == "ins" else None
+    noisy = make_noise(a.kind, ds.labels, ds.K, a.rate, a.seed, feats)
+    names = np.asarray(ds.classes, dtype=object)
+    out = pd.DataFrame({"path": ds.samples["id"], "label": names[noisy], "true_label": ds.samples["label"]})
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(a.out, index=False)
+    print(f"wrote {a.out}: {int((noisy != ds.labels).sum())} of {ds.N} labels changed "
+          f"({(noisy != ds.labels).mean():.3f}); detect with: python -m deft detect {a.out} --root {ds.root}")
+    return 0
+
+
+COMMANDS = {"check": cmd_check, "detect": cmd_detect, "score": cmd_score, "train": cmd_train,
+            "export": cmd_export, "noise": cmd_noise}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[a.cmd](a)
+    except (DataError, ModelLoadError, RunError, ReviewError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("interrupted; re-run the same command to resume from the last finished epoch", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""From scores + human decisions to the cleaned label table (export) and the curated training set.
+
+The export is the one table format both ways: ``deft export`` writes it and
+``deft train --labels`` reads it back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import DataError, read_table
+
+EXPORT_COLUMNS = ["path", "original_label", "final_label", "status", "sim_pos", "sim_neg", "margin",
+                  "suggestion", "suggestion_conf", "decided_at"]
+STATUSES = ("clean", "pending", "accepted", "relabelled", "kept", "excluded", "pseudo")
+DECISION_STATUS = {"accept": "accepted", "relabel": "relabelled", "keep": "kept", "exclude": "excluded"}
+TRAIN_MODES = {
+    "clean": {"clean"},
+    "relabels": {"clean", "accepted", "relabelled", "kept"},
+    "pseudo": {"clean", "accepted", "relabelled", "kept", "pseudo"},
+}
+
+
+def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, pseudo: bool = False) -> pd.DataFrame:
+    """One row per sample in :data:`EXPORT_COLUMNS` order.
+
+    Parameters
+    ----------
+    scores : DataFrame
+        Phase 1 scores (``id, label, is_clean, sim_pos, sim_neg, margin, suggestion, suggestion_conf``).
+    decisions : DataFrame, optional
+        Current human decision per sample: ``id, status, final_label, decided_at``
+        (status in accepted/relabelled/kept/excluded).
+    pseudo : bool
+        Give unreviewed suspects their suggestion as final label (status ``pseudo``).
+    """
+    df = pd.DataFrame({
+        "path": scores["id"].astype(str),
+        "original_label": scores["label"].astype(str),
+        "final_label": np.where(scores["is_clean"], scores["label"].astype(str), ""),
+        "status": np.where(scores["is_clean"], "clean", "pending"),
+        "sim_pos": scores["sim_pos"].astype(float),
+        "sim_neg": scores["sim_neg"].astype(float),
+        "margin": scores["margin"].astype(float),
+        "suggestion": scores["suggestion"].astype(str),
+        "suggestion_conf": scores["suggestion_conf"].astype(float),
+        "decided_at": "",
+    })
+    if decisions is not None and len(decisions):
+        d = decisions.set_index("id")
+        hit = df["path"].isin(d.index)
+        ids = df.loc[hit, "path"]
+        df.loc[hit, "status"] = d.loc[ids, "status"].to_numpy()
+        df.loc[hit, "final_label"] = d.loc[ids, "final_label"].fillna("").to_numpy()
+        df.loc[hit, "decided_at"] = d.loc[ids, "decided_at"].fillna("").to_numpy()
+    if pseudo:
+        pend = df["status"].eq("pending")
+        df.loc[pend, "status"] = "pseudo"
+        df.loc[pend, "final_label"] = df.loc[pend, "suggestion"]
+    return df[EXPORT_COLUMNS]
+
+
+def write_export(df: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write CSV (or Parquet for a ``.parquet`` name) atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix.lower() in {".parquet", ".pq"}:
+        df.to_parquet(tmp, index=False)
+    else:
+        df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    return out
+
+
+def curated_labels(export: pd.DataFrame, mode: str = "relabels") -> pd.DataFrame:
+    """``id, label`` rows to train on, chosen from an export table by ``mode``.
+
+    ``clean``: the Phase 1 clean set only; ``relabels``: + human-accepted, relabelled
+    and kept samples; ``pseudo``: + unreviewed suspects with their suggestion.
+    Excluded samples never train.
+    """
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"unknown training mode {mode!r}; choose one of {sorted(TRAIN_MODES)}")
+    df = export
+    if mode == "pseudo" and df["status"].eq("pending").any():
+        df = df.copy()
+        pend = df["status"].eq("pending")
+        df.loc[pend, "status"] = "pseudo"
+        df.loc[pend, "final_label"] = df.loc[pend, "suggestion"]
+    keep = df["status"].isin(TRAIN_MODES[mode]) & df["final_label"].astype(str).ne("")
+    return pd.DataFrame({"id": df.loc[keep, "path"].to_numpy(), "label": df.loc[keep, "final_label"].to_numpy()})
+
+
+def read_curated(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a curated label file: an export table, or a plain ``path,label`` table.
+
+    Export tables keep rows whose status is not excluded/pending and whose
+    ``final_label`` is set; a plain table keeps every row.
+    """
+    df = read_table(path)
+    if {"path", "final_label", "status"} <= set(df.columns):
+        bad = sorted(set(df["status"]) - set(STATUSES))
+        if bad:
+            raise DataError(f"{path}: unknown status value(s) {bad}; expected one of {list(STATUSES)}.")
+        keep = ~df["status"].isin(["excluded", "pending"]) & df["final_label"].astype(str).ne("")
+        return pd.DataFrame({"id": df.loc[keep, "path"].astype(str).to_numpy(),
+                             "label": df.loc[keep, "final_label"].astype(str).to_numpy()})
+    if {"path", "label"} <= set(df.columns):
+        return pd.DataFrame({"id": df["path"].astype(str), "label": df["label"].astype(str)})
+    raise DataError(f"{path}: a curated label file needs path,final_label,status (an export) or path,label columns.")

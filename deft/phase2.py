@@ -1,0 +1,200 @@
+"""Phase 2: full fine-tuning of the CLIP image encoder + a linear head on the curated set."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from .config import Phase2Config
+from .device import autocast, pick_device
+from .images import Normalizer, decode_images, make_batch
+from .metrics import accuracy, confusion_matrix
+from .models import ClipBundle, load_clip
+from .models.vpt import vision_tokens
+from .progress import CancelToken, ProgressCallback, null_progress
+from .run import Run
+from .train_loop import train_epochs
+
+
+class Classifier(nn.Module):
+    """CLIP vision tower (all blocks trainable) + ``Linear(width -> K)`` on the pre-projection CLS."""
+
+    def __init__(self, vision: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.vision = vision
+        self.head = nn.Linear(vision.config.hidden_size, num_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        cls = self.vision.post_layernorm(vision_tokens(self.vision, pixel_values)[:, 0])
+        return self.head(cls)
+
+
+@dataclass
+class TrainedClassifier:
+    """A Phase 2 model with what is needed to use it: classes and preprocessing."""
+
+    model: Classifier
+    classes: list[str]
+    normalizer: Normalizer
+    image_size: int
+    meta: dict
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def save(self, out: str | os.PathLike) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in self.model.state_dict().items()}, str(out / "model.safetensors"))
+        meta = {**self.meta, "classes": self.classes, "image_size": self.image_size,
+                "mean": list(self.normalizer.mean), "std": list(self.normalizer.std),
+                "vision_config": self.model.vision.config.to_dict()}
+        (out / "classifier.json").write_text(json.dumps(meta, indent=2, default=float))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedClassifier:
+        path = Path(path)
+        if not (path / "classifier.json").is_file():
+            raise FileNotFoundError(f"{path} has no trained classifier (classifier.json); run `deft train` first.")
+        meta = json.loads((path / "classifier.json").read_text())
+        vision = CLIPVisionModel(CLIPVisionConfig(**meta["vision_config"]))
+        model = Classifier(vision, len(meta["classes"]))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.to(device).eval()
+        return cls(model, meta["classes"], Normalizer(tuple(meta["mean"]), tuple(meta["std"])),
+                   int(meta["image_size"]), meta)
+
+    @torch.no_grad()
+    def predict(self, images: list[str | Path | Image.Image], batch_size: int = 128) -> pd.DataFrame:
+        """Predict classes for image paths or PIL images: ``pred``, ``conf`` per image."""
+        arr = decode_images(images, self.image_size)
+        probs = predict_proba(self.model, arr, self.normalizer, batch_size)
+        return pd.DataFrame({"pred": np.asarray(self.classes, dtype=object)[probs.argmax(1)], "conf": probs.max(1)})
+
+
+@torch.no_grad()
+def predict_proba(model: Classifier, images: np.ndarray, normalizer: Normalizer, batch_size: int = 128,
+                  precision: str = "auto", index: np.ndarray | None = None) -> np.ndarray:
+    """Softmax probabilities ``(N, K)`` for (a subset ``index`` of) a uint8 image array."""
+    model.eval()
+    device = next(model.parameters()).device
+    index = np.arange(len(images)) if index is None else np.asarray(index)
+    out = []
+    for s in range(0, len(index), batch_size):
+        x = make_batch(images, torch.as_tensor(index[s : s + batch_size]), device, normalizer)
+        with autocast(device, precision):
+            out.append(F.softmax(model(x).float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.head.weight)))
+
+
+@dataclass
+class Phase2Result:
+    classifier: TrainedClassifier
+    history: list[dict[str, float]]
+    best_val_acc: float
+    last_val_acc: float
+    confusion: np.ndarray
+    out_dir: Path
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random hold-out of ``val_fraction`` (at least one sample when n > 1)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = min(n - 1, max(1, round(val_fraction * n))) if val_fraction > 0 and n > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train_classifier(
+    run: Run | str | os.PathLike,
+    curated: pd.DataFrame,
+    config: Phase2Config | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    bundle: ClipBundle | None = None,
+    progress: ProgressCallback = null_progress,
+    cancel: CancelToken | None = None,
+) -> Phase2Result:
+    """Fine-tune on a curated label table ``id, label`` (rows of the run's samples).
+
+    Holds out ``val_fraction`` of the curated rows, reports per-epoch loss and
+    validation accuracy, the last and best accuracy, and saves the model to
+    ``out`` (default ``RUN/phase2``).
+    """
+    run = run if isinstance(run, Run) else Run.open(run)
+    cfg = config or Phase2Config(model=run.config.model)
+    dev = pick_device(device) if isinstance(device, str) else device
+    ds = run.dataset
+    pos = pd.Series(np.arange(ds.N), index=ds.samples["id"])
+    unknown = sorted(set(curated["id"]) - set(pos.index))
+    if unknown:
+        raise ValueError(f"{len(unknown)} curated id(s) are not samples of this run, e.g. {unknown[:3]}")
+    cls_index = {c: i for i, c in enumerate(ds.classes)}
+    bad = sorted(set(curated["label"]) - set(cls_index))
+    if bad:
+        raise ValueError(f"curated labels name unknown classes {bad[:10]}; classes are {ds.classes[:20]}")
+    if len(curated) < 2:
+        raise ValueError("the curated set has fewer than 2 samples; nothing to train on")
+    sample_idx = pos.loc[curated["id"]].to_numpy()
+    y_all = torch.as_tensor(curated["label"].map(cls_index).to_numpy(dtype=np.int64, copy=True))
+    tr, va = split_train_val(len(curated), cfg.val_fraction, cfg.seed)
+
+    bundle = bundle or load_clip(cfg.model, "cpu", cfg.attn_implementation)
+    images = decode_images(ds.paths(), bundle.image_size, cache_file=run.cache_file(bundle.image_size),
+                           progress=progress, cancel=cancel)
+    vision = CLIPVisionModel(bundle.model.config.vision_config)
+    vision.load_state_dict(bundle.model.vision_model.state_dict())
+    torch.manual_seed(cfg.seed)
+    model = Classifier(vision, ds.K).to(dev)
+    model.requires_grad_(True)
+
+    def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        rows = tr[idx.numpy()]
+        x = make_batch(images, torch.as_tensor(sample_idx[rows]), dev, bundle.normalizer,
+                       gen if cfg.augment else None)
+        loss = F.cross_entropy(model(x).float(), y_all[rows].to(dev))
+        return {"loss": loss}
+
+    best = {"acc": -1.0}
+    out_dir = Path(out) if out is not None else run.phase2_dir
+    trained = TrainedClassifier(model, ds.classes, bundle.normalizer, bundle.image_size,
+                                {"base_model": cfg.model, "config": cfg.to_dict(), "n_train": int(len(tr)),
+                                 "n_val": int(len(va))})
+
+    def val_pred() -> np.ndarray:
+        return predict_proba(model, images, bundle.normalizer, index=sample_idx[va],
+                             precision=cfg.precision).argmax(1)
+
+    def epoch_end(epoch: int, summary: dict[str, float]) -> dict[str, float]:
+        acc = accuracy(val_pred(), y_all[va].numpy()) if len(va) else float("nan")
+        if len(va) and acc > best["acc"]:
+            best["acc"] = acc
+            trained.save(out_dir / "best")
+        run.log({"stage": "phase2", **summary, "val_acc": acc})
+        return {"val_acc": acc}
+
+    loop = train_epochs(stage="phase2", n=len(tr), step_fn=step, module=model, params=list(model.parameters()),
+                        cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
+                        on_epoch_end=epoch_end, progress=progress, cancel=cancel)
+    trained.meta["history"] = loop.history
+    trained.save(out_dir)
+    last = loop.history[-1]["val_acc"] if loop.history else float("nan")
+    cm = confusion_matrix(val_pred(), y_all[va].numpy(), ds.K) if len(va) else np.zeros((ds.K, ds.K), int)
+    summary = {"best_val_acc": best["acc"], "last_val_acc": last, "out": str(out_dir), "history": loop.history,
+               "confusion": cm.tolist(), "classes": ds.classes}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir)

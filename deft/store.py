@@ -1,0 +1,287 @@
+"""SQLite review store: samples + scores, an append-only decision log, the current state.
+
+* Every decision is one committed transaction before the call returns, so a
+  killed server loses no confirmed decision (WAL mode, ``synchronous=FULL``).
+* ``decisions`` is append-only: undo appends a row that names the decision it
+  reverts, so the log is an exact audit trail.
+* ``state`` holds the current decision per sample (the latest one not undone):
+  last write wins per sample; two browser tabs never corrupt each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .curation import DECISION_STATUS, export_table
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, label TEXT NOT NULL, is_clean INTEGER NOT NULL,
+    sim_pos REAL, sim_neg REAL, margin REAL, p_clean REAL, pred TEXT, pred_conf REAL,
+    zs1 TEXT, zs1_conf REAL, zs2 TEXT, zs2_conf REAL, zs3 TEXT, zs3_conf REAL,
+    suggestion TEXT, suggestion_conf REAL
+);
+CREATE INDEX IF NOT EXISTS samples_review ON samples(is_clean, margin);
+CREATE INDEX IF NOT EXISTS samples_label ON samples(label, is_clean, margin);
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL, action TEXT NOT NULL,
+    label TEXT, client TEXT NOT NULL DEFAULT '', at TEXT NOT NULL, undoes INTEGER
+);
+CREATE INDEX IF NOT EXISTS decisions_sample ON decisions(sample_id, seq);
+CREATE INDEX IF NOT EXISTS decisions_client ON decisions(client, seq);
+CREATE TABLE IF NOT EXISTS state (
+    sample_id TEXT PRIMARY KEY, status TEXT NOT NULL, final_label TEXT, decided_at TEXT NOT NULL, seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS state_status ON state(status);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+SAMPLE_COLUMNS = ["id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "p_clean", "pred", "pred_conf",
+                  "zs1", "zs1_conf", "zs2", "zs2_conf", "zs3", "zs3_conf", "suggestion", "suggestion_conf"]
+ACTIONS = tuple(DECISION_STATUS)
+
+
+class ReviewError(ValueError):
+    """A review action cannot be applied (unknown sample or class, bad action)."""
+
+
+@dataclass
+class Decision:
+    seq: int
+    sample_id: str
+    action: str
+    label: str | None
+    at: str
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+
+
+class ReviewStore:
+    """One SQLite file per run. Safe to use from many threads and processes."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+        self.classes: list[str] = self.get_meta("classes", "").split("\n") if self.get_meta("classes") else []
+
+    # -- plumbing -----------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE ... COMMIT (rolled back on error)."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self._read() as con:
+            row = con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- samples ------------------------------------------------------------
+    def load_scores(self, scores: pd.DataFrame, classes: list[str]) -> None:
+        """Replace the samples table with a scores table; decisions are kept (keyed by sample id)."""
+        cols = [c for c in SAMPLE_COLUMNS if c in scores.columns]
+        df = scores[cols].copy()
+        df["is_clean"] = df["is_clean"].astype(int)
+        rows = list(df.itertuples(index=False, name=None))
+        marks = ",".join("?" * (len(cols) + 1))
+        with self._tx() as con:
+            con.execute("DELETE FROM samples")
+            con.executemany(f"INSERT INTO samples(idx,{','.join(cols)}) VALUES ({marks})",
+                            [(i, *r) for i, r in enumerate(rows)])
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('classes', ?)", ("\n".join(classes),))
+        self.classes = list(classes)
+
+    @classmethod
+    def for_run(cls, run) -> ReviewStore:
+        """The store of a run (``RUN/review.sqlite``), (re)loaded from the run's scores when they changed."""
+        store = cls(run.path / "review.sqlite")
+        stamp = str(run.scores_path.stat().st_mtime_ns)
+        if store.get_meta("scores_stamp") != stamp:
+            store.load_scores(run.scores(), run.dataset.classes)
+            store.set_meta("scores_stamp", stamp)
+        return store
+
+    def count(self) -> dict[str, int]:
+        with self._read() as con:
+            total, suspects = con.execute("SELECT COUNT(*), COALESCE(SUM(is_clean = 0), 0) FROM samples").fetchone()
+            reviewed = con.execute(
+                "SELECT COUNT(*) FROM state JOIN samples s ON s.id = state.sample_id WHERE s.is_clean = 0"
+            ).fetchone()[0]
+            decided = con.execute("SELECT COUNT(*) FROM state").fetchone()[0]
+        return {"total": total, "suspects": suspects, "reviewed": reviewed, "decided": decided}
+
+    @staticmethod
+    def _filter(suspects: bool, label: str | None, status: str | None, margin_min: float | None,
+                margin_max: float | None) -> tuple[str, list]:
+        where, args = ["s.is_clean = ?"], [0 if suspects else 1]
+        if label:
+            where.append("s.label = ?")
+            args.append(label)
+        if status == "pending":
+            where.append("st.status IS NULL")
+        elif status:
+            where.append("st.status = ?")
+            args.append(status)
+        if margin_min is not None:
+            where.append("s.margin >= ?")
+            args.append(margin_min)
+        if margin_max is not None:
+            where.append("s.margin <= ?")
+            args.append(margin_max)
+        return " AND ".join(where), args
+
+    def query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
+              margin_min: float | None = None, margin_max: float | None = None,
+              offset: int = 0, limit: int = 50) -> pd.DataFrame:
+        """Samples with their current status, lowest margin first (worst suspects first)."""
+        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        sql = (
+            "SELECT s.*, COALESCE(st.status, CASE WHEN s.is_clean THEN 'clean' ELSE 'pending' END) AS status, "
+            "st.final_label, st.decided_at FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
+            f"WHERE {where} ORDER BY s.margin ASC, s.idx ASC LIMIT ? OFFSET ?"
+        )
+        with self._read() as con:
+            return pd.read_sql_query(sql, con, params=[*args, limit, offset])
+
+    def count_query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
+                    margin_min: float | None = None, margin_max: float | None = None) -> int:
+        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        with self._read() as con:
+            return con.execute("SELECT COUNT(*) FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
+                               f"WHERE {where}", args).fetchone()[0]
+
+    def sample(self, sample_id: str) -> dict:
+        with self._read() as con:
+            con.row_factory = sqlite3.Row
+            row = con.execute(
+                "SELECT s.*, st.status, st.final_label, st.decided_at FROM samples s "
+                "LEFT JOIN state st ON st.sample_id = s.id WHERE s.id = ?", (sample_id,)).fetchone()
+        if row is None:
+            raise ReviewError(f"unknown sample {sample_id!r}")
+        return dict(row)
+
+    # -- decisions ----------------------------------------------------------
+    def _apply(self, con: sqlite3.Connection, sample_id: str, action: str, label: str | None,
+               client: str, at: str) -> Decision:
+        if action not in ACTIONS:
+            raise ReviewError(f"unknown action {action!r}; choose one of {list(ACTIONS)}")
+        row = con.execute("SELECT label, suggestion FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        if row is None:
+            raise ReviewError(f"unknown sample {sample_id!r}")
+        given, suggestion = row
+        if action == "relabel" and (not label or (self.classes and label not in self.classes)):
+            raise ReviewError(f"unknown class {label!r}; choose one of the dataset's classes")
+        final = {"accept": suggestion, "relabel": label, "keep": given, "exclude": None}[action]
+        cur = con.execute("INSERT INTO decisions(sample_id, action, label, client, at) VALUES (?,?,?,?,?)",
+                          (sample_id, action, final, client, at))
+        seq = int(cur.lastrowid)
+        con.execute("INSERT OR REPLACE INTO state(sample_id, status, final_label, decided_at, seq) "
+                    "VALUES (?,?,?,?,?)", (sample_id, DECISION_STATUS[action], final, at, seq))
+        return Decision(seq, sample_id, action, final, at)
+
+    def decide(self, sample_id: str, action: str, label: str | None = None, client: str = "") -> Decision:
+        """Record a decision; committed before return.
+
+        ``accept`` takes the sample's suggestion, ``relabel`` needs ``label``, ``keep``
+        keeps the given label, ``exclude`` drops the sample from training.
+        """
+        with self._tx() as con:
+            return self._apply(con, sample_id, action, label, client, _now())
+
+    def decide_many(self, sample_ids: list[str], action: str, client: str = "") -> int:
+        """Apply one action (``accept``/``keep``/``exclude``) to many samples in one transaction."""
+        if action not in ("accept", "keep", "exclude"):
+            raise ReviewError(f"batch action must be accept, keep or exclude, not {action!r}")
+        at = _now()
+        with self._tx() as con:
+            for sid in sample_ids:
+                self._apply(con, sid, action, None, client, at)
+        return len(sample_ids)
+
+    def undo(self, client: str = "") -> Decision | None:
+        """Revert this client's latest decision that is not yet undone; None if there is none."""
+        at = _now()
+        with self._tx() as con:
+            row = con.execute(
+                "SELECT seq, sample_id, action, label, at FROM decisions d WHERE client = ? AND action != 'undo' "
+                "AND NOT EXISTS (SELECT 1 FROM decisions u WHERE u.undoes = d.seq) ORDER BY seq DESC LIMIT 1",
+                (client,)).fetchone()
+            if row is None:
+                return None
+            seq, sid = row[0], row[1]
+            con.execute("INSERT INTO decisions(sample_id, action, label, client, at, undoes) VALUES (?,?,?,?,?,?)",
+                        (sid, "undo", None, client, at, seq))
+            self._recompute_state(con, sid)
+        return Decision(*row)
+
+    @staticmethod
+    def _recompute_state(con: sqlite3.Connection, sample_id: str) -> None:
+        latest = con.execute(
+            "SELECT seq, action, label, at FROM decisions d WHERE sample_id = ? AND action != 'undo' "
+            "AND NOT EXISTS (SELECT 1 FROM decisions u WHERE u.undoes = d.seq) ORDER BY seq DESC LIMIT 1",
+            (sample_id,)).fetchone()
+        if latest is None:
+            con.execute("DELETE FROM state WHERE sample_id = ?", (sample_id,))
+        else:
+            seq, action, label, at = latest
+            con.execute("INSERT OR REPLACE INTO state VALUES (?,?,?,?,?)",
+                        (sample_id, DECISION_STATUS[action], label, at, seq))
+
+    def log(self) -> pd.DataFrame:
+        """The full decision log, oldest first."""
+        with self._read() as con:
+            return pd.read_sql_query("SELECT * FROM decisions ORDER BY seq", con)
+
+    def current(self) -> pd.DataFrame:
+        """Current decision per decided sample: ``id, status, final_label, decided_at``."""
+        with self._read() as con:
+            return pd.read_sql_query(
+                "SELECT sample_id AS id, status, final_label, decided_at FROM state ORDER BY sample_id", con)
+
+    def scores(self) -> pd.DataFrame:
+        with self._read() as con:
+            df = pd.read_sql_query("SELECT * FROM samples ORDER BY idx", con)
+        df["is_clean"] = df["is_clean"].astype(bool)
+        return df
+
+    def export(self, pseudo: bool = False) -> pd.DataFrame:
+        """The cleaned label table (see :func:`deft.curation.export_table`)."""
+        return export_table(self.scores(), self.current(), pseudo=pseudo)
