@@ -1,21 +1,27 @@
 """deft: find wrong labels with DEFT (dual prompts on CLIP), curate, train on the cleaned set.
 
 Library first; the CLI (``python -m deft``) and the Gradio app are thin layers over it.
+Names are imported lazily so that ``python -m deft --help`` does not pay for torch.
 """
 
-from .config import DEFAULT_MODEL, OptimConfig, Phase1Config, Phase2Config
-from .curation import EXPORT_COLUMNS, curated_labels, export_table, read_curated, write_export
-from .data import DataError, Dataset, load_dataset, load_image_folder, load_table
-from .metrics import auroc, detection_metrics
-from .models import ModelLoadError, load_clip
-from .noise import make_noise
-from .progress import Cancelled, CancelToken, ProgressEvent
-from .run import Run, RunError
-from .store import ReviewError, ReviewStore
+from importlib import import_module
 
-__all__ = [
-    "DEFAULT_MODEL", "EXPORT_COLUMNS", "CancelToken", "Cancelled", "DataError", "Dataset", "ModelLoadError",
-    "OptimConfig", "Phase1Config", "Phase2Config", "ProgressEvent", "ReviewError", "ReviewStore", "Run",
-    "RunError", "auroc", "curated_labels", "detection_metrics", "export_table", "load_clip", "load_dataset",
-    "load_image_folder", "load_table", "make_noise", "read_curated", "write_export",
-]
+_EXPORTS = {
+    "DEFAULT_MODEL": "config", "OptimConfig": "config", "Phase1Config": "config", "Phase2Config": "config",
+    "EXPORT_COLUMNS": "curation", "curated_labels": "curation", "export_table": "curation",
+    "read_curated": "curation", "write_export": "curation",
+    "Dataset": "data", "load_dataset": "data", "load_image_folder": "data", "load_table": "data",
+    "DataError": "errors", "ModelLoadError": "errors", "RunError": "errors", "ReviewError": "errors",
+    "auroc": "metrics", "detection_metrics": "metrics",
+    "load_clip": "models", "make_noise": "noise",
+    "CancelToken": "progress", "Cancelled": "progress", "ProgressEvent": "progress",
+    "Run": "run", "ReviewStore": "store",
+    "detect": "phase1", "rescore": "phase1", "train_classifier": "phase2", "TrainedClassifier": "phase2",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'deft' has no attribute {name!r}")

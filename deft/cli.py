@@ -13,12 +13,11 @@ import pandas as pd
 
 from .config import DEFAULT_MODEL, OptimConfig, Phase1Config, Phase2Config
 from .curation import curated_labels, read_curated, write_export
-from .data import DataError, load_dataset
-from .models import ModelLoadError
+from .data import load_dataset
+from .errors import DataError, ModelLoadError, ReviewError, RunError
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
-from .run import Run, RunError
-from .store import ReviewError
+from .run import Run
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:

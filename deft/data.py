@@ -27,8 +27,7 @@ from PIL import Image
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-class DataError(ValueError):
-    """A dataset cannot be imported as given; the message says how to fix it."""
+from .errors import DataError  # noqa: E402  (re-exported)
 
 
 @dataclass

@@ -28,10 +28,7 @@ import pandas as pd
 
 from .config import Phase1Config
 from .data import Dataset, dataset_from_manifest
-
-
-class RunError(ValueError):
-    """A run directory is missing or incomplete; the message says what to do."""
+from .errors import RunError  # noqa: E402  (re-exported)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -48,8 +48,7 @@ SAMPLE_COLUMNS = ["id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "p_
 ACTIONS = tuple(DECISION_STATUS)
 
 
-class ReviewError(ValueError):
-    """A review action cannot be applied (unknown sample or class, bad action)."""
+from .errors import ReviewError  # noqa: E402  (re-exported)
 
 
 @dataclass

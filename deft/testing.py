@@ -40,6 +40,7 @@ def tiny_clip_config(image_size: int = 32, patch_size: int = 8, width: int = 64,
             "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size,
         },
         projection_dim=width,
+        logit_scale_init_value=4.6052,  # tau = 100, as in pretrained CLIP (HF's random init is ~14)
     )
 
 
@@ -55,3 +56,43 @@ def save_tiny_clip(out: str | os.PathLike, seed: int = 0, **config_kwargs) -> Pa
     size = model.config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(out)
     return out
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+           "yellow": (230, 220, 30), "purple": (140, 30, 160), "cyan": (30, 210, 210)}
+
+
+def pretrain_colour_clip(bundle, colours: dict[str, tuple[int, int, int]] = COLOURS, steps: int = 300,
+                         seed: int = 0) -> None:
+    """Train a tiny CLIP from scratch, contrastively, on solid-colour images and colour-name captions.
+
+    DEFT presupposes image-text alignment; a random text tower has none (the class
+    token carries no signal and learned contexts make all classes look alike). This
+    supplies the alignment a pretrained CLIP has. Captions carry random-length word
+    prefixes so the class word is read at any position, as after 16 context tokens.
+    """
+    import torch.nn.functional as F
+
+    m = bundle.model
+    m.requires_grad_(True).train()
+    m.logit_scale.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    names = list(colours)
+    base = torch.tensor([colours[c] for c in names], dtype=torch.float32)
+    words = ["a", "photo", "of", "the", "x", "big", "small", "picture", "an", "image"]
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    for _ in range(steps):
+        y = torch.randint(0, len(names), (64,), generator=g)
+        rgb = (base[y] + torch.randint(-40, 41, (64, 3), generator=g)).clamp(0, 255).to(torch.uint8)
+        size = m.config.vision_config.image_size
+        x = bundle.normalizer(rgb.view(64, 3, 1, 1).expand(64, 3, size, size))
+        n_pre = int(torch.randint(0, 18, (1,), generator=g))
+        prefix = " ".join(words[int(i)] for i in torch.randint(0, len(words), (n_pre,), generator=g))
+        enc = bundle.tokenize([f"{prefix} {c}." for c in names])
+        v = F.normalize(m.get_image_features(pixel_values=x).pooler_output, dim=-1)
+        t = F.normalize(m.get_text_features(**enc).pooler_output, dim=-1)
+        loss = F.cross_entropy(m.logit_scale.exp() * v @ t.t(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.requires_grad_(False).eval()

@@ -16,8 +16,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ModelLoadError(RuntimeError):
-    """A CLIP checkpoint could not be loaded; the message says how to fix it."""
+from ..errors import ModelLoadError  # noqa: E402  (re-exported)
 
 
 @dataclass
@@ -93,9 +92,10 @@ def load_clip(
         raise ModelLoadError(f"Model folder not found: {name}. Pass a folder saved with save_pretrained, or a hub id.")
     if local.exists() and not (local / "config.json").is_file():
         raise ModelLoadError(f"{name} is not a CLIP checkpoint folder (no config.json in it).")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
     try:
-        model = CLIPModel.from_pretrained(name, attn_implementation=attn_implementation)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = CLIPModel.from_pretrained(name, attn_implementation=attn_implementation, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
     except OSError as exc:
         if local.exists():
             raise ModelLoadError(f"Could not load the CLIP checkpoint in {name}: {exc}") from None

@@ -1,0 +1,100 @@
+"""Import validation: each bad input gives its clear error; nothing is dropped silently."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from deft.data import DataError, load_class_descriptions, load_dataset
+
+
+def test_image_folder_ids_and_classes(cifar_small):
+    ds = load_dataset(cifar_small)
+    assert ds.N == 60 and ds.K == 10 and len(ds.issues) == 0
+    assert ds.samples["id"].iloc[0] == "airplane/0000.jpg"
+    assert ds.class_counts().tolist() == [6] * 10
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(DataError, match="Dataset folder not found"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_empty_class_folder(tmp_path, cifar_small):
+    root = tmp_path / "d"
+    shutil.copytree(cifar_small, root)
+    (root / "zebra").mkdir()
+    with pytest.raises(DataError, match="Class folder 'zebra' has no images"):
+        load_dataset(root)
+
+
+def test_corrupt_and_truncated_images_are_listed_and_excluded(tmp_path, cifar_small):
+    root = tmp_path / "d"
+    shutil.copytree(cifar_small, root)
+    (root / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    data = (root / "dog" / "0000.jpg").read_bytes()
+    (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "dog" / "notes.txt").write_text("hello")
+    ds = load_dataset(root)
+    assert ds.N == 60
+    problems = dict(zip(ds.issues["path"], ds.issues["problem"], strict=True))
+    assert "unreadable image" in problems["cat/broken.jpg"]
+    assert "unreadable image" in problems["dog/truncated.jpg"]
+    assert "not an image" in problems["dog/notes.txt"]
+
+
+def _csv(tmp_path, rows, name="labels.csv"):
+    p = tmp_path / name
+    pd.DataFrame(rows).to_csv(p, index=False)
+    return p
+
+
+def test_csv_table_with_root(tmp_path, cifar_small):
+    p = _csv(tmp_path, {"path": ["cat/0000.jpg", "dog/0001.jpg"], "label": ["cat", "dog"]})
+    ds = load_dataset(p, root=cifar_small)
+    assert ds.classes == ["cat", "dog"] and ds.samples["id"].tolist() == ["cat/0000.jpg", "dog/0001.jpg"]
+
+
+def test_csv_unknown_label(tmp_path, cifar_small):
+    desc = tmp_path / "classes.txt"
+    desc.write_text("cat -> a cat\ndog -> a dog\n")
+    p = _csv(tmp_path, {"path": ["cat/0000.jpg", "dog/0001.jpg"], "label": ["cat", "wolf"]})
+    with pytest.raises(DataError, match=r"unknown class label\(s\) \['wolf'\]"):
+        load_dataset(p, root=cifar_small, descriptions=desc)
+
+
+def test_csv_duplicate_paths(tmp_path, cifar_small):
+    p = _csv(tmp_path, {"path": ["cat/0000.jpg", "./cat/0000.jpg"], "label": ["cat", "cat"]})
+    with pytest.raises(DataError, match="duplicate path"):
+        load_dataset(p, root=cifar_small)
+
+
+def test_csv_path_escaping_root(tmp_path, cifar_small):
+    p = _csv(tmp_path, {"path": ["../../etc/passwd"], "label": ["cat"]})
+    with pytest.raises(DataError, match="outside the dataset root"):
+        load_dataset(p, root=cifar_small)
+
+
+def test_csv_missing_columns_and_corrupt(tmp_path, cifar_small):
+    p = _csv(tmp_path, {"file": ["a.jpg"], "label": ["cat"]})
+    with pytest.raises(DataError, match=r"missing column\(s\) \['path'\]"):
+        load_dataset(p, root=cifar_small)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 garbage")
+    with pytest.raises(DataError, match="Could not read"):
+        load_dataset(bad, root=cifar_small)
+
+
+def test_csv_missing_file_is_reported(tmp_path, cifar_small):
+    p = _csv(tmp_path, {"path": ["cat/0000.jpg", "cat/9999.jpg"], "label": ["cat", "cat"]})
+    ds = load_dataset(p, root=cifar_small)
+    assert ds.N == 1 and ds.issues["problem"].tolist() == ["file not found"]
+
+
+def test_class_descriptions(tmp_path):
+    f = tmp_path / "d.txt"
+    f.write_text("# comment\nmaple_tree -> maple tree\nfish, a fish\n")
+    assert load_class_descriptions(f) == {"maple_tree": "maple tree", "fish": "a fish"}
+    f.write_text("no separator here\n")
+    with pytest.raises(DataError, match="expected 'class -> prompt text'"):
+        load_class_descriptions(f)

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from deft.metrics import auroc, confusion_matrix, detection_metrics
+from deft.noise import instance_noise, make_noise, pair_noise, symmetric_noise
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.6])
+def test_symmetric_noise_hits_effective_rate_and_is_reproducible(rate):
+    k, n = 10, 20000
+    y = np.repeat(np.arange(k), n // k)
+    noisy = symmetric_noise(y, k, rate, seed=1)
+    assert (noisy != y).mean() == pytest.approx(rate * (k - 1) / k, abs=0.01)
+    assert np.array_equal(noisy, symmetric_noise(y, k, rate, seed=1))
+    assert not np.array_equal(noisy, symmetric_noise(y, k, rate, seed=2))
+
+
+def test_pair_noise_flips_to_next_class_at_exact_rate():
+    k = 5
+    y = np.repeat(np.arange(k), 100)
+    noisy = pair_noise(y, k, 0.3, seed=0)
+    assert (noisy != y).mean() == pytest.approx(0.3)
+    changed = noisy != y
+    assert np.array_equal(noisy[changed], (y[changed] + 1) % k)
+    assert np.array_equal(noisy, pair_noise(y, k, 0.3, seed=0))
+
+
+def test_instance_noise_rate_and_seed():
+    k, n = 10, 3000
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, k, n)
+    feats = rng.normal(size=(n, 48))
+    noisy = instance_noise(y, k, 0.3, feats, seed=3)
+    assert (noisy != y).mean() == pytest.approx(0.3, abs=0.03)
+    assert np.array_equal(noisy, make_noise("ins", y, k, 0.3, seed=3, features=feats))
+    with pytest.raises(ValueError, match="unknown noise kind"):
+        make_noise("bogus", y, k, 0.3)
+
+
+def test_detection_metrics_on_hand_made_example():
+    selected = np.array([1, 1, 1, 0, 0, 1], bool)
+    truth = np.array([1, 1, 0, 1, 0, 1], bool)
+    m = detection_metrics(selected, truth, margin=np.array([0.9, 0.8, 0.1, 0.7, 0.0, 0.6]))
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["f1"] == pytest.approx(3 / 4)
+    # clean margins {0.9,0.8,0.7,0.6} all above noisy {0.1,0.0}
+    assert m["auroc"] == pytest.approx(1.0)
+
+
+def test_auroc_ties_and_reverse():
+    assert auroc(np.array([0.5, 0.5]), np.array([True, False])) == pytest.approx(0.5)
+    assert auroc(np.array([0.0, 1.0]), np.array([True, False])) == pytest.approx(0.0)
+
+
+def test_confusion_matrix():
+    cm = confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
+    assert cm.tolist() == [[1, 1], [0, 1]]

@@ -1,0 +1,175 @@
+"""Review store: decision log, undo, concurrent writers (threads and processes), resume, export."""
+
+import multiprocessing as mp
+import sqlite3
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deft.curation import EXPORT_COLUMNS, curated_labels, export_table, read_curated, write_export
+from deft.store import ReviewError, ReviewStore
+
+CLASSES = ["cat", "dog", "fish"]
+
+
+def fake_scores(n=12):
+    rng = np.random.default_rng(0)
+    labels = [CLASSES[i % 3] for i in range(n)]
+    margin = np.linspace(-0.5, 0.5, n)
+    return pd.DataFrame({
+        "id": [f"{lab}/{i:03d}.jpg" for i, lab in enumerate(labels)], "label": labels,
+        "sim_pos": rng.random(n), "sim_neg": rng.random(n), "margin": margin, "p_clean": margin + 0.5,
+        "is_clean": margin > 0, "pred": [CLASSES[(i + 1) % 3] for i in range(n)], "pred_conf": np.full(n, 0.7),
+        "zs1": "cat", "zs1_conf": 0.5, "zs2": "dog", "zs2_conf": 0.3, "zs3": "fish", "zs3_conf": 0.2,
+        "suggestion": [CLASSES[(i + 1) % 3] for i in range(n)], "suggestion_conf": np.linspace(0.1, 0.9, n),
+    })
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ReviewStore(tmp_path / "review.sqlite")
+    s.load_scores(fake_scores(), CLASSES)
+    return s
+
+
+def test_queue_is_suspects_worst_margin_first(store):
+    q = store.query()
+    assert len(q) == 6 and list(q["margin"]) == sorted(q["margin"]) and not q["is_clean"].any()
+    assert set(q["status"]) == {"pending"}
+    assert store.count() == {"total": 12, "suspects": 6, "reviewed": 0, "decided": 0}
+    assert store.count_query(label="cat") == len(store.query(label="cat"))
+    assert len(store.query(suspects=False)) == 6
+
+
+def test_decisions_log_and_state(store):
+    ids = store.query()["id"].tolist()
+    d1 = store.decide(ids[0], "accept", client="a")
+    assert d1.label == store.sample(ids[0])["suggestion"]
+    store.decide(ids[1], "relabel", "fish", client="a")
+    store.decide(ids[2], "exclude", client="a")
+    store.decide(ids[3], "keep", client="a")
+    cur = store.current().set_index("id")
+    assert cur.loc[ids[1], "final_label"] == "fish" and cur.loc[ids[2], "status"] == "excluded"
+    assert cur.loc[ids[3], "final_label"] == store.sample(ids[3])["label"]
+    assert store.count()["reviewed"] == 4
+    assert list(store.log()["action"]) == ["accept", "relabel", "exclude", "keep"]
+    with pytest.raises(ReviewError, match="unknown class"):
+        store.decide(ids[0], "relabel", "wolf")
+    with pytest.raises(ReviewError, match="unknown sample"):
+        store.decide("nope.jpg", "keep")
+    with pytest.raises(ReviewError, match="unknown action"):
+        store.decide(ids[0], "burn")
+
+
+def test_undo_is_exact_and_logged(store):
+    ids = store.query()["id"].tolist()
+    store.decide(ids[0], "accept", client="a")
+    store.decide(ids[0], "exclude", client="a")
+    store.decide(ids[1], "keep", client="b")
+    undone = store.undo(client="a")
+    assert undone.sample_id == ids[0] and undone.action == "exclude"
+    assert store.sample(ids[0])["status"] == "accepted"  # back to the previous decision
+    store.undo(client="a")
+    assert store.sample(ids[0])["status"] is None  # pending again
+    assert store.undo(client="a") is None  # nothing left for a; b's decision untouched
+    assert store.sample(ids[1])["status"] == "kept"
+    log = store.log()
+    assert list(log["action"]) == ["accept", "exclude", "keep", "undo", "undo"]
+    assert list(log["undoes"].dropna().astype(int)) == [2, 1]
+
+
+def test_batch_accept(store):
+    q = store.query()
+    high = q[q["suggestion_conf"] >= 0.3]["id"].tolist()
+    assert store.decide_many(high, "accept", client="a") == len(high)
+    assert store.count()["reviewed"] == len(high)
+
+
+def test_resume_after_reopen(tmp_path):
+    s = ReviewStore(tmp_path / "r.sqlite")
+    s.load_scores(fake_scores(), CLASSES)
+    sid = s.query()["id"][0]
+    s.decide(sid, "relabel", "dog")
+    del s
+    again = ReviewStore(tmp_path / "r.sqlite")
+    assert again.classes == CLASSES
+    assert again.sample(sid)["final_label"] == "dog"
+    # re-loading scores (re-detection) keeps decisions keyed by sample id
+    again.load_scores(fake_scores(), CLASSES)
+    assert again.sample(sid)["final_label"] == "dog"
+
+
+def test_concurrent_threads_last_write_wins_and_all_logged(store):
+    ids = store.query()["id"].tolist()
+    errors = []
+
+    def worker(client, label):
+        try:
+            for _ in range(20):
+                for sid in ids:
+                    store.decide(sid, "relabel", label, client=client)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=worker, args=(f"tab{i}", CLASSES[i])) for i in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    log = store.log()
+    assert len(log) == 3 * 20 * len(ids)
+    last = log.groupby("sample_id").tail(1).set_index("sample_id")["label"]
+    cur = store.current().set_index("id")["final_label"]
+    assert (cur.loc[last.index] == last).all()
+    con = sqlite3.connect(store.path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _proc(path, client, label, ids):
+    s = ReviewStore(path)
+    for sid in ids:
+        s.decide(sid, "relabel", label, client=client)
+
+
+def test_concurrent_processes(store):
+    ids = store.query()["id"].tolist()
+    ctx = mp.get_context("spawn")
+    ps = [ctx.Process(target=_proc, args=(store.path, f"p{i}", CLASSES[i], ids * 5)) for i in range(2)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in ps)
+    assert len(store.log()) == 2 * 5 * len(ids)
+
+
+def test_export_columns_statuses_and_curation(store, tmp_path):
+    ids = store.query()["id"].tolist()
+    store.decide(ids[0], "accept")
+    store.decide(ids[1], "exclude")
+    store.decide(ids[2], "relabel", "cat")
+    exp = store.export()
+    assert list(exp.columns) == EXPORT_COLUMNS and len(exp) == 12
+    st = exp.set_index("path")
+    assert st.loc[ids[0], "status"] == "accepted" and st.loc[ids[0], "final_label"] == st.loc[ids[0], "suggestion"]
+    assert st.loc[ids[1], "status"] == "excluded" and st.loc[ids[1], "final_label"] == ""
+    assert st.loc[ids[2], "final_label"] == "cat" and st.loc[ids[2], "decided_at"] != ""
+    assert (st["status"] == "pending").sum() == 3 and (st["status"] == "clean").sum() == 6
+    assert len(curated_labels(exp, "clean")) == 6
+    assert len(curated_labels(exp, "relabels")) == 8
+    assert len(curated_labels(exp, "pseudo")) == 11  # everything but the excluded sample
+    out = write_export(exp, tmp_path / "e.csv")
+    back = read_curated(out)
+    assert len(back) == 8 and ids[1] not in set(back["id"])
+    pseudo = export_table(store.scores(), store.current(), pseudo=True)
+    assert set(pseudo["status"]) == {"clean", "accepted", "excluded", "relabelled", "pseudo"}
+
+
+def test_read_curated_rejects_unknown_status(tmp_path):
+    p = tmp_path / "c.csv"
+    pd.DataFrame({"path": ["a.jpg"], "final_label": ["cat"], "status": ["maybe"]}).to_csv(p, index=False)
+    with pytest.raises(ValueError, match="unknown status"):
+        read_curated(p)
