@@ -187,6 +187,20 @@ class ReviewStore:
             return con.execute("SELECT COUNT(*) FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
                                f"WHERE {where}", args).fetchone()[0]
 
+    def position(self, sample_id: str, *, suspects: bool = True, label: str | None = None,
+                 status: str | None = None, margin_min: float | None = None,
+                 margin_max: float | None = None) -> int | None:
+        """Rank of ``sample_id`` in :meth:`query`'s order under the same filter (None if filtered out)."""
+        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        base = f"FROM samples s LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
+        with self._read() as con:
+            row = con.execute(f"SELECT s.margin, s.idx {base} AND s.id = ?", [*args, sample_id]).fetchone()
+            if row is None:
+                return None
+            m, i = row
+            return con.execute(f"SELECT COUNT(*) {base} AND (s.margin < ? OR (s.margin = ? AND s.idx < ?))",
+                               [*args, m, m, i]).fetchone()[0]
+
     def sample(self, sample_id: str) -> dict:
         with self._read() as con:
             con.row_factory = sqlite3.Row

@@ -1,0 +1,52 @@
+"""Start the deft-audit review app: ``python app.py [--data FOLDER_OR_CSV] [--model CLIP]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="deft-audit: find and fix wrong labels in an image dataset.")
+    ap.add_argument("--data", default=str(ROOT / "assets" / "demo"),
+                    help="image folder (<root>/<class>/<image>) or CSV/Parquet with path,label (default: the demo)")
+    ap.add_argument("--root", help="folder a CSV's paths are relative to")
+    ap.add_argument("--model", default="openai/clip-vit-base-patch16",
+                    help="CLIP checkpoint: hub id or local folder (default: %(default)s)")
+    ap.add_argument("--runs", default=str(ROOT / "runs"), help="where runs and review databases live")
+    ap.add_argument("--epochs", type=int, default=10, help="Phase 1 epochs preset in the UI")
+    ap.add_argument("--train-epochs", type=int, default=10, help="Phase 2 epochs preset in the UI")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--auth", help="user:password required to open the app")
+    ap.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    auth = None
+    if a.auth:
+        if ":" not in a.auth:
+            raise SystemExit("error: --auth must be user:password")
+        user, pw = a.auth.split(":", 1)
+        auth = (user, pw)
+    from ui.app import launch
+    from ui.workspace import AppSettings, Workspace
+
+    ws = Workspace(AppSettings(data=a.data, root=a.root, model=a.model, runs=Path(a.runs), device=a.device,
+                               epochs=a.epochs, batch_size=a.batch_size, train_epochs=a.train_epochs))
+    print(f"deft-audit on http://{a.host}:{a.port}  (data: {a.data}; model: {a.model})", flush=True)
+    launch(ws, host=a.host, port=a.port, auth=auth, share=a.share)
+
+
+if __name__ == "__main__":
+    main()

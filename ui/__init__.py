@@ -1,0 +1,1 @@
+"""Gradio front end over the ``deft`` library."""

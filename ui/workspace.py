@@ -1,0 +1,148 @@
+"""Server-side state of the app: dataset, detection runs, review store, background jobs.
+
+One Workspace per server, passed to the UI builder (no module-level state).
+Layout under ``runs/``::
+
+    runs/<dataset-key>/review.sqlite            decisions (survive re-detection)
+    runs/<dataset-key>/detect-<config-hash>/    one deft run per detection setting
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from deft.config import OptimConfig, Phase1Config, Phase2Config
+from deft.curation import curated_labels, write_export
+from deft.data import Dataset, load_dataset
+from deft.jobs import Job
+from deft.review import ReviewFilter, ReviewQueue
+from deft.run import Run
+from deft.store import ReviewStore
+
+
+@dataclass
+class AppSettings:
+    data: str = "assets/demo"
+    root: str | None = None
+    model: str = "openai/clip-vit-base-patch16"
+    runs: Path = Path("runs")
+    device: str = "auto"
+    epochs: int = 10
+    batch_size: int = 64
+    train_epochs: int = 10
+
+
+def dataset_key(source: str) -> str:
+    p = Path(source).resolve()
+    return f"{p.stem or p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class Workspace:
+    settings: AppSettings
+    dataset: Dataset | None = None
+    run: Run | None = None
+    store: ReviewStore | None = None
+    job: Job | None = None
+    queues: dict[str, ReviewQueue] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # -- dataset --------------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        if self.dataset is None:
+            raise RuntimeError("load a dataset first")
+        return Path(self.settings.runs) / dataset_key(self.dataset.source)
+
+    def load(self, source: str, root: str | None = None) -> Dataset:
+        """Import a dataset; re-open its latest finished detection and review store if any."""
+        ds = load_dataset(source, root or None)
+        with self._lock:
+            self.dataset, self.run, self.store = ds, None, None
+            self.queues.clear()
+            self.home.mkdir(parents=True, exist_ok=True)
+            runs = sorted((p for p in self.home.glob("detect-*") if (p / "scores.parquet").is_file()),
+                          key=lambda p: (p / "scores.parquet").stat().st_mtime)
+            if runs:
+                self.attach(Run.open(runs[-1]))
+        return ds
+
+    def attach(self, run: Run) -> None:
+        """Make ``run`` current and load its scores into the dataset's review store."""
+        with self._lock:
+            self.run = run
+            store = ReviewStore(self.home / "review.sqlite")
+            stamp = f"{run.path.name}:{run.scores_path.stat().st_mtime_ns}"
+            if store.get_meta("scores_stamp") != stamp:
+                store.load_scores(run.scores(), run.dataset.classes)
+                store.set_meta("scores_stamp", stamp)
+            self.store = store
+            self.queues.clear()
+
+    # -- jobs -----------------------------------------------------------------
+    def _start(self, name: str, fn) -> Job:
+        with self._lock:
+            if self.job is not None and self.job.running:
+                raise RuntimeError(f"a {self.job.name} job is running; wait for it or cancel it first")
+            self.job = Job(name, fn).start()
+            return self.job
+
+    def phase1_config(self, model: str, real_world: bool, epochs: int) -> Phase1Config:
+        return Phase1Config(model=model, real_world=real_world,
+                            optim=OptimConfig(lr=0.03, epochs=int(epochs), batch_size=self.settings.batch_size))
+
+    def start_detect(self, model: str, real_world: bool, epochs: int) -> Job:
+        from deft.phase1 import detect
+
+        if self.dataset is None:
+            raise RuntimeError("load a dataset first (Dataset tab)")
+        ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs)
+        digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        out = self.home / f"detect-{digest}"
+
+        def fn(progress, cancel):
+            res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
+            self.attach(res.run)
+            return res
+
+        return self._start("detection", fn)
+
+    def start_train(self, mode: str, epochs: int) -> Job:
+        from deft.phase2 import train_classifier
+
+        if self.run is None or self.store is None:
+            raise RuntimeError("run detection first (Detect tab)")
+        run, store = self.run, self.store
+        cfg = Phase2Config(model=run.config.model,
+                           optim=OptimConfig(lr=5e-4, epochs=int(epochs), batch_size=self.settings.batch_size))
+
+        def fn(progress, cancel):
+            curated = curated_labels(store.export(), mode)
+            return train_classifier(run, curated, cfg, device=self.settings.device, progress=progress, cancel=cancel)
+
+        return self._start("training", fn)
+
+    # -- review ---------------------------------------------------------------
+    def queue(self, client: str) -> ReviewQueue:
+        if self.store is None:
+            raise RuntimeError("no detection results yet: run detection first (Detect tab)")
+        with self._lock:
+            q = self.queues.get(client)
+            if q is None or q.store is not self.store:
+                q = self.queues[client] = ReviewQueue(self.store, ReviewFilter(), 0, client)
+            return q
+
+    def export(self, pseudo: bool = False) -> tuple[Path, Path, pd.DataFrame]:
+        if self.store is None:
+            raise RuntimeError("nothing to export yet: run detection first")
+        df = self.store.export(pseudo=pseudo)
+        out = self.home / "exports"
+        csv = write_export(df, out / "cleaned_labels.csv")
+        pq = write_export(df, out / "cleaned_labels.parquet")
+        return csv, pq, df
