@@ -36,11 +36,11 @@ class ReviewQueue:
 
     def current(self) -> dict | None:
         """The sample at the current position (clamped), or None when the filter is empty."""
-        n = self.size()
-        if n == 0:
-            return None
-        self.pos = max(0, min(self.pos, n - 1))
+        self.pos = max(0, self.pos)
         rows = self.store.query(**self.filter.kwargs(), offset=self.pos, limit=1)
+        if len(rows) == 0 and self.pos > 0:  # past the end (filter shrank): clamp to the last item
+            self.pos = max(0, self.size() - 1)
+            rows = self.store.query(**self.filter.kwargs(), offset=self.pos, limit=1)
         return rows.iloc[0].to_dict() if len(rows) else None
 
     def move(self, delta: int) -> dict | None:

@@ -126,6 +126,8 @@ class ReviewStore:
             con.executemany(f"INSERT INTO samples(idx,{','.join(cols)}) VALUES ({marks})",
                             [(i, *r) for i, r in enumerate(rows)])
             con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('classes', ?)", ("\n".join(classes),))
+            con.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                            [("n_total", str(len(df))), ("n_suspects", str(int((df["is_clean"] == 0).sum())))])
         self.classes = list(classes)
 
     @classmethod
@@ -139,26 +141,26 @@ class ReviewStore:
         return store
 
     def count(self) -> dict[str, int]:
+        """``total`` and ``suspects`` (fixed per scores load) and ``reviewed``/``decided`` so far."""
         with self._read() as con:
-            total, suspects = con.execute("SELECT COUNT(*), COALESCE(SUM(is_clean = 0), 0) FROM samples").fetchone()
-            reviewed = con.execute(
-                "SELECT COUNT(*) FROM state JOIN samples s ON s.id = state.sample_id WHERE s.is_clean = 0"
-            ).fetchone()[0]
-            decided = con.execute("SELECT COUNT(*) FROM state").fetchone()[0]
+            meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('n_total', 'n_suspects')"))
+            if len(meta) < 2:
+                total, suspects = con.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(is_clean = 0), 0) FROM samples").fetchone()
+            else:
+                total, suspects = int(meta["n_total"]), int(meta["n_suspects"])
+            reviewed, decided = con.execute(
+                "SELECT COALESCE(SUM(s.is_clean = 0), 0), COUNT(*) FROM state st "
+                "JOIN samples s ON s.id = st.sample_id").fetchone()
         return {"total": total, "suspects": suspects, "reviewed": reviewed, "decided": decided}
 
     @staticmethod
-    def _filter(suspects: bool, label: str | None, status: str | None, margin_min: float | None,
-                margin_max: float | None) -> tuple[str, list]:
+    def _sample_filter(suspects: bool, label: str | None, margin_min: float | None,
+                       margin_max: float | None) -> tuple[str, list]:
         where, args = ["s.is_clean = ?"], [0 if suspects else 1]
         if label:
             where.append("s.label = ?")
             args.append(label)
-        if status == "pending":
-            where.append("st.status IS NULL")
-        elif status:
-            where.append("st.status = ?")
-            args.append(status)
         if margin_min is not None:
             where.append("s.margin >= ?")
             args.append(margin_min)
@@ -166,6 +168,17 @@ class ReviewStore:
             where.append("s.margin <= ?")
             args.append(margin_max)
         return " AND ".join(where), args
+
+    @classmethod
+    def _filter(cls, suspects: bool, label: str | None, status: str | None, margin_min: float | None,
+                margin_max: float | None) -> tuple[str, list]:
+        where, args = cls._sample_filter(suspects, label, margin_min, margin_max)
+        if status == "pending":
+            where += " AND st.status IS NULL"
+        elif status:
+            where += " AND st.status = ?"
+            args = [*args, status]
+        return where, args
 
     def query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
               margin_min: float | None = None, margin_max: float | None = None,
@@ -182,10 +195,17 @@ class ReviewStore:
 
     def count_query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
                     margin_min: float | None = None, margin_max: float | None = None) -> int:
-        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        """Size of :meth:`query`'s result: index-only counts, decided rows counted from ``state``."""
+        where, args = self._sample_filter(suspects, label, margin_min, margin_max)
         with self._read() as con:
-            return con.execute("SELECT COUNT(*) FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
-                               f"WHERE {where}", args).fetchone()[0]
+            if status is None:
+                return con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
+            decided = ("SELECT COUNT(*) FROM state st JOIN samples s ON s.id = st.sample_id "
+                       f"WHERE {where}")
+            if status == "pending":
+                base = con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
+                return base - con.execute(decided, args).fetchone()[0]
+            return con.execute(decided + " AND st.status = ?", [*args, status]).fetchone()[0]
 
     def position(self, sample_id: str, *, suspects: bool = True, label: str | None = None,
                  status: str | None = None, margin_min: float | None = None,

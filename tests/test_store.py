@@ -173,3 +173,18 @@ def test_read_curated_rejects_unknown_status(tmp_path):
     pd.DataFrame({"path": ["a.jpg"], "final_label": ["cat"], "status": ["maybe"]}).to_csv(p, index=False)
     with pytest.raises(ValueError, match="unknown status"):
         read_curated(p)
+
+
+def test_count_query_matches_the_query_for_every_filter(store):
+    ids = store.query()["id"].tolist()
+    store.decide(ids[0], "accept")
+    store.decide(ids[1], "exclude")
+    store.decide(ids[2], "keep")
+    store.undo()
+    for suspects in (True, False):
+        for label in (None, "cat", "dog"):
+            for status in (None, "pending", "accepted", "excluded", "kept"):
+                for mmin, mmax in ((None, None), (-0.3, None), (None, 0.2)):
+                    kw = dict(suspects=suspects, label=label, status=status, margin_min=mmin, margin_max=mmax)
+                    assert store.count_query(**kw) == len(store.query(**kw, limit=-1)), kw
+    assert store.count()["reviewed"] == 2 and store.count()["suspects"] == 6

@@ -49,6 +49,13 @@ def test_review_flow_survives_kill9(tmp_path, tiny_clip_dir, browser, artifacts)
         page.screenshot(path=str(artifacts / "1-dataset.png"), full_page=True)
         # 2. detect
         open_tab(page, "2 · Detect")
+        # offline: the default hub checkpoint cannot be fetched -> one sentence saying how to pass a folder
+        page.locator("#model textarea").fill("openai/clip-vit-base-patch16")
+        page.click("#btn-detect")
+        wait_text(page, "#detect-progress", "Could not load the CLIP checkpoint 'openai/clip-vit-base-patch16'")
+        assert "--model ./clip" in text(page, "#detect-progress")
+        page.screenshot(path=str(artifacts / "2a-detect-offline.png"), full_page=True)
+        page.locator("#model textarea").fill(str(tiny_clip_dir))
         page.click("#btn-detect")
         wait_text(page, "#detect-summary", "suspects of 400 samples", timeout=300_000)
         n_suspects = int(text(page, "#detect-summary").split()[0])
