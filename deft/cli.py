@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--real-world", action="store_true",
                    help="human-noise variant: pred == label, SCE warm-up, 5 warm-up epochs")
+    p.add_argument("--feature-cache", action="store_true",
+                   help="quick preview: frozen image encoder, features computed once, only prompts train")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.03)
@@ -85,6 +88,11 @@ def _export_frame(run: Run, pseudo: bool) -> pd.DataFrame:
     return export_table(run.scores(), None, pseudo=pseudo)
 
 
+def say(*args: object) -> None:
+    if _main_rank():
+        print(*args, flush=True)
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     ds = load_dataset(a.data, a.root, a.descriptions)
     print(f"{ds.N} images, {ds.K} classes, {len(ds.issues)} problem file(s) excluded")
@@ -99,25 +107,26 @@ def cmd_detect(a: argparse.Namespace) -> int:
 
     ds = load_dataset(a.data, a.root, a.descriptions)
     if len(ds.issues):
-        print(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
+        say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
     cfg = Phase1Config(model=a.model, optim=OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs),
-                       real_world=a.real_world, seed=a.seed)
-    bar = TqdmProgress()
+                       real_world=a.real_world, seed=a.seed, feature_cache=a.feature_cache)
+    bar = TqdmProgress() if _main_rank() else None
     t0 = time.perf_counter()
-    res = detect(ds, a.out, cfg, device=a.device, progress=bar)
-    bar.close()
+    res = detect(ds, a.out, cfg, device=a.device, progress=bar or (lambda ev: None))
+    if bar:
+        bar.close()
     n_sus = int((~res.scores["is_clean"]).sum())
-    print(f"{n_sus} suspects of {len(res.scores)} samples in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    say(f"{n_sus} suspects of {len(res.scores)} samples in {time.perf_counter() - t0:.1f}s -> {a.out}")
     if res.metrics:
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.metrics.items()}))
+        say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.metrics.items()}))
     return 0
 
 
 def cmd_score(a: argparse.Namespace) -> int:
     from .phase1 import rescore
 
-    scores = rescore(a.run, device=a.device, progress=TqdmProgress())
-    print(f"re-scored {len(scores)} samples; {int((~scores['is_clean']).sum())} suspects")
+    scores = rescore(a.run, device=a.device, progress=TqdmProgress() if _main_rank() else (lambda ev: None))
+    say(f"re-scored {len(scores)} samples; {int((~scores['is_clean']).sum())} suspects")
     return 0
 
 
@@ -128,10 +137,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
     cfg = Phase2Config(model=run.config.model, seed=a.seed, val_fraction=a.val_fraction,
                        optim=OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs))
-    bar = TqdmProgress()
-    res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar)
-    bar.close()
-    print(f"trained on {res.classifier.meta['n_train']} samples; val accuracy last {res.last_val_acc:.4f} "
+    bar = TqdmProgress() if _main_rank() else None
+    res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None))
+    if bar:
+        bar.close()
+    say(f"trained on {res.classifier.meta['n_train']} samples; val accuracy last {res.last_val_acc:.4f} "
           f"best {res.best_val_acc:.4f}; model saved to {res.out_dir}")
     return 0
 
@@ -140,7 +150,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     run = Run.open(a.run)
     df = _export_frame(run, a.pseudo)
     write_export(df, a.out)
-    print(f"wrote {len(df)} rows to {a.out} ({df['status'].value_counts().to_dict()})")
+    say(f"wrote {len(df)} rows to {a.out} ({df['status'].value_counts().to_dict()})")
     return 0
 
 
@@ -157,6 +167,11 @@ def cmd_noise(a: argparse.Namespace) -> int:
     print(f"wrote {a.out}: {int((noisy != ds.labels).sum())} of {ds.N} labels changed "
           f"({(noisy != ds.labels).mean():.3f}); detect with: python -m deft detect {a.out} --root {ds.root}")
     return 0
+
+
+def _main_rank() -> bool:
+    """Under torchrun / accelerate launch only rank 0 prints."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 COMMANDS = {"check": cmd_check, "detect": cmd_detect, "score": cmd_score, "train": cmd_train,

@@ -39,6 +39,9 @@ class Phase1Config:
     sce_beta: float = 1.0
     prob_clamp: float = 1e-5
     augment: bool = True
+    # Quick preview / CPU mode: frozen image encoder (no VPT), image features computed once,
+    # only the two prompt contexts train. Much faster; weaker than full DEFT (see README).
+    feature_cache: bool = False
     zero_shot_template: str = "a photo of a {}."
     precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
     attn_implementation: str = "sdpa"

@@ -17,6 +17,7 @@ from torch import nn
 from .config import Phase1Config
 from .data import Dataset
 from .device import autocast, pick_device
+from .distributed import Dist, init_distributed
 from .images import decode_images, make_batch
 from .losses import DeftScores, clean_mask, deft_losses, deft_scores
 from .metrics import detection_metrics
@@ -35,7 +36,7 @@ class DeftModel(nn.Module):
         self.clip = bundle.model
         self.prompts = PromptLearner(self.clip, bundle.tokenize, class_texts, bundle.eos_token_id,
                                      n_ctx=cfg.n_ctx, n_sets=2, init_std=cfg.ctx_init_std, generator=gen)
-        self.vpt = DeepVPT(self.clip, cfg.vpt_tokens, cfg.vpt_layers, generator=gen)
+        self.vpt = None if cfg.feature_cache else DeepVPT(self.clip, cfg.vpt_tokens, cfg.vpt_layers, generator=gen)
 
     @property
     def tau(self) -> torch.Tensor:
@@ -45,23 +46,27 @@ class DeftModel(nn.Module):
         t = self.prompts(self.clip)
         return t[0], t[1]
 
-    def forward(self, pixel_values: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor] | None = None) -> DeftScores:
-        t_pos, t_neg = text if text is not None else self.text_features()
-        return deft_scores(encode_image(self.clip, pixel_values, self.vpt), t_pos, t_neg, self.tau)
+    def forward(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None) -> DeftScores:
+        """Scores from pixels (through the VPT-prompted image tower) or precomputed image ``features``."""
+        t_pos, t_neg = self.text_features()
+        v = features if features is not None else encode_image(self.clip, pixel_values, self.vpt)
+        return deft_scores(v, t_pos, t_neg, self.tau)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [self.prompts.ctx, self.vpt.prompts]
+        return [self.prompts.ctx] + ([self.vpt.prompts] if self.vpt is not None else [])
 
     def save_weights(self, path: Path) -> None:
-        save_file({"ctx_pos": self.prompts.ctx[0].detach().contiguous().cpu(),
-                   "ctx_neg": self.prompts.ctx[1].detach().contiguous().cpu(),
-                   "vpt": self.vpt.prompts.detach().contiguous().cpu()}, str(path))
+        w = {"ctx_pos": self.prompts.ctx[0], "ctx_neg": self.prompts.ctx[1]}
+        if self.vpt is not None:
+            w["vpt"] = self.vpt.prompts
+        save_file({k: v.detach().contiguous().cpu() for k, v in w.items()}, str(path))
 
     def load_weights(self, path: Path) -> None:
         w = load_file(str(path))
         with torch.no_grad():
             self.prompts.ctx.copy_(torch.stack([w["ctx_pos"], w["ctx_neg"]]))
-            self.vpt.prompts.copy_(w["vpt"])
+            if self.vpt is not None:
+                self.vpt.prompts.copy_(w["vpt"])
 
 
 @dataclass
@@ -87,6 +92,22 @@ def zero_shot_text(bundle: ClipBundle, texts: list[str], template: str, chunk: i
 
 
 @torch.no_grad()
+def image_features(bundle: ClipBundle, images: np.ndarray, precision: str = "auto",
+                   progress: ProgressCallback = null_progress, cancel: CancelToken | None = None,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Frozen CLIP image embeddings (no VPT, no augmentation) of every image, ``(N, D)`` on the model's device."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        if cancel is not None:
+            cancel.check()
+        idx = torch.arange(start, min(len(images), start + batch_size))
+        with autocast(bundle.device, precision):
+            out.append(encode_image(bundle.model, make_batch(images, idx, bundle.device, bundle.normalizer)))
+        progress(ProgressEvent("features", int(idx[-1]) + 1, len(images)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def score_samples(
     model: DeftModel,
     images: np.ndarray,
@@ -100,30 +121,33 @@ def score_samples(
     precision: str = "auto",
     progress: ProgressCallback = null_progress,
     cancel: CancelToken | None = None,
+    index: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One deterministic pass (no augmentation) over every sample.
 
     Returns one row per sample: ``sim_pos``, ``sim_neg``, ``margin`` (cosines),
     ``p_clean``, ``is_clean``, the positive-prompt prediction ``pred`` with
     ``pred_conf``, and the zero-shot top-3 ``zs1..zs3`` with ``zs1_conf..zs3_conf``.
+    With ``index``, only those samples are scored (one row each, in that order).
     """
     model.eval()
     device = model.tau.device
     t_pos, t_neg = model.text_features()
     tau = model.tau
     y_all = torch.as_tensor(labels, dtype=torch.long)
-    n = len(labels)
+    index = np.arange(len(labels)) if index is None else np.asarray(index)
+    n = len(index)
     out: dict[str, list[np.ndarray]] = {k: [] for k in (
         "sim_pos", "sim_neg", "p_clean", "is_clean", "pred_idx", "pred_conf", "zs_idx", "zs_conf")}
     for start in range(0, n, batch_size):
         if cancel is not None:
             cancel.check()
-        idx = torch.arange(start, min(n, start + batch_size))
+        idx = torch.as_tensor(index[start : start + batch_size])
         x = make_batch(images, idx, device, normalizer)
         y = y_all[idx].to(device)
         with autocast(device, precision):
-            v = encode_image(model.clip, x, model.vpt)
             v0 = encode_image(model.clip, x, None)
+            v = v0 if model.vpt is None else encode_image(model.clip, x, model.vpt)
         sc = deft_scores(v, t_pos, t_neg, tau)
         cos_pos = (v @ t_pos.t()).gather(1, y[:, None]).squeeze(1)
         cos_neg = (v @ t_neg.t()).gather(1, y[:, None]).squeeze(1)
@@ -162,9 +186,25 @@ def build_scores_table(dataset: Dataset, raw: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _load_images(run: Run, bundle: ClipBundle, progress: ProgressCallback, cancel: CancelToken | None) -> np.ndarray:
-    return decode_images(run.dataset.paths(), bundle.image_size, cache_file=run.cache_file(bundle.image_size),
-                         progress=progress, cancel=cancel)
+def load_run_images(run: Run, size: int, progress: ProgressCallback = null_progress,
+                    cancel: CancelToken | None = None, ddp: Dist | None = None) -> np.ndarray:
+    """The run's decode-once image cache; under ``ddp`` rank 0 decodes and writes it, the others read it."""
+    ddp = ddp or Dist()
+
+    def load() -> np.ndarray:
+        return decode_images(run.dataset.paths(), size, cache_file=run.cache_file(size),
+                             progress=progress if ddp.is_main else null_progress, cancel=cancel)
+
+    images = load() if ddp.is_main else None
+    ddp.barrier()
+    return images if images is not None else load()
+
+
+def open_run(out: str | os.PathLike, dataset: Dataset, cfg: Phase1Config, ddp: Dist) -> Run:
+    """Rank 0 creates (or re-opens) the run folder; the other ranks open it after."""
+    run = Run.create(out, dataset, cfg) if ddp.is_main else None
+    ddp.barrier()
+    return run if run is not None else Run.open(out)
 
 
 def detect(
@@ -182,20 +222,25 @@ def detect(
     If ``out`` already holds an interrupted run on the same data, training resumes
     from its last finished epoch.
     """
-    cfg = config or Phase1Config()
-    run = Run.create(out, dataset, cfg)
+    ddp, dev = init_distributed(pick_device(device) if isinstance(device, str) else device)
+    run = open_run(out, dataset, config or Phase1Config(), ddp)
     cfg = run.config  # a resumed run keeps the config it started with
-    dev = pick_device(device) if isinstance(device, str) else device
     bundle = bundle or load_clip(cfg.model, dev, cfg.attn_implementation)
-    images = _load_images(run, bundle, progress, cancel)
+    images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
     model = DeftModel(bundle, class_texts(dataset), cfg)
     labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-    run.set(status="training")
+    if ddp.is_main:
+        run.set(status="training")
+
+    feats = image_features(bundle, images, cfg.precision, progress, cancel) if cfg.feature_cache else None
 
     def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        x = make_batch(images, idx, dev, bundle.normalizer, gen if cfg.augment else None)
         y = labels[idx].to(dev)
-        out = deft_losses(model(x), y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
+        if feats is not None:
+            scores = model(features=feats[idx.to(feats.device)])
+        else:
+            scores = model(make_batch(images, idx, dev, bundle.normalizer, gen if cfg.augment else None))
+        out = deft_losses(scores, y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
                           clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), generator=gen)
         out["clean_frac"] = out.pop("clean").float().mean()
         return out
@@ -206,23 +251,31 @@ def detect(
     loop = train_epochs(stage="phase1", n=dataset.N, step_fn=step, module=model,
                         params=model.trainable_parameters(), cfg=cfg.optim, seed=cfg.seed, device=dev,
                         precision=cfg.precision, checkpoint=run.checkpoint_path, on_epoch_end=epoch_end,
-                        progress=progress, cancel=cancel)
-    model.save_weights(run.weights_path)
-    scores = _score_run(run, model, bundle, images, cfg, progress, cancel)
-    metrics = _ground_truth_metrics(run, scores)
-    run.set(status="scored", history=loop.history)
+                        progress=progress, cancel=cancel, ddp=ddp)
+    if ddp.is_main:
+        model.save_weights(run.weights_path)
+    scores = _score_run(run, model, bundle, images, cfg, progress, cancel, ddp=ddp)
+    metrics = _ground_truth_metrics(run, scores) if ddp.is_main else None
+    if ddp.is_main:
+        run.set(status="scored", history=loop.history)
     return DetectionResult(run=run, scores=scores, history=loop.history, metrics=metrics)
 
 
 def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarray, cfg: Phase1Config,
-               progress: ProgressCallback, cancel: CancelToken | None, save: bool = True) -> pd.DataFrame:
-    ds = run.dataset
+               progress: ProgressCallback, cancel: CancelToken | None, save: bool = True,
+               ddp: Dist | None = None) -> pd.DataFrame:
+    """Score every sample (each rank its strided shard, gathered back in order); rank 0 saves."""
+    ds, ddp = run.dataset, ddp or Dist()
     zs = zero_shot_text(bundle, class_texts(ds), cfg.zero_shot_template)
-    raw = score_samples(model, images, ds.labels, ds.classes, zs, bundle.normalizer, real_world=cfg.real_world,
-                        precision=cfg.precision, progress=progress, cancel=cancel)
+    index = np.arange(ds.N)[ddp.rank :: ddp.world]
+    part = score_samples(model, images, ds.labels, ds.classes, zs, bundle.normalizer, real_world=cfg.real_world,
+                         precision=cfg.precision, progress=progress if ddp.is_main else null_progress,
+                         cancel=cancel, index=index)
+    raw = ddp.gather_frames(part.assign(_order=index))
     scores = build_scores_table(ds, raw)
-    if save:
+    if save and ddp.is_main:
         run.save_scores(scores)
+    ddp.barrier()
     return scores
 
 
@@ -249,8 +302,8 @@ def rescore(run_path: str | os.PathLike, *, device: str = "auto", bundle: ClipBu
     """Re-open a run, rebuild its detector from the saved weights and score every sample again."""
     run = Run.open(run_path)
     cfg = run.config
-    dev = pick_device(device)
+    ddp, dev = init_distributed(pick_device(device))
     bundle = bundle or load_clip(cfg.model, dev, cfg.attn_implementation)
     model = load_detector(run, bundle)
-    images = _load_images(run, bundle, progress, None)
-    return _score_run(run, model, bundle, images, cfg, progress, None, save=save)
+    images = load_run_images(run, bundle.image_size, progress, None, ddp)
+    return _score_run(run, model, bundle, images, cfg, progress, None, save=save, ddp=ddp)

@@ -18,10 +18,12 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .config import Phase2Config
 from .device import autocast, pick_device
+from .distributed import init_distributed
 from .images import Normalizer, decode_images, make_batch
 from .metrics import accuracy, confusion_matrix
 from .models import ClipBundle, load_clip
 from .models.vpt import vision_tokens
+from .phase1 import load_run_images
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
 from .train_loop import train_epochs
@@ -137,7 +139,7 @@ def train_classifier(
     """
     run = run if isinstance(run, Run) else Run.open(run)
     cfg = config or Phase2Config(model=run.config.model)
-    dev = pick_device(device) if isinstance(device, str) else device
+    ddp, dev = init_distributed(pick_device(device) if isinstance(device, str) else device)
     ds = run.dataset
     pos = pd.Series(np.arange(ds.N), index=ds.samples["id"])
     unknown = sorted(set(curated["id"]) - set(pos.index))
@@ -154,8 +156,7 @@ def train_classifier(
     tr, va = split_train_val(len(curated), cfg.val_fraction, cfg.seed)
 
     bundle = bundle or load_clip(cfg.model, "cpu", cfg.attn_implementation)
-    images = decode_images(ds.paths(), bundle.image_size, cache_file=run.cache_file(bundle.image_size),
-                           progress=progress, cancel=cancel)
+    images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
     vision = CLIPVisionModel(bundle.model.config.vision_config)
     vision.load_state_dict(bundle.model.vision_model.state_dict())
     torch.manual_seed(cfg.seed)
@@ -189,12 +190,16 @@ def train_classifier(
 
     loop = train_epochs(stage="phase2", n=len(tr), step_fn=step, module=model, params=list(model.parameters()),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
-                        on_epoch_end=epoch_end, progress=progress, cancel=cancel)
+                        on_epoch_end=epoch_end, progress=progress, cancel=cancel, ddp=ddp)
     trained.meta["history"] = loop.history
+    if not ddp.is_main:  # one writer: rank 0 evaluates and saves
+        ddp.barrier()
+        return Phase2Result(trained, loop.history, best["acc"], float("nan"), np.zeros((ds.K, ds.K), int), out_dir)
     trained.save(out_dir)
     last = loop.history[-1]["val_acc"] if loop.history else float("nan")
     cm = confusion_matrix(val_pred(), y_all[va].numpy(), ds.K) if len(va) else np.zeros((ds.K, ds.K), int)
     summary = {"best_val_acc": best["acc"], "last_val_acc": last, "out": str(out_dir), "history": loop.history,
                "confusion": cm.tolist(), "classes": ds.classes}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    ddp.barrier()
     return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir)

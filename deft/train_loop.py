@@ -12,6 +12,7 @@ import torch
 
 from .config import OptimConfig
 from .device import autocast
+from .distributed import Dist
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 
@@ -53,6 +54,7 @@ def train_epochs(
     on_epoch_end: EpochEndFn | None = None,
     progress: ProgressCallback = null_progress,
     cancel: CancelToken | None = None,
+    ddp: Dist | None = None,
 ) -> LoopResult:
     """Train ``params`` for ``cfg.epochs`` epochs over ``n`` samples in shuffled batches.
 
@@ -60,7 +62,16 @@ def train_epochs(
     and any other scalars to average per epoch. ``checkpoint`` (if given) is written
     after every epoch (trainable state of ``module``, optimizer, scheduler, history)
     and, if it exists, the loop resumes from it.
+
+    Under ``ddp`` every rank draws the same global batch and trains on its slice;
+    gradients are averaged across ranks; only rank 0 reports, checkpoints and runs
+    ``on_epoch_end``.
     """
+    ddp = ddp or Dist()
+    if not ddp.is_main:
+        progress, on_epoch_end, checkpoint_out = null_progress, None, None
+    else:
+        checkpoint_out = checkpoint
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     opt, sched = make_optimizer(params, cfg, steps_per_epoch * cfg.epochs)
     result, start_epoch = LoopResult(), 0
@@ -80,35 +91,45 @@ def train_epochs(
         for step in range(steps_per_epoch):
             if cancel is not None:
                 cancel.check()
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            with autocast(device, precision):
-                out = step_fn(idx, epoch, gen)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{stage}: non-finite loss at epoch {epoch + 1}, step {step + 1}")
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            idx = ddp.shard(batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(idx) == 0:  # a short last batch can leave a rank without samples: it still syncs
+                out = {}
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+            else:
+                with autocast(device, precision):
+                    out = step_fn(idx, epoch, gen)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{stage}: non-finite loss at epoch {epoch + 1}, step {step + 1}")
+                loss.backward()
+            ddp.average_gradients(params)
             opt.step()
             sched.step()
             for k, v in out.items():
                 if torch.is_tensor(v) and v.ndim == 0:
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-            done_images += len(idx)
+            done_images += len(batch)
             elapsed = time.perf_counter() - t0
             g = epoch * steps_per_epoch + step + 1
             rate = done_images / elapsed if elapsed > 0 else 0.0
-            progress(ProgressEvent(
-                stage, g, total, epoch, cfg.epochs, rate,
-                eta_s=(total - g) * cfg.batch_size / rate if rate else 0.0,
-                metrics={"loss": float(loss.detach()), "lr": sched.get_last_lr()[0]},
-            ))
-        summary = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}}
+            if "loss" in out:
+                progress(ProgressEvent(
+                    stage, g, total, epoch, cfg.epochs, rate,
+                    eta_s=(total - g) * cfg.batch_size / rate if rate else 0.0,
+                    metrics={"loss": float(out["loss"].detach()), "lr": sched.get_last_lr()[0]},
+                ))
+        keys = sorted(sums)
+        totals = ddp.sum([sums[k] for k in keys], device)
+        summary = {"epoch": epoch + 1, **{k: v / n for k, v in zip(keys, totals, strict=True)}}
         if on_epoch_end is not None:
             summary.update(on_epoch_end(epoch, summary) or {})
         result.history.append(summary)
         progress(ProgressEvent(stage, (epoch + 1) * steps_per_epoch, total, epoch, cfg.epochs,
                                metrics=summary, epoch_end=True))
-        if checkpoint is not None:
+        if checkpoint_out is not None:
             trainable = trainable_state(module)
             tmp = checkpoint.with_suffix(".tmp")
             torch.save({"module": trainable, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

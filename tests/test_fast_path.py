@@ -1,0 +1,64 @@
+"""The fast path (SDPA attention + bf16 autocast) agrees with the plain fp32 eager path, and the
+feature-cache preview mode trains only the prompts."""
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from deft.config import OptimConfig, Phase1Config
+from deft.data import load_dataset
+from deft.images import decode_images
+from deft.models import load_clip
+from deft.phase1 import class_texts, detect, load_detector, score_samples, zero_shot_text
+from deft.run import Run
+
+# bf16 keeps 8 mantissa bits (~3 significant digits): cosines move by up to ~1e-2.
+MARGIN_ATOL = 0.03
+MIN_AGREEMENT = 0.9
+
+
+def _score(run: Run, attn: str, precision: str):
+    bundle = load_clip(run.config.model, "cpu", attn)
+    model = load_detector(run, bundle)
+    images = decode_images(run.dataset.paths(), bundle.image_size)
+    zs = zero_shot_text(bundle, class_texts(run.dataset), run.config.zero_shot_template)
+    return score_samples(model, images, run.dataset.labels, run.dataset.classes, zs, bundle.normalizer,
+                         precision=precision)
+
+
+def test_fast_path_scores_match_fp32_reference(tmp_path, cifar_small, tiny_clip_dir):
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=2, batch_size=16))
+    detect(load_dataset(cifar_small), tmp_path / "run", cfg)
+    run = Run.open(tmp_path / "run")
+    ref = _score(run, "eager", "fp32")
+    sdpa = _score(run, "sdpa", "fp32")
+    fast = _score(run, "sdpa", "bf16")
+    # SDPA alone is the same math: float rounding only
+    assert np.allclose(sdpa["margin"], ref["margin"], atol=1e-5)
+    diff = np.abs(fast["margin"].to_numpy() - ref["margin"].to_numpy())
+    print(f"bf16 vs fp32 margin: max |diff| {diff.max():.4f}, mean {diff.mean():.4f}")
+    assert diff.max() <= MARGIN_ATOL
+    # decisions may flip only for samples whose margin is within the numeric noise of 0
+    flipped = fast["is_clean"].to_numpy() != ref["is_clean"].to_numpy()
+    assert (np.abs(ref["margin"].to_numpy()[flipped]) <= MARGIN_ATOL).all()
+    assert (~flipped).mean() >= MIN_AGREEMENT
+
+
+def test_feature_cache_mode_trains_prompts_only(tmp_path, cifar_small, tiny_clip_dir):
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=2, batch_size=16),
+                       feature_cache=True)
+    res = detect(load_dataset(cifar_small), tmp_path / "run", cfg)
+    assert len(res.scores) == 60 and res.scores["margin"].notna().all()
+    weights = load_file(str(res.run.weights_path))
+    assert set(weights) == {"ctx_pos", "ctx_neg"}
+    # re-open and re-score: same numbers
+    again = _score(Run.open(tmp_path / "run"), "sdpa", "fp32")
+    assert np.allclose(again["margin"], res.scores["margin"], atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_step_runs_under_each_precision(tmp_path, cifar_small, tiny_clip_dir, precision):
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=32),
+                       precision=precision)
+    res = detect(load_dataset(cifar_small), tmp_path / precision, cfg)
+    assert np.isfinite(res.history[-1]["loss"])
