@@ -77,6 +77,25 @@ class DetectionResult:
     metrics: dict[str, float] | None
 
 
+def phase1_step(model: DeftModel, images: np.ndarray, labels: torch.Tensor, cfg: Phase1Config, normalizer,
+                features: torch.Tensor | None = None):
+    """The Phase 1 training step: batch (augmented on device) -> DEFT scores -> the two losses."""
+    dev = model.tau.device
+
+    def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        y = labels[idx].to(dev)
+        if features is not None:
+            scores = model(features=features[idx.to(features.device)])
+        else:
+            scores = model(make_batch(images, idx, dev, normalizer, gen if cfg.augment else None))
+        out = deft_losses(scores, y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
+                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), generator=gen)
+        out["clean_frac"] = out.pop("clean").float().mean()
+        return out
+
+    return step
+
+
 def class_texts(dataset: Dataset) -> list[str]:
     return [dataset.prompts[c] for c in dataset.classes]
 
@@ -233,17 +252,7 @@ def detect(
         run.set(status="training")
 
     feats = image_features(bundle, images, cfg.precision, progress, cancel) if cfg.feature_cache else None
-
-    def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        y = labels[idx].to(dev)
-        if feats is not None:
-            scores = model(features=feats[idx.to(feats.device)])
-        else:
-            scores = model(make_batch(images, idx, dev, bundle.normalizer, gen if cfg.augment else None))
-        out = deft_losses(scores, y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
-                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), generator=gen)
-        out["clean_frac"] = out.pop("clean").float().mean()
-        return out
+    step = phase1_step(model, images, labels, cfg, bundle.normalizer, feats)
 
     def epoch_end(epoch: int, summary: dict[str, float]) -> None:
         run.log({"stage": "phase1", **summary})

@@ -102,6 +102,19 @@ def predict_proba(model: Classifier, images: np.ndarray, normalizer: Normalizer,
     return np.concatenate(out) if out else np.zeros((0, len(model.head.weight)))
 
 
+def phase2_step(model: Classifier, images: np.ndarray, image_index: np.ndarray, labels: torch.Tensor,
+                normalizer: Normalizer, augment: bool = True):
+    """The Phase 2 training step over training rows: image ``image_index[i]`` has label ``labels[i]``."""
+    dev = next(model.parameters()).device
+
+    def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        rows = idx.numpy()
+        x = make_batch(images, torch.as_tensor(image_index[rows]), dev, normalizer, gen if augment else None)
+        return {"loss": F.cross_entropy(model(x).float(), labels[rows].to(dev))}
+
+    return step
+
+
 @dataclass
 class Phase2Result:
     classifier: TrainedClassifier
@@ -163,12 +176,7 @@ def train_classifier(
     model = Classifier(vision, ds.K).to(dev)
     model.requires_grad_(True)
 
-    def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        rows = tr[idx.numpy()]
-        x = make_batch(images, torch.as_tensor(sample_idx[rows]), dev, bundle.normalizer,
-                       gen if cfg.augment else None)
-        loss = F.cross_entropy(model(x).float(), y_all[rows].to(dev))
-        return {"loss": loss}
+    step = phase2_step(model, images, sample_idx[tr], y_all[tr], bundle.normalizer, cfg.augment)
 
     best = {"acc": -1.0}
     out_dir = Path(out) if out is not None else run.phase2_dir

@@ -90,6 +90,14 @@ def thumbnail(path: Path, size: int = 256) -> Image.Image:
                          if max(im.size) < 96 else Image.Resampling.BICUBIC)
 
 
+def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.HTML]:
+    """Start / Cancel buttons, a message line and a progress bar for a background job."""
+    with gr.Row():
+        start = gr.Button(label, variant="primary", elem_id=f"btn-{key}")
+        cancel = gr.Button("Cancel", elem_id=f"btn-cancel-{key}")
+    return start, cancel, gr.Markdown(elem_id=f"{key}-msg"), gr.HTML(elem_id=f"{key}-progress")
+
+
 def build_app(ws: Workspace) -> gr.Blocks:
     s = ws.settings
     with gr.Blocks(title="deft-audit") as demo:
@@ -116,12 +124,9 @@ def build_app(ws: Workspace) -> gr.Blocks:
                     model_in = gr.Textbox(s.model, label="CLIP checkpoint (hub id or local folder)", scale=4,
                                           elem_id="model")
                     rw_in = gr.Checkbox(False, label="Real-world (human) noise")
+                    pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
                     ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1)
-                with gr.Row():
-                    run_btn = gr.Button("Run detection", variant="primary", elem_id="btn-detect")
-                    cancel_btn = gr.Button("Cancel", elem_id="btn-cancel-detect")
-                det_msg = gr.Markdown(elem_id="detect-msg")
-                det_prog = gr.HTML(elem_id="detect-progress")
+                run_btn, cancel_btn, det_msg, det_prog = job_controls("Run detection", "detect")
                 with gr.Row():
                     loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss / clean fraction",
                                             height=260)
@@ -170,11 +175,7 @@ def build_app(ws: Workspace) -> gr.Blocks:
                                         ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                                        value="relabels", label="Training set")
                     tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1)
-                with gr.Row():
-                    train_btn = gr.Button("Train classifier", variant="primary", elem_id="btn-train")
-                    tcancel_btn = gr.Button("Cancel", elem_id="btn-cancel-train")
-                train_msg = gr.Markdown(elem_id="train-msg")
-                train_prog = gr.HTML(elem_id="train-progress")
+                train_btn, tcancel_btn, train_msg, train_prog = job_controls("Train classifier", "train")
                 curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / validation accuracy",
                                          height=260)
                 train_summary = gr.Markdown(elem_id="train-summary")
@@ -227,9 +228,9 @@ def build_app(ws: Workspace) -> gr.Blocks:
                 return "Load a dataset to start.", None, None, gr.update(), []
             return dataset_view()
 
-        def on_detect(model, rw, epochs):
+        def on_detect(model, rw, epochs, preview):
             try:
-                ws.start_detect(model.strip(), bool(rw), int(epochs or 1))
+                ws.start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview))
             except USER_ERRORS as exc:
                 return _err(exc)
             return "Detection started."
@@ -415,7 +416,7 @@ def build_app(ws: Workspace) -> gr.Blocks:
         load_btn.click(on_load, [data_in, root_in], dataset_outputs).then(
             lambda cid: card(cid), [client], card_outputs)
         thumb_class.change(class_thumbs, thumb_class, gallery)
-        run_btn.click(on_detect, [model_in, rw_in, ep_in], det_msg)
+        run_btn.click(on_detect, [model_in, rw_in, ep_in, pv_in], det_msg)
         cancel_btn.click(on_cancel, None, det_msg)
         train_btn.click(on_train, [mode_in, tep_in], train_msg)
         tcancel_btn.click(on_cancel, None, train_msg)

@@ -93,16 +93,16 @@ class Workspace:
             self.job = Job(name, fn).start()
             return self.job
 
-    def phase1_config(self, model: str, real_world: bool, epochs: int) -> Phase1Config:
-        return Phase1Config(model=model, real_world=real_world,
+    def phase1_config(self, model: str, real_world: bool, epochs: int, preview: bool = False) -> Phase1Config:
+        return Phase1Config(model=model, real_world=real_world, feature_cache=preview,
                             optim=OptimConfig(lr=0.03, epochs=int(epochs), batch_size=self.settings.batch_size))
 
-    def start_detect(self, model: str, real_world: bool, epochs: int) -> Job:
+    def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False) -> Job:
         from deft.phase1 import detect
 
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
-        ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs)
+        ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs, preview)
         digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
         out = self.home / f"detect-{digest}"
 

@@ -35,6 +35,7 @@ class PromptLearner(nn.Module):
 
     Set 0 is the positive prompt, set 1 the negative one. The class tokens come last
     (``[V]x16 classname.``), the EOS feature is the text feature, as in CoOp/DEFT.
+    ``truncate=False`` keeps the full context length (the reference recipe's cost).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class PromptLearner(nn.Module):
         n_sets: int = 2,
         init_std: float = 0.02,
         generator: torch.Generator | None = None,
+        truncate: bool = True,
     ) -> None:
         super().__init__()
         width = clip.config.text_config.hidden_size
@@ -54,8 +56,8 @@ class PromptLearner(nn.Module):
         enc = tokenize([f"{placeholder} {t}." for t in class_texts])
         ids = enc["input_ids"]
         eos = (ids == eos_token_id).int().argmax(dim=1)
-        length = int(eos.max()) + 1
-        ids = ids[:, :length]
+        if truncate:  # exact: causal attention means nothing after the EOS reaches its feature
+            ids = ids[:, : int(eos.max()) + 1]
         with torch.no_grad():
             tok = clip.text_model.embeddings.token_embedding(ids)
         self.register_buffer("prefix", tok[:, :1].clone(), persistent=False)  # SOS

@@ -1,0 +1,43 @@
+"""Phase 2 throughput (full fine-tuning + linear head): the reference recipe vs our fast path.
+
+reference: fp16 weights (fp32 on CPU), fp32 data pipeline on the CPU, eager attention, no autocast.
+ours: the library's own step (deft.phase2.phase2_step): uint8 batches augmented on the device,
+bf16 autocast with fp32 master weights on CUDA, SDPA attention.
+
+    python bench/phase2.py --device cuda --n 50000 --classes 100
+    python bench/phase2.py --device cpu --models tiny vitb16 --batch 16 --steps 3 --warmup 1   # CPU table
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import bench_args, run_bench, timed_training_step  # noqa: I001  (bench/ is on sys.path)
+from transformers import CLIPVisionModel
+
+from deft.config import OptimConfig
+from deft.images import augment
+from deft.phase2 import Classifier, phase2_step
+from deft.train_loop import make_optimizer
+
+
+def make(recipe, bundle, images, labels, args, device):
+    vision = CLIPVisionModel(bundle.model.config.vision_config)
+    vision.load_state_dict(bundle.model.vision_model.state_dict())
+    model = Classifier(vision, args.classes).to(device).requires_grad_(True)
+    if recipe == "reference" and device.type == "cuda":
+        model.half()
+    opt, _ = make_optimizer(model.parameters(), OptimConfig(lr=5e-4, batch_size=args.batch), 10_000)
+    dtype = next(model.parameters()).dtype
+
+    def ref_step(idx, epoch, g):
+        x = augment(bundle.normalizer(torch.from_numpy(images[idx.numpy()])), g).to(device, dtype)
+        return {"loss": F.cross_entropy(model(x).float(), labels[idx].to(device))}
+
+    ours = phase2_step(model, images, np.arange(len(images)), labels, bundle.normalizer)
+    return timed_training_step(recipe, ours if recipe == "ours" else ref_step, opt, len(images), args.batch, device)
+
+if __name__ == "__main__":
+    a = bench_args(__doc__.splitlines()[0], "phase2.json")
+    run_bench("Phase 2 (full fine-tuning) training throughput", a, make)

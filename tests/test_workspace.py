@@ -1,0 +1,57 @@
+"""The app's server-side layer without a browser: two tabs on one run, offline model error, export."""
+
+import pandas as pd
+
+from deft.curation import EXPORT_COLUMNS
+from ui.workspace import AppSettings, Workspace
+
+from .conftest import ROOT
+
+DEMO = ROOT / "assets" / "demo"
+
+
+def _ready(tmp_path, model) -> Workspace:
+    ws = Workspace(AppSettings(data=str(DEMO), model=str(model), runs=tmp_path / "runs", device="cpu",
+                               batch_size=64))
+    ws.load(str(DEMO))
+    job = ws.start_detect(str(model), False, 1)
+    job.join(300)
+    assert job.status == "done", job.error
+    return ws
+
+
+def test_two_tabs_last_write_wins_and_undo_is_per_tab(tmp_path, tiny_clip_dir):
+    ws = _ready(tmp_path, tiny_clip_dir)
+    a, b = ws.queue("tab-a"), ws.queue("tab-b")
+    sid = a.current()["id"]
+    assert b.current()["id"] == sid  # both tabs start on the worst suspect
+    a.act("relabel", "cat")
+    b.act("relabel", "dog")  # later write wins
+    assert ws.store.sample(sid)["final_label"] == "dog"
+    a.undo()  # tab a undoes *its* decision: b's later one stays
+    assert ws.store.sample(sid)["final_label"] == "dog"
+    b.undo()
+    assert ws.store.sample(sid)["status"] is None
+    assert list(ws.store.log()["client"]) == ["tab-a", "tab-b", "tab-a", "tab-b"]
+
+
+def test_restart_reopens_latest_detection_and_decisions(tmp_path, tiny_clip_dir):
+    ws = _ready(tmp_path, tiny_clip_dir)
+    sid = ws.queue("t").current()["id"]
+    ws.queue("t").act("exclude")
+    again = Workspace(ws.settings)
+    again.load(str(DEMO))
+    assert again.run is not None and again.store.sample(sid)["status"] == "excluded"
+    csv, pq, df = again.export()
+    assert list(pd.read_csv(csv).columns) == EXPORT_COLUMNS and len(pd.read_parquet(pq)) == 400
+
+
+def test_unreachable_checkpoint_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ws = Workspace(AppSettings(data=str(DEMO), runs=tmp_path / "runs", device="cpu"))
+    ws.load(str(DEMO))
+    job = ws.start_detect("openai/clip-vit-base-patch16", False, 1)
+    job.join(60)
+    assert job.status == "error"
+    assert job.error.startswith("Could not load the CLIP checkpoint 'openai/clip-vit-base-patch16'")
+    assert job.error.count(". ") <= 2 and "--model ./clip" in job.error
