@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,19 +120,24 @@ def check_images(paths: list[Path], workers: int = 8) -> list[str | None]:
         return list(pool.map(_check_image, paths))
 
 
-def _safe_relative(root: Path, raw: str) -> str:
-    """Normalise a table path to a POSIX id relative to root; refuse escapes."""
-    p = Path(raw)
-    root_abs = root.resolve()
-    full = (p if p.is_absolute() else root_abs / p).resolve()
-    try:
-        rel = full.relative_to(root_abs)
-    except ValueError:
-        raise DataError(
-            f"Path {raw!r} points outside the dataset root {root}. "
-            "Keep every image under the root, or pass a different --root."
-        ) from None
-    return PurePosixPath(*rel.parts).as_posix()
+def relative_ids(root: Path, raw: pd.Series) -> list[str]:
+    """Normalise table paths to POSIX ids relative to ``root``; refuse paths that leave it.
+
+    The check is lexical (``normpath``, no filesystem call per row), so a million rows take
+    seconds; a symlink inside the root that points elsewhere is followed when reading.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    prefix = base.rstrip(os.sep) + os.sep
+    ids = []
+    for p in raw:
+        full = os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+        if not full.startswith(prefix):
+            raise DataError(
+                f"Path {p!r} points outside the dataset root {root}. "
+                "Keep every image under the root, or pass a different --root."
+            )
+        ids.append(full[len(prefix):].replace(os.sep, "/"))
+    return ids
 
 
 def _finish(
@@ -249,7 +254,7 @@ def load_table(
     if empty.any():
         rows = (np.flatnonzero(empty.to_numpy()) + 2).tolist()[:10]
         raise DataError(f"{table}: empty path or label on line(s) {rows}.")
-    ids = [_safe_relative(root, p) for p in df["path"]]
+    ids = relative_ids(root, df["path"])
     df = df.assign(id=ids)
     dup = df["id"][df["id"].duplicated()].unique().tolist()
     if dup:
