@@ -55,3 +55,14 @@ def test_unreachable_checkpoint_is_one_sentence(tmp_path, monkeypatch):
     assert job.status == "error"
     assert job.error.startswith("Could not load the CLIP checkpoint 'openai/clip-vit-base-patch16'")
     assert job.error.count(". ") <= 2 and "--model ./clip" in job.error
+
+
+def test_detection_finishing_after_a_dataset_switch_does_not_attach(tmp_path, tiny_clip_dir, cifar_small):
+    ws = Workspace(AppSettings(data=str(DEMO), runs=tmp_path / "runs", device="cpu"))
+    ws.load(str(DEMO))
+    job = ws.start_detect(str(tiny_clip_dir), False, 1)
+    ws.load(str(cifar_small))  # switch while it runs (or right after)
+    job.join(300)
+    assert job.status == "done", job.error
+    assert ws.dataset.source == str(cifar_small)
+    assert ws.store is None or ws.store.count()["total"] == 60

@@ -108,7 +108,9 @@ class Workspace:
 
         def fn(progress, cancel):
             res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
-            self.attach(res.run)
+            with self._lock:
+                if self.dataset is ds:  # the user may have loaded another dataset meanwhile
+                    self.attach(res.run)
             return res
 
         return self._start("detection", fn)
