@@ -1,0 +1,48 @@
+"""Phase 2: hold-out split, per-epoch history, best/last accuracy, saved model that predicts."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from deft.config import OptimConfig, Phase1Config, Phase2Config
+from deft.data import load_dataset
+from deft.phase1 import detect
+from deft.phase2 import TrainedClassifier, split_train_val, train_classifier
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, cifar_small, tiny_clip_dir):
+    out = tmp_path_factory.mktemp("p2") / "run"
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=32))
+    return detect(load_dataset(cifar_small), out, cfg).run
+
+
+def test_train_saves_a_model_that_predicts(run, tmp_path):
+    curated = run.dataset.samples[["id", "label"]]
+    cfg = Phase2Config(model=run.config.model, optim=OptimConfig(lr=5e-4, epochs=2, batch_size=16), val_fraction=0.2)
+    res = train_classifier(run, curated, cfg, out=tmp_path / "model")
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert all({"loss", "val_acc"} <= set(h) for h in res.history)
+    assert res.last_val_acc == res.history[-1]["val_acc"] and res.best_val_acc >= res.last_val_acc
+    assert res.confusion.sum() == 12  # 20% of 60 held out
+    summary = json.loads((tmp_path / "model" / "summary.json").read_text())
+    assert summary["classes"] == run.dataset.classes
+    clf = TrainedClassifier.load(tmp_path / "model")
+    pred = clf.predict([run.dataset.root / i for i in curated["id"][:5]])
+    assert len(pred) == 5 and set(pred["pred"]) <= set(run.dataset.classes)
+    assert pred["conf"].between(0, 1).all()
+    assert (tmp_path / "model" / "best" / "model.safetensors").is_file()
+
+
+def test_curated_table_errors(run):
+    with pytest.raises(ValueError, match="not samples of this run"):
+        train_classifier(run, pd.DataFrame({"id": ["nope.jpg", "x.jpg"], "label": ["cat", "cat"]}))
+    with pytest.raises(ValueError, match="unknown classes"):
+        train_classifier(run, pd.DataFrame({"id": run.dataset.samples["id"][:2], "label": ["cat", "wolf"]}))
+
+
+def test_split_is_seeded_and_disjoint():
+    tr, va = split_train_val(100, 0.1, seed=3)
+    assert len(va) == 10 and not set(tr) & set(va) and len(tr) + len(va) == 100
+    assert (split_train_val(100, 0.1, seed=3)[1] == va).all()
