@@ -15,6 +15,7 @@ def test_offline_hub_id_fails_with_one_clear_sentence(monkeypatch):
         load_clip("openai/clip-vit-base-patch16")
     msg = str(e.value)
     assert "openai/clip-vit-base-patch16" in msg and "--model ./clip" in msg
+    assert msg.count(". ") == 0 and msg.endswith(".")  # one sentence
 
 
 def test_missing_local_folder(tmp_path):

@@ -206,7 +206,8 @@ def build_app(ws: Workspace) -> gr.Blocks:
             msg = f"**{ds.N} images, {ds.K} classes** from `{ds.source}`; {len(ds.issues)} file(s) excluded."
             if ws.run is not None:
                 msg += f" Detection results loaded from `{ws.run.path}`: go to **Review**."
-            return (msg, counts, ds.issues, gr.update(choices=ds.classes, value=ds.classes[0]),
+            chart = gr.update(value=counts, y_lim=[0, int(counts["images"].max() * 1.1) + 1])
+            return (msg, chart, ds.issues, gr.update(choices=ds.classes, value=ds.classes[0]),
                     class_thumbs(ds.classes[0]))
 
         def class_thumbs(cls):

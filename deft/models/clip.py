@@ -45,9 +45,9 @@ class ClipBundle:
 
 def offline_message(name: str) -> str:
     return (
-        f"Could not load the CLIP checkpoint '{name}': it is not a local folder and could not be "
-        f"downloaded (no internet?). Download it where you have internet "
-        f"(e.g. `hf download {name} --local-dir ./clip`) and pass the folder: --model ./clip."
+        f"Could not load the CLIP checkpoint '{name}' (not a local folder, and it cannot be downloaded "
+        f"without internet): download it where you have internet (`hf download {name} --local-dir ./clip`) "
+        f"and pass that folder with --model ./clip."
     )
 
 
