@@ -83,7 +83,7 @@ def _export_frame(run: Run, pseudo: bool) -> pd.DataFrame:
     from .curation import export_table
     from .store import ReviewStore
 
-    if (run.path / "review.sqlite").is_file():
+    if ReviewStore.path_for_run(run).is_file():  # decisions made in the app (or the library)
         return ReviewStore.for_run(run).export(pseudo=pseudo)
     return export_table(run.scores(), None, pseudo=pseudo)
 

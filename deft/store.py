@@ -130,11 +130,22 @@ class ReviewStore:
                             [("n_total", str(len(df))), ("n_suspects", str(int((df["is_clean"] == 0).sum())))])
         self.classes = list(classes)
 
+    @staticmethod
+    def path_for_run(run) -> Path:
+        """Where a run's decisions live: ``RUN/review.sqlite``, or the app's per-dataset
+        ``RUN/../review.sqlite`` (shared by all detections of one dataset) when that exists."""
+        shared = run.path.parent / "review.sqlite"
+        own = run.path / "review.sqlite"
+        return shared if shared.is_file() and not own.is_file() else own
+
     @classmethod
-    def for_run(cls, run) -> ReviewStore:
-        """The store of a run (``RUN/review.sqlite``), (re)loaded from the run's scores when they changed."""
-        store = cls(run.path / "review.sqlite")
-        stamp = str(run.scores_path.stat().st_mtime_ns)
+    def for_run(cls, run, path: str | os.PathLike | None = None) -> ReviewStore:
+        """The review store of ``run``, (re)loaded from the run's scores when they changed.
+
+        Decisions are keyed by sample id, so they survive a re-detection.
+        """
+        store = cls(path if path is not None else cls.path_for_run(run))
+        stamp = f"{run.path.name}:{run.scores_path.stat().st_mtime_ns}"
         if store.get_meta("scores_stamp") != stamp:
             store.load_scores(run.scores(), run.dataset.classes)
             store.set_meta("scores_stamp", stamp)

@@ -66,3 +66,18 @@ def test_detection_finishing_after_a_dataset_switch_does_not_attach(tmp_path, ti
     assert job.status == "done", job.error
     assert ws.dataset.source == str(cifar_small)
     assert ws.store is None or ws.store.count()["total"] == 60
+
+
+def test_cli_export_sees_the_decisions_made_in_the_app(tmp_path, tiny_clip_dir):
+    from deft.cli import main
+
+    ws = _ready(tmp_path, tiny_clip_dir)
+    q = ws.queue("t")
+    sid = q.current()["id"]
+    q.act("relabel", "cat")
+    out = tmp_path / "cli.csv"
+    assert main(["export", str(ws.run.path), "--out", str(out)]) == 0
+    rows = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert rows.loc[sid, "status"] == "relabelled" and rows.loc[sid, "final_label"] == "cat"
+    app_csv, _, _ = ws.export()
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(app_csv))

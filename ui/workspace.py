@@ -77,12 +77,7 @@ class Workspace:
         """Make ``run`` current and load its scores into the dataset's review store."""
         with self._lock:
             self.run = run
-            store = ReviewStore(self.home / "review.sqlite")
-            stamp = f"{run.path.name}:{run.scores_path.stat().st_mtime_ns}"
-            if store.get_meta("scores_stamp") != stamp:
-                store.load_scores(run.scores(), run.dataset.classes)
-                store.set_meta("scores_stamp", stamp)
-            self.store = store
+            self.store = ReviewStore.for_run(run, self.home / "review.sqlite")
             self.queues.clear()
 
     # -- jobs -----------------------------------------------------------------
