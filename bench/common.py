@@ -130,6 +130,7 @@ def report(title: str, rows: list[dict], out: Path, meta: dict) -> None:
     cols = ["recipe", "model", "batch", "img_per_s", "speedup", "epoch_s", "gflop_per_img", "achieved_tflops",
             "pct_of_peak", "peak_mem_gb"]
     print(f"\n{title}  [{meta['device']}]  peak matmul {meta['peak_tflops']:.2f} TFLOP/s ({meta['peak_dtype']})")
+    print(f"peak_mem_gb: {meta['peak_mem_note']}")
     print("  ".join(f"{c:>15}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]:>15.3f}" if isinstance(r[c], float) else f"{r[c]!s:>15}" for c in cols))
@@ -209,5 +210,8 @@ def run_bench(title: str, args, make: Callable) -> None:
                 r["speedup"] = r["img_per_s"] / ref["img_per_s"]
     meta = {"device": device_name(device), "peak_tflops": peak / 1e12, "peak_dtype": str(peak_dtype),
             "n": args.n, "classes": args.classes, "steps": args.steps, "warmup": args.warmup,
-            "torch": torch.__version__, "note": "epoch_s is projected: n / median img/s over the timed steps"}
+            "torch": torch.__version__, "note": "epoch_s is projected: n / median img/s over the timed steps",
+            "peak_mem_note": ("CUDA max allocated, reset per recipe" if device.type == "cuda" else
+                              "CPU: process max RSS so far, cumulative over the rows in run order "
+                              "(not attributable per recipe)")}
     report(title, rows, Path(args.out), meta)
