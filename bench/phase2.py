@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import bench_args, run_bench, timed_training_step  # noqa: I001  (bench/ is on sys.path)
-from transformers import CLIPVisionModel
 
 from deft.config import OptimConfig
 from deft.images import augment
@@ -23,9 +22,7 @@ from deft.train_loop import make_optimizer
 
 
 def make(recipe, bundle, images, labels, args, device):
-    vision = CLIPVisionModel(bundle.model.config.vision_config)
-    vision.load_state_dict(bundle.model.vision_model.state_dict())
-    model = Classifier(vision, args.classes).to(device).requires_grad_(True)
+    model = Classifier.from_clip(bundle, args.classes).to(device)
     if recipe == "reference" and device.type == "cuda":
         model.half()
     opt, _ = make_optimizer(model.parameters(), OptimConfig(lr=5e-4, batch_size=args.batch), 10_000)

@@ -141,6 +141,7 @@ def score_samples(
     progress: ProgressCallback = null_progress,
     cancel: CancelToken | None = None,
     index: np.ndarray | None = None,
+    features: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """One deterministic pass (no augmentation) over every sample.
 
@@ -148,6 +149,8 @@ def score_samples(
     ``p_clean``, ``is_clean``, the positive-prompt prediction ``pred`` with
     ``pred_conf``, and the zero-shot top-3 ``zs1..zs3`` with ``zs1_conf..zs3_conf``.
     With ``index``, only those samples are scored (one row each, in that order).
+    ``features`` (frozen image embeddings of all samples, feature-cache mode) replaces
+    the image pass when the model has no visual prompts.
     """
     model.eval()
     device = model.tau.device
@@ -162,11 +165,14 @@ def score_samples(
         if cancel is not None:
             cancel.check()
         idx = torch.as_tensor(index[start : start + batch_size])
-        x = make_batch(images, idx, device, normalizer)
         y = y_all[idx].to(device)
-        with autocast(device, precision):
-            v0 = encode_image(model.clip, x, None)
-            v = v0 if model.vpt is None else encode_image(model.clip, x, model.vpt)
+        if features is not None and model.vpt is None:
+            v0 = v = features[idx.to(features.device)]
+        else:
+            x = make_batch(images, idx, device, normalizer)
+            with autocast(device, precision):
+                v0 = encode_image(model.clip, x, None)
+                v = v0 if model.vpt is None else encode_image(model.clip, x, model.vpt)
         sc = deft_scores(v, t_pos, t_neg, tau)
         cos_pos = (v @ t_pos.t()).gather(1, y[:, None]).squeeze(1)
         cos_neg = (v @ t_neg.t()).gather(1, y[:, None]).squeeze(1)
@@ -263,7 +269,7 @@ def detect(
                         progress=progress, cancel=cancel, ddp=ddp)
     if ddp.is_main:
         model.save_weights(run.weights_path)
-    scores = _score_run(run, model, bundle, images, cfg, progress, cancel, ddp=ddp)
+    scores = _score_run(run, model, bundle, images, cfg, progress, cancel, ddp=ddp, features=feats)
     metrics = _ground_truth_metrics(run, scores) if ddp.is_main else None
     if ddp.is_main:
         run.set(status="scored", history=loop.history)
@@ -272,14 +278,14 @@ def detect(
 
 def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarray, cfg: Phase1Config,
                progress: ProgressCallback, cancel: CancelToken | None, save: bool = True,
-               ddp: Dist | None = None) -> pd.DataFrame:
+               ddp: Dist | None = None, features: torch.Tensor | None = None) -> pd.DataFrame:
     """Score every sample (each rank its strided shard, gathered back in order); rank 0 saves."""
     ds, ddp = run.dataset, ddp or Dist()
     zs = zero_shot_text(bundle, class_texts(ds), cfg.zero_shot_template)
     index = np.arange(ds.N)[ddp.rank :: ddp.world]
     part = score_samples(model, images, ds.labels, ds.classes, zs, bundle.normalizer, real_world=cfg.real_world,
                          precision=cfg.precision, progress=progress if ddp.is_main else null_progress,
-                         cancel=cancel, index=index)
+                         cancel=cancel, index=index, features=features)
     raw = ddp.gather_frames(part.assign(_order=index))
     scores = build_scores_table(ds, raw)
     if save and ddp.is_main:

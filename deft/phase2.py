@@ -37,6 +37,13 @@ class Classifier(nn.Module):
         self.vision = vision
         self.head = nn.Linear(vision.config.hidden_size, num_classes)
 
+    @classmethod
+    def from_clip(cls, bundle: ClipBundle, num_classes: int) -> Classifier:
+        """A trainable copy of the bundle's vision tower (the bundle's frozen CLIP stays untouched) + a new head."""
+        vision = CLIPVisionModel(bundle.model.config.vision_config)
+        vision.load_state_dict(bundle.model.vision_model.state_dict())
+        return cls(vision, num_classes).requires_grad_(True)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         cls = self.vision.post_layernorm(vision_tokens(self.vision, pixel_values)[:, 0])
         return self.head(cls)
@@ -170,15 +177,12 @@ def train_classifier(
 
     bundle = bundle or load_clip(cfg.model, "cpu", cfg.attn_implementation)
     images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
-    vision = CLIPVisionModel(bundle.model.config.vision_config)
-    vision.load_state_dict(bundle.model.vision_model.state_dict())
     torch.manual_seed(cfg.seed)
-    model = Classifier(vision, ds.K).to(dev)
-    model.requires_grad_(True)
+    model = Classifier.from_clip(bundle, ds.K).to(dev)
 
     step = phase2_step(model, images, sample_idx[tr], y_all[tr], bundle.normalizer, cfg.augment)
 
-    best = {"acc": -1.0}
+    best: dict = {"acc": -1.0, "last_pred": None}
     out_dir = Path(out) if out is not None else run.phase2_dir
     trained = TrainedClassifier(model, ds.classes, bundle.normalizer, bundle.image_size,
                                 {"base_model": cfg.model, "config": cfg.to_dict(), "n_train": int(len(tr)),
@@ -189,7 +193,8 @@ def train_classifier(
                              precision=cfg.precision).argmax(1)
 
     def epoch_end(epoch: int, summary: dict[str, float]) -> dict[str, float]:
-        acc = accuracy(val_pred(), y_all[va].numpy()) if len(va) else float("nan")
+        best["last_pred"] = val_pred() if len(va) else None
+        acc = accuracy(best["last_pred"], y_all[va].numpy()) if len(va) else float("nan")
         if len(va) and acc > best["acc"]:
             best["acc"] = acc
             trained.save(out_dir / "best")
@@ -205,7 +210,8 @@ def train_classifier(
         return Phase2Result(trained, loop.history, best["acc"], float("nan"), np.zeros((ds.K, ds.K), int), out_dir)
     trained.save(out_dir)
     last = loop.history[-1]["val_acc"] if loop.history else float("nan")
-    cm = confusion_matrix(val_pred(), y_all[va].numpy(), ds.K) if len(va) else np.zeros((ds.K, ds.K), int)
+    cm = (confusion_matrix(best["last_pred"], y_all[va].numpy(), ds.K) if best["last_pred"] is not None
+          else np.zeros((ds.K, ds.K), int))
     summary = {"best_val_acc": best["acc"], "last_val_acc": last, "out": str(out_dir), "history": loop.history,
                "confusion": cm.tolist(), "classes": ds.classes}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -62,3 +62,20 @@ def test_training_step_runs_under_each_precision(tmp_path, cifar_small, tiny_cli
                        precision=precision)
     res = detect(load_dataset(cifar_small), tmp_path / precision, cfg)
     assert np.isfinite(res.history[-1]["loss"])
+
+
+def test_feature_cache_mode_embeds_every_image_once(tmp_path, cifar_small, tiny_clip_dir, monkeypatch):
+    import deft.phase1 as p1
+
+    seen = []
+    real = p1.encode_image
+
+    def counting(clip, pixel_values, vpt=None):
+        seen.append(pixel_values.shape[0])
+        return real(clip, pixel_values, vpt)
+
+    monkeypatch.setattr(p1, "encode_image", counting)
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=2, batch_size=16),
+                       feature_cache=True)
+    detect(load_dataset(cifar_small), tmp_path / "run", cfg)
+    assert sum(seen) == 60  # one pass over the 60 images: training and scoring reuse it
