@@ -13,6 +13,7 @@ import torch
 from .config import OptimConfig
 from .device import autocast
 from .distributed import Dist
+from .errors import RunError
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 
@@ -76,7 +77,12 @@ def train_epochs(
     opt, sched = make_optimizer(params, cfg, steps_per_epoch * cfg.epochs)
     result, start_epoch = LoopResult(), 0
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        # weights_only: a run folder is untrusted (shared, downloaded); unpickling code must never run.
+        try:
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is one user error
+            raise RunError(f"{checkpoint}: not a checkpoint this program wrote ({type(e).__name__}); "
+                             f"delete it to train from the start") from e
         module.load_state_dict(state["module"], strict=False)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -101,3 +101,25 @@ def test_planted_noise_is_separated_on_a_trivially_separable_set(tmp_path):
     assert m["noise_rate"] == pytest.approx(0.25)
     assert m["precision"] >= 0.9 and m["recall"] >= 0.9, m
     assert m["auroc"] >= 0.9, m
+
+
+class _Boom:
+    """Unpickling this calls ``os.system``: what a crafted checkpoint in a shared run folder would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_never_executes_code(tmp_path, cifar_small, tiny_clip_dir):
+    import torch
+
+    run_dir, marker = tmp_path / "run", tmp_path / "pwned"
+    run_dir.mkdir()
+    torch.save({"module": _Boom(marker), "epoch": 0}, run_dir / "checkpoint.pt")
+    with pytest.raises(RunError, match="checkpoint.pt: not a checkpoint"):
+        detect(load_dataset(cifar_small), run_dir, _cfg(tiny_clip_dir, epochs=1))
+    assert not marker.exists()
