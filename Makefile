@@ -19,10 +19,12 @@ $(VENV)/bin/python:
 
 $(VENV)/.rt-$(HASH_RT): requirements.txt | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.rt-* && touch $@
 
 $(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-dev.txt | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.dev-* && touch $@
 
 demo: $(VENV)/.rt-$(HASH_RT)
