@@ -1,4 +1,4 @@
-"""``python -m deft``: check, detect, score, train, export, noise."""
+"""``python -m deft``: check, detect, score, audit, train, export, noise."""
 
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--method", choices=["deft", "zeroshot", "cleanlab", "all"], default="deft",
+                   help="detector: DEFT, a baseline on frozen CLIP embeddings, or all (DEFT, then `deft audit`)")
+
+    p = sub.add_parser("audit", help="baselines, data issues, class report and 2-D map on a run (cached embeddings)")
+    p.add_argument("run")
+    p.add_argument("--methods", default="zeroshot,cleanlab",
+                   help="baselines to run beside the run's DEFT scores (comma-separated; default: %(default)s)")
+    p.add_argument("--no-data-issues", action="store_true", help="skip duplicates, outliers and image problems")
+    p.add_argument("--no-projection", action="store_true", help="skip the 2-D embeddings map")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the confident-learning probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("score", help="re-open a run and score every sample again with its saved prompts")
     p.add_argument("run")
@@ -80,12 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export_frame(run: Run, pseudo: bool) -> pd.DataFrame:
+    from .audit import audit_columns, merge_audit_columns
     from .curation import export_table
     from .store import ReviewStore
 
     if ReviewStore.path_for_run(run).is_file():  # decisions made in the app (or the library)
-        return ReviewStore.for_run(run).export(pseudo=pseudo)
-    return export_table(run.scores(), None, pseudo=pseudo)
+        df = ReviewStore.for_run(run).export(pseudo=pseudo)
+    else:
+        df = export_table(run.scores(), None, pseudo=pseudo)
+    extra = audit_columns(run)  # baselines and data issues, after `deft audit` / `detect --method`
+    return df if extra is None else merge_audit_columns(df, extra, key="path")
 
 
 def say(*args: object) -> None:
@@ -112,13 +128,54 @@ def cmd_detect(a: argparse.Namespace) -> int:
                        real_world=a.real_world, seed=a.seed, feature_cache=a.feature_cache)
     bar = TqdmProgress() if _main_rank() else None
     t0 = time.perf_counter()
-    res = detect(ds, a.out, cfg, device=a.device, progress=bar or (lambda ev: None))
+    if a.method in ("zeroshot", "cleanlab"):
+        from .audit import AuditConfig, detect_with_baseline
+
+        _, scores, res = detect_with_baseline(ds, a.out, cfg, a.method, device=a.device,
+                                              progress=bar or (lambda ev: None), audit_config=AuditConfig(seed=a.seed))
+        metrics = res.metrics
+    else:
+        det = detect(ds, a.out, cfg, device=a.device, progress=bar or (lambda ev: None))
+        scores, metrics = det.scores, det.metrics
     if bar:
         bar.close()
-    n_sus = int((~res.scores["is_clean"]).sum())
-    say(f"{n_sus} suspects of {len(res.scores)} samples in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    n_sus = int((~scores["is_clean"]).sum())
+    say(f"{n_sus} suspects of {len(scores)} samples ({a.method}) in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    if a.method == "all" and _main_rank():
+        from .audit import AuditConfig, audit
+
+        metrics = audit(a.out, AuditConfig(seed=a.seed), device=a.device).metrics
+    if metrics:
+        say(json.dumps(_rounded(metrics)))
+    return 0
+
+
+def _rounded(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    return round(obj, 4) if isinstance(obj, float) else obj
+
+
+def cmd_audit(a: argparse.Namespace) -> int:
+    from .audit import AuditConfig, audit
+
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip() and m.strip() != "deft")
+    cfg = AuditConfig(methods=methods, n_folds=a.folds, seed=a.seed, data_issues=not a.no_data_issues,
+                      projection=not a.no_projection)
+    bar = TqdmProgress()
+    res = audit(a.run, cfg, device=a.device, progress=bar)
+    bar.close()
+    say(f"audited {len(res.table)} samples -> {a.run}/audit.parquet, class_report.csv"
+        + (", projection.parquet" if cfg.projection else ""))
+    if "issues" in res.summary:
+        say("data issues: " + ", ".join(f"{k} {v}" for k, v in res.summary["issues"].items()))
+        say(f"near duplicate: cosine >= {res.summary['near_duplicate_cos']}")
     if res.metrics:
-        say(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.metrics.items()}))
+        say(f"{'method':<12} {'precision':>9} {'recall':>7} {'f1':>7} {'auroc':>7} {'flagged':>8}")
+        for m, v in res.metrics.items():
+            auc = v.get("auroc", float("nan"))
+            say(f"{m:<12} {v['precision']:>9.4f} {v['recall']:>7.4f} {v['f1']:>7.4f} {auc:>7.4f}"
+                f" {v['n'] - v['n_selected']:>8d}")
     return 0
 
 
@@ -174,7 +231,7 @@ def _main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-COMMANDS = {"check": cmd_check, "detect": cmd_detect, "score": cmd_score, "train": cmd_train,
+COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score": cmd_score, "train": cmd_train,
             "export": cmd_export, "noise": cmd_noise}
 
 

@@ -32,13 +32,13 @@ class DataIssueConfig:
 
     k: int = 10                       # neighbours for outlier scores
     near_dup_rel: float = 0.13        # near duplicate: NN distance < this x the dataset's median NN distance
-    near_dup_cos: float = 0.995       # ... or cosine >= this, whatever the dataset's spread
+    near_dup_cos: float = 0.99999     # ... or cosine >= this (numerically identical), whatever the spread
     outlier_iqr: float = 3.0          # outlier: score > Q3 + this x IQR (Tukey's "far out")
     dark_p99: float = 0.25            # dark: even the brightest 1% of pixels are below this
     bright_p01: float = 0.90          # bright: even the darkest 1% of pixels are above this
     low_info_bits: float = 2.4        # low information: grey-level entropy below this (of 8 bits)
     blur_mad: float = 4.0             # blurry: log sharpness this many robust SDs below the median
-    grayscale_chroma: float = 0.02    # grayscale: mean max-min channel spread below this (JPEG chroma noise)
+    grayscale_chroma: float = 0.01    # grayscale: mean max-min channel spread below this (JPEG chroma noise)
     odd_size_factor: float = 4.0      # odd size: side sqrt(w*h) this factor away from the median side
     odd_aspect_factor: float = 2.0    # odd aspect: w/h this factor away from the median aspect
     stats_size: int = 64              # images are average-pooled to about this side for the statistics
@@ -117,8 +117,10 @@ def near_duplicate_threshold(nn_dist: np.ndarray, cfg: DataIssueConfig) -> float
     or random CLIP squeezes everything towards 1), so a fixed cosine cannot fit both. A pair is
     a near duplicate when its distance is below ``near_dup_rel`` (0.13, the factor cleanlab's
     Datalab uses) times the median nearest-neighbour distance of the dataset, i.e. an order of
-    magnitude closer than typical neighbours; cosine >= ``near_dup_cos`` (0.995) always counts
-    (resized or re-encoded copies). The effective cosine is reported in the audit summary.
+    magnitude closer than typical neighbours. For pretrained ViT-B/16 on CIFAR-like data (median
+    NN distance ~0.1) that is cosine >= ~0.985: resized, re-encoded or slightly cropped copies,
+    not two photos of the same kind of object. Cosine >= ``near_dup_cos`` (0.99999, numerically
+    identical embeddings) always counts. The effective cosine is reported in ``RUN/audit.json``.
     """
     finite = nn_dist[np.isfinite(nn_dist)]
     median = float(np.median(finite)) if len(finite) else 0.0
@@ -224,7 +226,7 @@ def image_stats(images: np.ndarray, cfg: DataIssueConfig | None = None) -> pd.Da
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("brightness_p01", "brightness_p99", "entropy",
                                                          "sharpness", "chroma")}
     for s in range(0, len(images), 256):
-        x = torch.from_numpy(np.ascontiguousarray(images[s : s + 256])).float() / 255.0
+        x = torch.from_numpy(np.array(images[s : s + 256], dtype=np.float32)) / 255.0
         f = max(1, x.shape[-1] // cfg.stats_size)
         if f > 1:
             x = F.avg_pool2d(x, f)
@@ -264,7 +266,7 @@ def find_image_problems(stats: pd.DataFrame, sizes: pd.DataFrame | None = None,
     * blurry: relative to the dataset, since resolution and upscaling set the typical sharpness:
       log sharpness more than ``blur_mad`` robust SDs below the median; not for low-information
       images (a flat image has no edges but is not "blurry");
-    * grayscale: chroma < 0.02, flagged only when most of the set is in colour;
+    * grayscale: chroma < 0.01, flagged only when most of the set is in colour;
     * odd size / aspect: relative to the dataset's median side and aspect (original files).
     """
     cfg = cfg or DataIssueConfig()

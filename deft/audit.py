@@ -1,0 +1,272 @@
+"""The audit pass: baselines beside DEFT, data issues, class report and the 2-D map, on one run.
+
+All of it runs on the run's cached CLIP embeddings (:mod:`deft.embeddings`). Outputs in
+the run folder:
+
+    RUN/audit.parquet       id + one column per method score / flag and per data issue
+    RUN/scores.parquet      the same columns merged in (so the scores table carries them)
+    RUN/class_report.csv    per class: count, share, imbalance, suspect rate per method, issue counts
+    RUN/metrics.json        "methods": precision / recall / F1 / AUROC per method (with ground truth)
+    RUN/audit.json          issue counts, near-duplicate threshold, timings
+    RUN/projection.parquet  id, x, y (t-SNE map)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import baselines as bl
+from . import data_issues as di
+from .embeddings import Embeddings, run_embeddings
+from .progress import CancelToken, ProgressCallback, null_progress
+from .run import Run, _write_json
+
+AUDIT_FILE = "audit.parquet"
+BASELINES = ("zeroshot", "cleanlab")
+
+
+@dataclass
+class AuditConfig:
+    """What the audit pass runs.
+
+    ``methods``: baselines to run beside DEFT (whose scores are taken from the run when it has them).
+    """
+
+    methods: tuple[str, ...] = BASELINES
+    n_folds: int = 5
+    seed: int = 0
+    data_issues: bool = True
+    projection: bool = True
+    issues: di.DataIssueConfig = field(default_factory=di.DataIssueConfig)
+
+
+@dataclass
+class AuditResult:
+    table: pd.DataFrame
+    metrics: dict[str, dict[str, float]] | None
+    class_report: pd.DataFrame
+    summary: dict
+    projection: pd.DataFrame | None
+
+
+def ground_truth(run: Run) -> np.ndarray | None:
+    """Which samples are truly clean, when known: a ``true_label`` column (``deft noise``), or a
+    ``PLANTED.csv`` (``path,true_label,...``, the demo's list of planted errors) in the data root."""
+    s = run.dataset.samples
+    if "true_label" in s:
+        return (s["true_label"].astype(str).to_numpy() == s["label"].astype(str).to_numpy())
+    planted = Path(run.dataset.root) / "PLANTED.csv"
+    if planted.is_file():
+        p = pd.read_csv(planted, dtype=str)
+        if {"path", "true_label"} <= set(p.columns):
+            truth = s["id"].map(dict(zip(p["path"], p["true_label"], strict=True)))
+            return truth.isna().to_numpy() | (truth.to_numpy() == s["label"].astype(str).to_numpy())
+    return None
+
+
+def _timed(timings: dict[str, float], name: str):
+    class _T:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - self.t0
+
+    return _T()
+
+
+def method_frames(labels: np.ndarray, emb: Embeddings, methods: tuple[str, ...], n_classes: int,
+                  n_folds: int = 5, seed: int = 0, timings: dict[str, float] | None = None) -> pd.DataFrame:
+    """The baselines' columns (``<method>_issue/_score/_pred``) for ``methods`` on the embeddings."""
+    timings = timings if timings is not None else {}
+    unknown = sorted(set(methods) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(bl.METHODS)}")
+    parts = []
+    if "zeroshot" in methods:
+        with _timed(timings, "zeroshot"):
+            parts.append(bl.find_zero_shot_issues(labels, bl.zero_shot_pred_probs(
+                emb.image, emb.text_zs, emb.logit_scale)))
+    if "cleanlab" in methods:
+        with _timed(timings, "cleanlab"):
+            probs = bl.cross_val_pred_probs(emb.image, labels, n_classes, n_folds=n_folds, seed=seed)
+            parts.append(bl.find_confident_learning_issues(labels, probs))
+    return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=range(len(labels)))
+
+
+def data_issue_frames(run: Run, emb: Embeddings, cfg: di.DataIssueConfig, timings: dict[str, float],
+                      progress: ProgressCallback = null_progress, cancel: CancelToken | None = None
+                      ) -> tuple[pd.DataFrame, float]:
+    """Duplicates, outliers and image problems of every sample; and the near-duplicate cosine distance."""
+    from .phase1 import load_run_images
+
+    labels = run.dataset.labels
+    paths = run.dataset.paths()
+    with _timed(timings, "exact_duplicates"):
+        exact = di.find_exact_duplicates(di.file_hashes(paths), labels)
+    with _timed(timings, "knn"):
+        nn = di.knn(emb.image, cfg.k, cfg.chunk)
+    with _timed(timings, "near_duplicates"):
+        near, thr = di.find_near_duplicates(labels, *nn, cfg)
+    with _timed(timings, "outliers"):
+        out = di.find_outliers(emb.image, labels, cfg, global_knn=nn)
+    images = load_run_images(run, emb.image_size, progress, cancel)  # the embedding pass's decode cache
+    with _timed(timings, "image_problems"):
+        stats = di.image_stats(images, cfg)
+        sizes = di.image_sizes(paths)
+        problems = di.find_image_problems(stats, sizes, cfg)
+    return pd.concat([exact, near, out, problems, stats.round(5), sizes], axis=1), thr
+
+
+def _names(idx: pd.Series, classes: list[str]) -> np.ndarray:
+    arr = np.asarray(classes + [""], dtype=object)
+    v = idx.to_numpy(dtype=np.int64)
+    return arr[np.where(v >= 0, v, len(classes))]
+
+
+def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bundle=None,
+          device: str = "auto", progress: ProgressCallback = null_progress,
+          cancel: CancelToken | None = None, save: bool = True) -> AuditResult:
+    """Run the baselines and data-issue passes on a run and save their outputs in the run folder.
+
+    Parameters
+    ----------
+    run : Run or path
+        A run folder; its DEFT scores (``scores.parquet``) join the comparison when present.
+    config : AuditConfig
+    bundle : ClipBundle, optional
+        CLIP already in memory (only needed when the embeddings are not cached yet).
+    """
+    cfg = config or AuditConfig()
+    run = run if isinstance(run, Run) else Run.open(run)
+    ds = run.dataset
+    timings: dict[str, float] = {}
+    with _timed(timings, "embeddings"):
+        emb = run_embeddings(run, bundle=bundle, device=device, progress=progress, cancel=cancel)
+    labels = ds.labels
+    table = pd.DataFrame({"id": ds.samples["id"].astype(str).to_numpy()})
+    scores = run.scores() if run.scores_path.is_file() else None
+    if scores is not None and "margin" in scores and scores["margin"].notna().any() \
+            and run.meta.get("method", "deft") == "deft":
+        table = pd.concat([table, bl.deft_issues(scores, ds.classes)], axis=1)
+    base = method_frames(labels, emb, tuple(m for m in cfg.methods if m != "deft"), ds.K, cfg.n_folds,
+                         cfg.seed, timings)
+    table = pd.concat([table, base], axis=1)
+    table = pd.concat([table, bl.agreement(table)], axis=1)
+    summary: dict = {}
+    if cfg.data_issues:
+        issues, thr = data_issue_frames(run, emb, cfg.issues, timings, progress, cancel)
+        table = pd.concat([table, issues], axis=1)
+        summary["near_duplicate_cos"] = round(1.0 - thr, 6)
+        summary["issues"] = di.summarize(table)
+    truth = ground_truth(run)
+    metrics = bl.methods_metrics(table, truth) if truth is not None else None
+    for m in bl.METHODS:  # class names instead of indices in the saved table
+        if f"{m}_pred" in table:
+            table[f"{m}_pred"] = _names(table[f"{m}_pred"], ds.classes)
+    report = di.class_report(labels, ds.classes, table)
+    proj = None
+    if cfg.projection:
+        from .projection import run_projection
+
+        with _timed(timings, "projection"):
+            proj = run_projection(run, emb.image, emb.key, cfg.seed) if save else None
+    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    summary["config"] = asdict(cfg)
+    if save:
+        _save(run, table, report, metrics, summary, scores)
+    return AuditResult(table=table, metrics=metrics, class_report=report, summary=summary, projection=proj)
+
+
+def _save(run: Run, table: pd.DataFrame, report: pd.DataFrame, metrics: dict | None, summary: dict,
+          scores: pd.DataFrame | None) -> None:
+    tmp = run.path / (AUDIT_FILE + ".tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(run.path / AUDIT_FILE)
+    report.to_csv(run.path / "class_report.csv", index=False)
+    _write_json(run.path / "audit.json", summary)
+    if metrics is not None:
+        mpath = run.path / "metrics.json"
+        old = json.loads(mpath.read_text()) if mpath.is_file() else {}
+        _write_json(mpath, {**old, "methods": metrics})
+    if scores is not None:
+        run.save_scores(merge_audit_columns(scores, table, key="id"))
+
+
+def audit_columns(run: Run) -> pd.DataFrame | None:
+    """The run's saved audit table (``id`` + columns), or None before ``deft audit``."""
+    p = run.path / AUDIT_FILE
+    return pd.read_parquet(p) if p.is_file() else None
+
+
+def merge_audit_columns(frame: pd.DataFrame, table: pd.DataFrame, key: str) -> pd.DataFrame:
+    """``frame`` with the audit columns appended (matched on ``frame[key] == table.id``); a column
+    ``frame`` already has (e.g. from an earlier audit) is replaced."""
+    cols = [c for c in table.columns if c != "id"]
+    base = frame.drop(columns=[c for c in cols if c in frame.columns and c != key])
+    extra = table.set_index("id")[cols]
+    return pd.concat([base.reset_index(drop=True),
+                      extra.reindex(base[key].astype(str).to_numpy()).reset_index(drop=True)], axis=1)
+
+
+def baseline_scores(dataset, emb: Embeddings, method: str, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """A scores table (the layout DEFT writes) from one baseline, so review and export work unchanged.
+
+    ``margin`` and ``p_clean`` hold the method's label-quality score, ``is_clean`` its verdict,
+    ``pred``/``suggestion`` its predicted class; ``sim_pos``/``sim_neg`` are empty (no prompts).
+    """
+    labels = dataset.labels
+    zs = bl.zero_shot_pred_probs(emb.image, emb.text_zs, emb.logit_scale)
+    if method == "zeroshot":
+        probs, frame = zs, bl.find_zero_shot_issues(labels, zs)
+    elif method == "cleanlab":
+        probs = bl.cross_val_pred_probs(emb.image, labels, dataset.K, n_folds=n_folds, seed=seed)
+        frame = bl.find_confident_learning_issues(labels, probs)
+    else:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {list(BASELINES)}")
+    names = np.asarray(dataset.classes, dtype=object)
+    pred = probs.argmax(axis=1)
+    conf = probs[np.arange(len(pred)), pred]
+    top = np.argsort(-zs, axis=1)[:, :3]
+    cols = {"id": dataset.samples["id"].astype(str).to_numpy(), "label": dataset.samples["label"].to_numpy(),
+            "sim_pos": np.nan, "sim_neg": np.nan, "margin": frame[f"{method}_score"].to_numpy(),
+            "p_clean": frame[f"{method}_score"].to_numpy(), "is_clean": ~frame[f"{method}_issue"].to_numpy(),
+            "pred": names[pred], "pred_conf": conf}
+    for j in range(top.shape[1]):
+        cols[f"zs{j + 1}"] = names[top[:, j]]
+        cols[f"zs{j + 1}_conf"] = np.take_along_axis(zs, top[:, j : j + 1], axis=1)[:, 0]
+    cols["suggestion"] = names[pred]
+    cols["suggestion_conf"] = conf
+    return pd.DataFrame(cols)
+
+
+def detect_with_baseline(dataset, out: str | os.PathLike, config, method: str, *, device: str = "auto",
+                         progress: ProgressCallback = null_progress, audit_config: AuditConfig | None = None
+                         ) -> tuple[Run, pd.DataFrame, AuditResult]:
+    """``deft detect --method zeroshot|cleanlab``: score a dataset with one baseline instead of DEFT
+    (no prompt training), save it as the run's scores table, then run the audit pass."""
+    if method not in BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {list(BASELINES)}")
+    run = Run.create(out, dataset, config)
+    run.set(method=method, status="training")
+    emb = run_embeddings(run, device=device, progress=progress)
+    acfg = audit_config or AuditConfig()
+    scores = baseline_scores(run.dataset, emb, method, acfg.n_folds, acfg.seed)
+    run.save_scores(scores)
+    truth = ground_truth(run)
+    if truth is not None:
+        from .metrics import detection_metrics
+
+        _write_json(run.path / "metrics.json", detection_metrics(scores["is_clean"].to_numpy(), truth,
+                                                                 scores["margin"].to_numpy()))
+    res = audit(run, AuditConfig(**{**asdict(acfg), "issues": acfg.issues, "methods": (method,)}),
+                device=device, progress=progress)
+    run.set(status="scored")
+    return run, run.scores(), res
