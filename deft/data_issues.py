@@ -34,6 +34,7 @@ class DataIssueConfig:
     near_dup_rel: float = 0.13        # near duplicate: NN distance < this x the dataset's median NN distance
     near_dup_cos: float = 0.99999     # ... or cosine >= this (numerically identical), whatever the spread
     outlier_iqr: float = 3.0          # outlier: score > Q3 + this x IQR (Tukey's "far out")
+    class_outlier_ratio: float = 3.0  # class outlier: k-NN distance within its class > this x the class median
     dark_p99: float = 0.25            # dark: even the brightest 1% of pixels are below this
     bright_p01: float = 0.90          # bright: even the darkest 1% of pixels are above this
     low_info_bits: float = 2.4        # low information: grey-level entropy below this (of 8 bits)
@@ -188,8 +189,9 @@ def find_outliers(embeddings: np.ndarray, labels: np.ndarray, cfg: DataIssueConf
 
     ``outlier_score`` is the mean cosine distance to the k nearest samples of the whole set;
     ``class_outlier_score`` the same among samples of the same label (an image far from its
-    own class, e.g. out of any class, or a mislabel far from the rest). Flags use Tukey's
-    far-out rule (``Q3 + 3 IQR``) on each score, per class for the class score.
+    own class, e.g. out of any class, or a mislabel far from the rest). The global flag uses
+    Tukey's far-out rule (``Q3 + 3 IQR``); the class flag a ratio to the class's median score
+    (``> 3x``), because quartiles of a class with a handful of members are too noisy to trust.
     """
     cfg = cfg or DataIssueConfig()
     labels = np.asarray(labels)
@@ -201,9 +203,11 @@ def find_outliers(embeddings: np.ndarray, labels: np.ndarray, cfg: DataIssueConf
         members = np.flatnonzero(labels == c)
         if len(members) < 3:
             continue
-        d, _ = knn(embeddings, min(cfg.k, len(members) - 1), cfg.chunk, candidates=members)
+        # at most half the class as neighbours, so in a small class one outlier is not everyone's neighbour
+        d, _ = knn(embeddings, min(cfg.k, max(1, (len(members) - 1) // 2)), cfg.chunk, candidates=members)
         cls_score[members] = d.mean(axis=1)
-        cls_flag[members] = _far_out(cls_score[members], cfg.outlier_iqr)
+        med = np.median(cls_score[members])
+        cls_flag[members] = cls_score[members] > cfg.class_outlier_ratio * med if med > 0 else False
     return pd.DataFrame({"outlier_score": score, "outlier": _far_out(score, cfg.outlier_iqr),
                          "class_outlier_score": cls_score, "class_outlier": cls_flag})
 

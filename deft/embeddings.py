@@ -141,6 +141,9 @@ def run_embeddings(run: Run, *, bundle=None, device: str | torch.device = "auto"
     key = content_key(run, bundle.image_size)
     if not recompute and meta.get("key") == key:
         return load_embeddings(p)
+    if meta.get("key") and meta["key"] != key:
+        # the files changed since the last pass; the decode cache is keyed on sample ids only, so drop it
+        run.cache_file(bundle.image_size).unlink(missing_ok=True)
     images = load_run_images(run, bundle.image_size, progress, cancel)
     feats = image_features(bundle, images, cfg.precision, progress, cancel)
     text = zero_shot_text(bundle, class_texts(run.dataset), cfg.zero_shot_template)
