@@ -24,7 +24,20 @@ from deft.projection import project_2d
 from deft.run import Run
 
 from .conftest import extract_cifar
-from .test_cli import deft
+
+
+def deft(*args) -> str:
+    """The CLI in this process (no interpreter + torch start-up per call); returns its stdout."""
+    import contextlib
+    import io
+
+    from deft.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main([str(a) for a in args])
+    assert rc == 0, f"deft {args} exited {rc}:\n{buf.getvalue()}"
+    return buf.getvalue()
 
 
 def clusters(n_per: int, k: int, d: int = 16, spread: float = 0.05, seed: int = 0):
@@ -253,7 +266,7 @@ def test_methods_metrics_on_noise_benchmarks(tmp_path, cifar_small, tiny_clip_di
     deft("noise", cifar_small, "--kind", kind, "--rate", rate, "--seed", 1, "--out", noisy)
     run = tmp_path / "run"
     out = deft("detect", noisy, "--root", cifar_small, "--model", tiny_clip_dir, "--out", run, "--feature-cache",
-               "--epochs", 1, "--batch-size", 32, "--method", "all", "--device", "cpu").stdout
+               "--epochs", 1, "--batch-size", 32, "--method", "all", "--device", "cpu")
     assert '"cleanlab"' in out
     methods = json.loads((run / "metrics.json").read_text())["methods"]
     assert set(methods) == {"deft", "zeroshot", "cleanlab", "agree_2plus"}
@@ -276,7 +289,7 @@ def test_detect_with_a_baseline_only_gives_a_reviewable_run(tmp_path, cifar_smal
     deft("noise", cifar_small, "--kind", "sym", "--rate", 0.4, "--out", noisy)
     run = tmp_path / "run"
     out = deft("detect", noisy, "--root", cifar_small, "--model", tiny_clip_dir, "--out", run,
-               "--method", "cleanlab", "--device", "cpu").stdout
+               "--method", "cleanlab", "--device", "cpu")
     assert "(cleanlab)" in out and not (run / "prompts.safetensors").exists()  # no DEFT training
     scores = pd.read_parquet(run / "scores.parquet")
     audit_t = pd.read_parquet(run / "audit.parquet")
