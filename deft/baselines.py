@@ -79,6 +79,7 @@ def cross_val_pred_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: 
     Every sample's probabilities come from a probe that did not see it (stratified
     ``n_folds``-fold cross-validation), as confident learning requires. Features are
     standardised inside each fold. Classes absent from a training fold get probability 0.
+    Cost is bounded by ``max_iter`` L-BFGS steps per fold (``O(max_iter * N * D * K)``).
 
     Returns
     -------
@@ -98,8 +99,12 @@ def cross_val_pred_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: 
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a class with fewer members than folds is expected on small sets
+    from threadpoolctl import threadpool_limits
+
+    # one thread (BLAS and OpenMP): after torch has run, its OpenMP workers, sklearn's and OpenBLAS's fight over the
+    # cores (measured 15x slower on the 2-core dev box); the probe's matrices are small anyway
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")  # small classes vs folds, or max_iter reached: both expected
         for train, test in split.split(x, y):
             probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
             probe.fit(x[train], y[train])
