@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,11 @@ from . import data_issues as di
 from .embeddings import Embeddings, run_embeddings
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run, _write_json
+
+if TYPE_CHECKING:
+    from .config import Phase1Config
+    from .data import Dataset
+    from .models import ClipBundle
 
 AUDIT_FILE = "audit.parquet"
 BASELINES = ("zeroshot", "cleanlab")
@@ -131,7 +137,7 @@ def _names(idx: pd.Series, classes: list[str]) -> np.ndarray:
     return arr[np.where(v >= 0, v, len(classes))]
 
 
-def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bundle=None,
+def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bundle: ClipBundle | None = None,
           device: str = "auto", progress: ProgressCallback = null_progress,
           cancel: CancelToken | None = None, save: bool = True) -> AuditResult:
     """Run the baselines and data-issue passes on a run and save their outputs in the run folder.
@@ -216,7 +222,7 @@ def merge_audit_columns(frame: pd.DataFrame, table: pd.DataFrame, key: str) -> p
                       extra.reindex(base[key].astype(str).to_numpy()).reset_index(drop=True)], axis=1)
 
 
-def baseline_scores(dataset, emb: Embeddings, method: str, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+def baseline_scores(dataset: Dataset, emb: Embeddings, method: str, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
     """A scores table (the layout DEFT writes) from one baseline, so review and export work unchanged.
 
     ``margin`` and ``p_clean`` hold the method's label-quality score, ``is_clean`` its verdict,
@@ -247,9 +253,9 @@ def baseline_scores(dataset, emb: Embeddings, method: str, n_folds: int = 5, see
     return pd.DataFrame(cols)
 
 
-def detect_with_baseline(dataset, out: str | os.PathLike, config, method: str, *, device: str = "auto",
-                         progress: ProgressCallback = null_progress, audit_config: AuditConfig | None = None
-                         ) -> tuple[Run, pd.DataFrame, AuditResult]:
+def detect_with_baseline(dataset: Dataset, out: str | os.PathLike, config: Phase1Config, method: str, *,
+                         device: str = "auto", progress: ProgressCallback = null_progress,
+                         audit_config: AuditConfig | None = None) -> tuple[Run, pd.DataFrame, AuditResult]:
     """``deft detect --method zeroshot|cleanlab``: score a dataset with one baseline instead of DEFT
     (no prompt training), save it as the run's scores table, then run the audit pass."""
     if method not in BASELINES:

@@ -238,7 +238,8 @@ def image_stats(images: np.ndarray, cfg: DataIssueConfig | None = None) -> pd.Da
         flat = grey.flatten(1)
         q = torch.quantile(flat, torch.tensor([0.01, 0.99]), dim=1)
         lap = F.conv2d(grey, _LAPLACE)
-        hist = torch.stack([torch.bincount((r * 255).round().long().clamp(0, 255), minlength=256) for r in flat])
+        levels = (flat * 255).round().long().clamp(0, 255) + 256 * torch.arange(len(flat)).view(-1, 1)
+        hist = torch.bincount(levels.flatten(), minlength=256 * len(flat)).view(len(flat), 256)
         p = hist.float() / flat.shape[1]
         ent = -(p * torch.log2(p.clamp_min(1e-12))).sum(1)
         out["brightness_p01"].append(q[0].numpy())

@@ -22,6 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from safetensors.torch import save_file
 
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
+
+if TYPE_CHECKING:
+    from .models import ClipBundle
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 
@@ -110,7 +114,7 @@ def _cached_meta(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def run_embeddings(run: Run, *, bundle=None, device: str | torch.device = "auto",
+def run_embeddings(run: Run, *, bundle: ClipBundle | None = None, device: str | torch.device = "auto",
                    progress: ProgressCallback = null_progress, cancel: CancelToken | None = None,
                    recompute: bool = False) -> Embeddings:
     """The run's frozen CLIP embeddings: loaded from ``RUN/embeddings.safetensors`` when its key
