@@ -276,3 +276,20 @@ def detect_with_baseline(dataset: Dataset, out: str | os.PathLike, config: Phase
                 device=device, progress=progress)
     run.set(status="scored")
     return run, run.scores(), res
+
+
+def review_order(table: pd.DataFrame, by: str = "agreement") -> pd.DataFrame:
+    """Rows of an audit table in review order: ``by="agreement"`` puts samples flagged by the most
+    methods first (ties: lowest mean label-quality rank), ``by="<method>"`` that method's flagged
+    samples first, lowest score first."""
+    if by == "agreement":
+        ranks = [table[f"{m}_score"].rank(pct=True) for m in bl.METHODS if f"{m}_score" in table]
+        if "n_flagged" not in table or not ranks:
+            raise ValueError("the table has no method columns to agree on; run `deft audit` first")
+        key = pd.DataFrame({"n": -table["n_flagged"], "r": pd.concat(ranks, axis=1).mean(axis=1)})
+        return table.loc[key.sort_values(["n", "r"], kind="mergesort").index]
+    if f"{by}_score" not in table:
+        raise ValueError(f"no {by!r} columns in the audit table; choose one of "
+                         f"{[m for m in bl.METHODS if f'{m}_score' in table] + ['agreement']}")
+    key = pd.DataFrame({"f": ~table[f"{by}_issue"], "s": table[f"{by}_score"]})
+    return table.loc[key.sort_values(["f", "s"], kind="mergesort").index]

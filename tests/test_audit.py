@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 
 from deft import baselines as bl
 from deft import data_issues as di
-from deft.audit import AuditConfig, audit, ground_truth
+from deft.audit import AuditConfig, audit, ground_truth, review_order
 from deft.config import Phase1Config
 from deft.data import load_dataset
 from deft.embeddings import embeddings_path, load_embeddings, run_embeddings
@@ -155,6 +155,17 @@ def test_agreement_counts_methods():
                       "cleanlab_issue": [True, True, False]})
     a = bl.agreement(t)
     assert a["n_flagged"].tolist() == [3, 2, 0] and a["agreement"].tolist() == ["3/3", "2/3", "0/3"]
+
+
+def test_review_order_by_agreement_and_by_method():
+    t = pd.DataFrame({"id": list("abcd"), "deft_issue": [False, True, True, True],
+                      "deft_score": [0.9, -0.1, -0.5, -0.2], "cleanlab_issue": [False, True, False, True],
+                      "cleanlab_score": [0.8, 0.3, 0.6, 0.1]})
+    t = pd.concat([t, bl.agreement(t)], axis=1)
+    assert review_order(t)["id"].tolist() == ["d", "b", "c", "a"]  # 2/2 first, worse scores first
+    assert review_order(t, "deft")["id"].tolist() == ["c", "d", "b", "a"]
+    with pytest.raises(ValueError, match="zeroshot"):
+        review_order(t, "zeroshot")
 
 
 def test_projection_shape_and_tiny_sets():
