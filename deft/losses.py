@@ -18,12 +18,21 @@ class DeftScores:
     @property
     def p(self) -> torch.Tensor:
         """``p_k = sigmoid(sg(s+_k) - s-_k)``: probability that the label k fits the image."""
-        return torch.sigmoid(self.s_pos.detach() - self.s_neg)
+        return torch.sigmoid(self.s_pos.detach().float() - self.s_neg.float())
 
 
 def deft_scores(v: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor, tau: float | torch.Tensor) -> DeftScores:
-    """Scores from L2-normalised image features ``v (B, D)`` and text features ``(K, D)``."""
-    return DeftScores(s_pos=tau * v @ t_pos.t(), s_neg=tau * v.detach() @ t_neg.t())
+    """Scores from image features ``v (B, D)`` and text features ``(K, D)``, always in fp32.
+
+    The features are cast to float32 and L2-normalised again outside any autocast
+    region: under bf16 autocast the matmul would otherwise round the scores (margins
+    moved by up to 0.17, and 0.4% of clean decisions flipped).
+    """
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        v32 = F.normalize(v.float(), dim=-1)
+        tp, tn = F.normalize(t_pos.float(), dim=-1), F.normalize(t_neg.float(), dim=-1)
+        tau32 = tau.float() if torch.is_tensor(tau) else float(tau)
+        return DeftScores(s_pos=tau32 * v32 @ tp.t(), s_neg=tau32 * v32.detach() @ tn.t())
 
 
 def clean_mask(scores: DeftScores, labels: torch.Tensor, real_world: bool = False) -> torch.Tensor:
@@ -70,6 +79,14 @@ def deft_losses(
     the negative prompts. ``L_neg = -log(1 - p_cbar) - log(p_yhat)`` trains only the
     negative prompts. An all-noisy batch gives ``L_cls = 0`` (not NaN).
     """
+    with torch.autocast(device_type=scores.s_pos.device.type, enabled=False):
+        return _deft_losses_fp32(scores, labels, warmup=warmup, real_world=real_world, clamp=clamp, sce=sce,
+                                 generator=generator, other=other)
+
+
+def _deft_losses_fp32(scores: DeftScores, labels: torch.Tensor, *, warmup: bool, real_world: bool, clamp: float,
+                      sce: tuple[float, float], generator: torch.Generator | None,
+                      other: torch.Tensor | None) -> dict[str, torch.Tensor]:
     s_pos = scores.s_pos.float()
     k = s_pos.shape[1]
     clean = clean_mask(scores, labels, real_world)

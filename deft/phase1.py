@@ -174,10 +174,10 @@ def score_samples(
                 v0 = encode_image(model.clip, x, None)
                 v = v0 if model.vpt is None else encode_image(model.clip, x, model.vpt)
         sc = deft_scores(v, t_pos, t_neg, tau)
-        cos_pos = (v @ t_pos.t()).gather(1, y[:, None]).squeeze(1)
-        cos_neg = (v @ t_neg.t()).gather(1, y[:, None]).squeeze(1)
+        cos_pos = (sc.s_pos / tau).gather(1, y[:, None]).squeeze(1)  # fp32, as the scores
+        cos_neg = (sc.s_neg / tau).gather(1, y[:, None]).squeeze(1)
         probs = sc.s_pos.softmax(dim=1)
-        zs = (tau * v0 @ zs_text.t()).softmax(dim=1).topk(min(3, zs_text.shape[0]), dim=1)
+        zs = (tau * F.normalize(v0.float(), dim=-1) @ zs_text.t()).softmax(dim=1).topk(min(3, zs_text.shape[0]), dim=1)
         out["sim_pos"].append(cos_pos.cpu().numpy())
         out["sim_neg"].append(cos_neg.cpu().numpy())
         out["p_clean"].append(sc.p.gather(1, y[:, None]).squeeze(1).cpu().numpy())

@@ -129,3 +129,26 @@ def test_scores_are_cosines_times_tau():
     tp, tn = F.normalize(torch.randn(2, 8), dim=-1), F.normalize(torch.randn(2, 8), dim=-1)
     sc = deft_scores(v, tp, tn, 100.0)
     assert torch.allclose(sc.s_pos, 100 * v @ tp.t()) and torch.allclose(sc.s_neg, 100 * v @ tn.t())
+
+
+def test_scores_and_losses_are_fp32_under_bf16_autocast():
+    # issue 8 item 4: under bf16 autocast the scores came back bf16 (margins off by up to 0.17)
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(64, 32, generator=g), dim=-1)
+    tp, tn = F.normalize(torch.randn(10, 32, generator=g), dim=-1), F.normalize(torch.randn(10, 32, generator=g), dim=-1)
+    y = torch.randint(0, 10, (64,), generator=g)
+    ref = deft_scores(v, tp, tn, 100.0)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        sc = deft_scores(v, tp, tn, torch.tensor(100.0))
+        out = deft_losses(sc, y, warmup=False, other=(y + 1) % 10)
+    assert sc.s_pos.dtype == sc.s_neg.dtype == sc.p.dtype == torch.float32
+    assert torch.allclose(sc.s_pos, ref.s_pos, atol=1e-4) and torch.allclose(sc.s_neg, ref.s_neg, atol=1e-4)
+    assert out["loss"].dtype == out["l_cls"].dtype == out["l_neg"].dtype == torch.float32
+    # the bf16 matmul this replaces is visibly off, so the test can fail
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        bf = 100.0 * v @ tp.t()
+    assert bf.dtype == torch.bfloat16 and (bf.float() - ref.s_pos).abs().max() > 1e-2
+    ref_out = deft_losses(ref, y, warmup=False, other=(y + 1) % 10)
+    assert torch.equal(out["clean"], ref_out["clean"])
+    assert out["loss"].item() == pytest.approx(ref_out["loss"].item(), rel=1e-5)
+
