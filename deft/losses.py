@@ -71,6 +71,7 @@ def deft_losses(
     sce: tuple[float, float] = (1.0, 1.0),
     generator: torch.Generator | None = None,
     other: torch.Tensor | None = None,
+    given_target: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """``L = L_cls + L_neg`` with the stop-gradients of METHOD.md.
 
@@ -78,15 +79,21 @@ def deft_losses(
     samples in warm-up and over the currently-clean ones afterwards; it never touches
     the negative prompts. ``L_neg = -log(1 - p_cbar) - log(p_yhat)`` trains only the
     negative prompts. An all-noisy batch gives ``L_cls = 0`` (not NaN).
+
+    ``given_target`` says whether ``L_neg``'s target ``yhat`` is the given label for every
+    sample (True) or the given label for clean samples and ``argmax s+`` for the others
+    (False). Default: True during warm-up. The real-world recipe passes True only in the
+    first epoch (the official code's ``epoch <= 1``), even inside its 5 warm-up epochs.
     """
     with torch.autocast(device_type=scores.s_pos.device.type, enabled=False):
         return _deft_losses_fp32(scores, labels, warmup=warmup, real_world=real_world, clamp=clamp, sce=sce,
-                                 generator=generator, other=other)
+                                 generator=generator, other=other,
+                                 given_target=warmup if given_target is None else given_target)
 
 
 def _deft_losses_fp32(scores: DeftScores, labels: torch.Tensor, *, warmup: bool, real_world: bool, clamp: float,
                       sce: tuple[float, float], generator: torch.Generator | None,
-                      other: torch.Tensor | None) -> dict[str, torch.Tensor]:
+                      other: torch.Tensor | None, given_target: bool) -> dict[str, torch.Tensor]:
     s_pos = scores.s_pos.float()
     k = s_pos.shape[1]
     clean = clean_mask(scores, labels, real_world)
@@ -98,7 +105,7 @@ def _deft_losses_fp32(scores: DeftScores, labels: torch.Tensor, *, warmup: bool,
         l_cls = s_pos.sum() * 0.0  # keeps the graph, no NaN from an empty mean
     p = torch.sigmoid(s_pos.detach() - scores.s_neg.float())
     cbar = other if other is not None else random_other_class(labels, k, generator)
-    if warmup:
+    if given_target:
         yhat = labels
     else:
         yhat = torch.where(clean, labels, s_pos.detach().argmax(dim=1))

@@ -89,11 +89,21 @@ def phase1_step(model: DeftModel, images: np.ndarray, labels: torch.Tensor, cfg:
         else:
             scores = model(make_batch(images, idx, dev, normalizer, gen if cfg.augment else None))
         out = deft_losses(scores, y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
-                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), generator=gen)
+                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), generator=gen,
+                          given_target=neg_target_is_given(cfg, epoch))
         out["clean_frac"] = out.pop("clean").float().mean()
         return out
 
     return step
+
+
+def neg_target_is_given(cfg: Phase1Config, epoch: int) -> bool:
+    """Whether ``L_neg`` targets the given label in 0-based ``epoch``.
+
+    Standard recipe: throughout warm-up. Real-world recipe: only in the first epoch (the
+    official code's ``epoch <= 1``), the pseudo target after, even inside the 5 warm-up epochs.
+    """
+    return epoch < 1 if cfg.real_world else epoch < cfg.warmup
 
 
 def class_texts(dataset: Dataset) -> list[str]:

@@ -152,3 +152,21 @@ def test_scores_and_losses_are_fp32_under_bf16_autocast():
     assert torch.equal(out["clean"], ref_out["clean"])
     assert out["loss"].item() == pytest.approx(ref_out["loss"].item(), rel=1e-5)
 
+
+def test_real_world_neg_target_is_the_given_label_only_in_epoch_one():
+    # issue 8 item 3: official `epoch <= 1` (1-based): pseudo target from epoch 2, even inside the 5 warm-up epochs
+    from deft.phase1 import neg_target_is_given
+
+    rw, std = Phase1Config(real_world=True), Phase1Config()
+    assert rw.warmup == 5 and [neg_target_is_given(rw, e) for e in range(6)] == [True] + [False] * 5
+    assert [neg_target_is_given(std, e) for e in range(3)] == [True, False, False]
+    # sample 0 is noisy (p_y < .5) and its argmax s+ is class 1: target 1 once the given label is dropped
+    sc = DeftScores(torch.tensor([[0.0, 3.0]]), torch.tensor([[2.0, 0.0]]))
+    y, other = torch.tensor([0]), torch.tensor([1])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    given = deft_losses(sc, y, warmup=True, real_world=True, other=other, given_target=True)
+    pseudo = deft_losses(sc, y, warmup=True, real_world=True, other=other, given_target=False)
+    assert given["l_neg"].item() == pytest.approx(-math.log(1 - sig(3)) - math.log(sig(-2)), rel=1e-6)
+    assert pseudo["l_neg"].item() == pytest.approx(-math.log(1 - sig(3)) - math.log(sig(3)), rel=1e-6)
+    # L_cls stays the warm-up SCE over all samples either way
+    assert given["l_cls"].item() == pytest.approx(pseudo["l_cls"].item())
