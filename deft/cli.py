@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_MODEL, OptimConfig, Phase1Config, Phase2Config
+from .config import DEFAULT_MODEL, LR_SCHEDULES, OptimConfig, Phase1Config, Phase2Config
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
 from .errors import DataError, ModelLoadError, ReviewError, RunError
@@ -25,6 +25,15 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>) or a CSV/Parquet with path,label")
     p.add_argument("--root", help="folder the table's paths are relative to (default: the table's folder)")
     p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
+
+
+def _schedule_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default="epoch",
+                   help="cosine stepped once per epoch (official, default) or per batch")
+
+
+def _optim(a: argparse.Namespace) -> OptimConfig:
+    return OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, lr_schedule=a.lr_schedule)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.03)
+    _schedule_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--method", choices=["deft", "zeroshot", "cleanlab", "all"], default="deft",
@@ -72,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
+    _schedule_arg(p)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--out", help="where to save the model (default: RUN/phase2)")
     p.add_argument("--seed", type=int, default=0)
@@ -124,7 +135,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     ds = load_dataset(a.data, a.root, a.descriptions)
     if len(ds.issues):
         say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
-    cfg = Phase1Config(model=a.model, optim=OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs),
+    cfg = Phase1Config(model=a.model, optim=_optim(a),
                        real_world=a.real_world, seed=a.seed, feature_cache=a.feature_cache)
     bar = TqdmProgress() if _main_rank() else None
     t0 = time.perf_counter()
@@ -193,7 +204,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     run = Run.open(a.run)
     curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
     cfg = Phase2Config(model=run.config.model, seed=a.seed, val_fraction=a.val_fraction,
-                       optim=OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs))
+                       optim=_optim(a))
     bar = TqdmProgress() if _main_rank() else None
     res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None))
     if bar:

@@ -6,17 +6,28 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+LR_SCHEDULES = ("epoch", "step")
 
 
 @dataclass
 class OptimConfig:
-    """SGD + cosine schedule, shared by both phases."""
+    """SGD + cosine schedule, shared by both phases.
+
+    ``lr_schedule="epoch"`` (default) is the official ``CosineAnnealingLR(T_max=epochs)``
+    stepped once per epoch: epoch ``e`` (0-based) trains at ``lr*(1+cos(pi*e/epochs))/2``.
+    ``"step"`` anneals the cosine per batch down to 0 at the end of training.
+    """
 
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64
     epochs: int = 10
+    lr_schedule: str = "epoch"  # epoch (official) | step
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {list(LR_SCHEDULES)}")
 
 
 @dataclass

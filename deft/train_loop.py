@@ -1,4 +1,4 @@
-"""The one training loop both phases use: SGD + cosine, autocast, progress, cancel, checkpoints."""
+"""The one training loop both phases use: SGD + cosine (per epoch, official; or per step), autocast, progress, cancel, checkpoints."""
 
 from __future__ import annotations
 
@@ -17,9 +17,16 @@ from .errors import RunError
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, total_steps: int):
-    """SGD with momentum and weight decay, cosine-annealed per step to 0."""
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, steps_per_epoch: int):
+    """SGD with momentum and weight decay, and the cosine schedule ``cfg.lr_schedule`` names.
+
+    ``epoch``: ``CosineAnnealingLR(T_max=epochs)``, to be stepped once per epoch (official);
+    ``step``: cosine per batch to 0 over ``steps_per_epoch * epochs`` steps.
+    """
     opt = torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "epoch":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    total_steps = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps)))
     )
@@ -74,7 +81,8 @@ def train_epochs(
     else:
         checkpoint_out = checkpoint
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    opt, sched = make_optimizer(params, cfg, steps_per_epoch * cfg.epochs)
+    opt, sched = make_optimizer(params, cfg, steps_per_epoch)
+    per_step = cfg.lr_schedule == "step"
     result, start_epoch = LoopResult(), 0
     if checkpoint is not None and checkpoint.is_file():
         # weights_only: a run folder is untrusted (shared, downloaded); unpickling code must never run.
@@ -113,7 +121,8 @@ def train_epochs(
                 loss.backward()
             ddp.average_gradients(params)
             opt.step()
-            sched.step()
+            if per_step:
+                sched.step()
             for k, v in out.items():
                 if torch.is_tensor(v) and v.ndim == 0:
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
@@ -127,6 +136,8 @@ def train_epochs(
                     eta_s=(total - g) * cfg.batch_size / rate if rate else 0.0,
                     metrics={"loss": float(out["loss"].detach()), "lr": sched.get_last_lr()[0]},
                 ))
+        if not per_step:
+            sched.step()
         keys = sorted(sums)
         totals = ddp.sum([sums[k] for k in keys], device)
         summary = {"epoch": epoch + 1, **{k: v / n for k, v in zip(keys, totals, strict=True)}}
