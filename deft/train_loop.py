@@ -1,4 +1,4 @@
-"""The one training loop both phases use: SGD + cosine (per epoch, official; or per step), autocast, progress, cancel, checkpoints."""
+"""The one training loop both phases use: SGD + cosine (per epoch; or per step), autocast, progress, checkpoints."""
 
 from __future__ import annotations
 

@@ -135,7 +135,8 @@ def test_scores_and_losses_are_fp32_under_bf16_autocast():
     # issue 8 item 4: under bf16 autocast the scores came back bf16 (margins off by up to 0.17)
     g = torch.Generator().manual_seed(0)
     v = F.normalize(torch.randn(64, 32, generator=g), dim=-1)
-    tp, tn = F.normalize(torch.randn(10, 32, generator=g), dim=-1), F.normalize(torch.randn(10, 32, generator=g), dim=-1)
+    tp = F.normalize(torch.randn(10, 32, generator=g), dim=-1)
+    tn = F.normalize(torch.randn(10, 32, generator=g), dim=-1)
     y = torch.randint(0, 10, (64,), generator=g)
     ref = deft_scores(v, tp, tn, 100.0)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
