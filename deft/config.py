@@ -80,6 +80,7 @@ class Phase2Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
     val_fraction: float = 0.1
     augment: bool = True
+    trainable: str = "blocks"  # blocks (official: transformer blocks + head) | all
     precision: str = "auto"
     attn_implementation: str = "sdpa"
     seed: int = 0

@@ -29,8 +29,11 @@ from .run import Run
 from .train_loop import train_epochs
 
 
+TRAINABLE_SETS = ("blocks", "all")
+
+
 class Classifier(nn.Module):
-    """CLIP vision tower (all blocks trainable) + ``Linear(width -> K)`` on the pre-projection CLS."""
+    """CLIP vision tower + ``Linear(width -> K)`` on the pre-projection CLS."""
 
     def __init__(self, vision: nn.Module, num_classes: int) -> None:
         super().__init__()
@@ -38,11 +41,26 @@ class Classifier(nn.Module):
         self.head = nn.Linear(vision.config.hidden_size, num_classes)
 
     @classmethod
-    def from_clip(cls, bundle: ClipBundle, num_classes: int) -> Classifier:
-        """A trainable copy of the bundle's vision tower (the bundle's frozen CLIP stays untouched) + a new head."""
+    def from_clip(cls, bundle: ClipBundle, num_classes: int, trainable: str = "blocks") -> Classifier:
+        """A copy of the bundle's vision tower (the bundle's frozen CLIP stays untouched) + a new head.
+
+        ``trainable="blocks"`` (official): the transformer blocks and the head train; the patch,
+        class and position embeddings and the pre/post layer norms stay frozen. ``"all"``: everything.
+        """
         vision = CLIPVisionModel(bundle.model.config.vision_config)
         vision.load_state_dict(bundle.model.vision_model.state_dict())
-        return cls(vision, num_classes).requires_grad_(True)
+        return cls(vision, num_classes).set_trainable(trainable)
+
+    def set_trainable(self, trainable: str) -> Classifier:
+        """Freeze everything but the parameter set ``trainable`` names (see :meth:`from_clip`)."""
+        if trainable not in TRAINABLE_SETS:
+            raise ValueError(f"unknown trainable set {trainable!r}; choose one of {list(TRAINABLE_SETS)}")
+        for name, p in self.named_parameters():
+            p.requires_grad_(trainable == "all" or name.startswith("head.") or ".encoder.layers." in f".{name}")
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         cls = self.vision.post_layernorm(vision_tokens(self.vision, pixel_values)[:, 0])
@@ -178,7 +196,7 @@ def train_classifier(
     bundle = bundle or load_clip(cfg.model, "cpu", cfg.attn_implementation)
     images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
     torch.manual_seed(cfg.seed)
-    model = Classifier.from_clip(bundle, ds.K).to(dev)
+    model = Classifier.from_clip(bundle, ds.K, cfg.trainable).to(dev)
 
     step = phase2_step(model, images, sample_idx[tr], y_all[tr], bundle.normalizer, cfg.augment)
 
@@ -201,7 +219,7 @@ def train_classifier(
         run.log({"stage": "phase2", **summary, "val_acc": acc})
         return {"val_acc": acc}
 
-    loop = train_epochs(stage="phase2", n=len(tr), step_fn=step, module=model, params=list(model.parameters()),
+    loop = train_epochs(stage="phase2", n=len(tr), step_fn=step, module=model, params=model.trainable_parameters(),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
                         on_epoch_end=epoch_end, progress=progress, cancel=cancel, ddp=ddp)
     trained.meta["history"] = loop.history

@@ -46,3 +46,29 @@ def test_split_is_seeded_and_disjoint():
     tr, va = split_train_val(100, 0.1, seed=3)
     assert len(va) == 10 and not set(tr) & set(va) and len(tr) + len(va) == 100
     assert (split_train_val(100, 0.1, seed=3)[1] == va).all()
+
+
+def test_official_trainable_set_is_blocks_and_head(tiny_clip_dir):
+    # issue 8 item 6: embeddings and pre/post layer norms stay frozen; the blocks and the head train
+    import torch
+    import torch.nn.functional as F
+
+    from deft.models import load_clip
+    from deft.phase2 import Classifier
+    from deft.train_loop import make_optimizer
+
+    bundle = load_clip(tiny_clip_dir)
+    model = Classifier.from_clip(bundle, 3)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"vision.embeddings.class_embedding", "vision.embeddings.patch_embedding.weight",
+                      "vision.embeddings.position_embedding.weight", "vision.pre_layrnorm.weight",
+                      "vision.pre_layrnorm.bias", "vision.post_layernorm.weight", "vision.post_layernorm.bias"}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt, _ = make_optimizer(model.trainable_parameters(), OptimConfig(lr=0.1), 1)
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not changed & frozen and "head.weight" in changed and "vision.encoder.layers.0.mlp.fc1.weight" in changed
+    assert all(p.requires_grad for p in Classifier.from_clip(bundle, 3, "all").parameters())
+    with pytest.raises(ValueError, match="unknown trainable set"):
+        Classifier.from_clip(bundle, 3, "heads")
