@@ -28,7 +28,6 @@ from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
 from .train_loop import train_epochs
 
-
 TRAINABLE_SETS = ("blocks", "all")
 
 
