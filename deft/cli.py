@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     _schedule_arg(p)
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--batching", choices=["masked", "curated"], default="masked",
+                   help="masked: iterate all samples, loss on the curated ones (official); "
+                        "curated: batches of curated samples only")
     p.add_argument("--trainable", choices=["blocks", "all"], default="blocks",
                    help="blocks: transformer blocks + head, embeddings and layer norms frozen (official); "
                         "all: every weight")
@@ -207,7 +210,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     run = Run.open(a.run)
     curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
     cfg = Phase2Config(model=run.config.model, seed=a.seed, val_fraction=a.val_fraction,
-                       optim=_optim(a), trainable=a.trainable)
+                       optim=_optim(a), trainable=a.trainable, batching=a.batching)
     bar = TqdmProgress() if _main_rank() else None
     res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None))
     if bar:

@@ -81,6 +81,9 @@ class Phase2Config:
     val_fraction: float = 0.1
     augment: bool = True
     trainable: str = "blocks"  # blocks (official: transformer blocks + head) | all
+    # masked (official): each epoch iterates all samples, loss over the curated ones in the batch;
+    # curated: batches of curated samples only (fewer steps, full batches)
+    batching: str = "masked"
     precision: str = "auto"
     attn_implementation: str = "sdpa"
     seed: int = 0

@@ -128,15 +128,45 @@ def predict_proba(model: Classifier, images: np.ndarray, normalizer: Normalizer,
 
 def phase2_step(model: Classifier, images: np.ndarray, image_index: np.ndarray, labels: torch.Tensor,
                 normalizer: Normalizer, augment: bool = True):
-    """The Phase 2 training step over training rows: image ``image_index[i]`` has label ``labels[i]``."""
+    """The Phase 2 training step over training rows: image ``image_index[i]`` has label ``labels[i]``.
+
+    A label of ``-1`` marks a row that is iterated but not learned from (masked batching,
+    as the official code: the batch is drawn from all samples and the cross-entropy is
+    averaged over the curated ones in it). A batch with no curated row gives a zero loss.
+    """
     dev = next(model.parameters()).device
 
     def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         rows = idx.numpy()
         x = make_batch(images, torch.as_tensor(image_index[rows]), dev, normalizer, gen if augment else None)
-        return {"loss": F.cross_entropy(model(x).float(), labels[rows].to(dev))}
+        y = labels[rows].to(dev)
+        keep = y >= 0
+        logits = model(x).float()
+        loss = F.cross_entropy(logits[keep], y[keep]) if keep.any() else logits.sum() * 0.0
+        return {"loss": loss, "curated_frac": keep.float().mean()}
 
     return step
+
+
+def training_rows(n_samples: int, curated_idx: np.ndarray, labels: torch.Tensor, batching: str,
+                  exclude: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """The rows one Phase 2 epoch iterates, and their labels (``-1``: iterated, not learned from).
+
+    ``curated``: only the curated samples. ``masked`` (official): every sample of the run
+    except ``exclude`` (held-out rows), the non-curated ones masked out of the loss.
+    """
+    if batching == "curated":
+        return curated_idx, labels
+    if batching != "masked":
+        raise ValueError(f"unknown batching {batching!r}; choose one of {list(BATCHINGS)}")
+    pool = np.setdiff1d(np.arange(n_samples), np.asarray(exclude if exclude is not None else [], dtype=np.int64))
+    pool = np.union1d(pool, curated_idx)
+    y = torch.full((len(pool),), -1, dtype=torch.long)
+    y[torch.as_tensor(np.searchsorted(pool, curated_idx))] = labels
+    return pool, y
+
+
+BATCHINGS = ("masked", "curated")
 
 
 @dataclass
@@ -197,12 +227,14 @@ def train_classifier(
     torch.manual_seed(cfg.seed)
     model = Classifier.from_clip(bundle, ds.K, cfg.trainable).to(dev)
 
-    step = phase2_step(model, images, sample_idx[tr], y_all[tr], bundle.normalizer, cfg.augment)
+    rows, row_labels = training_rows(ds.N, sample_idx[tr], y_all[tr], cfg.batching, exclude=sample_idx[va])
+    step = phase2_step(model, images, rows, row_labels, bundle.normalizer, cfg.augment)
 
     best: dict = {"acc": -1.0, "last_pred": None}
     out_dir = Path(out) if out is not None else run.phase2_dir
     trained = TrainedClassifier(model, ds.classes, bundle.normalizer, bundle.image_size,
                                 {"base_model": cfg.model, "config": cfg.to_dict(), "n_train": int(len(tr)),
+                                 "n_iterated": int(len(rows)),
                                  "n_val": int(len(va))})
 
     def val_pred() -> np.ndarray:
@@ -218,7 +250,7 @@ def train_classifier(
         run.log({"stage": "phase2", **summary, "val_acc": acc})
         return {"val_acc": acc}
 
-    loop = train_epochs(stage="phase2", n=len(tr), step_fn=step, module=model, params=model.trainable_parameters(),
+    loop = train_epochs(stage="phase2", n=len(rows), step_fn=step, module=model, params=model.trainable_parameters(),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
                         on_epoch_end=epoch_end, progress=progress, cancel=cancel, ddp=ddp)
     trained.meta["history"] = loop.history

@@ -72,3 +72,45 @@ def test_official_trainable_set_is_blocks_and_head(tiny_clip_dir):
     assert all(p.requires_grad for p in Classifier.from_clip(bundle, 3, "all").parameters())
     with pytest.raises(ValueError, match="unknown trainable set"):
         Classifier.from_clip(bundle, 3, "heads")
+
+
+def test_masked_batching_iterates_all_samples_and_learns_from_curated_only(tiny_clip_dir):
+    # issue 8 item 7: official Phase 2 draws batches from every sample and masks the loss to the curated ones
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from deft.models import load_clip
+    from deft.phase2 import Classifier, phase2_step, training_rows
+
+    curated_idx, y = np.array([1, 4, 7]), torch.tensor([2, 0, 1])
+    rows, labels = training_rows(10, curated_idx, y, "masked", exclude=np.array([9]))
+    assert rows.tolist() == list(range(9)) and labels.tolist() == [-1, 2, -1, -1, 0, -1, -1, 1, -1]
+    rows_c, labels_c = training_rows(10, curated_idx, y, "curated")
+    assert rows_c.tolist() == [1, 4, 7] and labels_c.tolist() == [2, 0, 1]
+
+    bundle = load_clip(tiny_clip_dir)
+    model = Classifier.from_clip(bundle, 3).eval()
+    images = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
+    step = phase2_step(model, images, rows, labels, bundle.normalizer, augment=False)
+    out = step(torch.tensor([0, 1, 2, 4]), 0, torch.Generator())
+    from deft.images import make_batch
+    logits = model(make_batch(images, torch.tensor([1, 4]), torch.device("cpu"), bundle.normalizer))
+    assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, torch.tensor([2, 0])).item(), rel=1e-5)
+    assert out["curated_frac"].item() == 0.5
+    empty = step(torch.tensor([0, 2]), 0, torch.Generator())["loss"]
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_masked_is_the_default_and_takes_more_steps(run, tmp_path):
+    curated = run.dataset.samples[["id", "label"]].iloc[::2]  # 30 of 60 curated
+    steps = {}
+    for batching in ("masked", "curated"):
+        events = []
+        cfg = Phase2Config(model=run.config.model, optim=OptimConfig(lr=5e-4, epochs=1, batch_size=16),
+                           val_fraction=0.2, batching=batching)
+        res = train_classifier(run, curated, cfg, out=tmp_path / batching, progress=events.append)
+        steps[batching] = next(e.steps for e in events if e.stage == "phase2")
+        assert res.classifier.meta["n_train"] == 24
+    assert Phase2Config().batching == "masked"
+    assert steps == {"masked": 4, "curated": 2}  # 60 - 6 held out = 54 rows / 16; 24 curated rows / 16
