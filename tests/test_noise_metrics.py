@@ -56,3 +56,45 @@ def test_auroc_ties_and_reverse():
 def test_confusion_matrix():
     cm = confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
     assert cm.tolist() == [[1, 1], [0, 1]]
+
+
+def _cifar_arrays(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` real CIFAR-10 training images per class as uint8 (N, 3, 32, 32), straight from the zip."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from .conftest import CIFAR_ZIP
+
+    with zipfile.ZipFile(CIFAR_ZIP) as z:
+        names = sorted(n for n in z.namelist() if n.startswith("train/") and n.endswith(".jpg"))
+        classes = sorted({n.split("/")[1] for n in names})
+        x, y = [], []
+        for ci, c in enumerate(classes):
+            for n in [n for n in names if n.split("/")[1] == c][:per_class]:
+                x.append(np.asarray(Image.open(io.BytesIO(z.read(n))).convert("RGB")).transpose(2, 0, 1))
+                y.append(ci)
+    return np.stack(x), np.asarray(y)
+
+
+def top_target_share(y: np.ndarray, noisy: np.ndarray, k: int) -> float:
+    """Mean over classes of the share of a class's flips that go to its most common target."""
+    shares = []
+    for c in range(k):
+        flipped = noisy[(y == c) & (noisy != y)]
+        if len(flipped):
+            shares.append(np.bincount(flipped, minlength=k).max() / len(flipped))
+    return float(np.mean(shares))
+
+
+def test_instance_noise_on_raw_pixels_concentrates_flips_like_the_official_code():
+    # issue 8 item 1: on raw 0-255 pixels the official code sends ~69% of a class's flips to one class
+    # (CIFAR-10, r=0.2); the old unit-normalised images spread them (~36%)
+    x, y = _cifar_arrays(200)
+    flat = x.reshape(len(x), -1)
+    noisy = instance_noise(y, 10, 0.2, flat, seed=0)
+    assert (noisy != y).mean() == pytest.approx(0.2, abs=0.02)
+    assert top_target_share(y, noisy, 10) > 0.55
+    unit = flat / np.linalg.norm(flat.astype(np.float64), axis=1, keepdims=True)
+    assert top_target_share(y, instance_noise(y, 10, 0.2, unit, seed=0), 10) < 0.5
