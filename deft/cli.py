@@ -217,6 +217,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         bar.close()
     say(f"trained on {res.classifier.meta['n_train']} samples; val accuracy last {res.last_val_acc:.4f} "
           f"best {res.best_val_acc:.4f}; model saved to {res.out_dir}")
+    say(f"held-out accuracy is measured on {res.heldout}")
     return 0
 
 
@@ -232,14 +233,19 @@ def cmd_noise(a: argparse.Namespace) -> int:
     from .images import decode_images
 
     ds = load_dataset(a.data, a.root, a.descriptions)
-    feats = decode_images(ds.paths(), 32).reshape(ds.N, -1) if a.kind == "ins" else None
-    noisy = make_noise(a.kind, ds.labels, ds.K, a.rate, a.seed, feats)
+    rows = ds.train_rows  # test/val rows keep their true label: a clean measure for Phase 2
+    paths = [ds.paths()[i] for i in rows]
+    feats = decode_images(paths, 32).reshape(len(rows), -1) if a.kind == "ins" else None
+    noisy = ds.labels.copy()
+    noisy[rows] = make_noise(a.kind, ds.labels[rows], ds.K, a.rate, a.seed, feats)
     names = np.asarray(ds.classes, dtype=object)
-    out = pd.DataFrame({"path": ds.samples["id"], "label": names[noisy], "true_label": ds.samples["label"]})
+    out = pd.DataFrame({"path": ds.samples["id"], "label": names[noisy], "true_label": ds.samples["label"],
+                        "split": ds.samples["split"]})
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(a.out, index=False)
-    print(f"wrote {a.out}: {int((noisy != ds.labels).sum())} of {ds.N} labels changed "
-          f"({(noisy != ds.labels).mean():.3f}); detect with: python -m deft detect {a.out} --root {ds.root}")
+    changed = noisy[rows] != ds.labels[rows]
+    print(f"wrote {a.out}: {int(changed.sum())} of {len(rows)} training labels changed ({changed.mean():.3f}; "
+          f"{ds.N - len(rows)} test/val rows kept clean); detect with: python -m deft detect {a.out} --root {ds.root}")
     return 0
 
 

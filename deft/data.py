@@ -70,11 +70,31 @@ class Dataset:
     def labels(self) -> np.ndarray:
         return self.samples["label_idx"].to_numpy(dtype=np.int64, copy=True)
 
+    @property
+    def heldout(self) -> np.ndarray:
+        """Boolean mask of held-out rows (``split`` test or val): never trained on, never reviewed."""
+        return heldout_mask(self.samples)
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        """Row positions of the samples Phase 1 trains on, scores and offers for review."""
+        return np.flatnonzero(~self.heldout)
+
     def paths(self) -> list[Path]:
         return [self.root / p for p in self.samples["id"]]
 
     def class_counts(self) -> pd.Series:
         return self.samples["label"].value_counts().reindex(self.classes, fill_value=0)
+
+
+HELDOUT_SPLITS = ("test", "val", "valid", "validation")
+
+
+def heldout_mask(samples: pd.DataFrame) -> np.ndarray:
+    """Rows whose ``split`` (case-insensitive) names a test or validation split."""
+    if "split" not in samples:
+        return np.zeros(len(samples), dtype=bool)
+    return samples["split"].astype(str).str.strip().str.lower().isin(HELDOUT_SPLITS).to_numpy()
 
 
 def class_prompt(name: str) -> str:

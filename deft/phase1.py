@@ -78,11 +78,17 @@ class DetectionResult:
 
 
 def phase1_step(model: DeftModel, images: np.ndarray, labels: torch.Tensor, cfg: Phase1Config, normalizer,
-                features: torch.Tensor | None = None):
-    """The Phase 1 training step: batch (augmented on device) -> DEFT scores -> the two losses."""
+                features: torch.Tensor | None = None, rows: np.ndarray | None = None):
+    """The Phase 1 training step: batch (augmented on device) -> DEFT scores -> the two losses.
+
+    ``rows`` maps the loop's sample positions to dataset rows (the training rows; held-out
+    test/val rows never train); default: every row.
+    """
     dev = model.tau.device
+    row_map = torch.as_tensor(rows, dtype=torch.long) if rows is not None else None
 
     def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = row_map[idx] if row_map is not None else idx
         y = labels[idx].to(dev)
         if features is not None:
             scores = model(features=features[idx.to(features.device)])
@@ -213,8 +219,8 @@ def score_samples(
 
 
 def build_scores_table(dataset: Dataset, raw: pd.DataFrame) -> pd.DataFrame:
-    """Join the scoring pass with sample ids/labels and add the pseudo-label suggestion."""
-    s = dataset.samples[["id", "label"]].reset_index(drop=True)
+    """Join the scoring pass (one row per training row, in order) with sample ids/labels and add the suggestion."""
+    s = dataset.samples[["id", "label"]].iloc[dataset.train_rows].reset_index(drop=True)
     df = pd.concat([s, raw.reset_index(drop=True)], axis=1)
     df["suggestion"] = df["pred"]
     df["suggestion_conf"] = df["pred_conf"]
@@ -268,12 +274,15 @@ def detect(
         run.set(status="training")
 
     feats = image_features(bundle, images, cfg.precision, progress, cancel) if cfg.feature_cache else None
-    step = phase1_step(model, images, labels, cfg, bundle.normalizer, feats)
+    train_rows = dataset.train_rows  # held-out (test/val) rows: no training, no decision, no review
+    if len(train_rows) == 0:
+        raise ValueError("every sample is in a test/val split; Phase 1 needs training rows (split=train)")
+    step = phase1_step(model, images, labels, cfg, bundle.normalizer, feats, rows=train_rows)
 
     def epoch_end(epoch: int, summary: dict[str, float]) -> None:
         run.log({"stage": "phase1", **summary})
 
-    loop = train_epochs(stage="phase1", n=dataset.N, step_fn=step, module=model,
+    loop = train_epochs(stage="phase1", n=len(train_rows), step_fn=step, module=model,
                         params=model.trainable_parameters(), cfg=cfg.optim, seed=cfg.seed, device=dev,
                         precision=cfg.precision, checkpoint=run.checkpoint_path, on_epoch_end=epoch_end,
                         progress=progress, cancel=cancel, ddp=ddp)
@@ -292,7 +301,7 @@ def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarra
     """Score every sample (each rank its strided shard, gathered back in order); rank 0 saves."""
     ds, ddp = run.dataset, ddp or Dist()
     zs = zero_shot_text(bundle, class_texts(ds), cfg.zero_shot_template)
-    index = np.arange(ds.N)[ddp.rank :: ddp.world]
+    index = ds.train_rows[ddp.rank :: ddp.world]  # held-out rows get no clean/suspect decision
     part = score_samples(model, images, ds.labels, ds.classes, zs, bundle.normalizer, real_world=cfg.real_world,
                          precision=cfg.precision, progress=progress if ddp.is_main else null_progress,
                          cancel=cancel, index=index, features=features)
@@ -307,7 +316,8 @@ def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarra
 def _ground_truth_metrics(run: Run, scores: pd.DataFrame) -> dict[str, float] | None:
     if "true_label" not in run.dataset.samples:
         return None
-    truly_clean = (run.dataset.samples["true_label"].to_numpy() == run.dataset.samples["label"].to_numpy())
+    s = run.dataset.samples.iloc[run.dataset.train_rows]
+    truly_clean = s["true_label"].to_numpy() == s["label"].to_numpy()  # over the training set, as the paper
     m = detection_metrics(scores["is_clean"].to_numpy(), truly_clean, scores["margin"].to_numpy())
     (run.path / "metrics.json").write_text(json.dumps(m, indent=2))
     return m

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .config import Phase2Config
+from .data import Dataset
 from .device import autocast, pick_device
 from .distributed import init_distributed
 from .images import Normalizer, decode_images, make_batch
@@ -177,6 +178,7 @@ class Phase2Result:
     last_val_acc: float
     confusion: np.ndarray
     out_dir: Path
+    heldout: str = ""  # what the held-out accuracy is measured against, in words
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +187,21 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     order = rng.permutation(n)
     n_val = min(n - 1, max(1, round(val_fraction * n))) if val_fraction > 0 and n > 1 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def heldout_eval_set(ds: Dataset, n_curated: int, cfg: Phase2Config) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """The data's own held-out rows (``split=test``, else ``val``) with their given labels, or None.
+
+    The paper's tables report accuracy on the test set: "last" after the final epoch and
+    "best" over epochs. Those rows never enter Phase 1 or the curated set.
+    """
+    split = ds.samples["split"].astype(str).str.strip().str.lower().to_numpy()
+    for names in (("test",), ("val", "valid", "validation")):
+        idx = np.flatnonzero(np.isin(split, names))
+        if len(idx):
+            return idx, ds.labels[idx], (f"the {len(idx)} split={names[0]} rows (never trained on, never "
+                                         f"reviewed), against their given labels")
+    return None
 
 
 def train_classifier(
@@ -200,9 +217,11 @@ def train_classifier(
 ) -> Phase2Result:
     """Fine-tune on a curated label table ``id, label`` (rows of the run's samples).
 
-    Holds out ``val_fraction`` of the curated rows, reports per-epoch loss and
-    validation accuracy, the last and best accuracy, and saves the model to
-    ``out`` (default ``RUN/phase2``).
+    Reports per-epoch loss and held-out accuracy, the last and best accuracy (as the
+    paper's tables), and saves the model to ``out`` (default ``RUN/phase2``). Held out:
+    the data's ``split=test`` rows (else ``val``) with their given labels; without such a
+    split, ``val_fraction`` of the curated rows against their curated (possibly noisy or
+    pseudo) labels, which :attr:`Phase2Result.heldout` says in words.
     """
     run = run if isinstance(run, Run) else Run.open(run)
     cfg = config or Phase2Config(model=run.config.model)
@@ -220,35 +239,49 @@ def train_classifier(
         raise ValueError("the curated set has fewer than 2 samples; nothing to train on")
     sample_idx = pos.loc[curated["id"]].to_numpy()
     y_all = torch.as_tensor(curated["label"].map(cls_index).to_numpy(dtype=np.int64, copy=True))
-    tr, va = split_train_val(len(curated), cfg.val_fraction, cfg.seed)
+    heldout = ds.heldout
+    leaked = int(heldout[sample_idx].sum())
+    if leaked:
+        raise ValueError(f"{leaked} curated id(s) are held-out test/val rows, which never train; "
+                         f"remove them from the curated labels")
+    ev = heldout_eval_set(ds, len(curated), cfg)
+    tr, va = (np.arange(len(curated)), np.zeros(0, np.int64)) if ev is not None else \
+        split_train_val(len(curated), cfg.val_fraction, cfg.seed)
+    eval_idx, eval_y, eval_desc = ev if ev is not None else (
+        sample_idx[va], y_all[va].numpy(),
+        f"{len(va)} curated rows held out at random (val_fraction {cfg.val_fraction}), scored against their "
+        f"curated labels: possibly noisy, and pseudo-labels where the curated set has them; the data has no "
+        f"test split (add a split column with test rows for a clean measure)")
 
     bundle = bundle or load_clip(cfg.model, "cpu", cfg.attn_implementation)
     images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
     torch.manual_seed(cfg.seed)
     model = Classifier.from_clip(bundle, ds.K, cfg.trainable).to(dev)
 
-    rows, row_labels = training_rows(ds.N, sample_idx[tr], y_all[tr], cfg.batching, exclude=sample_idx[va])
+    rows, row_labels = training_rows(ds.N, sample_idx[tr], y_all[tr], cfg.batching,
+                                     exclude=np.union1d(np.flatnonzero(heldout), sample_idx[va]))
     step = phase2_step(model, images, rows, row_labels, bundle.normalizer, cfg.augment)
 
     best: dict = {"acc": -1.0, "last_pred": None}
     out_dir = Path(out) if out is not None else run.phase2_dir
     trained = TrainedClassifier(model, ds.classes, bundle.normalizer, bundle.image_size,
                                 {"base_model": cfg.model, "config": cfg.to_dict(), "n_train": int(len(tr)),
-                                 "n_iterated": int(len(rows)),
-                                 "n_val": int(len(va))})
+                                 "n_iterated": int(len(rows)), "n_val": int(len(eval_idx)),
+                                 "heldout": eval_desc})
+    acc_keys = ("test_acc", "val_acc") if ev is not None else ("val_acc",)  # val_acc: the UI's name
 
     def val_pred() -> np.ndarray:
-        return predict_proba(model, images, bundle.normalizer, index=sample_idx[va],
-                             precision=cfg.precision).argmax(1)
+        return predict_proba(model, images, bundle.normalizer, index=eval_idx, precision=cfg.precision).argmax(1)
 
     def epoch_end(epoch: int, summary: dict[str, float]) -> dict[str, float]:
-        best["last_pred"] = val_pred() if len(va) else None
-        acc = accuracy(best["last_pred"], y_all[va].numpy()) if len(va) else float("nan")
-        if len(va) and acc > best["acc"]:
+        best["last_pred"] = val_pred() if len(eval_idx) else None
+        acc = accuracy(best["last_pred"], eval_y) if len(eval_idx) else float("nan")
+        if len(eval_idx) and acc > best["acc"]:
             best["acc"] = acc
             trained.save(out_dir / "best")
-        run.log({"stage": "phase2", **summary, "val_acc": acc})
-        return {"val_acc": acc}
+        accs = dict.fromkeys(acc_keys, acc)
+        run.log({"stage": "phase2", **summary, **accs})
+        return accs
 
     loop = train_epochs(stage="phase2", n=len(rows), step_fn=step, module=model, params=model.trainable_parameters(),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
@@ -256,13 +289,14 @@ def train_classifier(
     trained.meta["history"] = loop.history
     if not ddp.is_main:  # one writer: rank 0 evaluates and saves
         ddp.barrier()
-        return Phase2Result(trained, loop.history, best["acc"], float("nan"), np.zeros((ds.K, ds.K), int), out_dir)
+        return Phase2Result(trained, loop.history, best["acc"], float("nan"), np.zeros((ds.K, ds.K), int), out_dir,
+                            eval_desc)
     trained.save(out_dir)
     last = loop.history[-1]["val_acc"] if loop.history else float("nan")
-    cm = (confusion_matrix(best["last_pred"], y_all[va].numpy(), ds.K) if best["last_pred"] is not None
+    cm = (confusion_matrix(best["last_pred"], eval_y, ds.K) if best["last_pred"] is not None
           else np.zeros((ds.K, ds.K), int))
-    summary = {"best_val_acc": best["acc"], "last_val_acc": last, "out": str(out_dir), "history": loop.history,
-               "confusion": cm.tolist(), "classes": ds.classes}
+    summary = {"best_val_acc": best["acc"], "last_val_acc": last, "heldout": eval_desc, "out": str(out_dir),
+               "history": loop.history, "confusion": cm.tolist(), "classes": ds.classes}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     ddp.barrier()
-    return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir)
+    return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir, eval_desc)

@@ -114,3 +114,56 @@ def test_masked_is_the_default_and_takes_more_steps(run, tmp_path):
         assert res.classifier.meta["n_train"] == 24
     assert Phase2Config().batching == "masked"
     assert steps == {"masked": 4, "curated": 2}  # 60 - 6 held out = 54 rows / 16; 24 curated rows / 16
+
+
+@pytest.fixture(scope="module")
+def split_table(tmp_path_factory, cifar_small):
+    """The 60 images as a path,label,split table: 2 per class are split=test."""
+    rows = []
+    for d in sorted(p for p in cifar_small.iterdir() if p.is_dir()):
+        for i, f in enumerate(sorted(d.iterdir())):
+            rows.append({"path": f"{d.name}/{f.name}", "label": d.name, "split": "test" if i < 2 else "train"})
+    table = tmp_path_factory.mktemp("split") / "labels.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    return table
+
+
+def test_test_rows_never_train_and_phase2_reports_on_them(split_table, cifar_small, tiny_clip_dir, tmp_path):
+    # issue 8 item 2: split=test rows stay out of Phase 1, the decision, the review queue and Phase 2 training
+    ds = load_dataset(split_table, root=cifar_small)
+    test_ids = set(ds.samples.loc[ds.samples["split"] == "test", "id"])
+    assert len(test_ids) == 20
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=16))
+    events = []
+    det = detect(ds, tmp_path / "run", cfg, progress=events.append)
+    assert next(e.steps for e in events if e.stage == "phase1") == 3  # 40 training rows / 16
+    assert len(det.scores) == 40 and not set(det.scores["id"]) & test_ids  # no decision -> not in the review queue
+    run = det.run
+    with pytest.raises(ValueError, match="held-out test/val rows"):
+        train_classifier(run, ds.samples[["id", "label"]])
+    p2 = Phase2Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=5e-4, epochs=2, batch_size=16))
+    events = []
+    res = train_classifier(run, det.scores[["id", "label"]], p2, out=tmp_path / "m", progress=events.append)
+    assert next(e.steps for e in events if e.stage == "phase2") == 2 * 3  # 40 rows, none held out of them
+    accs = [h["test_acc"] for h in res.history]
+    assert len(accs) == 2 and res.last_val_acc == accs[-1] and res.best_val_acc == max(accs)
+    assert res.confusion.sum() == 20 and "split=test" in res.heldout
+    assert res.classifier.meta["n_train"] == 40 and res.classifier.meta["n_val"] == 20
+
+
+def test_without_a_test_split_the_heldout_measure_says_what_it_is(run, tmp_path):
+    cfg = Phase2Config(model=run.config.model, optim=OptimConfig(lr=5e-4, epochs=1, batch_size=32))
+    res = train_classifier(run, run.dataset.samples[["id", "label"]], cfg, out=tmp_path / "m")
+    assert "curated labels" in res.heldout and "no test split" in res.heldout
+
+
+def test_noise_command_keeps_test_rows_clean(split_table, cifar_small, tmp_path):
+    from deft.cli import main
+
+    out = tmp_path / "noisy.csv"
+    assert main(["noise", str(split_table), "--root", str(cifar_small), "--kind", "sym", "--rate", "1.0",
+                 "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    test = df["split"] == "test"
+    assert test.sum() == 20 and (df.loc[test, "label"] == df.loc[test, "true_label"]).all()
+    assert (df.loc[~test, "label"] != df.loc[~test, "true_label"]).mean() > 0.7  # r=1.0 on the 40 training rows
