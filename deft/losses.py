@@ -46,13 +46,15 @@ def clean_mask(scores: DeftScores, labels: torch.Tensor, real_world: bool = Fals
     return clean
 
 
-def sce_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-    """Symmetric cross-entropy (Wang et al. 2019): ``alpha*CE + beta*RCE``."""
-    ce = F.cross_entropy(logits, labels)
+def sce_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0, beta: float = 1.0,
+             reduction: str = "mean") -> torch.Tensor:
+    """Symmetric cross-entropy (Wang et al. 2019): ``alpha*CE + beta*RCE`` (``reduction`` mean or sum)."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
     pred = F.softmax(logits.float(), dim=1).clamp(1e-7, 1.0)
     one_hot = F.one_hot(labels, logits.shape[1]).float().clamp(1e-4, 1.0)
-    rce = -(pred * torch.log(one_hot)).sum(dim=1).mean()
-    return alpha * ce + beta * rce
+    rce = -(pred * torch.log(one_hot)).sum(dim=1)
+    per_sample = alpha * ce + beta * rce
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
 def random_other_class(labels: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -78,7 +80,8 @@ def deft_losses(
     ``L_cls`` (cross-entropy of ``s+``; SCE during a real-world warm-up) runs over all
     samples in warm-up and over the currently-clean ones afterwards; it never touches
     the negative prompts. ``L_neg = -log(1 - p_cbar) - log(p_yhat)`` trains only the
-    negative prompts. An all-noisy batch gives ``L_cls = 0`` (not NaN).
+    negative prompts. An all-noisy batch gives ``L_cls = 0`` (not NaN). ``parts`` holds
+    ``(sum, count)`` of each loss so a data-parallel loop can divide by global counts.
 
     ``given_target`` says whether ``L_neg``'s target ``yhat`` is the given label for every
     sample (True) or the given label for clean samples and ``argmax s+`` for the others
@@ -97,12 +100,15 @@ def _deft_losses_fp32(scores: DeftScores, labels: torch.Tensor, *, warmup: bool,
     s_pos = scores.s_pos.float()
     k = s_pos.shape[1]
     clean = clean_mask(scores, labels, real_world)
+    # L_cls as a sum and a count, so data-parallel ranks can divide by the global count
     if warmup:
-        l_cls = sce_loss(s_pos, labels, *sce) if real_world else F.cross_entropy(s_pos, labels)
-    elif clean.any():
-        l_cls = F.cross_entropy(s_pos[clean], labels[clean])
+        cls_sum = sce_loss(s_pos, labels, *sce, reduction="sum") if real_world else \
+            F.cross_entropy(s_pos, labels, reduction="sum")
+        cls_n = torch.tensor(float(len(labels)), device=s_pos.device)
     else:
-        l_cls = s_pos.sum() * 0.0  # keeps the graph, no NaN from an empty mean
+        cls_sum = F.cross_entropy(s_pos[clean], labels[clean], reduction="sum")  # 0 (with a graph) if none clean
+        cls_n = clean.sum().float()
+    l_cls = cls_sum / cls_n.clamp_min(1.0)  # an all-noisy batch gives 0, not NaN
     p = torch.sigmoid(s_pos.detach() - scores.s_neg.float())
     cbar = other if other is not None else random_other_class(labels, k, generator)
     if given_target:
@@ -111,5 +117,8 @@ def _deft_losses_fp32(scores: DeftScores, labels: torch.Tensor, *, warmup: bool,
         yhat = torch.where(clean, labels, s_pos.detach().argmax(dim=1))
     p_cbar = p.gather(1, cbar[:, None]).squeeze(1)
     p_yhat = p.gather(1, yhat[:, None]).squeeze(1)
-    l_neg = (-torch.log((1 - p_cbar).clamp_min(clamp)) - torch.log(p_yhat.clamp_min(clamp))).mean()
-    return {"loss": l_cls + l_neg, "l_cls": l_cls, "l_neg": l_neg, "clean": clean}
+    neg_sum = (-torch.log((1 - p_cbar).clamp_min(clamp)) - torch.log(p_yhat.clamp_min(clamp))).sum()
+    neg_n = torch.tensor(float(len(labels)), device=s_pos.device)
+    l_neg = neg_sum / neg_n
+    return {"loss": l_cls + l_neg, "l_cls": l_cls, "l_neg": l_neg, "clean": clean,
+            "parts": [(cls_sum, cls_n), (neg_sum, neg_n)]}

@@ -86,6 +86,15 @@ def phase1_step(model: DeftModel, images: np.ndarray, labels: torch.Tensor, cfg:
     """
     dev = model.tau.device
     row_map = torch.as_tensor(rows, dtype=torch.long) if rows is not None else None
+    offsets: dict[int, torch.Tensor] = {}
+
+    def other_class(idx: torch.Tensor, y: torch.Tensor, k: int, epoch: int) -> torch.Tensor:
+        # cbar, a random class != y, drawn per sample and epoch: the same whichever rank holds the sample
+        if epoch not in offsets:
+            offsets.clear()
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7_919)
+            offsets[epoch] = torch.randint(1, k, (len(labels),), generator=g)
+        return (y + offsets[epoch][idx].to(y.device)) % k
 
     def step(idx: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         idx = row_map[idx] if row_map is not None else idx
@@ -95,7 +104,8 @@ def phase1_step(model: DeftModel, images: np.ndarray, labels: torch.Tensor, cfg:
         else:
             scores = model(make_batch(images, idx, dev, normalizer, gen if cfg.augment else None))
         out = deft_losses(scores, y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
-                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), generator=gen,
+                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta),
+                          other=other_class(idx, y, scores.s_pos.shape[1], epoch),
                           given_target=neg_target_is_given(cfg, epoch))
         out["clean_frac"] = out.pop("clean").float().mean()
         return out
@@ -285,7 +295,7 @@ def detect(
     loop = train_epochs(stage="phase1", n=len(train_rows), step_fn=step, module=model,
                         params=model.trainable_parameters(), cfg=cfg.optim, seed=cfg.seed, device=dev,
                         precision=cfg.precision, checkpoint=run.checkpoint_path, on_epoch_end=epoch_end,
-                        progress=progress, cancel=cancel, ddp=ddp)
+                        progress=progress, cancel=cancel, ddp=ddp, loss_parts=2)
     if ddp.is_main:
         model.save_weights(run.weights_path)
     scores = _score_run(run, model, bundle, images, cfg, progress, cancel, ddp=ddp, features=feats)

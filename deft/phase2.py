@@ -143,8 +143,9 @@ def phase2_step(model: Classifier, images: np.ndarray, image_index: np.ndarray, 
         y = labels[rows].to(dev)
         keep = y >= 0
         logits = model(x).float()
-        loss = F.cross_entropy(logits[keep], y[keep]) if keep.any() else logits.sum() * 0.0
-        return {"loss": loss, "curated_frac": keep.float().mean()}
+        ce_sum = F.cross_entropy(logits[keep], y[keep], reduction="sum")  # 0 with a graph when none is kept
+        n = keep.sum().float()
+        return {"loss": ce_sum / n.clamp_min(1.0), "curated_frac": keep.float().mean(), "parts": [(ce_sum, n)]}
 
     return step
 
@@ -285,7 +286,7 @@ def train_classifier(
 
     loop = train_epochs(stage="phase2", n=len(rows), step_fn=step, module=model, params=model.trainable_parameters(),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
-                        on_epoch_end=epoch_end, progress=progress, cancel=cancel, ddp=ddp)
+                        on_epoch_end=epoch_end, progress=progress, cancel=cancel, ddp=ddp, loss_parts=1)
     trained.meta["history"] = loop.history
     if not ddp.is_main:  # one writer: rank 0 evaluates and saves
         ddp.barrier()

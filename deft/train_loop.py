@@ -63,6 +63,7 @@ def train_epochs(
     progress: ProgressCallback = null_progress,
     cancel: CancelToken | None = None,
     ddp: Dist | None = None,
+    loss_parts: int = 0,
 ) -> LoopResult:
     """Train ``params`` for ``cfg.epochs`` epochs over ``n`` samples in shuffled batches.
 
@@ -73,7 +74,11 @@ def train_epochs(
 
     Under ``ddp`` every rank draws the same global batch and trains on its slice;
     gradients are averaged across ranks; only rank 0 reports, checkpoints and runs
-    ``on_epoch_end``.
+    ``on_epoch_end``. With ``loss_parts`` > 0 the step also returns ``parts``, that many
+    ``(sum, count)`` pairs whose ratios add up to the loss; the counts are summed over
+    ranks and each rank backpropagates ``world * sum_i(sum_i / global_count_i)``, so the
+    averaged gradient equals one process's on the whole global batch even when ranks hold
+    unequal counts (e.g. of clean samples) or none.
     """
     ddp = ddp or Dist()
     if not ddp.is_main:
@@ -110,6 +115,8 @@ def train_epochs(
             opt.zero_grad(set_to_none=True)
             if len(idx) == 0:  # a short last batch can leave a rank without samples: it still syncs
                 out = {}
+                if loss_parts and ddp.enabled:
+                    ddp.sum([0.0] * loss_parts, device)
                 for p in params:
                     p.grad = torch.zeros_like(p)
             else:
@@ -118,7 +125,7 @@ def train_epochs(
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{stage}: non-finite loss at epoch {epoch + 1}, step {step + 1}")
-                loss.backward()
+                global_objective(out, loss_parts, ddp, device).backward()
             ddp.average_gradients(params)
             opt.step()
             if per_step:
@@ -153,6 +160,15 @@ def train_epochs(
                         "history": result.history, "epoch": epoch}, tmp)
             tmp.replace(checkpoint)
     return result
+
+
+def global_objective(out: dict, loss_parts: int, ddp: Dist, device: torch.device) -> torch.Tensor:
+    """What this rank backpropagates: its ``loss``, or under ``ddp`` its share of the global-batch loss."""
+    if not (loss_parts and ddp.enabled):
+        return out["loss"]
+    parts = out["parts"]
+    counts = ddp.sum([float(c) for _, c in parts], device)
+    return ddp.world * sum(s / max(c, 1.0) for (s, _), c in zip(parts, counts, strict=True))
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
