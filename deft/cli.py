@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="human-noise variant: pred == label, SCE warm-up, 5 warm-up epochs")
     p.add_argument("--feature-cache", action="store_true",
                    help="quick preview: frozen image encoder, features computed once, only prompts train")
+    p.add_argument("--pseudo-source", choices=["zeroshot", "prompts"], default="zeroshot",
+                   help="suggested label for suspects: frozen zero-shot CLIP (the seed method, default) "
+                        "or the learned positive-prompt prediction")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.03)
@@ -142,7 +145,8 @@ def cmd_detect(a: argparse.Namespace) -> int:
     if len(ds.issues):
         say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
     cfg = Phase1Config(model=a.model, optim=_optim(a),
-                       real_world=a.real_world, seed=a.seed, feature_cache=a.feature_cache)
+                       real_world=a.real_world, seed=a.seed, feature_cache=a.feature_cache,
+                       pseudo_source=a.pseudo_source)
     bar = TqdmProgress() if _main_rank() else None
     t0 = time.perf_counter()
     if a.method in ("zeroshot", "cleanlab"):

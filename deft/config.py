@@ -7,6 +7,7 @@ from typing import Any
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 LR_SCHEDULES = ("epoch", "step")
+PSEUDO_SOURCES = ("zeroshot", "prompts")
 
 
 @dataclass
@@ -54,9 +55,17 @@ class Phase1Config:
     # only the two prompt contexts train. Much faster; weaker than full DEFT (see README).
     feature_cache: bool = False
     zero_shot_template: str = "a photo of a {}."
+    # Pseudo-label (suggestion) for suspects: "zeroshot" = frozen zero-shot CLIP, as the seed method whose
+    # Phase 2 gain is measured (METHOD.md, Table 4); "prompts" = the learned positive-prompt prediction.
+    pseudo_source: str = "zeroshot"
     precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
     attn_implementation: str = "sdpa"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pseudo_source not in PSEUDO_SOURCES:
+            raise ValueError(f"unknown pseudo-label source {self.pseudo_source!r}; "
+                             f"choose one of {list(PSEUDO_SOURCES)}")
 
     @property
     def warmup(self) -> int:

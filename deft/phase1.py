@@ -228,12 +228,17 @@ def score_samples(
     return pd.DataFrame(cols)
 
 
-def build_scores_table(dataset: Dataset, raw: pd.DataFrame) -> pd.DataFrame:
-    """Join the scoring pass (one row per training row, in order) with sample ids/labels and add the suggestion."""
+def build_scores_table(dataset: Dataset, raw: pd.DataFrame, pseudo_source: str = "zeroshot") -> pd.DataFrame:
+    """Join the scoring pass (one row per training row, in order) with sample ids/labels and add the suggestion.
+
+    ``pseudo_source``: ``zeroshot`` suggests frozen zero-shot CLIP's top class (``zs1``), as the
+    seed method; ``prompts`` the learned positive-prompt prediction (``pred``).
+    """
     s = dataset.samples[["id", "label"]].iloc[dataset.train_rows].reset_index(drop=True)
     df = pd.concat([s, raw.reset_index(drop=True)], axis=1)
-    df["suggestion"] = df["pred"]
-    df["suggestion_conf"] = df["pred_conf"]
+    col = {"zeroshot": "zs1", "prompts": "pred"}[pseudo_source]
+    df["suggestion"] = df[col]
+    df["suggestion_conf"] = df[f"{col}_conf"]
     return df
 
 
@@ -316,7 +321,7 @@ def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarra
                          precision=cfg.precision, progress=progress if ddp.is_main else null_progress,
                          cancel=cancel, index=index, features=features)
     raw = ddp.gather_frames(part.assign(_order=index))
-    scores = build_scores_table(ds, raw)
+    scores = build_scores_table(ds, raw, cfg.pseudo_source)
     if save and ddp.is_main:
         run.save_scores(scores)
     ddp.barrier()

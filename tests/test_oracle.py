@@ -52,3 +52,27 @@ def test_per_step_schedule_is_an_option():
         [0.03 * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(1, total + 1)], abs=1e-12)
     with pytest.raises(ValueError, match="unknown lr schedule"):
         OptimConfig(lr=0.1, lr_schedule="linear")
+
+
+def test_pseudo_label_source_zeroshot_by_default_prompts_as_option(tmp_path):
+    # issue 8 item 9: the seed labels suspects with frozen zero-shot CLIP; the learned prompts are the option
+    import numpy as np
+    import pandas as pd
+
+    from deft.config import Phase1Config
+    from deft.data import Dataset
+    from deft.phase1 import build_scores_table
+
+    samples = pd.DataFrame({"id": ["a.jpg", "b.jpg", "t.jpg"], "label": ["cat", "dog", "cat"],
+                            "label_idx": [0, 1, 0], "split": ["train", "train", "test"]})
+    ds = Dataset(tmp_path, samples, ["cat", "dog"], {"cat": "cat", "dog": "dog"})
+    raw = pd.DataFrame({"pred": ["dog", "dog"], "pred_conf": [0.9, 0.8], "zs1": ["cat", "cat"],
+                        "zs1_conf": [0.6, 0.7]})
+    assert Phase1Config().pseudo_source == "zeroshot"
+    zs = build_scores_table(ds, raw, Phase1Config().pseudo_source)
+    assert zs["id"].tolist() == ["a.jpg", "b.jpg"]  # the test row has no score row
+    assert zs["suggestion"].tolist() == ["cat", "cat"] and np.allclose(zs["suggestion_conf"], [0.6, 0.7])
+    pr = build_scores_table(ds, raw, "prompts")
+    assert pr["suggestion"].tolist() == ["dog", "dog"] and np.allclose(pr["suggestion_conf"], [0.9, 0.8])
+    with pytest.raises(ValueError, match="unknown pseudo-label source"):
+        Phase1Config(pseudo_source="oracle")
