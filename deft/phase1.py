@@ -103,11 +103,12 @@ def phase1_step(model: DeftModel, images: np.ndarray, labels: torch.Tensor, cfg:
             scores = model(features=features[idx.to(features.device)])
         else:
             scores = model(make_batch(images, idx, dev, normalizer, gen if cfg.augment else None))
+        other = other_class(idx, y, scores.s_pos.shape[1], epoch)
         out = deft_losses(scores, y, warmup=epoch < cfg.warmup, real_world=cfg.real_world,
-                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta),
-                          other=other_class(idx, y, scores.s_pos.shape[1], epoch),
+                          clamp=cfg.prob_clamp, sce=(cfg.sce_alpha, cfg.sce_beta), other=other,
                           given_target=neg_target_is_given(cfg, epoch))
-        out["clean_frac"] = out.pop("clean").float().mean()
+        out["clean_frac"] = out["clean"].float().mean()
+        out["other"] = other  # the random classes drawn (recorded for the oracle test)
         return out
 
     return step
