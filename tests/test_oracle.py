@@ -152,7 +152,8 @@ def test_phase1_step_matches_the_reference(oracle_setup, real_world, epoch):
     model = DeftModel(bundle, ["cat", "dog", "bird", "maple tree"], cfg)
     params = model.trainable_parameters()  # [ctx (pos, neg), vpt]
     with torch.no_grad():  # trained-looking negative prompts, so the batch mixes clean and noisy samples
-        model.prompts.ctx[1] += 0.02 * torch.randn(model.prompts.ctx[1].shape, generator=torch.Generator().manual_seed(1))
+        noise = torch.randn(model.prompts.ctx[1].shape, generator=torch.Generator().manual_seed(1))
+        model.prompts.ctx[1] += 0.02 * noise
     idx = torch.arange(3, 19)
 
     model.zero_grad(set_to_none=True)
