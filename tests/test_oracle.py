@@ -213,3 +213,34 @@ def test_phase2_step_matches_the_reference(tiny_clip_dir):
     assert set(got) == set(want) and all(".encoder.layers." in n or n.startswith("head.") for n in got)
     for n in want:
         torch.testing.assert_close(got[n], want[n], **TOL)
+
+
+# ---- noise structure (METHOD.md, Noise synthesis) -------------------------------------------
+
+@pytest.mark.parametrize("rate", [0.2, 0.4])
+def test_noise_structure_of_each_kind(rate):
+    import numpy as np
+
+    from deft.noise import make_noise
+
+    k, n = 10, 20_000
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(k), n // k)
+    # symmetric: uniform over all K classes, so the effective rate is r(K-1)/K; targets spread evenly
+    sym = make_noise("sym", y, k, rate, seed=1)
+    assert (sym != y).mean() == pytest.approx(rate * (k - 1) / k, abs=0.01)
+    share = np.bincount(sym[(y == 0) & (sym != y)], minlength=k)[1:] / ((y == 0) & (sym != y)).sum()
+    assert share.max() < 0.2
+    # pair: class c -> (c + 1) mod K, nowhere else
+    pair = make_noise("pair", y, k, rate, seed=1)
+    assert (pair != y).mean() == pytest.approx(rate, abs=0.01)
+    assert np.array_equal(pair[pair != y], (y[pair != y] + 1) % k)
+    # instance-dependent: rate r; the flip target is a function of the image. Every image appears twice
+    # with the same label: when both copies flip they land on the same class far above chance (1/(K-1))
+    half = rng.integers(0, 256, (n // 2, 48)).astype(np.float32)
+    imgs, lab = np.concatenate([half, half]), np.concatenate([y[::2], y[::2]])
+    ins = make_noise("ins", lab, k, rate, seed=1, features=imgs)
+    assert (ins != lab).mean() == pytest.approx(rate, abs=0.01)
+    a, b = ins[: n // 2], ins[n // 2 :]
+    both = (a != lab[: n // 2]) & (b != lab[: n // 2])
+    assert both.sum() > 100 and (a[both] == b[both]).mean() > 0.9
