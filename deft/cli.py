@@ -29,7 +29,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _schedule_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default="epoch",
-                   help="cosine stepped once per epoch (official, default) or per batch")
+                   help="cosine stepped once per epoch (official, default), per batch, or constant "
+                        "(the official real-world scripts never step their scheduler)")
 
 
 def _optim(a: argparse.Namespace) -> OptimConfig:

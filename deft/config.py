@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
-LR_SCHEDULES = ("epoch", "step")
+LR_SCHEDULES = ("epoch", "step", "constant")
 PSEUDO_SOURCES = ("zeroshot", "prompts")
 
 
@@ -16,7 +16,8 @@ class OptimConfig:
 
     ``lr_schedule="epoch"`` (default) is the official ``CosineAnnealingLR(T_max=epochs)``
     stepped once per epoch: epoch ``e`` (0-based) trains at ``lr*(1+cos(pi*e/epochs))/2``.
-    ``"step"`` anneals the cosine per batch down to 0 at the end of training.
+    ``"step"`` anneals the cosine per batch down to 0 at the end of training. ``"constant"``
+    keeps ``lr`` (what the official real-world scripts do: they never step their scheduler).
     """
 
     lr: float
@@ -24,7 +25,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     batch_size: int = 64
     epochs: int = 10
-    lr_schedule: str = "epoch"  # epoch (official) | step
+    lr_schedule: str = "epoch"  # epoch (official) | step | constant
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:

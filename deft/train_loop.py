@@ -21,11 +21,13 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, steps
     """SGD with momentum and weight decay, and the cosine schedule ``cfg.lr_schedule`` names.
 
     ``epoch``: ``CosineAnnealingLR(T_max=epochs)``, to be stepped once per epoch (official);
-    ``step``: cosine per batch to 0 over ``steps_per_epoch * epochs`` steps.
+    ``step``: cosine per batch to 0 over ``steps_per_epoch * epochs`` steps; ``constant``: no decay.
     """
     opt = torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "epoch":
         return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    if cfg.lr_schedule == "constant":
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     total_steps = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps)))

@@ -50,6 +50,8 @@ def test_per_step_schedule_is_an_option():
     total = 4
     assert [lr for _, lr in seen] == pytest.approx(
         [0.03 * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(1, total + 1)], abs=1e-12)
+    const = _lrs_per_step(OptimConfig(lr=0.03, epochs=2, batch_size=2, lr_schedule="constant"), n=4)
+    assert [lr for _, lr in const] == [0.03] * 4
     with pytest.raises(ValueError, match="unknown lr schedule"):
         OptimConfig(lr=0.1, lr_schedule="linear")
 
