@@ -1,6 +1,6 @@
 """Method fidelity (issue 8): an independent reference of DEFT's training steps, schedule and noise.
 
-The reference below is written from ``../shared/docs/METHOD.md`` and the official code's
+The reference below is written from ``docs/METHOD.md`` and the official code's
 semantics (HotanLee/DeFT); it does not import the project's loss or step code.
 """
 
