@@ -128,6 +128,7 @@ def split_table(tmp_path_factory, cifar_small):
     return table
 
 
+@pytest.mark.slow  # a Phase 1 + a Phase 2 run: ~10 s idle, 26 s on the loaded 2-core dev box
 def test_test_rows_never_train_and_phase2_reports_on_them(split_table, cifar_small, tiny_clip_dir, tmp_path):
     # issue 8 item 2: split=test rows stay out of Phase 1, the decision, the review queue and Phase 2 training
     ds = load_dataset(split_table, root=cifar_small)
