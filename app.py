@@ -10,13 +10,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 ROOT = Path(__file__).resolve().parent
+DEMO = ROOT / "assets" / "demo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="deft-audit: find and fix wrong labels in an image dataset.")
-    ap.add_argument("--data", default=str(ROOT / "assets" / "demo"),
+    ap.add_argument("--data", default=str(DEMO),
                     help="image folder (<root>/<class>/<image>) or CSV/Parquet with path,label (default: the demo)")
     ap.add_argument("--root", help="folder a CSV's paths are relative to")
+    ap.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                    help="a folder clients may load datasets from (repeatable; default: the folder of --data "
+                         "and the demo); anything outside is refused")
     ap.add_argument("--model", default="openai/clip-vit-base-patch16",
                     help="CLIP checkpoint: hub id or local folder (default: %(default)s)")
     ap.add_argument("--runs", default=str(ROOT / "runs"), help="where runs and review databases live")
@@ -39,11 +43,14 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("error: --auth must be user:password")
         user, pw = a.auth.split(":", 1)
         auth = (user, pw)
+    from deft.roots import default_roots
     from ui.app import launch
     from ui.workspace import AppSettings, Workspace
 
+    roots = [*a.data_root] or [str(p) for p in default_roots(a.data, DEMO)] + ([a.root] if a.root else [])
     ws = Workspace(AppSettings(data=a.data, root=a.root, model=a.model, runs=Path(a.runs), device=a.device,
-                               epochs=a.epochs, batch_size=a.batch_size, train_epochs=a.train_epochs))
+                               epochs=a.epochs, batch_size=a.batch_size, train_epochs=a.train_epochs,
+                               data_roots=tuple(roots)))
     print(f"deft-audit on http://{a.host}:{a.port}  (data: {a.data}; model: {a.model})", flush=True)
     launch(ws, host=a.host, port=a.port, auth=auth, share=a.share)
 

@@ -7,10 +7,13 @@ the root), a given label, and the class list. Two sources are accepted:
 * a CSV or Parquet table with ``path,label`` columns (optional ``split`` and
   ``true_label``), paths relative to ``root`` (default: the table's folder).
 
-Nothing is dropped silently: unreadable images are listed in
-:attr:`Dataset.issues` and excluded; structural problems (missing root,
-unknown label, duplicate paths, paths outside the root, a corrupt table)
-raise :class:`DataError` with a sentence that says how to fix them.
+Nothing is dropped silently: unreadable images, hidden files, broken or
+outside-pointing symlinks, FIFOs/devices, too-large images and non-UTF-8 names
+are listed in :attr:`Dataset.issues` and excluded; structural problems (missing
+root, one class, unknown label, null or duplicate paths, paths outside the root,
+a corrupt table) raise :class:`DataError` with a sentence that says how to fix
+them. Every file is treated as untrusted: only regular files are opened, and
+pixel counts are checked from the header before decoding.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+
+from .imageio import PixelBudget, check_image, regular_file_problem
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -49,6 +53,8 @@ class Dataset:
         class name with ``_`` replaced by a space).
     issues : pandas.DataFrame
         ``path, problem`` for every excluded file.
+    warnings : list of str
+        Things that were imported but look wrong (labels differing only by case or spaces).
     """
 
     root: Path
@@ -57,6 +63,7 @@ class Dataset:
     prompts: dict[str, str]
     issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "problem"]))
     source: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def N(self) -> int:  # noqa: N802 (cleanlab naming)
@@ -121,30 +128,44 @@ def load_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-def _check_image(path: Path) -> str | None:
-    """Return None if ``path`` decodes fully, else a short description of the problem."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.width < 1 or im.height < 1:
-                return "empty image"
-    except FileNotFoundError:
-        return "file not found"
-    except Exception as exc:  # PIL raises many types for corrupt data
-        return f"unreadable image ({type(exc).__name__}: {exc})"
-    return None
-
-
-def check_images(paths: list[Path], workers: int = 8) -> list[str | None]:
+def check_images(paths: list[Path], workers: int = 8, root: Path | None = None) -> list[str | None]:
+    """Decode every file fully (regular files only, pixel cap, shared decode budget): None or the problem."""
+    budget = PixelBudget()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_check_image, paths))
+        return list(pool.map(lambda p: check_image(p, root, budget), paths))
+
+
+def shown_name(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 are shown as ``\\xNN`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by os as surrogate escapes
+        return False
+    return True
+
+
+def near_collisions(labels: list[str]) -> list[list[str]]:
+    """Groups of distinct labels that differ only by case or surrounding whitespace."""
+    groups: dict[str, list[str]] = {}
+    for lab in labels:
+        groups.setdefault(lab.strip().casefold(), []).append(lab)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def label_warnings(labels: list[str]) -> list[str]:
+    return [f"Labels {', '.join(repr(x) for x in g)} differ only by case or spaces and are separate classes; "
+            "fix the labels if they mean the same class." for g in near_collisions(labels)]
 
 
 def relative_ids(root: Path, raw: pd.Series) -> list[str]:
     """Normalise table paths to POSIX ids relative to ``root``; refuse paths that leave it.
 
     The check is lexical (``normpath``, no filesystem call per row), so a million rows take
-    seconds; a symlink inside the root that points elsewhere is followed when reading.
+    seconds; a symlink inside the root that points elsewhere is refused (and listed) when images are verified.
     """
     base = os.path.normpath(os.path.abspath(root))
     prefix = base.rstrip(os.sep) + os.sep
@@ -171,7 +192,7 @@ def _finish(
 ) -> Dataset:
     issues = list(pre_issues or [])
     if verify and len(rows):
-        problems = check_images([root / i for i in rows["id"]])
+        problems = check_images([root / i for i in rows["id"]], root=root)
         bad = np.array([p is not None for p in problems], dtype=bool)
         issues += [{"path": i, "problem": p} for i, p in zip(rows["id"], problems, strict=True) if p]
         rows = rows.loc[~bad]
@@ -187,6 +208,10 @@ def _finish(
         rows["split"] = "train"
     if len(rows) == 0:
         raise DataError(f"No usable images in {source}: every file was unreadable (see the issues list).")
+    present = rows["label"].unique().tolist()
+    if len(present) < 2:
+        raise DataError(f"{source} has images of one class only ({present[0]!r}); label noise detection needs "
+                        "at least two classes.")
     return Dataset(
         root=root,
         samples=rows,
@@ -194,6 +219,7 @@ def _finish(
         prompts=prompt_map,
         issues=pd.DataFrame(issues, columns=["path", "problem"]),
         source=source,
+        warnings=label_warnings(classes),
     )
 
 
@@ -209,25 +235,70 @@ def load_image_folder(
         )
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; for a label table pass a .csv or .parquet file.")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs, issues = [], []
+    for d in sorted(root.iterdir()):
+        why = _entry_problem(root, d)
+        if d.is_dir() and why:
+            issues.append({"path": shown_name(d.name) + "/", "problem": why})
+        elif d.is_dir():
+            class_dirs.append(d)
     if not class_dirs:
         raise DataError(
             f"{root} has no class folders. Expected <root>/<class>/<image>, e.g. {root}/cat/001.jpg."
         )
-    records, issues = [], []
+    records = []
     for d in class_dirs:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
-        images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
-        for f in files:
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                issues.append({"path": f.relative_to(root).as_posix(), "problem": "not an image file (skipped)"})
+        images, problems = scan_class_folder(root, d)
+        issues += problems
         if not images:
             raise DataError(
                 f"Class folder '{d.name}' has no images. Add images to {d} or remove the folder."
             )
-        records += [{"id": f.relative_to(root).as_posix(), "label": d.name} for f in images]
+        records += [{"id": i, "label": d.name} for i in images]
     rows = pd.DataFrame(records)
     return _finish(root, rows, [d.name for d in class_dirs], prompts, verify, str(root), issues)
+
+
+def _entry_problem(root: Path, p: Path) -> str | None:
+    """Why a folder entry is skipped by name or type (None: use it). Never opens the file."""
+    if not is_utf8(p.name):
+        return "name is not valid UTF-8 (skipped; rename it)"
+    if p.name.startswith("."):
+        return "hidden (skipped)"
+    if p.is_symlink() and p.is_dir():
+        return "symlinked folder (not followed)"
+    return None
+
+
+def scan_class_folder(root: Path, folder: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Image ids under ``folder`` and a ``path, problem`` row for every other entry.
+
+    Symlinked folders are not followed; symlinks to files are used only if they resolve
+    inside ``root``; FIFOs, sockets and devices are never opened.
+    """
+    images: list[str] = []
+    issues: list[dict[str, str]] = []
+
+    def note(path: Path, problem: str) -> None:
+        issues.append({"path": shown_name(path.relative_to(root).as_posix()), "problem": problem})
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            why = _entry_problem(root, here / name)
+            if why:
+                note(here / name, why)
+                dirnames.remove(name)
+        for name in sorted(filenames):
+            f = here / name
+            why = _entry_problem(root, f) or regular_file_problem(f, root)
+            if why is None and f.suffix.lower() not in IMAGE_EXTENSIONS:
+                why = "not an image file (skipped)"
+            if why:
+                note(f, why)
+            else:
+                images.append(f.relative_to(root).as_posix())
+    return sorted(images), issues
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -269,6 +340,10 @@ def load_table(
     root = Path(root) if root is not None else table.parent
     if not root.is_dir():
         raise DataError(f"Dataset root not found: {root}. Pass --root <folder the paths are relative to>.")
+    null = df["path"].isna() | df["label"].isna()
+    if null.any():
+        rows = (np.flatnonzero(null.to_numpy()) + 1).tolist()[:10]
+        raise DataError(f"{table}: missing (null) path or label in row(s) {rows}; fill them in or drop those rows.")
     df = df.astype({"path": str, "label": str})
     empty = df["path"].str.strip().eq("") | df["label"].str.strip().eq("")
     if empty.any():

@@ -86,9 +86,9 @@ def test_csv_missing_columns_and_corrupt(tmp_path, cifar_small):
 
 
 def test_csv_missing_file_is_reported(tmp_path, cifar_small):
-    p = _csv(tmp_path, {"path": ["cat/0000.jpg", "cat/9999.jpg"], "label": ["cat", "cat"]})
+    p = _csv(tmp_path, {"path": ["cat/0000.jpg", "cat/9999.jpg", "dog/0000.jpg"], "label": ["cat", "cat", "dog"]})
     ds = load_dataset(p, root=cifar_small)
-    assert ds.N == 1 and ds.issues["problem"].tolist() == ["file not found"]
+    assert ds.N == 2 and ds.issues["problem"].tolist() == ["file not found"]
 
 
 def test_class_descriptions(tmp_path):
@@ -98,3 +98,30 @@ def test_class_descriptions(tmp_path):
     f.write_text("no separator here\n")
     with pytest.raises(DataError, match="expected 'class -> prompt text'"):
         load_class_descriptions(f)
+
+
+def test_data_roots_refuse_outside_paths_and_symlinks_without_echoing(tmp_path):
+    from deft.roots import DataRoots, OutsideRootsError
+
+    inside, outside = tmp_path / "data", tmp_path / "secret"
+    (inside / "a").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "labels.csv").write_text("SECRET_HEADER,x\n")
+    (inside / "escape").symlink_to(outside)
+    roots = DataRoots.of([inside])
+    assert roots.check(inside / "a") == (inside / "a").resolve()
+    for bad in (outside / "labels.csv", inside / "escape" / "labels.csv", inside / ".." / "secret", "/etc"):
+        with pytest.raises(OutsideRootsError) as e:
+            roots.check(bad)
+        assert "SECRET" not in str(e.value) and "secret" not in str(e.value) and str(e.value).count(".") == 1
+
+
+def test_workspace_refuses_paths_outside_roots_and_creates_no_run_folder(tmp_path, cifar_small):
+    from ui.workspace import AppSettings, Workspace
+
+    runs = tmp_path / "runs"
+    ws = Workspace(AppSettings(runs=runs, data_roots=(str(tmp_path / "allowed"),)))
+    (tmp_path / "allowed").mkdir()
+    with pytest.raises(DataError, match="outside the data folders"):
+        ws.load(str(cifar_small))
+    assert not runs.exists() and ws.dataset is None

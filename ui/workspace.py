@@ -22,6 +22,7 @@ from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue
+from deft.roots import DataRoots
 from deft.run import Run
 from deft.store import ReviewStore
 
@@ -36,6 +37,7 @@ class AppSettings:
     epochs: int = 10
     batch_size: int = 64
     train_epochs: int = 10
+    data_roots: tuple[str, ...] = ()  # folders datasets may be read from (empty: no restriction, library use)
 
 
 def dataset_key(source: str) -> str:
@@ -62,6 +64,9 @@ class Workspace:
 
     def load(self, source: str, root: str | None = None) -> Dataset:
         """Import a dataset; re-open its latest finished detection and review store if any."""
+        if self.settings.data_roots:  # refuse paths outside the data roots before touching them
+            roots = DataRoots.of(self.settings.data_roots)
+            source, root = str(roots.check(source)), root and str(roots.check(root))
         ds = load_dataset(source, root or None)
         with self._lock:
             self.dataset, self.run, self.store = ds, None, None

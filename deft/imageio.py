@@ -1,0 +1,144 @@
+"""Opening untrusted image files safely (light module: PIL only, no torch).
+
+* only regular files are opened (a FIFO would block forever, a device could be endless);
+* the pixel count is read from the header and checked before any decoding
+  (a 0.5 MB PNG can decode to 13000 x 13000 pixels);
+* decoders share a pixel budget, so parallel workers never hold more than
+  ``budget`` decoded pixels at once;
+* 16-bit and float images are scaled to 8 bits instead of clipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+MAX_PIXELS = 64_000_000  # per image; PIL's own bomb check only starts at 89 Mpx (warning) / 179 Mpx (error)
+DECODE_BUDGET_PIXELS = 256_000_000  # decoded pixels held by all decoder threads together (~1 GiB as RGBA)
+
+
+class ImageProblem(DataError):
+    """An image file cannot be used; the message is the short reason listed in the import report."""
+
+
+def regular_file_problem(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str | None:
+    """Why ``path`` is not a plain image file we may open (None if it is). Never opens the file.
+
+    With ``root``, a symlink that resolves outside ``root`` is refused (not followed).
+    """
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return "broken symlink (target missing)" if os.path.islink(p) else "file not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (skipped)"
+        return f"cannot stat file ({exc.strerror})"
+    if root is not None and not Path(os.path.realpath(p)).is_relative_to(os.path.realpath(os.fspath(root))):
+        return "symlink to outside the dataset root (refused, not followed)"
+    if stat.S_ISDIR(st.st_mode):
+        return "folder where an image was expected"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (FIFO, socket or device; not opened)"
+    return None
+
+
+def too_large(im: Image.Image, max_pixels: int = MAX_PIXELS) -> str | None:
+    """The import-report reason if ``im`` (header only, not decoded) has more than ``max_pixels`` pixels."""
+    w, h = im.size
+    if w * h > max_pixels:
+        return (f"image too large ({w}x{h} = {w * h / 1e6:.0f} Mpx, limit {max_pixels / 1e6:.0f} Mpx; "
+                "downscale it)")
+    return None
+
+
+def open_image(path: str | os.PathLike, root: str | os.PathLike | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a regular image file lazily (header only) after the file-type and pixel-count checks.
+
+    Raises :class:`ImageProblem` with the reason; the caller closes the image.
+    """
+    why = regular_file_problem(path, root)
+    if why:
+        raise ImageProblem(why)
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageProblem(f"image too large (over {max_pixels / 1e6:.0f} Mpx; downscale it)") from None
+    why = too_large(im, max_pixels)
+    if why:
+        im.close()
+        raise ImageProblem(why)
+    return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert to 8-bit RGB, scaling 16-bit and float data to 0..255 (PIL's convert clips them)."""
+    if im.mode in {"RGB"}:
+        return im
+    if im.mode.startswith("I;16") or im.mode in {"I", "F"}:
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            lo, hi = float(np.nanmin(a)) if a.size else 0.0, float(np.nanmax(a)) if a.size else 1.0
+            if lo >= 0.0 and hi <= 1.0:  # the usual float convention
+                lo, hi = 0.0, 1.0
+        else:
+            lo, hi = 0.0, 65535.0 if a.max(initial=0) <= 65535 else float(a.max())
+        scaled = np.nan_to_num((a - lo) / max(hi - lo, 1e-12) * 255.0)
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+class PixelBudget:
+    """A weighted semaphore: decoders together hold at most ``limit`` decoded pixels."""
+
+    def __init__(self, limit: int = DECODE_BUDGET_PIXELS) -> None:
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = min(max(1, pixels), self.limit)  # one huge image may use the whole budget, alone
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + need <= self.limit)
+            self.used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= need
+                self._cond.notify_all()
+
+
+def check_image(path: str | os.PathLike, root: str | os.PathLike | None = None,
+                budget: PixelBudget | None = None) -> str | None:
+    """None if ``path`` is a regular image file that decodes fully, else the reason it is excluded."""
+    try:
+        with open_image(path, root) as im:
+            with budget.hold(im.width * im.height) if budget else _nothing():
+                im.load()
+            if im.width < 1 or im.height < 1:
+                return "empty image"
+    except ImageProblem as exc:
+        return str(exc)
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # PIL raises many types for corrupt data
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
