@@ -30,19 +30,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--auth", help="user:password required to open the app")
+    ap.add_argument("--auth-file", metavar="PATH",
+                    help="file of user:password lines required to open the app (or set DEFT_AUTH=user:password)")
+    ap.add_argument("--auth", help="user:password on the command line (visible in `ps`; prefer --auth-file)")
     ap.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    auth = None
-    if a.auth:
-        if ":" not in a.auth:
-            raise SystemExit("error: --auth must be user:password")
-        user, pw = a.auth.split(":", 1)
-        auth = (user, pw)
+    from ui.security import AuthConfigError, guard_kwargs, load_credentials, private_temp_dir
+
+    try:
+        auth = load_credentials(a.auth, a.auth_file)
+    except AuthConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    private_temp_dir()  # before gradio is imported: its cache (exports, thumbnails) stays private to this app
     from deft.roots import default_roots
     from ui.app import launch
     from ui.workspace import AppSettings, Workspace
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
                                epochs=a.epochs, batch_size=a.batch_size, train_epochs=a.train_epochs,
                                data_roots=tuple(roots)))
     print(f"deft-audit on http://{a.host}:{a.port}  (data: {a.data}; model: {a.model})", flush=True)
-    launch(ws, host=a.host, port=a.port, auth=auth, share=a.share)
+    launch(ws, host=a.host, port=a.port, auth=auth, share=a.share,
+           app_kwargs=guard_kwargs(a.host, a.port, auth is not None))
 
 
 if __name__ == "__main__":

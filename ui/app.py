@@ -428,9 +428,10 @@ def build_app(ws: Workspace) -> gr.Blocks:
     return demo
 
 
-def launch(ws: Workspace, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
-           share: bool = False) -> None:
+def launch(ws: Workspace, host: str = "127.0.0.1", port: int = 7860,
+           auth: tuple[str, str] | list[tuple[str, str]] | None = None, share: bool = False, **extra) -> None:
+    """Serve the app; ``extra`` goes to ``Blocks.launch`` (e.g. ``app_kwargs`` from :mod:`ui.security`)."""
     demo = build_app(ws)
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, auth=auth, share=share, css=CSS, head=KEYBOARD_JS,
-                ssr_mode=False, show_error=True, inbrowser=False)
+                ssr_mode=False, show_error=True, inbrowser=False, **extra)

@@ -1,0 +1,258 @@
+"""Server hardening around Gradio: credentials, login on every route, rate limit, Host check, private temp.
+
+Gradio's own ``auth`` protects the UI and the queue but lets several routes answer
+without login (``/openapi.json``, ``/gradio_api/user``, ``/gradio_api/app_id``...) and
+embeds the API description, with every textbox default (dataset and model paths),
+in the unauthenticated login page. :class:`Guard` is a plain ASGI middleware, passed
+to Gradio's FastAPI app through ``launch(app_kwargs=...)``, that
+
+* answers 400 to a request whose ``Host`` is not this machine when bound to loopback
+  (DNS rebinding: a web page cannot make a browser talk to the app under another name);
+* lets an unauthenticated client fetch only the login page (with the API description
+  blanked), its static assets and ``POST /login``; everything else is 401;
+* refuses ``POST /login`` with 429 after ``max_failures`` wrong passwords from one client
+  within ``window_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+LOOPBACK_BINDS = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/favicon.ico", "/theme.css", "/gradio_api/theme.css",
+                   "/manifest.json", "/robots.txt", "/pwa_icon", "/gradio_api/startup-events")
+LOGIN_PATHS = {"/login", "/login/"}
+PAGE_PATHS = {"/", ""}
+API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
+BLANK_API_INFO = b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};</script>'
+
+
+class AuthConfigError(ValueError):
+    """The credentials given to the app cannot be used; the message says how to fix them."""
+
+
+# ----------------------------------------------------------------------------- credentials
+def parse_credentials(text: str, source: str) -> list[tuple[str, str]]:
+    """``user:password`` entries, one per line (or comma-separated); ``#`` comments and blank lines skipped."""
+    out = []
+    for n, line in enumerate(re.split(r"[\n,]", text), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, pw = line.partition(":")
+        if not sep or not user.strip() or not pw:
+            raise AuthConfigError(f"{source}: entry {n} is not user:password.")
+        out.append((user.strip(), pw))
+    if not out:
+        raise AuthConfigError(f"{source} holds no user:password entry.")
+    return out
+
+
+def load_credentials(auth: str | None, auth_file: str | None,
+                     environ: dict[str, str] | None = None) -> list[tuple[str, str]] | None:
+    """Credentials from ``--auth-file``, else ``$DEFT_AUTH``, else ``--auth`` (warned: visible in ``ps``)."""
+    env = os.environ if environ is None else environ
+    if auth_file:
+        p = Path(auth_file)
+        try:
+            return parse_credentials(p.read_text(encoding="utf-8"), str(p))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AuthConfigError(f"cannot read --auth-file {p}: {getattr(exc, 'strerror', None) or exc}.") from None
+    if env.get("DEFT_AUTH"):
+        return parse_credentials(env["DEFT_AUTH"], "$DEFT_AUTH")
+    if auth:
+        print("warning: --auth puts the password on the command line, where `ps` shows it to every user of "
+              "this machine; use --auth-file FILE or the DEFT_AUTH environment variable.", file=sys.stderr)
+        return parse_credentials(auth, "--auth")
+    return None
+
+
+# ----------------------------------------------------------------------------- middleware helpers
+def allowed_hosts(port: int) -> frozenset[str]:
+    """``Host`` header values accepted when bound to loopback."""
+    names = {f"{h}:{port}" for h in LOOPBACK_HOSTS}
+    if port == 80:
+        names |= set(LOOPBACK_HOSTS)
+    return frozenset(names)
+
+
+def header(scope: dict, name: bytes) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def is_public(path: str) -> bool:
+    return path.startswith(PUBLIC_PREFIXES)
+
+
+def logged_in(scope: dict) -> bool:
+    """True if the request carries a session cookie the Gradio app issued at login."""
+    app = scope.get("app")
+    tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
+    raw = header(scope, b"cookie")
+    if not tokens or not cookie_id or not raw:
+        return False
+    jar = SimpleCookie()
+    with contextlib.suppress(Exception):
+        jar.load(raw)
+    for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
+        if name in jar and jar[name].value in tokens:
+            return True
+    return False
+
+
+@dataclass
+class LoginLimiter:
+    """At most ``max_failures`` failed logins per client within ``window_s`` seconds."""
+
+    max_failures: int = 5
+    window_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _fails: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _recent(self, client: str) -> deque:
+        q, now = self._fails[client], self.clock()
+        while q and now - q[0] > self.window_s:
+            q.popleft()
+        return q
+
+    def blocked(self, client: str) -> bool:
+        with self._lock:
+            return len(self._recent(client)) >= self.max_failures
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client).append(self.clock())
+
+
+async def _reply(send, status: int, text: str) -> None:
+    body = text.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware: Host check, login on every route, login rate limit (see the module docstring)."""
+
+    def __init__(self, app, *, auth: bool, hosts: frozenset[str] | None, limiter: LoginLimiter | None = None) -> None:
+        self.app, self.auth, self.hosts = app, auth, hosts
+        self.limiter = limiter or LoginLimiter()
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] not in {"http", "websocket"}:
+            return await self.app(scope, receive, send)
+        if self.hosts is not None and (header(scope, b"host") or "").lower() not in self.hosts:
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await _reply(send, 400, "Bad Host header: open the app as http://127.0.0.1:<port>/.")
+        if not self.auth or is_public(scope["path"]):
+            return await self.app(scope, receive, send)
+        if scope["path"] in LOGIN_PATHS and scope.get("method") == "POST":
+            return await self._login(scope, receive, send)
+        if logged_in(scope):
+            return await self.app(scope, receive, send)
+        if scope["path"] in PAGE_PATHS and scope.get("method") in {"GET", "HEAD"}:
+            return await self._login_page(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        return await _reply(send, 401, "Not authenticated: log in first.")
+
+    async def _login(self, scope: dict, receive, send) -> None:
+        client = (scope.get("client") or ("?", 0))[0]
+        if self.limiter.blocked(client):
+            return await _reply(send, 429, "Too many failed logins; wait a minute and try again.")
+
+        async def watch(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start" and msg["status"] in {400, 401, 403}:
+                self.limiter.failed(client)
+            await send(msg)
+
+        await self.app(scope, receive, watch)
+
+    async def _login_page(self, scope: dict, receive, send) -> None:
+        """Gradio's login page with the API description (textbox defaults: paths) blanked out."""
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def buffer(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                start.update(msg)
+                return
+            if msg["type"] == "http.response.body":
+                chunks.append(msg.get("body", b""))
+                if msg.get("more_body"):
+                    return
+                body = API_INFO.sub(lambda _: BLANK_API_INFO, b"".join(chunks))
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(body)).encode()))
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body if scope.get("method") == "GET" else b""})
+                return
+            await send(msg)
+
+        await self.app(scope, receive, buffer)
+
+
+def guard_kwargs(host: str, port: int, auth: bool) -> dict[str, Any]:
+    """``app_kwargs`` for ``Blocks.launch``: the :class:`Guard` middleware, and no FastAPI docs routes."""
+    from starlette.middleware import Middleware
+
+    hosts = allowed_hosts(port) if host in LOOPBACK_BINDS else None
+    return {"middleware": [Middleware(Guard, auth=auth, hosts=hosts)],
+            "docs_url": None, "redoc_url": None}
+
+
+# ----------------------------------------------------------------------------- private temp folder
+def private_temp_dir(prefix: str = "deft-audit-") -> Path:
+    """A 0700 temp folder for this process (Gradio's cache and exports), removed at exit.
+
+    Sets ``GRADIO_TEMP_DIR`` (call before importing gradio), removes it at normal exit
+    and on SIGTERM, and removes folders left by earlier processes that died (kill -9).
+    """
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{prefix}*-*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.owner() == _me():
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))  # mkdtemp: mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = str(path)
+    atexit.register(shutil.rmtree, path, True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run atexit on `kill`, too
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _me() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
