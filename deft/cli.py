@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from .data import load_dataset
 from .errors import DataError, ModelLoadError, ReviewError, RunError
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
-from .run import Run
+from .run import Run, run_folder_lock
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -133,6 +134,8 @@ def say(*args: object) -> None:
 def cmd_check(a: argparse.Namespace) -> int:
     ds = load_dataset(a.data, a.root, a.descriptions)
     print(f"{ds.N} images, {ds.K} classes, {len(ds.issues)} problem file(s) excluded")
+    for w in ds.warnings:
+        print(f"warning: {w}")
     print(ds.class_counts().to_string())
     if len(ds.issues):
         print(ds.issues.to_string(index=False))
@@ -145,20 +148,24 @@ def cmd_detect(a: argparse.Namespace) -> int:
     ds = load_dataset(a.data, a.root, a.descriptions)
     if len(ds.issues):
         say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
+    for w in ds.warnings:
+        say(f"warning: {w}")
     cfg = Phase1Config(model=a.model, optim=_optim(a),
                        real_world=a.real_world, seed=a.seed, feature_cache=a.feature_cache,
                        pseudo_source=a.pseudo_source)
     bar = TqdmProgress() if _main_rank() else None
     t0 = time.perf_counter()
-    if a.method in ("zeroshot", "cleanlab"):
-        from .audit import AuditConfig, detect_with_baseline
+    with run_folder_lock(a.out) if _main_rank() else contextlib.nullcontext():  # a second detect is refused
+        if a.method in ("zeroshot", "cleanlab"):
+            from .audit import AuditConfig, detect_with_baseline
 
-        _, scores, res = detect_with_baseline(ds, a.out, cfg, a.method, device=a.device,
-                                              progress=bar or (lambda ev: None), audit_config=AuditConfig(seed=a.seed))
-        metrics = res.metrics
-    else:
-        det = detect(ds, a.out, cfg, device=a.device, progress=bar or (lambda ev: None))
-        scores, metrics = det.scores, det.metrics
+            _, scores, res = detect_with_baseline(ds, a.out, cfg, a.method, device=a.device,
+                                                  progress=bar or (lambda ev: None),
+                                                  audit_config=AuditConfig(seed=a.seed))
+            metrics = res.metrics
+        else:
+            det = detect(ds, a.out, cfg, device=a.device, progress=bar or (lambda ev: None))
+            scores, metrics = det.scores, det.metrics
     if bar:
         bar.close()
     n_sus = int((~scores["is_clean"]).sum())
@@ -204,7 +211,9 @@ def cmd_audit(a: argparse.Namespace) -> int:
 def cmd_score(a: argparse.Namespace) -> int:
     from .phase1 import rescore
 
-    scores = rescore(a.run, device=a.device, progress=TqdmProgress() if _main_rank() else (lambda ev: None))
+    Run.open(a.run)  # a clear error for a damaged run folder before the lock file is created
+    with run_folder_lock(a.run) if _main_rank() else contextlib.nullcontext():
+        scores = rescore(a.run, device=a.device, progress=TqdmProgress() if _main_rank() else (lambda ev: None))
     say(f"re-scored {len(scores)} samples; {int((~scores['is_clean']).sum())} suspects")
     return 0
 

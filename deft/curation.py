@@ -6,6 +6,7 @@ The export is the one table format both ways: ``deft export`` writes it and
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -64,16 +65,57 @@ def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, ps
     return df[EXPORT_COLUMNS]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TEXT_COLUMNS = ("path", "original_label", "final_label", "suggestion")
+
+
+def escape_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """Prefix ``'`` to text cells a spreadsheet would run as a formula (``= + - @``); ``'`` itself is doubled,
+    so :func:`unescape_formulas` restores every value exactly."""
+    out = df.copy()
+    for c in (c for c in TEXT_COLUMNS if c in out.columns):
+        v = out[c].astype(str)
+        risky = v.str.startswith(FORMULA_START) | v.str.startswith("'")
+        out[c] = v.where(~risky, "'" + v)
+    return out
+
+
+def unescape_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in (c for c in TEXT_COLUMNS if c in out.columns):
+        v = out[c].astype(str)
+        out[c] = v.where(~v.str.startswith("'"), v.str[1:])
+    return out
+
+
+def check_output_file(out: str | os.PathLike) -> Path:
+    """``out`` if a file can be written there, else a :class:`DataError` sentence saying why."""
+    raw, out = os.fspath(out), Path(out)
+    if out.is_dir() or raw.endswith(os.sep):
+        raise DataError(f"--out {out} is a folder; give a file name such as {out / 'cleaned_labels.csv'}.")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"Cannot write {out}: {parent} is a file, not a folder.")
+            break
+    return out
+
+
 def write_export(df: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write CSV (or Parquet for a ``.parquet`` name) atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Write CSV (formula cells escaped) or Parquet for a ``.parquet`` name, atomically, leaving no stray file."""
+    out = check_output_file(out)
     tmp = out.with_name(out.name + ".tmp")
-    if out.suffix.lower() in {".parquet", ".pq"}:
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() in {".parquet", ".pq"}:
+            df.to_parquet(tmp, index=False)
+        else:
+            escape_formulas(df).to_csv(tmp, index=False)
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise DataError(f"Cannot write {out}: {exc.strerror or exc}; choose another --out.") from None
     return out
 
 
@@ -104,6 +146,7 @@ def read_curated(path: str | os.PathLike) -> pd.DataFrame:
     """
     df = read_table(path)
     if {"path", "final_label", "status"} <= set(df.columns):
+        df = unescape_formulas(df) if Path(path).suffix.lower() not in {".parquet", ".pq"} else df
         bad = sorted(set(df["status"]) - set(STATUSES))
         if bad:
             raise DataError(f"{path}: unknown status value(s) {bad}; expected one of {list(STATUSES)}.")

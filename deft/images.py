@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,24 +15,63 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import DataError
+from .imageio import ImageProblem, PixelBudget, open_image, to_rgb
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 
-def decode_image(path: str | Path | Image.Image, size: int) -> np.ndarray:
-    """Open an image, resize its short side to ``size``, centre-crop: uint8 (size, size, 3)."""
-    im = path if isinstance(path, Image.Image) else Image.open(path)
+def decode_image(path: str | Path | Image.Image, size: int, budget: PixelBudget | None = None) -> np.ndarray:
+    """Open an image, resize its short side to ``size``, centre-crop: uint8 (size, size, 3).
+
+    Files go through :func:`deft.imageio.open_image` (regular files only, pixel cap checked from
+    the header); 16-bit and float images are scaled to 8 bits; with ``budget`` the decoded pixels
+    count against a budget shared by all decoder threads.
+    """
+    if isinstance(path, Image.Image):
+        return _resize_crop(to_rgb(path), size)
     try:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8)
-    finally:
-        if not isinstance(path, Image.Image):
-            im.close()
+        im = open_image(path)
+    except ImageProblem as exc:
+        raise DataError(f"{path}: {exc}. Re-import the dataset (`deft check`) to list and skip such files.") from None
+    with im, budget.hold(im.width * im.height) if budget else contextlib.nullcontext():
+        return _resize_crop(to_rgb(im), size)
+
+
+def _resize_crop(im: Image.Image, size: int) -> np.ndarray:
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return np.asarray(im, dtype=np.uint8)
+
+
+def content_key(paths: Sequence[str | Path | Image.Image]) -> str:
+    """Hash of every file's path, size and mtime: a cache built from other bytes is not re-used."""
+    h = hashlib.sha1()
+    for p in paths:
+        if isinstance(p, Image.Image):
+            h.update(p.tobytes())
+            continue
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            h.update(f"{p}\0missing\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _cached(cache_file: Path, shape: tuple[int, ...], key: str) -> np.ndarray | None:
+    """The cache if it is complete and was built from the same files, else None (it is then rebuilt)."""
+    key_file = cache_file.with_name(cache_file.name + ".key")
+    if not cache_file.is_file() or not key_file.is_file() or key_file.read_text().strip() != key:
+        return None
+    try:
+        arr = np.load(cache_file, mmap_mode="r")
+    except (ValueError, OSError, EOFError):  # truncated or damaged: rebuild from the images
+        return None
+    return arr if arr.shape == shape else None
 
 
 def decode_images(
@@ -45,26 +87,29 @@ def decode_images(
 
     With ``cache_file`` the array is streamed to a ``.npy`` file and memory-mapped,
     so a large dataset never sits in RAM as PIL images, and a second call (resume,
-    re-score, Phase 2) reads the cache instead of decoding again.
+    re-score, Phase 2) reads the cache instead of decoding again. The cache is keyed
+    on the files' content (path, size, mtime: replaced images are re-read) and a
+    truncated or damaged cache is rebuilt. Decoder threads share a pixel budget.
     """
     n = len(paths)
     shape = (n, 3, size, size)
-    if cache_file is not None and cache_file.is_file():
-        arr = np.load(cache_file, mmap_mode="r")
-        if arr.shape == shape:
-            return arr
+    key = content_key(paths) if cache_file is not None else ""
     if cache_file is not None:
+        arr = _cached(cache_file, shape, key)
+        if arr is not None:
+            return arr
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(cache_file.name + ".part")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     else:
         out = np.empty(shape, dtype=np.uint8)
+    budget = PixelBudget()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n, chunk):
             if cancel is not None:
                 cancel.check()
             part = paths[start : start + chunk]
-            for j, arr in enumerate(pool.map(lambda p: decode_image(p, size), part)):
+            for j, arr in enumerate(pool.map(lambda p: decode_image(p, size, budget), part)):
                 out[start + j] = arr.transpose(2, 0, 1)
             progress(ProgressEvent("decode", min(start + chunk, n), n))
     if cache_file is None:
@@ -72,6 +117,7 @@ def decode_images(
     out.flush()
     del out
     tmp.replace(cache_file)
+    cache_file.with_name(cache_file.name + ".key").write_text(key)
     return np.load(cache_file, mmap_mode="r")
 
 

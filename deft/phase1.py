@@ -23,7 +23,7 @@ from .losses import DeftScores, clean_mask, deft_losses, deft_scores
 from .metrics import detection_metrics
 from .models import ClipBundle, DeepVPT, PromptLearner, encode_image, load_clip
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
-from .run import Run
+from .run import Run, RunError
 from .train_loop import train_epochs
 
 
@@ -344,7 +344,11 @@ def load_detector(run: Run, bundle: ClipBundle) -> DeftModel:
     if not run.weights_path.is_file():
         raise FileNotFoundError(f"{run.path} has no learned prompts yet; finish `deft detect` first.")
     model = DeftModel(bundle, class_texts(run.dataset), run.config)
-    model.load_weights(run.weights_path)
+    try:
+        model.load_weights(run.weights_path)
+    except Exception as exc:  # SafetensorError on garbage, KeyError/RuntimeError on other weights
+        raise RunError(f"{run.weights_path} is damaged ({type(exc).__name__}); delete it and re-run `deft detect` "
+                       f"with --out {run.path} to rebuild it.") from None
     return model
 
 

@@ -16,10 +16,13 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,8 +78,8 @@ class Run:
         path = Path(path)
         if not (path / "run.json").is_file():
             raise RunError(f"{path} is not a deft run folder (no run.json). Create one with `python -m deft detect`.")
-        meta = json.loads((path / "run.json").read_text())
-        manifest = pd.read_parquet(path / "manifest.parquet")
+        meta = read_meta(path)
+        manifest = read_parquet(path / "manifest.parquet", MANIFEST_COLUMNS, "re-run `deft detect` into a new --out")
         ds = dataset_from_manifest(Path(meta["root"]), manifest, meta["classes"], meta["prompts"], meta["source"])
         issues = path / "import_issues.csv"
         if issues.is_file():
@@ -108,9 +111,16 @@ class Run:
         return self.path / "cache" / f"images_{size}_{self.meta['ids_hash'][:12]}.npy"
 
     def scores(self) -> pd.DataFrame:
+        """The saved scoring pass, checked against the manifest (columns, one row per sample, same ids)."""
         if not self.scores_path.is_file():
             raise RunError(f"{self.path} has no scores yet: detection did not finish. Re-run detect to resume.")
-        return pd.read_parquet(self.scores_path)
+        fix = f"run `python -m deft score {self.path}` to rebuild it"
+        df = read_parquet(self.scores_path, SCORE_COLUMNS, fix)
+        if len(df) != self.dataset.N or not df["id"].astype(str).reset_index(drop=True).equals(
+                self.dataset.samples["id"].astype(str).reset_index(drop=True)):
+            raise RunError(f"{self.scores_path} has {len(df)} rows that do not match the run's {self.dataset.N} "
+                           f"samples (damaged or from another run); {fix}.")
+        return df
 
     def save_scores(self, scores: pd.DataFrame) -> None:
         tmp = self.scores_path.with_name("scores.tmp.parquet")
@@ -124,6 +134,63 @@ class Run:
     def log(self, event: dict[str, Any]) -> None:
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"t": time.time(), **event}, default=float) + "\n")
+
+
+MANIFEST_COLUMNS = ("id", "label", "label_idx")
+SCORE_COLUMNS = ("id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "pred", "pred_conf",
+                 "suggestion", "suggestion_conf")
+META_KEYS = ("root", "classes", "prompts", "source", "ids_hash", "phase1")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """``RUN/run.json``, or a :class:`RunError` naming the file if it is damaged."""
+    f = path / "run.json"
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise RunError(f"{f} is damaged ({type(exc).__name__}); the run cannot be reopened: "
+                       "re-run `deft detect` into a new --out folder.") from None
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise RunError(f"{f} lacks {missing}; the run cannot be reopened: re-run `deft detect` into a new --out.")
+    return meta
+
+
+def read_parquet(path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
+    """A run's Parquet file, or a :class:`RunError` that names it and says ``fix``."""
+    if not path.is_file():
+        raise RunError(f"{path} is missing; {fix}.")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise RunError(f"{path} is damaged and cannot be read ({type(exc).__name__}); {fix}.") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise RunError(f"{path} lacks column(s) {missing}; {fix}.")
+    return df
+
+
+@contextlib.contextmanager
+def run_folder_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``RUN/.lock`` (an exclusive ``flock``) while a process writes the run folder.
+
+    A second process gets a :class:`RunError` "run folder in use by PID n" instead of
+    training and logging the same epochs twice. The lock dies with the process (kill -9 too).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise RunError(f"run folder {path} in use by PID {pid}; wait for it to finish or stop it.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def ids_hash(ids: pd.Series) -> str:

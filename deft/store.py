@@ -48,7 +48,7 @@ SAMPLE_COLUMNS = ["id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "p_
 ACTIONS = tuple(DECISION_STATUS)
 
 
-from .errors import ReviewError  # noqa: E402  (re-exported)
+from .errors import ReviewError, RunError  # noqa: E402  (ReviewError re-exported)
 
 
 @dataclass
@@ -69,8 +69,12 @@ class ReviewStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        try:
+            with self._connect() as con:
+                con.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:  # not a database, or damaged
+            raise RunError(f"{self.path} is not a readable review database ({exc}); move it aside to start a fresh "
+                           "one (its decisions are lost) or restore it from a backup.") from None
         self.classes: list[str] = self.get_meta("classes", "").split("\n") if self.get_meta("classes") else []
 
     # -- plumbing -----------------------------------------------------------

@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
+from deft.imageio import to_rgb
 from deft.review import ReviewFilter
 
 from .workspace import Workspace
@@ -84,7 +85,7 @@ def progress_html(job) -> str:
 
 def thumbnail(path: Path, size: int = 256) -> Image.Image:
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = to_rgb(im)  # 16-bit / float images scaled, not clipped to white / black
         scale = size / max(im.size)
         return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.NEAREST
                          if max(im.size) < 96 else Image.Resampling.BICUBIC)

@@ -80,9 +80,9 @@ class Workspace:
 
     def attach(self, run: Run) -> None:
         """Make ``run`` current and load its scores into the dataset's review store."""
+        store = ReviewStore.for_run(run, self.home / "review.sqlite")  # raises on a damaged database
         with self._lock:
-            self.run = run
-            self.store = ReviewStore.for_run(run, self.home / "review.sqlite")
+            self.run, self.store = run, store
             self.queues.clear()
 
     # -- jobs -----------------------------------------------------------------
