@@ -75,7 +75,8 @@ def open_image(path: str | os.PathLike, root: str | os.PathLike | None = None,
     try:
         im = Image.open(path)
     except Image.DecompressionBombError:
-        raise ImageProblem(f"image too large (over {max_pixels / 1e6:.0f} Mpx; downscale it)") from None
+        raise ImageProblem(f"image too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx, "
+                           f"limit {max_pixels / 1e6:.0f} Mpx; downscale it)") from None
     why = too_large(im, max_pixels)
     if why:
         im.close()

@@ -32,7 +32,7 @@ def decode_image(path: str | Path | Image.Image, size: int, budget: PixelBudget 
     try:
         im = open_image(path)
     except ImageProblem as exc:
-        raise DataError(f"{path}: {exc}. Re-import the dataset (`deft check`) to list and skip such files.") from None
+        raise DataError(f"{path}: {exc}; re-import the dataset (`deft check`) to list and skip such files.") from None
     with im, budget.hold(im.width * im.height) if budget else contextlib.nullcontext():
         return _resize_crop(to_rgb(im), size)
 

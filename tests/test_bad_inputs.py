@@ -1,0 +1,393 @@
+"""The bad-input corpus (issue 10, items 6-13): every hostile or broken input the audit found, generated
+here in tmp_path, one parametrised case per row, so none of them can regress.
+
+Each case must end in one clear sentence (a ``DataError``/``RunError``, or ``error: ...`` from the CLI with
+exit code 2), a listed import problem, or the right pixels: never a traceback, a hang or a silent change."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from deft import cli
+from deft.config import OptimConfig, Phase1Config
+from deft.curation import read_curated, write_export
+from deft.data import DataError, load_dataset
+from deft.imageio import MAX_PIXELS, PixelBudget
+from deft.images import decode_image, decode_images
+from deft.phase1 import detect, load_run_images
+from deft.run import Run
+from deft.store import ReviewStore
+
+from .conftest import ROOT
+
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
+
+
+def make_folder(root: Path, per_class: int = 4, classes: dict = COLOURS) -> Path:
+    """A tiny ImageFolder of solid-colour 16x16 PNGs."""
+    for c, rgb in classes.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), tuple(min(255, v + 3 * i) for v in rgb)).save(root / c / f"{i:03d}.png")
+    return root
+
+
+def huge_png(path: Path, width: int = 20_000, height: int = 20_000) -> Path:
+    """A valid PNG header claiming ``width x height`` pixels, in a few hundred bytes (never decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def problems(ds) -> dict[str, str]:
+    return dict(zip(ds.issues["path"], ds.issues["problem"], strict=True))
+
+
+def load_within(source, timeout: float = 20.0, **kw):
+    """``load_dataset`` in a thread: a hang (e.g. opening a FIFO) fails the test instead of blocking it."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["ds"] = load_dataset(source, **kw)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the test thread
+            out["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"load_dataset({source}) hung"
+    if "exc" in out:
+        raise out["exc"]
+    return out["ds"]
+
+
+# ============================================================================ import: refused with a sentence
+def _one_class(tmp: Path):
+    return make_folder(tmp / "d", classes={"cat": COLOURS["cat"]}), {}
+
+
+def _parquet_null(column: str):
+    def build(tmp: Path):
+        make_folder(tmp)
+        df = pd.DataFrame({"path": ["cat/000.png", "dog/000.png", "dog/001.png"], "label": ["cat", "dog", "dog"]})
+        df[column] = df[column].astype(object)
+        df.loc[1, column] = None
+        df.to_parquet(tmp / "t.parquet")
+        return tmp / "t.parquet", {}
+    return build
+
+
+REFUSED = {
+    "one-class dataset": (_one_class, "one class only"),
+    "parquet null path": (_parquet_null("path"), r"missing \(null\) path or label in row\(s\) \[2\]"),
+    "parquet null label": (_parquet_null("label"), r"missing \(null\) path or label in row\(s\) \[2\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_import_refused_with_one_sentence(case, tmp_path):
+    build, pattern = REFUSED[case]
+    source, kw = build(tmp_path)
+    with pytest.raises(DataError, match=pattern) as e:
+        load_within(source, **kw)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
+# ============================================================================ import: listed, import continues
+def _fifo_in_folder(root: Path) -> str:
+    os.mkfifo(root / "cat" / "pipe.png")
+    return "cat/pipe.png"
+
+
+def _non_utf8_file(root: Path) -> str:
+    os.close(os.open(os.fsencode(root / "dog") + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY))
+    return "dog/caf\\xe9.png"
+
+
+def _non_utf8_folder(root: Path) -> str:
+    d = os.fsencode(root / "dog") + b"/sub\xff"
+    os.mkdir(d)
+    Image.new("RGB", (8, 8)).save(os.fsdecode(d + b"/x.png"))
+    return "dog/sub\\xff"
+
+
+def _dangling_symlink(root: Path) -> str:
+    (root / "cat" / "gone.png").symlink_to(root / "nowhere.png")
+    return "cat/gone.png"
+
+
+def _self_loop_symlink(root: Path) -> str:
+    (root / "cat" / "loop.png").symlink_to(root / "cat" / "loop.png")
+    return "cat/loop.png"
+
+
+def _outside_symlink(root: Path) -> str:
+    secret = root.parent / "outside.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    (root / "cat" / "escape.png").symlink_to(secret)
+    return "cat/escape.png"
+
+
+def _symlinked_folder(root: Path) -> str:
+    (root.parent / "elsewhere").mkdir()
+    (root / "cat" / "linked").symlink_to(root.parent / "elsewhere")
+    return "cat/linked"
+
+
+def _hidden_file(root: Path) -> str:
+    Image.new("RGB", (8, 8)).save(root / "dog" / ".hidden.png", format="PNG")
+    return "dog/.hidden.png"
+
+
+def _huge_png(root: Path) -> str:
+    huge_png(root / "dog" / "bomb.png")
+    return "dog/bomb.png"
+
+
+LISTED = {
+    "FIFO in folder": (_fifo_in_folder, "not a regular file"),
+    "non-UTF-8 file name": (_non_utf8_file, "not valid UTF-8"),
+    "non-UTF-8 folder name": (_non_utf8_folder, "not valid UTF-8"),
+    "dangling symlink": (_dangling_symlink, "broken symlink"),
+    "self-loop symlink": (_self_loop_symlink, "symlink loop"),
+    "symlink outside the root": (_outside_symlink, "outside the dataset root"),
+    "symlinked folder": (_symlinked_folder, "not followed"),
+    "hidden file": (_hidden_file, "hidden"),
+    "20000x20000 PNG header (decode bomb)": (_huge_png, "image too large"),
+}
+
+
+@pytest.mark.parametrize("case", list(LISTED))
+def test_import_lists_the_file_and_continues(case, tmp_path):
+    make_, expected = LISTED[case]
+    root = make_folder(tmp_path / "d")
+    shown = make_(root)
+    ds = load_within(root)
+    assert ds.N == 8 and ds.K == 2  # the good images all imported
+    assert expected in problems(ds).get(shown + ("/" if case.endswith("folder name") else ""), "") or \
+        expected in problems(ds).get(shown, ""), problems(ds)
+    ds.issues.to_csv(tmp_path / "issues.csv")  # the report itself can be written (no codec error)
+
+
+def test_csv_row_pointing_at_a_fifo_is_listed_not_opened(tmp_path):
+    root = make_folder(tmp_path / "d")
+    os.mkfifo(root / "cat" / "pipe.png")
+    pd.DataFrame({"path": ["cat/000.png", "cat/pipe.png", "dog/000.png"],
+                  "label": ["cat", "cat", "dog"]}).to_csv(tmp_path / "t.csv", index=False)
+    ds = load_within(tmp_path / "t.csv", root=root)
+    assert ds.N == 2 and "not a regular file" in problems(ds)["cat/pipe.png"]
+
+
+def test_near_collision_labels_are_warned(tmp_path, capsys):
+    root = make_folder(tmp_path / "d")
+    pd.DataFrame({"path": ["cat/000.png", "cat/001.png", "dog/000.png", "dog/001.png"],
+                  "label": [" ship ", "Ship", "ship", "dog"]}).to_csv(tmp_path / "t.csv", index=False)
+    ds = load_dataset(tmp_path / "t.csv", root=root)
+    assert len(ds.warnings) == 1 and all(repr(x) in ds.warnings[0] for x in (" ship ", "Ship", "ship"))
+    assert cli.main(["check", str(tmp_path / "t.csv"), "--root", str(root)]) == 0
+    assert "warning: Labels ' ship ', 'Ship', 'ship' differ only by case" in capsys.readouterr().out
+
+
+# ============================================================================ decoding: right pixels, bounded memory
+def _png16(path: Path) -> tuple[Path, int]:
+    Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16)).save(path)  # mid-grey in 16 bits
+    return path, 128
+
+
+def _tiff_float(path: Path) -> tuple[Path, int]:
+    Image.fromarray(np.full((16, 16), 0.25, dtype=np.float32), "F").save(path.with_suffix(".tif"))
+    return path.with_suffix(".tif"), 64
+
+
+@pytest.mark.parametrize("make_", [_png16, _tiff_float], ids=["16-bit grayscale PNG", "32-bit float TIFF"])
+def test_high_bit_depth_images_scaled_to_8_bits(make_, tmp_path):
+    path, grey = make_(tmp_path / "img.png")
+    with Image.open(path) as im:
+        assert im.mode in {"I;16", "I", "F"}  # the case really is high bit depth
+    px = decode_image(path, 8)
+    assert px.shape == (8, 8, 3) and abs(int(px.mean()) - grey) <= 1
+
+
+def test_decode_refuses_a_decode_bomb_with_a_sentence(tmp_path):
+    with pytest.raises(DataError, match="image too large .* limit 64 Mpx"):
+        decode_image(huge_png(tmp_path / "bomb.png", 13_000, 13_000), 32)  # the audit's 169 Mpx case
+    assert MAX_PIXELS < Image.MAX_IMAGE_PIXELS  # ours triggers before PIL's warning threshold
+
+
+def test_decoders_share_a_pixel_budget():
+    budget, active, peak = PixelBudget(100), [0], [0]
+    lock = threading.Lock()
+
+    def work():
+        with budget.hold(80):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            threading.Event().wait(0.05)
+            with lock:
+                active[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1 and budget.used == 0
+
+
+# ============================================================================ damaged run folders
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_clip_dir):
+    tmp = tmp_path_factory.mktemp("bad_runs")
+    ds = load_dataset(make_folder(tmp / "data", per_class=6))
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=8))
+    detect(ds, tmp / "run", cfg, device="cpu")
+    ReviewStore.for_run(Run.open(tmp / "run"))  # RUN/review.sqlite, as the CLI and app make it
+    return tmp / "run"
+
+
+def _garbage(name: str):
+    return lambda run: (run / name).write_bytes(b"this is not what you think it is" * 3)
+
+
+def _truncate(name: str, keep: int = 40):
+    return lambda run: (run / name).write_bytes((run / name).read_bytes()[:keep])
+
+
+def _scores_wrong_columns(run: Path):
+    pd.DataFrame({"a": [1], "b": [2]}).to_parquet(run / "scores.parquet")
+
+
+def _scores_fewer_rows(run: Path):
+    pd.read_parquet(run / "scores.parquet").head(5).to_parquet(run / "scores.parquet")
+
+
+DAMAGED = {
+    "scores.parquet wrong columns": (_scores_wrong_columns, "export", "scores.parquet lacks column"),
+    "scores.parquet fewer rows": (_scores_fewer_rows, "export", "scores.parquet has 5 rows that do not match"),
+    "scores.parquet garbage": (_garbage("scores.parquet"), "export", "scores.parquet is damaged"),
+    "prompts.safetensors garbage": (_garbage("prompts.safetensors"), "score", "prompts.safetensors is damaged"),
+    "review.sqlite garbage": (_garbage("review.sqlite"), "export", "review.sqlite is not a readable review database"),
+    "run.json truncated": (_truncate("run.json"), "export", "run.json is damaged"),
+    "manifest missing": (lambda run: (run / "manifest.parquet").unlink(), "export", "manifest.parquet is missing"),
+}
+FIXES = {"scores": "deft score", "prompts": "re-run `deft detect`", "review": "move it aside",
+         "run.json": "re-run `deft detect`", "manifest": "re-run `deft detect`"}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_damaged_run_file_gives_one_sentence_naming_file_and_fix(case, finished_run, tmp_path, capsys):
+    damage, command, expected = DAMAGED[case]
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    damage(run)
+    args = [command, str(run), *(["--out", str(tmp_path / "out.csv")] if command == "export" else ["--device", "cpu"])]
+    assert cli.main(args) == 2
+    full = capsys.readouterr().err
+    err = full.strip().splitlines()[-1]  # earlier lines: transformers' weight-loading progress bar
+    assert err.startswith("error: ") and "Traceback" not in full, full
+    assert expected in err and str(run) in err, err
+    fix = next(v for k, v in FIXES.items() if case.startswith(k))
+    assert fix in err, err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_truncated_image_cache_is_rebuilt(finished_run, tmp_path, tiny_clip_dir):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    run = Run.open(run_dir)
+    (cache,) = (run_dir / "cache").glob("*.npy")
+    before = np.array(np.load(cache, mmap_mode="r"))
+    cache.write_bytes(cache.read_bytes()[:300])
+    again = load_run_images(run, before.shape[-1])
+    np.testing.assert_array_equal(np.asarray(again), before)
+
+
+def test_image_cache_is_keyed_on_content(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=2)
+    paths = sorted(root.rglob("*.png"))
+    cache = tmp_path / "cache" / "images.npy"
+    first = np.array(decode_images(paths, 8, cache_file=cache))
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(paths[0])  # same name, new pixels
+    os.utime(paths[0], ns=(1, 1))  # even with an old mtime: the size/mtime pair differs
+    second = np.array(decode_images(paths, 8, cache_file=cache))
+    assert not np.array_equal(first[0], second[0]) and np.array_equal(first[1:], second[1:])
+    assert second[0, 1].mean() > 250  # green channel of the new image
+
+
+# ============================================================================ export --out
+def _export_targets(tmp: Path) -> dict[str, tuple[Path | str, str]]:
+    (tmp / "afile").write_text("x")
+    ro = Path("/sys") if os.geteuid() == 0 else tmp / "ro"  # root ignores chmod; /sys refuses root too
+    if ro != Path("/sys"):
+        ro.mkdir()
+        ro.chmod(0o500)
+    return {
+        "out is a folder": (tmp, "is a folder"),
+        "out is a folder with a slash": (str(tmp) + "/", "is a folder"),
+        "out in an unwritable folder": (ro / "cleaned.csv", "Cannot write"),
+        "out under a file": (tmp / "afile" / "cleaned.csv", "is a file, not a folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["out is a folder", "out is a folder with a slash", "out in an unwritable folder",
+                                  "out under a file"])
+def test_export_out_errors_are_sentences_and_leave_no_stray_file(case, finished_run, tmp_path, capsys):
+    target_dir = tmp_path / "t"
+    target_dir.mkdir()
+    out, expected = _export_targets(target_dir)[case]
+    before = set(tmp_path.rglob("*"))
+    assert cli.main(["export", str(finished_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "\n" not in err, err
+    assert set(tmp_path.rglob("*")) == before  # no stray file (e.g. t.tmp next to the folder)
+
+
+def test_export_escapes_spreadsheet_formulas_and_reads_back_exactly(tmp_path):
+    labels = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "'quoted", "plain"]
+    df = pd.DataFrame({"path": [f"{i}.png" for i in range(6)], "original_label": labels, "final_label": labels,
+                       "status": ["kept"] * 6, "suggestion": labels, "margin": [-0.5] * 6})
+    out = write_export(df, tmp_path / "x.csv")
+    raw = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert not raw["final_label"].str.match(r"^[=+\-@]").any()
+    assert raw["final_label"].tolist()[:5] == ["'" + x for x in labels[:5]] and raw["margin"].iloc[0] == "-0.5"
+    assert read_curated(out)["label"].tolist() == labels
+
+
+# ============================================================================ concurrent detect
+def test_second_detect_on_the_same_run_folder_is_refused(tmp_path, tiny_clip_dir, capsys):
+    data, run = make_folder(tmp_path / "d"), tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from deft.run import run_folder_lock\n"
+         f"with run_folder_lock({str(run)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rc = cli.main(["detect", str(data), "--model", str(tiny_clip_dir), "--out", str(run), "--epochs", "1",
+                       "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"run folder {run} in use by PID {holder.pid}" in err, err
+        assert not (run / "run.json").exists()  # nothing trained or written by the second process
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock dies with its process (kill -9 too): the folder is usable again
+    from deft.run import run_folder_lock
+    with run_folder_lock(run):
+        pass
