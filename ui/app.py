@@ -205,6 +205,7 @@ def build_app(ws: Workspace) -> gr.Blocks:
             ds = ws.dataset
             counts = pd.DataFrame({"class": ds.classes, "images": ds.class_counts().to_numpy()})
             msg = f"**{ds.N} images, {ds.K} classes** from `{ds.source}`; {len(ds.issues)} file(s) excluded."
+            msg += "".join(f"\n\n⚠ {html.escape(w)}" for w in ds.warnings)  # e.g. 'Ship' vs 'ship'
             if ws.run is not None:
                 msg += f" Detection results loaded from `{ws.run.path}`: go to **Review**."
             chart = gr.update(value=counts, y_lim=[0, int(counts["images"].max() * 1.1) + 1])

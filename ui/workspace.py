@@ -23,7 +23,7 @@ from deft.data import Dataset, load_dataset
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue
 from deft.roots import DataRoots
-from deft.run import Run
+from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
 
 
@@ -107,7 +107,8 @@ class Workspace:
         out = self.home / f"detect-{digest}"
 
         def fn(progress, cancel):
-            res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
+            with run_folder_lock(out):  # a CLI `deft detect` on the same folder is refused, and vice versa
+                res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
             with self._lock:
                 if self.dataset is ds:  # the user may have loaded another dataset meanwhile
                     self.attach(res.run)
