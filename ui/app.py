@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
@@ -427,6 +428,16 @@ def build_app(ws: Workspace) -> gr.Blocks:
         timer.tick(on_tick, client, [det_prog, loss_plot, det_summary, rate_plot, hist_plot,
                                      train_prog, curve_plot, train_summary, confusion, f_class])
         tabs.select(lambda cid: card(cid), [client], card_outputs)
+
+        def decide(sample_id: str, action: str, label: str = "") -> dict:
+            """Record one decision on ``sample_id`` (scripts, the kill -9 test); returned once committed."""
+            if ws.dataset is None:
+                ws.load(s.data, s.root)
+            if ws.store is None:
+                raise gr.Error("no detection results yet: run detection first")
+            return asdict(ws.store.decide(sample_id, action, label or None, client="api"))
+
+        gr.api(decide, api_name="decide", concurrency_limit=1, concurrency_id="review")
     return demo
 
 
