@@ -156,23 +156,26 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
     timings: dict[str, float] = {}
     with _timed(timings, "embeddings"):
         emb = run_embeddings(run, bundle=bundle, device=device, progress=progress, cancel=cancel)
-    labels = ds.labels
-    table = pd.DataFrame({"id": ds.samples["id"].astype(str).to_numpy()})
+    rows = ds.train_rows  # held-out (test/val) rows are never judged or reviewed, as in Phase 1
+    labels = ds.labels[rows]
+    table = pd.DataFrame({"id": ds.samples["id"].astype(str).to_numpy()[rows]})
     scores = run.scores() if run.scores_path.is_file() else None
     if scores is not None and "margin" in scores and scores["margin"].notna().any() \
             and run.meta.get("method", "deft") == "deft":
-        table = pd.concat([table, bl.deft_issues(scores, ds.classes)], axis=1)
-    base = method_frames(labels, emb, tuple(m for m in cfg.methods if m != "deft"), ds.K, cfg.n_folds,
-                         cfg.seed, timings)
+        deft = bl.deft_issues(scores, ds.classes).set_axis(scores["id"].astype(str).to_numpy())
+        table = pd.concat([table, deft.reindex(table["id"]).reset_index(drop=True)], axis=1)  # join on id
+    base = method_frames(labels, emb.subset(rows), tuple(m for m in cfg.methods if m != "deft"), ds.K,
+                         cfg.n_folds, cfg.seed, timings)
     table = pd.concat([table, base], axis=1)
     table = pd.concat([table, bl.agreement(table)], axis=1)
     summary: dict = {}
-    if cfg.data_issues:
+    if cfg.data_issues:  # found among all rows (a test image duplicated in training is worth knowing)
         issues, thr = data_issue_frames(run, emb, cfg.issues, timings, progress, cancel)
-        table = pd.concat([table, issues], axis=1)
+        table = pd.concat([table, issues.iloc[rows].reset_index(drop=True)], axis=1)
         summary["near_duplicate_cos"] = round(1.0 - thr, 6)
         summary["issues"] = di.summarize(table)
     truth = ground_truth(run)
+    truth = truth[rows] if truth is not None else None
     metrics = bl.methods_metrics(table, truth) if truth is not None else None
     for m in bl.METHODS:  # class names instead of indices in the saved table
         if f"{m}_pred" in table:
@@ -228,7 +231,9 @@ def baseline_scores(dataset: Dataset, emb: Embeddings, method: str, n_folds: int
     ``margin`` and ``p_clean`` hold the method's label-quality score, ``is_clean`` its verdict,
     ``pred``/``suggestion`` its predicted class; ``sim_pos``/``sim_neg`` are empty (no prompts).
     """
-    labels = dataset.labels
+    rows = dataset.train_rows  # the scores table holds the reviewable rows only, as DEFT's does
+    labels = dataset.labels[rows]
+    emb = emb.subset(rows)
     zs = bl.zero_shot_pred_probs(emb.image, emb.text_zs, emb.logit_scale)
     if method == "zeroshot":
         probs, frame = zs, bl.find_zero_shot_issues(labels, zs)
@@ -241,7 +246,8 @@ def baseline_scores(dataset: Dataset, emb: Embeddings, method: str, n_folds: int
     pred = probs.argmax(axis=1)
     conf = probs[np.arange(len(pred)), pred]
     top = np.argsort(-zs, axis=1)[:, :3]
-    cols = {"id": dataset.samples["id"].astype(str).to_numpy(), "label": dataset.samples["label"].to_numpy(),
+    samples = dataset.samples.iloc[rows]
+    cols = {"id": samples["id"].astype(str).to_numpy(), "label": samples["label"].to_numpy(),
             "sim_pos": np.nan, "sim_neg": np.nan, "margin": frame[f"{method}_score"].to_numpy(),
             "p_clean": frame[f"{method}_score"].to_numpy(), "is_clean": ~frame[f"{method}_issue"].to_numpy(),
             "pred": names[pred], "pred_conf": conf}
@@ -270,6 +276,7 @@ def detect_with_baseline(dataset: Dataset, out: str | os.PathLike, config: Phase
     if truth is not None:
         from .metrics import detection_metrics
 
+        truth = truth[run.dataset.train_rows]
         _write_json(run.path / "metrics.json", detection_metrics(scores["is_clean"].to_numpy(), truth,
                                                                  scores["margin"].to_numpy()))
     res = audit(run, AuditConfig(**{**asdict(acfg), "issues": acfg.issues, "methods": (method,)}),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,10 @@ class Embeddings:
     @property
     def N(self) -> int:  # noqa: N802 (cleanlab naming)
         return int(self.image.shape[0])
+
+    def subset(self, rows: np.ndarray) -> Embeddings:
+        """The same embeddings restricted to ``rows`` (positions in the dataset)."""
+        return replace(self, image=self.image[rows])
 
 
 def embeddings_path(run: Run) -> Path:

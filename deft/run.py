@@ -116,9 +116,10 @@ class Run:
             raise RunError(f"{self.path} has no scores yet: detection did not finish. Re-run detect to resume.")
         fix = f"run `python -m deft score {self.path}` to rebuild it"
         df = read_parquet(self.scores_path, SCORE_COLUMNS, fix)
-        if len(df) != self.dataset.N or not df["id"].astype(str).reset_index(drop=True).equals(
-                self.dataset.samples["id"].astype(str).reset_index(drop=True)):
-            raise RunError(f"{self.scores_path} has {len(df)} rows that do not match the run's {self.dataset.N} "
+        ids = self.dataset.samples["id"].iloc[self.dataset.train_rows]  # held-out rows are never scored
+        if len(df) != len(ids) or not df["id"].astype(str).reset_index(drop=True).equals(
+                ids.astype(str).reset_index(drop=True)):
+            raise RunError(f"{self.scores_path} has {len(df)} rows that do not match the run's {len(ids)} "
                            f"samples (damaged or from another run); {fix}.")
         return df
 

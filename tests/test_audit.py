@@ -309,3 +309,27 @@ def test_detect_with_a_baseline_only_gives_a_reviewable_run(tmp_path, cifar_smal
     exp = tmp_path / "x.csv"
     deft("export", run, "--out", exp)
     assert set(pd.read_csv(exp)["status"]) <= {"clean", "pending"}
+
+
+@pytest.mark.slow
+def test_heldout_rows_are_never_judged_and_deft_columns_join_on_id(tmp_path, cifar_small, tiny_clip_dir):
+    noisy = tmp_path / "noisy.csv"
+    deft("noise", cifar_small, "--kind", "sym", "--rate", 0.4, "--seed", 2, "--out", noisy)
+    table = pd.read_csv(noisy)
+    table["split"] = np.where(np.arange(len(table)) % 3 == 0, "test", "train")  # test rows interleaved
+    table.to_csv(noisy, index=False)
+    run = tmp_path / "run"
+    deft("detect", noisy, "--root", cifar_small, "--model", tiny_clip_dir, "--out", run, "--feature-cache",
+         "--epochs", 1, "--batch-size", 32, "--method", "all", "--device", "cpu")
+    train_ids = set(table.loc[table["split"] == "train", "path"])
+    scores = pd.read_parquet(run / "scores.parquet")
+    audit_t = pd.read_parquet(run / "audit.parquet")
+    assert set(audit_t["id"]) == set(scores["id"]) == train_ids
+    joined = audit_t.merge(scores[["id", "margin"]], on="id")
+    assert np.allclose(joined["deft_score"], joined["margin"])  # each DEFT verdict on its own sample
+    methods = json.loads((run / "metrics.json").read_text())["methods"]
+    assert all(v["n"] == len(train_ids) for v in methods.values())
+    only = tmp_path / "zs"
+    deft("detect", noisy, "--root", cifar_small, "--model", tiny_clip_dir, "--out", only, "--method", "zeroshot",
+         "--device", "cpu")
+    assert set(pd.read_parquet(only / "scores.parquet")["id"]) == train_ids
