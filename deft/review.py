@@ -129,8 +129,9 @@ class ReviewQueue:
         try:
             d = self.store.decide(sample_id, action, label, client=self.client, by=self.user,
                                   expected_version=version)
-        except StaleError:
-            self.anchor = sample_id
+        except StaleError as exc:
+            if exc.client != self.client:  # someone else changed it: show it as it is now
+                self.anchor = sample_id
             raise
         nxt = self.store.step(sample_id, 1, **self.filter.kwargs())
         self.anchor = nxt["id"] if nxt is not None else sample_id

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +62,15 @@ from .errors import ReviewError  # noqa: E402  (re-exported)
 
 
 class StaleError(ReviewError):
-    """The sample changed since the reviewer saw it; nothing was applied."""
+    """The sample changed since the reviewer saw it; nothing was applied.
+
+    ``client`` is who changed it last (a burst of key presses from one client
+    shows up as its own earlier decision).
+    """
+
+    def __init__(self, message: str, client: str = "") -> None:
+        super().__init__(message)
+        self.client = client
 
 
 @dataclass
@@ -88,6 +96,7 @@ class BatchResult:
     batch: int | None
     applied: list[Decision]
     stale: list[str]  # sample ids refused because they changed since they were shown
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (sample id, why) for other refusals
 
 
 def _now() -> str:
@@ -329,9 +338,11 @@ class ReviewStore:
         version = self._version(con, sample_id)
         if expected_version is not None and int(expected_version) != version:
             st = con.execute("SELECT status, decided_by FROM state WHERE sample_id = ?", (sample_id,)).fetchone()
+            last = con.execute("SELECT client FROM decisions WHERE sample_id = ? ORDER BY seq DESC LIMIT 1",
+                               (sample_id,)).fetchone()
             now = f"{st[0]} by {st[1] or 'someone'}" if st else "pending again (undone)"
-            raise StaleError(f"{sample_id} changed since you saw it (now {now}); nothing was applied, "
-                             "the card shows its current state")
+            raise StaleError(f"{sample_id} changed since you saw it (now {now}); nothing was applied",
+                             last[0] if last else "")
         if action == "relabel" and (not label or (self.classes and label not in self.classes)):
             raise ReviewError(f"unknown class {label!r}; choose one of the dataset's classes")
         if action == "relabel" and label == given:
@@ -364,10 +375,11 @@ class ReviewStore:
         """Apply one action to many samples in one transaction, logged as one batch (one undo step).
 
         ``items`` are sample ids or ``(sample id, version seen)`` pairs; a pair whose sample
-        changed since is skipped and listed in :attr:`BatchResult.stale`.
+        changed since is skipped and listed in :attr:`BatchResult.stale`, a sample the action
+        does not fit (accept without a different suggestion, ...) in :attr:`BatchResult.refused`.
         """
         at = _now()
-        applied, stale = [], []
+        applied, stale, refused = [], [], []
         with self._tx() as con:
             batch = int(con.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM decisions").fetchone()[0])
             for it in items:
@@ -376,7 +388,9 @@ class ReviewStore:
                     applied.append(self._apply(con, sid, action, label, client, at, by, ver, batch))
                 except StaleError:
                     stale.append(sid)
-        return BatchResult(batch if applied else None, applied, stale)
+                except ReviewError as exc:  # e.g. accept where the suggestion is the label: skip, say why
+                    refused.append((sid, str(exc)))
+        return BatchResult(batch if applied else None, applied, stale, refused)
 
     def undo(self, client: str = "", by: str = "local") -> list[Decision]:
         """Revert this client's latest step not yet undone (one decision, or a whole batch).

@@ -1,10 +1,14 @@
 """Server-side state of the app: dataset, detection runs, review store, background jobs.
 
-One Workspace per server, passed to the UI builder (no module-level state).
+One :class:`Workspace` per browser session (a load by one client never changes what
+another is reviewing), kept by a :class:`Workspaces` registry that the UI builder
+gets (no module-level state). Two sessions on one dataset share its review.sqlite,
+which is safe: every action names the sample and version it was shown.
 Layout under ``runs/``::
 
     runs/<dataset-key>/review.sqlite            decisions (survive re-detection)
     runs/<dataset-key>/detect-<config-hash>/    one deft run per detection setting
+    runs/.thumbs/                               content-addressed thumbnails (never rewritten)
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,14 +131,21 @@ class Workspace:
         return self._start("training", fn)
 
     # -- review ---------------------------------------------------------------
-    def queue(self, client: str) -> ReviewQueue:
+    def queue(self, client: str, user: str = "local") -> ReviewQueue:
+        """``client``'s review queue (its place and filters restored from the store on first use)."""
         if self.store is None:
             raise RuntimeError("no detection results yet: run detection first (Detect tab)")
         with self._lock:
             q = self.queues.get(client)
             if q is None or q.store is not self.store:
-                q = self.queues[client] = ReviewQueue(self.store, ReviewFilter(), 0, client)
+                q = self.queues[client] = ReviewQueue(self.store, ReviewFilter(), None, client, user)
+                q.restore_place()
+            q.user = user
             return q
+
+    @property
+    def thumbs(self) -> Path:
+        return Path(self.settings.runs).resolve() / ".thumbs"
 
     def export(self, pseudo: bool = False) -> tuple[Path, Path, pd.DataFrame]:
         if self.store is None:
@@ -143,3 +155,27 @@ class Workspace:
         csv = write_export(df, out / "cleaned_labels.csv")
         pq = write_export(df, out / "cleaned_labels.parquet")
         return csv, pq, df
+
+
+@dataclass
+class Workspaces:
+    """One :class:`Workspace` per browser session, created on first use (least recently used dropped past ``cap``)."""
+
+    settings: AppSettings
+    cap: int = 64
+    _sessions: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, session: str) -> Workspace:
+        with self._lock:
+            ws = self._sessions.get(session)
+            if ws is None:
+                ws = self._sessions[session] = Workspace(self.settings)
+                while len(self._sessions) > self.cap:
+                    old_key = next(iter(self._sessions))
+                    old = self._sessions[old_key]
+                    if old.job is not None and old.job.running:
+                        break  # never drop a session whose job is still running
+                    self._sessions.pop(old_key)
+            self._sessions.move_to_end(session)
+            return ws
