@@ -630,7 +630,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
         for btn, what in ((keep_btn, "keep"), (excl_btn, "exclude")):
             btn.click(None, js=f"() => window.deftAct('{what}')")
         relabel_btn.click(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
-        relabel_dd.select(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
+        relabel_dd.input(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
 
         def nav(fn):
             def handler(sid, cid, request: gr.Request):
