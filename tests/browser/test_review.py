@@ -139,7 +139,7 @@ def test_two_reviewers_at_once_never_decide_an_unseen_sample(two, app):
         b.keyboard.press("x")
         wait_card(a, "c.dataset.sid !== a[0] || c.dataset.ver !== String(a[1])", list(sa))
         wait_card(b, "c.dataset.sid !== a[0] || c.dataset.ver !== String(a[1])", list(sb))
-        for page, (sid, ver) in ((a, sa), (b, sb)):
+        for page, (sid, _ver) in ((a, sa), (b, sb)):
             mine = log_of(store, page)
             hit = mine[mine["sample_id"] == sid]
             # either applied to the card it showed, or refused as stale with a message
