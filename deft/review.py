@@ -8,12 +8,20 @@ applies a decision to "whatever is at position N now".
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
 
-__all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title"]
+__all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title", "dataset_key"]
+
+
+def dataset_key(source: str) -> str:
+    """The folder name of a dataset's runs and review database under ``runs/``: ``<name>-<path hash>``."""
+    p = Path(source).resolve()
+    return f"{p.stem or p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -81,6 +89,7 @@ class ReviewQueue:
     anchor: str | None = None
     client: str = ""  # whose undo stack (a browser, or a logged-in user)
     user: str = "local"  # who decides (recorded in the log and the export)
+    _saved: tuple | None = field(default=None, repr=False, compare=False)
 
     def size(self) -> int:
         return self.store.count_query(**self.filter.kwargs())
@@ -179,11 +188,16 @@ class ReviewQueue:
 
     # -- place ----------------------------------------------------------------
     def save_place(self) -> None:
-        self.store.save_cursor(self.client, self.filter.to_json(), self.anchor)
+        """Persist the filter and card when they changed since the last save."""
+        place = (self.filter.to_json(), self.anchor)
+        if place != self._saved:
+            self.store.save_cursor(self.client, *place)
+            self._saved = place
 
     def restore_place(self) -> bool:
         saved = self.store.cursor(self.client)
         if saved is None:
             return False
         self.filter, self.anchor = ReviewFilter.from_json(saved[0]), saved[1]
+        self._saved = saved
         return True

@@ -442,10 +442,18 @@ class ReviewStore:
 
     # -- reviewer's place -----------------------------------------------------
     def save_cursor(self, owner: str, filter_json: str, sample_id: str | None) -> None:
-        """Remember ``owner``'s filter and card (restored after a reload or a restart)."""
-        with self._tx() as con:
+        """Remember ``owner``'s filter and card (restored after a reload or a restart).
+
+        Not a decision: committed without an fsync (``synchronous=NORMAL``), so keeping the
+        place does not double the cost of a key press; a crash may lose the last move only.
+        """
+        con = self._connect()
+        try:
+            con.execute("PRAGMA synchronous=NORMAL")
             con.execute("INSERT OR REPLACE INTO cursors(owner, filter, sample_id, at) VALUES (?,?,?,?)",
-                        (owner, filter_json, sample_id, _now()))
+                        (owner, filter_json, sample_id, _now()))  # autocommit: one statement
+        finally:
+            con.close()
 
     def cursor(self, owner: str) -> tuple[str, str | None] | None:
         """``(filter_json, sample_id)`` saved by :meth:`save_cursor`, or None."""

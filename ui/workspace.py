@@ -26,7 +26,7 @@ from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.jobs import Job
-from deft.review import ReviewFilter, ReviewQueue
+from deft.review import ReviewFilter, ReviewQueue, dataset_key
 from deft.run import Run
 from deft.store import ReviewStore
 
@@ -43,11 +43,6 @@ class AppSettings:
     train_epochs: int = 10
 
 
-def dataset_key(source: str) -> str:
-    p = Path(source).resolve()
-    return f"{p.stem or p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
-
-
 @dataclass
 class Workspace:
     settings: AppSettings
@@ -56,6 +51,7 @@ class Workspace:
     store: ReviewStore | None = None
     job: Job | None = None
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
+    datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -67,7 +63,7 @@ class Workspace:
 
     def load(self, source: str, root: str | None = None) -> Dataset:
         """Import a dataset; re-open its latest finished detection and review store if any."""
-        ds = load_dataset(source, root or None)
+        ds = self._import(source, root or None)
         with self._lock:
             self.dataset, self.run, self.store = ds, None, None
             self.queues.clear()
@@ -76,6 +72,16 @@ class Workspace:
                           key=lambda p: (p / "scores.parquet").stat().st_mtime)
             if runs:
                 self.attach(Run.open(runs[-1]))
+        return ds
+
+    def _import(self, source: str, root: str | None) -> Dataset:
+        if self.datasets is None:
+            return load_dataset(source, root)
+        p = Path(source)
+        key = (str(p.resolve()), root, p.stat().st_mtime_ns if p.exists() else 0)
+        ds = self.datasets.get(key)
+        if ds is None:
+            ds = self.datasets[key] = load_dataset(source, root)
         return ds
 
     def attach(self, run: Run) -> None:
@@ -164,13 +170,14 @@ class Workspaces:
     settings: AppSettings
     cap: int = 64
     _sessions: OrderedDict = field(default_factory=OrderedDict)
+    _datasets: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, session: str) -> Workspace:
         with self._lock:
             ws = self._sessions.get(session)
             if ws is None:
-                ws = self._sessions[session] = Workspace(self.settings)
+                ws = self._sessions[session] = Workspace(self.settings, datasets=self._datasets)
                 while len(self._sessions) > self.cap:
                     old_key = next(iter(self._sessions))
                     old = self._sessions[old_key]
