@@ -110,6 +110,7 @@ class ReviewStore:
         self.path = Path(path)
         con = self._connect()
         try:
+            con.execute("PRAGMA journal_mode=WAL")  # persistent in the file: set once, not per connection
             con.executescript(SCHEMA)
             for table, col, decl in MIGRATIONS:
                 have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
@@ -122,7 +123,6 @@ class ReviewStore:
     # -- plumbing -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA busy_timeout=30000")
         return con

@@ -626,7 +626,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
 
         act_btn.click(decide, [session, client, act_sid, act_ver, act_what, act_label],
                       [act_result, *card_outputs], js="(...a) => window.deftTake(...a)", api_name="decide",
-                      trigger_mode="multiple", concurrency_limit=1, concurrency_id="review")
+                      trigger_mode="multiple", queue=False)  # no queue round trip: ~2x faster per key
         for btn, what in ((keep_btn, "keep"), (excl_btn, "exclude")):
             btn.click(None, js=f"() => window.deftAct('{what}')")
         relabel_btn.click(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
@@ -650,8 +650,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
 
         for btn, fn in ((next_btn, lambda q: q.move(1) and None), (prev_btn, lambda q: q.move(-1) and None),
                         (undo_btn, do_undo), (pend_btn, do_pending)):
-            btn.click(nav(fn), [session, client], card_outputs, trigger_mode="multiple", concurrency_limit=1,
-                      concurrency_id="review", api_visibility="private")
+            btn.click(nav(fn), [session, client], card_outputs, trigger_mode="multiple", queue=False,
+                      api_visibility="private")
 
         def set_filter(sid, cid, shown, cls, status, mmin, mmax, request: gr.Request):
             try:
