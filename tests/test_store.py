@@ -257,3 +257,22 @@ def test_count_query_matches_the_query_for_every_filter(store):
                     kw = dict(suspects=suspects, label=label, status=status, margin_min=mmin, margin_max=mmax)
                     assert store.count_query(**kw) == len(store.query(**kw, limit=-1)), kw
     assert store.count()["reviewed"] == 2 and store.count()["suspects"] == 6
+
+
+def test_thumbnails_are_immutable_content_addressed_files(tmp_path):
+    from PIL import Image
+
+    from deft.thumbs import thumbnail_file
+
+    src = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(src)
+    first = thumbnail_file(src, 64, tmp_path / "cache")
+    st = first.stat()
+    again = thumbnail_file(src, 64, tmp_path / "cache")
+    assert again == first and again.stat().st_ino == st.st_ino and again.stat().st_mtime_ns == st.st_mtime_ns
+    assert Image.open(first).size == (64, 48)
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(src)  # replaced image, same name: a new thumbnail file
+    changed = thumbnail_file(src, 64, tmp_path / "cache")
+    assert changed != first and first.is_file() and first.stat().st_mtime_ns == st.st_mtime_ns
+    assert thumbnail_file(src, 32, tmp_path / "cache") != changed  # the size is part of the name
+    assert not list((tmp_path / "cache").rglob(".tmp-*"))  # no temporary files left behind

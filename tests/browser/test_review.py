@@ -296,3 +296,18 @@ def test_grid_multiselect_apply_and_undo_two_contexts(two, app):
     for page in two:  # grid decisions name tiles that page showed
         tiles_seen = set(page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.sid)"))
         assert set(log_of(store, page)["sample_id"]) <= tiles_seen | shown(page)
+
+
+def test_a_load_in_one_session_does_not_change_the_other(two, app, cifar_small):
+    _, store = app
+    a, b = two
+    sid, _ = card(a)
+    b.get_by_role("tab", name="1 · Dataset").click()
+    b.locator("#data-path textarea").fill(str(cifar_small))
+    b.click("#btn-load")
+    wait_msg(b, "#data-msg", "60 images")
+    a.keyboard.press("k")  # a still reviews the demo: its key lands on the demo card it shows
+    wait_msg(a, "#review-msg", f"kept for {sid}")
+    assert store.sample(sid)["status"] == "kept"
+    a.get_by_role("tab", name="1 · Dataset").click()
+    wait_msg(a, "#data-msg", "400 images")
