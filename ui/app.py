@@ -525,6 +525,10 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 hist += [{"margin": c, "count": int(n), "kind": kind} for c, n in zip(centers, cnt, strict=True)]
             msg = (f"### {n_sus} suspects of {len(sc)} samples ({n_sus / max(1, len(sc)):.1%}) — "
                    f"go to **Review**. Run: `{ws.run.path}`")
+            if n_sus >= 0.9 * len(sc):
+                msg += ("\n\n**⚠ Almost every sample is flagged: these detections look like noise** (an untrained "
+                        "or tiny random checkpoint, or far too few epochs). The review flow still works; train on "
+                        "the reviewed set (clean + reviewed relabels) rather than the clean set.")
             return msg, rate, pd.DataFrame(hist)
 
         def job_curves(job):
