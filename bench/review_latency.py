@@ -182,7 +182,8 @@ def main() -> None:
     info = {"machine": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "what": "key press -> next card rendered (keydown to the animation frame after "
             "the card changed), measured in Debian chromium via Playwright against `python app.py`",
-            "note": "2-core CPU dev box shared with other agents' jobs; numbers are noisy upper bounds"}
+            "note": "2-core CPU dev box shared with other agents' jobs; numbers are noisy upper bounds",
+            "load_average_at_end": os.getloadavg()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"env": info, "results": rows}, indent=2))
     print(f"wrote {a.out}")
