@@ -165,6 +165,11 @@ def _err(exc: Exception) -> str:
     return f"**⚠ {html.escape(str(exc))}**"
 
 
+def _err_html(exc: Exception) -> str:
+    """:func:`_err` for HTML boxes (no raw Markdown asterisks)."""
+    return f'<b class="err">⚠ {html.escape(str(exc))}</b>'
+
+
 def file_url(path: Path) -> str:
     """URL under which Gradio serves ``path`` (it must be under the app's ``allowed_paths``)."""
     return "/gradio_api/file=" + quote(str(path))
@@ -350,8 +355,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     f_min = gr.Textbox("", label="Margin ≥ (Enter; blank: no bound)", elem_id="f-min")
                     f_max = gr.Textbox("", label="Margin ≤ (Enter; blank: no bound)", elem_id="f-max")
                 with gr.Row():
-                    counter = gr.Markdown(elem_id="review-counter")
-                    review_msg = gr.Markdown(elem_id="review-msg")
+                    counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
+                    review_msg = gr.HTML(elem_id="review-msg")
                 with gr.Tabs(elem_id="review-modes"):
                     with gr.Tab("Card", id="card-mode"):
                         with gr.Row():
@@ -583,27 +588,28 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             ws = session_ws(sid)
             return ws, ws.queue(owner_of(cid, request), user_of(request))
 
-        def render(ws: Workspace, q: ReviewQueue, msg: str = "", item: dict | None = None):
+        def render(ws: Workspace, q: ReviewQueue, msg: str = "", item: dict | None = None, dd=None):
+            """Card outputs; ``dd`` updates "Relabel to" (default: untouched, re-rendering it costs a key press)."""
             item = item if item is not None else q.current()
             q.save_place()
             c = ws.store.count()
             n = q.size()
             pos = q.position(item) + 1 if item is not None else 0
-            counter_md = (f"**Reviewed {c['reviewed']} / {c['suspects']} suspects** · "
+            counter_md = (f"<b>Reviewed {c['reviewed']} / {c['suspects']} suspects</b> · "
                           f"item {pos} of {n} in this view")
-            return card_html(ws, item), counter_md, gr.update(choices=ws.store.classes, value=None), msg
+            return card_html(ws, item), counter_md, gr.skip() if dd is None else dd, msg
 
         card_outputs = [card, counter, relabel_dd, review_msg]
 
         def empty(exc: Exception):
-            return card_html(None, None), "", gr.update(), _err(exc)
+            return card_html(None, None), "", gr.update(), _err_html(exc)
 
         def show_card(sid, cid, request: gr.Request):
             try:
                 ws, q = queue_of(sid, cid, request)
             except USER_ERRORS as exc:
                 return empty(exc)
-            return render(ws, q)
+            return render(ws, q, dd=gr.update(choices=ws.store.classes, value=None))
 
         def decide(session: str, client: str, sample_id: str, version: float, action: str, label: str,
                    request: gr.Request):
@@ -616,17 +622,18 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 ws, q = queue_of(session, client, request)
             except USER_ERRORS as exc:
                 return json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)}), *empty(exc)
+            dd = gr.update(value=None) if action == "relabel" else None  # the field clears for the next card
             try:
                 d = q.act(str(sample_id), int(version), str(action), label or None)
             except StaleError as exc:
                 msg = (f"ignored a key press: {exc}" if exc.client == q.client else f"{exc}; here is its current state")
                 return (json.dumps({"status": "stale", "sample_id": sample_id, "message": str(exc)}),
-                        *render(ws, q, _err(ValueError(msg))))
+                        *render(ws, q, _err_html(ValueError(msg)), dd=dd))
             except USER_ERRORS as exc:
                 return (json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)}),
-                        *render(ws, q, _err(exc)))
+                        *render(ws, q, _err_html(exc), dd=dd))
             return (json.dumps({"status": "applied", "sample_id": d.sample_id, "version": d.version, "seq": d.seq,
-                                "message": decision_line(d)}), *render(ws, q, html.escape(decision_line(d))))
+                                "message": decision_line(d)}), *render(ws, q, html.escape(decision_line(d)), dd=dd))
 
         act_btn.click(decide, [session, client, act_sid, act_ver, act_what, act_label],
                       [act_result, *card_outputs], js="(...a) => window.deftTake(...a)", api_name="decide",
@@ -679,7 +686,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             except USER_ERRORS as exc:
                 return (*empty(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "", gr.update())
             f = q.filter
-            return (*render(ws, q), "suspects" if f.suspects else "clean (spot-check)",
+            view = render(ws, q, dd=gr.update(choices=ws.store.classes, value=None))
+            return (*view, "suspects" if f.suspects else "clean (spot-check)",
                     gr.update(choices=[""] + ws.store.classes, value=f.label or ""), f.status or "",
                     "" if f.margin_min is None else str(f.margin_min),
                     "" if f.margin_max is None else str(f.margin_max), recent_html(ws.store, q.client),
