@@ -11,6 +11,7 @@ from urllib.parse import quote
 import gradio as gr
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
 from deft.review import ReviewFilter, ReviewQueue, StaleError, group_title, suggestions
@@ -23,7 +24,8 @@ USER_ERRORS = (DataError, ModelLoadError, ReviewError, RunError, RuntimeError, V
 STATUSES = ["", "pending", "accepted", "relabelled", "kept", "excluded"]
 KEYS_HELP = ("<b>Keys:</b> <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> apply suggestion 1-3 · <kbd>k</kbd> keep label · "
              "<kbd>x</kbd> exclude · <kbd>r</kbd> relabel to… (type, Enter) · <kbd>u</kbd> undo · "
-             "<kbd>→</kbd>/<kbd>j</kbd> next · <kbd>←</kbd>/<kbd>p</kbd> previous · <kbd>n</kbd> next pending")
+             "<kbd>→</kbd>/<kbd>j</kbd> next · <kbd>←</kbd>/<kbd>p</kbd> previous · <kbd>n</kbd> next pending · "
+             "<kbd>z</kbd> full size")
 GRID_HELP = ("<b>Grid:</b> click a tile to select (shift-click: range) · arrows move · <kbd>space</kbd> select · "
              "<kbd>a</kbd> select all · <kbd>Esc</kbd> clear · then apply an action to the selection")
 
@@ -116,7 +118,7 @@ KEYBOARD_JS = """
     if (e.key === 'k') { e.preventDefault(); deftAct('keep'); return; }
     if (e.key === 'x') { e.preventDefault(); deftAct('exclude'); return; }
     const map = {'u': 'btn-undo', 'ArrowRight': 'btn-next', 'j': 'btn-next', 'ArrowLeft': 'btn-prev',
-                 'p': 'btn-prev', 'n': 'btn-pending'};
+                 'p': 'btn-prev', 'n': 'btn-pending', 'z': 'btn-zoom'};
     const el = map[e.key] && document.getElementById(map[e.key]);
     if (!el || el.disabled) return;
     e.preventDefault();
@@ -362,6 +364,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                         with gr.Row():
                             with gr.Column(scale=3):
                                 card = gr.HTML("", elem_id="card-box")
+                                zoom_box = gr.HTML("", elem_id="zoom-box")
                             with gr.Column(scale=2):
                                 with gr.Row():
                                     keep_btn = gr.Button("Keep label (k)", elem_id="btn-keep")
@@ -375,6 +378,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                                     prev_btn = gr.Button("← Previous", elem_id="btn-prev")
                                     next_btn = gr.Button("Next →", elem_id="btn-next")
                                     pend_btn = gr.Button("Next pending (n)", elem_id="btn-pending")
+                                    zoom_btn = gr.Button("Full size (z)", elem_id="btn-zoom")
                                 gr.HTML(KEYS_HELP, elem_id="keys-help")
                                 recent = gr.HTML(elem_id="recent")
                         with gr.Row():
@@ -597,12 +601,12 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             pos = q.position(item) + 1 if item is not None else 0
             counter_md = (f"<b>Reviewed {c['reviewed']} / {c['suspects']} suspects</b> · "
                           f"item {pos} of {n} in this view")
-            return card_html(ws, item), counter_md, gr.skip() if dd is None else dd, msg
+            return card_html(ws, item), counter_md, gr.skip() if dd is None else dd, msg, ""
 
-        card_outputs = [card, counter, relabel_dd, review_msg]
+        card_outputs = [card, counter, relabel_dd, review_msg, zoom_box]
 
         def empty(exc: Exception):
-            return card_html(None, None), "", gr.update(), _err_html(exc)
+            return card_html(None, None), "", gr.update(), _err_html(exc), ""
 
         def show_card(sid, cid, request: gr.Request):
             try:
@@ -692,6 +696,24 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     "" if f.margin_min is None else str(f.margin_min),
                     "" if f.margin_max is None else str(f.margin_max), recent_html(ws.store, q.client),
                     gr.update(choices=ws.store.classes, value=None))
+
+        def zoom(sid, cid, shown_id, request: gr.Request):
+            """The card on screen at its full resolution (a content-addressed copy; the data root is never served)."""
+            try:
+                ws, q = queue_of(sid, cid, request)
+                sample = str(shown_id or q.anchor or "")
+                path = ws.dataset.root / sample
+                with Image.open(path) as im:
+                    w, h = im.size
+                src = file_url(thumbnail_file(path, max(w, h), ws.thumbs))
+            except (*USER_ERRORS, OSError) as exc:
+                return _err_html(exc)
+            return (f'<div id="zoom"><img src="{src}" alt="{html.escape(sample)}" style="max-width:100%">'
+                    f"<p>{html.escape(sample)} · {w}×{h} px (full resolution)</p></div>")
+
+        zoom_btn.click(zoom, [session, client, act_sid], zoom_box,
+                       js="(a, b, c) => [a, b, (document.getElementById('card') || {dataset: {}}).dataset.sid]",
+                       api_visibility="private")
 
         # ---- batch accept: preview (exact list + versions kept), then confirm; one batch in the log
         def batch_preview(sid, cid, t, src, request: gr.Request):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from PIL import Image
 
 from deft.store import ReviewStore
 from ui.workspace import AppSettings, Workspace, dataset_key
@@ -242,6 +243,13 @@ def test_keys_relabel_typeahead_radios_and_bursts(two, app):
     set_class(a, "frog")
     a.locator("#f-show label").first.click()  # clicking a radio must not swallow the keys
     sid, _ = card(a)
+    a.keyboard.press("z")  # full resolution of the card on screen
+    wait_msg(a, "#zoom-box", "px (full resolution)")
+    with Image.open(DEMO / sid) as im:
+        w, h = im.size
+    assert f"{sid} · {w}×{h} px" in a.inner_text("#zoom-box")
+    a.wait_for_function("(w) => { const i = document.querySelector('#zoom img'); "
+                        "return i && i.complete && i.naturalWidth === w; }", arg=w, timeout=20_000)  # served, full size
     target = "horse"
     a.keyboard.press("r")
     a.keyboard.type(target)
