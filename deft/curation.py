@@ -16,7 +16,7 @@ import pandas as pd
 from .data import DataError, read_table
 
 EXPORT_COLUMNS = ["path", "original_label", "final_label", "status", "sim_pos", "sim_neg", "margin",
-                  "suggestion", "suggestion_conf", "decided_at"]
+                  "suggestion", "suggestion_conf", "decided_at", "decided_by"]
 STATUSES = ("clean", "pending", "accepted", "relabelled", "kept", "excluded", "pseudo")
 DECISION_STATUS = {"accept": "accepted", "relabel": "relabelled", "keep": "kept", "exclude": "excluded"}
 TRAIN_MODES = {
@@ -34,8 +34,8 @@ def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, ps
     scores : DataFrame
         Phase 1 scores (``id, label, is_clean, sim_pos, sim_neg, margin, suggestion, suggestion_conf``).
     decisions : DataFrame, optional
-        Current human decision per sample: ``id, status, final_label, decided_at``
-        (status in accepted/relabelled/kept/excluded).
+        Current human decision per sample: ``id, status, final_label, decided_at`` and optionally
+        ``decided_by`` (status in accepted/relabelled/kept/excluded).
     pseudo : bool
         Give unreviewed suspects their suggestion as final label (status ``pseudo``).
     """
@@ -50,6 +50,7 @@ def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, ps
         "suggestion": scores["suggestion"].astype(str),
         "suggestion_conf": scores["suggestion_conf"].astype(float),
         "decided_at": "",
+        "decided_by": "",
     })
     if decisions is not None and len(decisions):
         d = decisions.set_index("id")
@@ -58,6 +59,8 @@ def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, ps
         df.loc[hit, "status"] = d.loc[ids, "status"].to_numpy()
         df.loc[hit, "final_label"] = d.loc[ids, "final_label"].fillna("").to_numpy()
         df.loc[hit, "decided_at"] = d.loc[ids, "decided_at"].fillna("").to_numpy()
+        if "decided_by" in d.columns:
+            df.loc[hit, "decided_by"] = d.loc[ids, "decided_by"].fillna("").to_numpy()
     if pseudo:
         pend = df["status"].eq("pending")
         df.loc[pend, "status"] = "pseudo"

@@ -1,14 +1,27 @@
-"""Review queue over a :class:`~deft.store.ReviewStore`: filter, position, act, undo.
+"""Review queue over a :class:`~deft.store.ReviewStore`: filter, card, act, undo, batch, grid.
 
 The UI and the latency benchmark drive the same object, so the measured time is
-the time a reviewer waits for.
+the time a reviewer waits for. Every action names the sample the reviewer saw and
+the version of its state (see :class:`~deft.store.StaleError`): a queue never
+applies a decision to "whatever is at position N now".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from .store import ReviewStore
+from .store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
+
+__all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title", "dataset_key"]
+
+
+def dataset_key(source: str) -> str:
+    """The folder name of a dataset's runs and review database under ``runs/``: ``<name>-<path hash>``."""
+    p = Path(source).resolve()
+    return f"{p.stem or p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -23,80 +36,168 @@ class ReviewFilter:
         return {"suspects": self.suspects, "label": self.label or None, "status": self.status or None,
                 "margin_min": self.margin_min, "margin_max": self.margin_max}
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ReviewFilter:
+        try:
+            d = json.loads(text)
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except (ValueError, TypeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    label: str
+    conf: float
+    source: str  # "learned prompts" or "zero-shot CLIP"
+    action: str  # "accept" (the sample's suggestion) or "relabel"
+
+
+def suggestions(item: dict, limit: int = 3) -> list[Suggestion]:
+    """Up to ``limit`` distinct labels other than the given one, best first: learned prediction, then zero-shot.
+
+    A suggestion equal to the given label is never offered (pressing it would "relabel" to the same label).
+    """
+    given = str(item.get("label"))
+    seen, out = {given}, []
+    cands = [(item.get("suggestion"), item.get("suggestion_conf"), "learned prompts")]
+    cands += [(item.get(f"zs{k}"), item.get(f"zs{k}_conf"), "zero-shot CLIP") for k in (1, 2, 3)]
+    for name, conf, source in cands:
+        if name is None or str(name) in ("", "nan", "None") or str(name) in seen:
+            continue
+        seen.add(str(name))
+        action = "accept" if str(name) == str(item.get("suggestion")) else "relabel"
+        out.append(Suggestion(str(name), float(conf or 0.0), source, action))
+    return out[:limit]
+
+
+def group_title(item: dict) -> str:
+    """Grid group of a suspect: ``labelled cat, looks like dog``."""
+    top = suggestions(item, 1)
+    return f"labelled {item['label']}, looks like {top[0].label}" if top else f"labelled {item['label']}"
+
 
 @dataclass
 class ReviewQueue:
+    """One reviewer's view: a filter and the card on screen (an anchor sample id, not a list position)."""
+
     store: ReviewStore
     filter: ReviewFilter = field(default_factory=ReviewFilter)
-    pos: int = 0
-    client: str = ""
+    anchor: str | None = None
+    client: str = ""  # whose undo stack (a browser, or a logged-in user)
+    user: str = "local"  # who decides (recorded in the log and the export)
+    _saved: tuple | None = field(default=None, repr=False, compare=False)
 
     def size(self) -> int:
         return self.store.count_query(**self.filter.kwargs())
 
+    def position(self, item: dict) -> int:
+        return self.store.position(item["id"], **self.filter.kwargs()) or 0
+
     def current(self) -> dict | None:
-        """The sample at the current position (clamped), or None when the filter is empty."""
-        self.pos = max(0, self.pos)
-        rows = self.store.query(**self.filter.kwargs(), offset=self.pos, limit=1)
-        if len(rows) == 0 and self.pos > 0:  # past the end (filter shrank): clamp to the last item
-            self.pos = max(0, self.size() - 1)
-            rows = self.store.query(**self.filter.kwargs(), offset=self.pos, limit=1)
-        return rows.iloc[0].to_dict() if len(rows) else None
+        """The anchor when it matches the filter, else its next (or previous) neighbour; None when empty."""
+        f = self.filter.kwargs()
+        item = (self.store.step(self.anchor, 1, include=True, **f) or
+                (self.store.step(self.anchor, -1, **f) if self.anchor else None))
+        self.anchor = item["id"] if item else self.anchor
+        return item
 
     def move(self, delta: int) -> dict | None:
-        self.pos += delta
-        return self.current()
-
-    def suggestions(self, item: dict) -> list[tuple[str, float]]:
-        """Up to three distinct alternative labels, best first: learned prediction, then zero-shot."""
-        seen, out = set(), []
-        for name, conf in ((item.get("suggestion"), item.get("suggestion_conf")),
-                           (item.get("zs1"), item.get("zs1_conf")), (item.get("zs2"), item.get("zs2_conf")),
-                           (item.get("zs3"), item.get("zs3_conf"))):
-            if name and name not in seen:
-                seen.add(name)
-                out.append((str(name), float(conf or 0.0)))
-        return out[:3]
-
-    def act(self, action: str, label: str | None = None) -> dict | None:
-        """Apply ``action`` to the current sample (committed), then advance; returns the next item.
-
-        Under a ``pending`` filter the decided sample leaves the list, so the position stays.
-        """
-        item = self.current()
-        if item is None:
+        cur = self.current()
+        if cur is None:
             return None
-        self.store.decide(item["id"], action, label, client=self.client)
-        if self.filter.status != "pending":
-            self.pos += 1
+        nxt = self.store.step(cur["id"], delta, **self.filter.kwargs())
+        if nxt is not None:
+            self.anchor = nxt["id"]
         return self.current()
 
-    def pick(self, k: int) -> dict | None:
-        """Keyboard 1-3: 1 accepts the suggestion, 2-3 relabel to the other suggestions."""
-        item = self.current()
-        if item is None:
-            return None
-        sugg = self.suggestions(item)
-        if k < 1 or k > len(sugg):
-            return item
-        name = sugg[k - 1][0]
-        if k == 1 and name == item.get("suggestion"):
-            return self.act("accept")
-        return self.act("relabel", name)
-
-    def undo(self) -> dict | None:
-        """Undo this client's last decision and show that sample again."""
-        d = self.store.undo(self.client)
-        if d is None:
-            return self.current()
-        pos = self.store.position(d.sample_id, **self.filter.kwargs())
-        if pos is not None:
-            self.pos = pos
+    def show(self, sample_id: str) -> dict | None:
+        """Put ``sample_id`` on screen (when it matches the filter)."""
+        self.anchor = sample_id
         return self.current()
 
-    def accept_all(self, min_conf: float) -> int:
-        """Accept every suggestion with confidence >= ``min_conf`` among pending items of the filter."""
+    def next_pending(self) -> dict | None:
+        """The next undecided sample after the card on screen (wrapping to the first); None when all are done."""
         f = self.filter.kwargs() | {"status": "pending"}
-        rows = self.store.query(**f, limit=-1)
-        ids = rows.loc[rows["suggestion_conf"] >= min_conf, "id"].tolist()
-        return self.store.decide_many(ids, "accept", client=self.client) if ids else 0
+        item = self.store.step(self.anchor, 1, **f) or self.store.step(None, 1, **f)
+        if item is not None:
+            self.anchor = item["id"]
+        return item
+
+    def suggestions(self, item: dict) -> list[Suggestion]:
+        return suggestions(item)
+
+    def act(self, sample_id: str, version: int | None, action: str, label: str | None = None) -> Decision:
+        """Apply ``action`` to ``sample_id`` if it is still at ``version`` (committed), then advance.
+
+        Raises :class:`StaleError` (and shows that sample again) when it changed since it was shown.
+        """
+        try:
+            d = self.store.decide(sample_id, action, label, client=self.client, by=self.user,
+                                  expected_version=version)
+        except StaleError as exc:
+            if exc.client != self.client:  # someone else changed it: show it as it is now
+                self.anchor = sample_id
+            raise
+        nxt = self.store.step(sample_id, 1, **self.filter.kwargs())
+        self.anchor = nxt["id"] if nxt is not None else sample_id
+        return d
+
+    def pick(self, sample_id: str, version: int | None, k: int) -> Decision:
+        """Keyboard 1-3: apply suggestion ``k`` of the sample on screen (accept or relabel)."""
+        sugg = suggestions(self.store.sample(sample_id))
+        if k < 1 or k > len(sugg):
+            raise ReviewError(f"{sample_id} has no suggestion {k}")
+        s = sugg[k - 1]
+        return self.act(sample_id, version, s.action, None if s.action == "accept" else s.label)
+
+    def undo(self) -> list[Decision]:
+        """Undo this client's last step (a decision or a whole batch) and show that sample again."""
+        done = self.store.undo(self.client, by=self.user)
+        if done:
+            self.anchor = done[0].sample_id
+        return done
+
+    # -- batch ---------------------------------------------------------------
+    def batch_candidates(self, min_conf: float, source: str = "learned prompts") -> list[tuple[str, int]]:
+        """``(id, version)`` of pending samples in the filter whose top suggestion of ``source`` has
+        confidence >= ``min_conf`` and differs from the given label (what batch accept would touch)."""
+        rows = self.store.query(**(self.filter.kwargs() | {"status": "pending"}), limit=-1)
+        if source == "zero-shot CLIP":
+            ok = (rows["zs1"] == rows["suggestion"]) & (rows["zs1_conf"] >= min_conf)
+        else:
+            ok = rows["suggestion_conf"] >= min_conf
+        ok &= rows["suggestion"].notna() & (rows["suggestion"] != rows["label"])
+        return list(zip(rows.loc[ok, "id"].astype(str), rows.loc[ok, "version"].astype(int), strict=True))
+
+    def apply_many(self, items: list[tuple[str, int]], action: str, label: str | None = None) -> BatchResult:
+        """One action on many ``(id, version seen)`` samples, one batch in the log (one undo step)."""
+        return self.store.decide_many(items, action, label, client=self.client, by=self.user)
+
+    def page(self, limit: int = 36) -> list[dict]:
+        """Up to ``limit`` samples from the card on screen on, for the grid."""
+        f = self.filter.kwargs()
+        first = self.current()
+        if first is None:
+            return []
+        where_rows = self.store.query(**f, offset=self.position(first), limit=limit)
+        return where_rows.to_dict("records")
+
+    # -- place ----------------------------------------------------------------
+    def save_place(self) -> None:
+        """Persist the filter and card when they changed since the last save."""
+        place = (self.filter.to_json(), self.anchor)
+        if place != self._saved:
+            self.store.save_cursor(self.client, *place)
+            self._saved = place
+
+    def restore_place(self) -> bool:
+        saved = self.store.cursor(self.client)
+        if saved is None:
+            return False
+        self.filter, self.anchor = ReviewFilter.from_json(saved[0]), saved[1]
+        self._saved = saved
+        return True

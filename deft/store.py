@@ -4,8 +4,11 @@
   killed server loses no confirmed decision (WAL mode, ``synchronous=FULL``).
 * ``decisions`` is append-only: undo appends a row that names the decision it
   reverts, so the log is an exact audit trail.
-* ``state`` holds the current decision per sample (the latest one not undone):
-  last write wins per sample; two browser tabs never corrupt each other.
+* ``state`` holds the current decision per sample (the latest one not undone).
+* Every sample has a *version*: the number of log rows about it. A reviewer's
+  action names the sample and the version it saw; a stale action is refused
+  (:class:`StaleError`), so a decision applies to the sample on screen or not at all.
+* Batch actions share a ``batch`` id and are undone as one step.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -33,22 +36,41 @@ CREATE INDEX IF NOT EXISTS samples_review ON samples(is_clean, margin);
 CREATE INDEX IF NOT EXISTS samples_label ON samples(label, is_clean, margin);
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL, action TEXT NOT NULL,
-    label TEXT, client TEXT NOT NULL DEFAULT '', at TEXT NOT NULL, undoes INTEGER
+    label TEXT, client TEXT NOT NULL DEFAULT '', at TEXT NOT NULL, undoes INTEGER,
+    decided_by TEXT NOT NULL DEFAULT '', batch INTEGER
 );
 CREATE INDEX IF NOT EXISTS decisions_sample ON decisions(sample_id, seq);
 CREATE INDEX IF NOT EXISTS decisions_client ON decisions(client, seq);
 CREATE TABLE IF NOT EXISTS state (
-    sample_id TEXT PRIMARY KEY, status TEXT NOT NULL, final_label TEXT, decided_at TEXT NOT NULL, seq INTEGER NOT NULL
+    sample_id TEXT PRIMARY KEY, status TEXT NOT NULL, final_label TEXT, decided_at TEXT NOT NULL, seq INTEGER NOT NULL,
+    decided_by TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS state_status ON state(status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS cursors (owner TEXT PRIMARY KEY, filter TEXT NOT NULL, sample_id TEXT, at TEXT NOT NULL);
 """
+# columns added after the first release: (table, column, declaration) -- old databases are migrated on open
+MIGRATIONS = [("decisions", "decided_by", "TEXT NOT NULL DEFAULT ''"), ("decisions", "batch", "INTEGER"),
+              ("state", "decided_by", "TEXT NOT NULL DEFAULT ''")]
+VERSION_SQL = "(SELECT COUNT(*) FROM decisions d WHERE d.sample_id = s.id)"
 SAMPLE_COLUMNS = ["id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "p_clean", "pred", "pred_conf",
                   "zs1", "zs1_conf", "zs2", "zs2_conf", "zs3", "zs3_conf", "suggestion", "suggestion_conf"]
 ACTIONS = tuple(DECISION_STATUS)
 
 
 from .errors import ReviewError, RunError  # noqa: E402  (ReviewError re-exported)
+
+
+class StaleError(ReviewError):
+    """The sample changed since the reviewer saw it; nothing was applied.
+
+    ``client`` is who changed it last (a burst of key presses from one client
+    shows up as its own earlier decision).
+    """
+
+    def __init__(self, message: str, client: str = "") -> None:
+        super().__init__(message)
+        self.client = client
 
 
 @dataclass
@@ -58,6 +80,23 @@ class Decision:
     action: str
     label: str | None
     at: str
+    decided_by: str = ""
+    batch: int | None = None
+    version: int = 0  # the sample's version after this decision
+
+    def describe(self) -> str:
+        """``accepted -> ship for truck/img_028`` (what a reviewer reads after acting)."""
+        status = DECISION_STATUS.get(self.action, self.action)
+        target = f" -> {self.label}" if self.label and self.action in ("accept", "relabel") else ""
+        return f"{status}{target} for {self.sample_id}"
+
+
+@dataclass
+class BatchResult:
+    batch: int | None
+    applied: list[Decision]
+    stale: list[str]  # sample ids refused because they changed since they were shown
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (sample id, why) for other refusals
 
 
 def _now() -> str:
@@ -70,8 +109,16 @@ class ReviewStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            with self._connect() as con:
+            con = self._connect()
+            try:
+                con.execute("PRAGMA journal_mode=WAL")  # persistent in the file: set once, not per connection
                 con.executescript(SCHEMA)
+                for table, col, decl in MIGRATIONS:
+                    have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+                    if col not in have:
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
+            finally:
+                con.close()
         except sqlite3.DatabaseError as exc:  # not a database, or damaged
             raise RunError(f"{self.path} is not a readable review database ({exc}); move it aside to start a fresh "
                            "one (its decisions are lost) or restore it from a backup.") from None
@@ -80,7 +127,6 @@ class ReviewStore:
     # -- plumbing -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA busy_timeout=30000")
         return con
@@ -201,12 +247,46 @@ class ReviewStore:
         """Samples with their current status, lowest margin first (worst suspects first)."""
         where, args = self._filter(suspects, label, status, margin_min, margin_max)
         sql = (
-            "SELECT s.*, COALESCE(st.status, CASE WHEN s.is_clean THEN 'clean' ELSE 'pending' END) AS status, "
-            "st.final_label, st.decided_at FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
+            f"SELECT {self._ROW} FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
             f"WHERE {where} ORDER BY s.margin ASC, s.idx ASC LIMIT ? OFFSET ?"
         )
         with self._read() as con:
             return pd.read_sql_query(sql, con, params=[*args, limit, offset])
+
+    _ROW = ("s.*, COALESCE(st.status, CASE WHEN s.is_clean THEN 'clean' ELSE 'pending' END) AS status, "
+            f"st.final_label, st.decided_at, st.decided_by, {VERSION_SQL} AS version")
+
+    def step(self, sample_id: str | None, delta: int, *, suspects: bool = True, label: str | None = None,
+             status: str | None = None, margin_min: float | None = None, margin_max: float | None = None,
+             include: bool = False) -> dict | None:
+        """The sample after (``delta`` > 0) or before (< 0) ``sample_id`` in :meth:`query`'s order.
+
+        Keyset navigation (no OFFSET scan): the anchor needs not match the filter itself,
+        so "next after the card I just decided" works when that card left the filter.
+        ``include`` also returns the anchor itself when it matches. ``sample_id=None``: the first.
+        """
+        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        base = f"SELECT {self._ROW} FROM samples s LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
+        with self._read() as con:
+            con.row_factory = sqlite3.Row
+            key = None
+            if sample_id is not None:
+                key = con.execute("SELECT margin, idx FROM samples WHERE id = ?", (sample_id,)).fetchone()
+            if key is None:
+                row = con.execute(base + " ORDER BY s.margin ASC, s.idx ASC LIMIT 1", args).fetchone()
+                return dict(row) if row else None
+            m, i = key[0], key[1]
+            if include:
+                row = con.execute(base + " AND s.id = ?", [*args, sample_id]).fetchone()
+                if row is not None:
+                    return dict(row)
+            if delta > 0:
+                sql = base + " AND (s.margin > ? OR (s.margin = ? AND s.idx > ?)) ORDER BY s.margin, s.idx LIMIT 1"
+            else:
+                sql = (base + " AND (s.margin < ? OR (s.margin = ? AND s.idx < ?)) "
+                       "ORDER BY s.margin DESC, s.idx DESC LIMIT 1")
+            row = con.execute(sql, [*args, m, m, i]).fetchone()
+        return dict(row) if row else None
 
     def count_query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
                     margin_min: float | None = None, margin_max: float | None = None) -> int:
@@ -240,78 +320,150 @@ class ReviewStore:
         with self._read() as con:
             con.row_factory = sqlite3.Row
             row = con.execute(
-                "SELECT s.*, st.status, st.final_label, st.decided_at FROM samples s "
-                "LEFT JOIN state st ON st.sample_id = s.id WHERE s.id = ?", (sample_id,)).fetchone()
+                f"SELECT s.*, st.status, st.final_label, st.decided_at, st.decided_by, {VERSION_SQL} AS version "
+                "FROM samples s LEFT JOIN state st ON st.sample_id = s.id WHERE s.id = ?", (sample_id,)).fetchone()
         if row is None:
             raise ReviewError(f"unknown sample {sample_id!r}")
         return dict(row)
 
     # -- decisions ----------------------------------------------------------
+    @staticmethod
+    def _version(con: sqlite3.Connection, sample_id: str) -> int:
+        return con.execute("SELECT COUNT(*) FROM decisions WHERE sample_id = ?", (sample_id,)).fetchone()[0]
+
     def _apply(self, con: sqlite3.Connection, sample_id: str, action: str, label: str | None,
-               client: str, at: str) -> Decision:
+               client: str, at: str, by: str, expected_version: int | None, batch: int | None) -> Decision:
         if action not in ACTIONS:
             raise ReviewError(f"unknown action {action!r}; choose one of {list(ACTIONS)}")
         row = con.execute("SELECT label, suggestion FROM samples WHERE id = ?", (sample_id,)).fetchone()
         if row is None:
             raise ReviewError(f"unknown sample {sample_id!r}")
         given, suggestion = row
+        version = self._version(con, sample_id)
+        if expected_version is not None and int(expected_version) != version:
+            st = con.execute("SELECT status, decided_by FROM state WHERE sample_id = ?", (sample_id,)).fetchone()
+            last = con.execute("SELECT client FROM decisions WHERE sample_id = ? ORDER BY seq DESC LIMIT 1",
+                               (sample_id,)).fetchone()
+            now = f"{st[0]} by {st[1] or 'someone'}" if st else "pending again (undone)"
+            raise StaleError(f"{sample_id} changed since you saw it (now {now}); nothing was applied",
+                             last[0] if last else "")
         if action == "relabel" and (not label or (self.classes and label not in self.classes)):
             raise ReviewError(f"unknown class {label!r}; choose one of the dataset's classes")
+        if action == "relabel" and label == given:
+            raise ReviewError(f"{sample_id} is already labelled {given!r}; use keep to confirm a label")
+        if action == "accept" and (not suggestion or suggestion == given):
+            raise ReviewError(f"{sample_id} has no suggestion other than its label {given!r}; use keep instead")
         final = {"accept": suggestion, "relabel": label, "keep": given, "exclude": None}[action]
-        cur = con.execute("INSERT INTO decisions(sample_id, action, label, client, at) VALUES (?,?,?,?,?)",
-                          (sample_id, action, final, client, at))
+        cur = con.execute("INSERT INTO decisions(sample_id, action, label, client, at, decided_by, batch) "
+                          "VALUES (?,?,?,?,?,?,?)", (sample_id, action, final, client, at, by, batch))
         seq = int(cur.lastrowid)
-        con.execute("INSERT OR REPLACE INTO state(sample_id, status, final_label, decided_at, seq) "
-                    "VALUES (?,?,?,?,?)", (sample_id, DECISION_STATUS[action], final, at, seq))
-        return Decision(seq, sample_id, action, final, at)
+        con.execute("INSERT OR REPLACE INTO state(sample_id, status, final_label, decided_at, seq, decided_by) "
+                    "VALUES (?,?,?,?,?,?)", (sample_id, DECISION_STATUS[action], final, at, seq, by))
+        return Decision(seq, sample_id, action, final, at, by, batch, version + 1)
 
-    def decide(self, sample_id: str, action: str, label: str | None = None, client: str = "") -> Decision:
+    def decide(self, sample_id: str, action: str, label: str | None = None, client: str = "",
+               by: str = "local", expected_version: int | None = None) -> Decision:
         """Record a decision; committed before return.
 
         ``accept`` takes the sample's suggestion, ``relabel`` needs ``label``, ``keep``
         keeps the given label, ``exclude`` drops the sample from training.
+        ``expected_version`` is the sample's version the reviewer saw: when the sample
+        changed since, :class:`StaleError` is raised and nothing is written.
+        ``by`` is who decided (the logged-in user, or ``local``).
         """
         with self._tx() as con:
-            return self._apply(con, sample_id, action, label, client, _now())
+            return self._apply(con, sample_id, action, label, client, _now(), by, expected_version, None)
 
-    def decide_many(self, sample_ids: list[str], action: str, client: str = "") -> int:
-        """Apply one action (``accept``/``keep``/``exclude``) to many samples in one transaction."""
-        if action not in ("accept", "keep", "exclude"):
-            raise ReviewError(f"batch action must be accept, keep or exclude, not {action!r}")
-        at = _now()
-        with self._tx() as con:
-            for sid in sample_ids:
-                self._apply(con, sid, action, None, client, at)
-        return len(sample_ids)
+    def decide_many(self, items: list[str] | list[tuple[str, int]], action: str, label: str | None = None,
+                    client: str = "", by: str = "local") -> BatchResult:
+        """Apply one action to many samples in one transaction, logged as one batch (one undo step).
 
-    def undo(self, client: str = "") -> Decision | None:
-        """Revert this client's latest decision that is not yet undone; None if there is none."""
+        ``items`` are sample ids or ``(sample id, version seen)`` pairs; a pair whose sample
+        changed since is skipped and listed in :attr:`BatchResult.stale`, a sample the action
+        does not fit (accept without a different suggestion, ...) in :attr:`BatchResult.refused`.
+        """
         at = _now()
+        applied, stale, refused = [], [], []
         with self._tx() as con:
-            row = con.execute(
-                "SELECT seq, sample_id, action, label, at FROM decisions d WHERE client = ? AND action != 'undo' "
-                "AND NOT EXISTS (SELECT 1 FROM decisions u WHERE u.undoes = d.seq) ORDER BY seq DESC LIMIT 1",
-                (client,)).fetchone()
+            batch = int(con.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM decisions").fetchone()[0])
+            for it in items:
+                sid, ver = (it, None) if isinstance(it, str) else (str(it[0]), int(it[1]))
+                try:
+                    applied.append(self._apply(con, sid, action, label, client, at, by, ver, batch))
+                except StaleError:
+                    stale.append(sid)
+                except ReviewError as exc:  # e.g. accept where the suggestion is the label: skip, say why
+                    refused.append((sid, str(exc)))
+        return BatchResult(batch if applied else None, applied, stale, refused)
+
+    def undo(self, client: str = "", by: str = "local") -> list[Decision]:
+        """Revert this client's latest step not yet undone (one decision, or a whole batch).
+
+        Returns the reverted decisions (empty when there is nothing to undo).
+        """
+        at = _now()
+        live = ("FROM decisions d WHERE client = ? AND action != 'undo' "
+                "AND NOT EXISTS (SELECT 1 FROM decisions u WHERE u.undoes = d.seq)")
+        cols = "seq, sample_id, action, label, at, decided_by, batch"
+        with self._tx() as con:
+            row = con.execute(f"SELECT {cols} {live} ORDER BY seq DESC LIMIT 1", (client,)).fetchone()
             if row is None:
-                return None
-            seq, sid = row[0], row[1]
-            con.execute("INSERT INTO decisions(sample_id, action, label, client, at, undoes) VALUES (?,?,?,?,?,?)",
-                        (sid, "undo", None, client, at, seq))
-            self._recompute_state(con, sid)
-        return Decision(*row)
+                return []
+            rows = [row]
+            if row[6] is not None:
+                rows = con.execute(f"SELECT {cols} {live} AND batch = ? ORDER BY seq", (client, row[6])).fetchall()
+            ubatch = None
+            if len(rows) > 1:
+                ubatch = int(con.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM decisions").fetchone()[0])
+            out = []
+            for r in rows:
+                sid = r[1]
+                con.execute("INSERT INTO decisions(sample_id, action, label, client, at, undoes, decided_by, batch) "
+                            "VALUES (?,?,?,?,?,?,?,?)", (sid, "undo", None, client, at, r[0], by, ubatch))
+                self._recompute_state(con, sid)
+                out.append(Decision(*r, version=self._version(con, sid)))
+        return out
 
     @staticmethod
     def _recompute_state(con: sqlite3.Connection, sample_id: str) -> None:
         latest = con.execute(
-            "SELECT seq, action, label, at FROM decisions d WHERE sample_id = ? AND action != 'undo' "
+            "SELECT seq, action, label, at, decided_by FROM decisions d WHERE sample_id = ? AND action != 'undo' "
             "AND NOT EXISTS (SELECT 1 FROM decisions u WHERE u.undoes = d.seq) ORDER BY seq DESC LIMIT 1",
             (sample_id,)).fetchone()
         if latest is None:
             con.execute("DELETE FROM state WHERE sample_id = ?", (sample_id,))
         else:
-            seq, action, label, at = latest
-            con.execute("INSERT OR REPLACE INTO state VALUES (?,?,?,?,?)",
-                        (sample_id, DECISION_STATUS[action], label, at, seq))
+            seq, action, label, at, by = latest
+            con.execute("INSERT OR REPLACE INTO state(sample_id, status, final_label, decided_at, seq, decided_by) "
+                        "VALUES (?,?,?,?,?,?)", (sample_id, DECISION_STATUS[action], label, at, seq, by))
+
+    def recent(self, client: str | None = None, limit: int = 5) -> pd.DataFrame:
+        """The latest log rows (of ``client``, or everyone's), newest first: what a reconnecting reviewer checks."""
+        where, args = ("WHERE client = ?", [client]) if client is not None else ("", [])
+        with self._read() as con:
+            return pd.read_sql_query(f"SELECT * FROM decisions {where} ORDER BY seq DESC LIMIT ?", con,
+                                     params=[*args, limit])
+
+    # -- reviewer's place -----------------------------------------------------
+    def save_cursor(self, owner: str, filter_json: str, sample_id: str | None) -> None:
+        """Remember ``owner``'s filter and card (restored after a reload or a restart).
+
+        Not a decision: committed without an fsync (``synchronous=NORMAL``), so keeping the
+        place does not double the cost of a key press; a crash may lose the last move only.
+        """
+        con = self._connect()
+        try:
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("INSERT OR REPLACE INTO cursors(owner, filter, sample_id, at) VALUES (?,?,?,?)",
+                        (owner, filter_json, sample_id, _now()))  # autocommit: one statement
+        finally:
+            con.close()
+
+    def cursor(self, owner: str) -> tuple[str, str | None] | None:
+        """``(filter_json, sample_id)`` saved by :meth:`save_cursor`, or None."""
+        with self._read() as con:
+            row = con.execute("SELECT filter, sample_id FROM cursors WHERE owner = ?", (owner,)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def log(self) -> pd.DataFrame:
         """The full decision log, oldest first."""
@@ -319,10 +471,11 @@ class ReviewStore:
             return pd.read_sql_query("SELECT * FROM decisions ORDER BY seq", con)
 
     def current(self) -> pd.DataFrame:
-        """Current decision per decided sample: ``id, status, final_label, decided_at``."""
+        """Current decision per decided sample: ``id, status, final_label, decided_at, decided_by``."""
         with self._read() as con:
             return pd.read_sql_query(
-                "SELECT sample_id AS id, status, final_label, decided_at FROM state ORDER BY sample_id", con)
+                "SELECT sample_id AS id, status, final_label, decided_at, decided_by FROM state ORDER BY sample_id",
+                con)
 
     def scores(self) -> pd.DataFrame:
         with self._read() as con:

@@ -56,9 +56,11 @@ def zygote() -> None:
         print(pid, flush=True)
 
 
-def decide(base: str, sample_id: str, action: str) -> dict:
-    """One decision through the Gradio queue; returns the committed decision (raises if none came back)."""
-    body = json.dumps({"data": [sample_id, action, ""]}).encode()
+def decide(base: str, store: ReviewStore, sample_id: str, action: str) -> dict:
+    """One decision through the app's ``decide`` route, the one the review keys and buttons call, with the
+    sample's current version as a reviewer's card would carry it; returns the server's acknowledgement."""
+    version = int(store.sample(sample_id)["version"])
+    body = json.dumps({"data": ["kill9-session", "kill9-client", sample_id, version, action, ""]}).encode()
     req = urllib.request.Request(base + "gradio_api/call/decide", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=15) as r:
         event_id = json.loads(r.read())["event_id"]
@@ -67,7 +69,8 @@ def decide(base: str, sample_id: str, action: str) -> dict:
     lines = stream.splitlines()
     for i, line in enumerate(lines):
         if line.strip() == "event: complete":
-            return json.loads(lines[i + 1].removeprefix("data:").strip())[0]
+            ack = json.loads(json.loads(lines[i + 1].removeprefix("data:").strip())[0])
+            return {**ack, "action": action}
     raise ConnectionError(f"no decision acknowledged: {stream[-300:]!r}")
 
 
@@ -106,7 +109,7 @@ def test_acknowledged_decisions_survive_ten_kill9(tmp_path, cifar_small, tiny_cl
                            stdout=subprocess.PIPE, text=True)
     acked: list[dict] = []
     rng = random.Random(0)
-    actions = ["accept", "keep", "exclude"]
+    actions = ["keep", "exclude"]  # valid on any sample (accept needs a suggestion unlike the label)
     t0 = time.perf_counter()
     try:
         for cycle in range(KILLS):
@@ -114,18 +117,19 @@ def test_acknowledged_decisions_survive_ten_kill9(tmp_path, cifar_small, tiny_cl
             zyg.stdin.flush()
             pid = int(zyg.stdout.readline())
             wait_ready(base, pid)
+            reader = ReviewStore(home / "review.sqlite")  # the versions a reviewer's cards would show
             stop, mine = threading.Event(), []
 
-            def client(cycle=cycle, mine=mine, stop=stop):
+            def client(cycle=cycle, mine=mine, stop=stop, reader=reader):
                 n = 0
                 while not stop.is_set():
-                    sid, action = ids[(cycle * 7 + n) % len(ids)], actions[n % 3]
+                    sid, action = ids[(cycle * 7 + n) % len(ids)], actions[n % 2]
                     n += 1
                     try:
-                        d = decide(base, sid, action)
+                        d = decide(base, reader, sid, action)
                     except (OSError, ValueError, http.client.HTTPException):
                         return  # the server died under this request: not acknowledged
-                    assert d["sample_id"] == sid and d["action"] == action
+                    assert d["status"] == "applied" and d["sample_id"] == sid, d
                     mine.append(d)
 
             t = threading.Thread(target=client, daemon=True)

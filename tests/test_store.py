@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from deft.curation import EXPORT_COLUMNS, curated_labels, export_table, read_curated, write_export
-from deft.store import ReviewError, ReviewStore
+from deft.review import ReviewFilter, ReviewQueue, suggestions
+from deft.store import ReviewError, ReviewStore, StaleError
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -68,23 +69,86 @@ def test_undo_is_exact_and_logged(store):
     store.decide(ids[0], "accept", client="a")
     store.decide(ids[0], "exclude", client="a")
     store.decide(ids[1], "keep", client="b")
-    undone = store.undo(client="a")
+    [undone] = store.undo(client="a")
     assert undone.sample_id == ids[0] and undone.action == "exclude"
     assert store.sample(ids[0])["status"] == "accepted"  # back to the previous decision
     store.undo(client="a")
     assert store.sample(ids[0])["status"] is None  # pending again
-    assert store.undo(client="a") is None  # nothing left for a; b's decision untouched
+    assert store.undo(client="a") == []  # nothing left for a; b's decision untouched
     assert store.sample(ids[1])["status"] == "kept"
     log = store.log()
     assert list(log["action"]) == ["accept", "exclude", "keep", "undo", "undo"]
     assert list(log["undoes"].dropna().astype(int)) == [2, 1]
 
 
-def test_batch_accept(store):
+def test_batch_accept_is_one_undo_step(store):
     q = store.query()
     high = q[q["suggestion_conf"] >= 0.3]["id"].tolist()
-    assert store.decide_many(high, "accept", client="a") == len(high)
-    assert store.count()["reviewed"] == len(high)
+    store.decide(q["id"].iloc[0], "keep", client="a")
+    res = store.decide_many(high, "accept", client="a")
+    assert len(res.applied) == len(high) >= 2 and res.stale == [] and res.batch is not None
+    assert store.count()["reviewed"] == len(high) + (q["id"].iloc[0] not in high)
+    undone = store.undo(client="a")  # the whole batch, in one step
+    assert sorted(d.sample_id for d in undone) == sorted(high)
+    assert all(store.sample(i)["status"] is None for i in high if i != q["id"].iloc[0])
+    assert [d.action for d in store.undo(client="a")] == ["keep"]  # then the single decision before it
+
+
+def test_stale_action_is_refused_and_nothing_written(store):
+    sid = store.query()["id"].iloc[0]
+    v0 = store.sample(sid)["version"]
+    assert v0 == 0
+    d = store.decide(sid, "keep", client="a", by="alice", expected_version=v0)
+    assert d.version == 1 and store.sample(sid)["version"] == 1
+    n = len(store.log())
+    with pytest.raises(StaleError, match="changed since you saw it.*kept by alice"):
+        store.decide(sid, "exclude", client="b", by="bob", expected_version=v0)
+    assert len(store.log()) == n and store.sample(sid)["status"] == "kept"
+    store.undo(client="a")
+    assert store.sample(sid)["version"] == 2  # an undo is a new version too: a card shown before it is stale
+    with pytest.raises(StaleError, match="pending again"):
+        store.decide(sid, "exclude", expected_version=1)
+    res = store.decide_many([(sid, 1), (store.query()["id"].iloc[1], 0)], "keep", client="a")
+    assert res.stale == [sid] and len(res.applied) == 1
+
+
+def test_decided_by_in_state_and_export(store):
+    sid = store.query()["id"].iloc[0]
+    store.decide(sid, "keep", by="alice")
+    assert store.sample(sid)["decided_by"] == "alice"
+    assert store.export().set_index("path").loc[sid, "decided_by"] == "alice"
+
+
+def test_relabel_to_the_same_label_is_refused_and_never_offered(store):
+    row = store.query().iloc[0].to_dict()
+    with pytest.raises(ReviewError, match="already labelled"):
+        store.decide(row["id"], "relabel", row["label"])
+    item = dict(row, suggestion=row["label"], zs1=row["label"], zs2="dog", zs3="fish")
+    offered = [s.label for s in suggestions(item)]
+    assert row["label"] not in offered and offered
+    con = sqlite3.connect(store.path)
+    with con:
+        con.execute("UPDATE samples SET suggestion = label WHERE id = ?", (row["id"],))
+    con.close()
+    with pytest.raises(ReviewError, match="use keep"):  # accepting a suggestion equal to the label
+        store.decide(row["id"], "accept")
+
+
+def test_queue_acts_on_the_named_sample_and_keeps_place(store):
+    a = ReviewQueue(store, ReviewFilter(status="pending"), client="tab-a", user="alice")
+    b = ReviewQueue(store, ReviewFilter(status="pending"), client="tab-b", user="bob")
+    ca, cb = a.current(), b.current()
+    assert ca["id"] == cb["id"]
+    a.act(ca["id"], ca["version"], "keep")
+    with pytest.raises(StaleError):  # b still shows the card a just decided
+        b.act(cb["id"], cb["version"], "exclude")
+    assert b.current()["id"] == ca["id"] or store.sample(ca["id"])["status"] == "kept"
+    nxt = a.current()
+    assert nxt["id"] != ca["id"]
+    a.save_place()
+    again = ReviewQueue(store, client="tab-a")
+    assert again.restore_place() and again.current()["id"] == nxt["id"] and again.filter.status == "pending"
+    assert a.next_pending()["status"] == "pending"
 
 
 def test_resume_after_reopen(tmp_path):
@@ -109,7 +173,7 @@ def test_concurrent_threads_last_write_wins_and_all_logged(store):
         try:
             for _ in range(20):
                 for sid in ids:
-                    store.decide(sid, "relabel", label, client=client)
+                    store.decide(sid, *_relabel_or_keep(sid, label), client=client)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -128,10 +192,15 @@ def test_concurrent_threads_last_write_wins_and_all_logged(store):
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def _relabel_or_keep(sid, label):
+    """Relabel to ``label``, or keep when that is already the sample's label (relabel-to-same is refused)."""
+    return ("keep", None) if sid.startswith(label + "/") else ("relabel", label)
+
+
 def _proc(path, client, label, ids):
     s = ReviewStore(path)
     for sid in ids:
-        s.decide(sid, "relabel", label, client=client)
+        s.decide(sid, *_relabel_or_keep(sid, label), client=client)
 
 
 def test_concurrent_processes(store):
@@ -188,3 +257,22 @@ def test_count_query_matches_the_query_for_every_filter(store):
                     kw = dict(suspects=suspects, label=label, status=status, margin_min=mmin, margin_max=mmax)
                     assert store.count_query(**kw) == len(store.query(**kw, limit=-1)), kw
     assert store.count()["reviewed"] == 2 and store.count()["suspects"] == 6
+
+
+def test_thumbnails_are_immutable_content_addressed_files(tmp_path):
+    from PIL import Image
+
+    from deft.thumbs import thumbnail_file
+
+    src = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(src)
+    first = thumbnail_file(src, 64, tmp_path / "cache")
+    st = first.stat()
+    again = thumbnail_file(src, 64, tmp_path / "cache")
+    assert again == first and again.stat().st_ino == st.st_ino and again.stat().st_mtime_ns == st.st_mtime_ns
+    assert Image.open(first).size == (64, 48)
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(src)  # replaced image, same name: a new thumbnail file
+    changed = thumbnail_file(src, 64, tmp_path / "cache")
+    assert changed != first and first.is_file() and first.stat().st_mtime_ns == st.st_mtime_ns
+    assert thumbnail_file(src, 32, tmp_path / "cache") != changed  # the size is part of the name
+    assert not list((tmp_path / "cache").rglob(".tmp-*"))  # no temporary files left behind

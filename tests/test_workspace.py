@@ -1,8 +1,10 @@
 """The app's server-side layer without a browser: two tabs on one run, offline model error, export."""
 
 import pandas as pd
+import pytest
 
 from deft.curation import EXPORT_COLUMNS
+from deft.review import StaleError
 from ui.workspace import AppSettings, Workspace
 
 from .conftest import ROOT
@@ -20,25 +22,40 @@ def _ready(tmp_path, model) -> Workspace:
     return ws
 
 
-def test_two_tabs_last_write_wins_and_undo_is_per_tab(tmp_path, tiny_clip_dir):
+def test_two_tabs_stale_refused_and_undo_is_per_tab(tmp_path, tiny_clip_dir):
     ws = _ready(tmp_path, tiny_clip_dir)
-    a, b = ws.queue("tab-a"), ws.queue("tab-b")
-    sid = a.current()["id"]
+    a, b = ws.queue("tab-a", "alice"), ws.queue("tab-b", "bob")
+    item = a.current()
+    sid = item["id"]
     assert b.current()["id"] == sid  # both tabs start on the worst suspect
-    a.act("relabel", "cat")
-    b.act("relabel", "dog")  # later write wins
-    assert ws.store.sample(sid)["final_label"] == "dog"
+    to_a, to_b = [c for c in ws.store.classes if c != item["label"]][:2]
+    a.act(sid, item["version"], "relabel", to_a)
+    with pytest.raises(StaleError):  # b acts on the version it saw: refused, nothing written
+        b.act(sid, item["version"], "relabel", to_b)
+    fresh = ws.store.sample(sid)
+    b.act(sid, fresh["version"], "relabel", to_b)  # after seeing the new state, b may overrule
+    assert ws.store.sample(sid)["final_label"] == to_b and ws.store.sample(sid)["decided_by"] == "bob"
     a.undo()  # tab a undoes *its* decision: b's later one stays
-    assert ws.store.sample(sid)["final_label"] == "dog"
+    assert ws.store.sample(sid)["final_label"] == to_b
     b.undo()
     assert ws.store.sample(sid)["status"] is None
     assert list(ws.store.log()["client"]) == ["tab-a", "tab-b", "tab-a", "tab-b"]
 
 
+def test_sessions_do_not_share_datasets(tmp_path, cifar_small):
+    from ui.workspace import Workspaces
+
+    reg = Workspaces(AppSettings(data=str(DEMO), runs=tmp_path / "runs", device="cpu"))
+    reg.get("a").load(str(DEMO))
+    reg.get("b").load(str(cifar_small))  # a second client loads another dataset
+    assert reg.get("a").dataset.N == 400 and reg.get("b").dataset.N == 60
+
+
 def test_restart_reopens_latest_detection_and_decisions(tmp_path, tiny_clip_dir):
     ws = _ready(tmp_path, tiny_clip_dir)
-    sid = ws.queue("t").current()["id"]
-    ws.queue("t").act("exclude")
+    item = ws.queue("t").current()
+    sid = item["id"]
+    ws.queue("t").act(sid, item["version"], "exclude")
     again = Workspace(ws.settings)
     again.load(str(DEMO))
     assert again.run is not None and again.store.sample(sid)["status"] == "excluded"
@@ -73,11 +90,13 @@ def test_cli_export_sees_the_decisions_made_in_the_app(tmp_path, tiny_clip_dir):
 
     ws = _ready(tmp_path, tiny_clip_dir)
     q = ws.queue("t")
-    sid = q.current()["id"]
-    q.act("relabel", "cat")
+    item = q.current()
+    sid = item["id"]
+    to = next(c for c in ws.store.classes if c != item["label"])
+    q.act(sid, item["version"], "relabel", to)
     out = tmp_path / "cli.csv"
     assert main(["export", str(ws.run.path), "--out", str(out)]) == 0
     rows = pd.read_csv(out, keep_default_na=False).set_index("path")
-    assert rows.loc[sid, "status"] == "relabelled" and rows.loc[sid, "final_label"] == "cat"
+    assert rows.loc[sid, "status"] == "relabelled" and rows.loc[sid, "final_label"] == to
     app_csv, _, _ = ws.export()
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(app_csv))

@@ -1,10 +1,14 @@
 """Server-side state of the app: dataset, detection runs, review store, background jobs.
 
-One Workspace per server, passed to the UI builder (no module-level state).
+One :class:`Workspace` per browser session (a load by one client never changes what
+another is reviewing), kept by a :class:`Workspaces` registry that the UI builder
+gets (no module-level state). Two sessions on one dataset share its review.sqlite,
+which is safe: every action names the sample and version it was shown.
 Layout under ``runs/``::
 
     runs/<dataset-key>/review.sqlite            decisions (survive re-detection)
     runs/<dataset-key>/detect-<config-hash>/    one deft run per detection setting
+    runs/.thumbs/                               content-addressed thumbnails (never rewritten)
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +26,7 @@ from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.jobs import Job
-from deft.review import ReviewFilter, ReviewQueue
+from deft.review import ReviewFilter, ReviewQueue, dataset_key
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
@@ -40,11 +45,6 @@ class AppSettings:
     data_roots: tuple[str, ...] = ()  # folders datasets may be read from (empty: no restriction, library use)
 
 
-def dataset_key(source: str) -> str:
-    p = Path(source).resolve()
-    return f"{p.stem or p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
-
-
 @dataclass
 class Workspace:
     settings: AppSettings
@@ -53,6 +53,7 @@ class Workspace:
     store: ReviewStore | None = None
     job: Job | None = None
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
+    datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -67,7 +68,7 @@ class Workspace:
         if self.settings.data_roots:  # refuse paths outside the data roots before touching them
             roots = DataRoots.of(self.settings.data_roots)
             source, root = str(roots.check(source)), root and str(roots.check(root))
-        ds = load_dataset(source, root or None)
+        ds = self._import(source, root or None)
         with self._lock:
             self.dataset, self.run, self.store = ds, None, None
             self.queues.clear()
@@ -76,6 +77,16 @@ class Workspace:
                           key=lambda p: (p / "scores.parquet").stat().st_mtime)
             if runs:
                 self.attach(Run.open(runs[-1]))
+        return ds
+
+    def _import(self, source: str, root: str | None) -> Dataset:
+        if self.datasets is None:
+            return load_dataset(source, root)
+        p = Path(source)
+        key = (str(p.resolve()), root, p.stat().st_mtime_ns if p.exists() else 0)
+        ds = self.datasets.get(key)
+        if ds is None:
+            ds = self.datasets[key] = load_dataset(source, root)
         return ds
 
     def attach(self, run: Run) -> None:
@@ -132,14 +143,21 @@ class Workspace:
         return self._start("training", fn)
 
     # -- review ---------------------------------------------------------------
-    def queue(self, client: str) -> ReviewQueue:
+    def queue(self, client: str, user: str = "local") -> ReviewQueue:
+        """``client``'s review queue (its place and filters restored from the store on first use)."""
         if self.store is None:
             raise RuntimeError("no detection results yet: run detection first (Detect tab)")
         with self._lock:
             q = self.queues.get(client)
             if q is None or q.store is not self.store:
-                q = self.queues[client] = ReviewQueue(self.store, ReviewFilter(), 0, client)
+                q = self.queues[client] = ReviewQueue(self.store, ReviewFilter(), None, client, user)
+                q.restore_place()
+            q.user = user
             return q
+
+    @property
+    def thumbs(self) -> Path:
+        return Path(self.settings.runs).resolve() / ".thumbs"
 
     def export(self, pseudo: bool = False) -> tuple[Path, Path, pd.DataFrame]:
         if self.store is None:
@@ -149,3 +167,28 @@ class Workspace:
         csv = write_export(df, out / "cleaned_labels.csv")
         pq = write_export(df, out / "cleaned_labels.parquet")
         return csv, pq, df
+
+
+@dataclass
+class Workspaces:
+    """One :class:`Workspace` per browser session, created on first use (least recently used dropped past ``cap``)."""
+
+    settings: AppSettings
+    cap: int = 64
+    _sessions: OrderedDict = field(default_factory=OrderedDict)
+    _datasets: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, session: str) -> Workspace:
+        with self._lock:
+            ws = self._sessions.get(session)
+            if ws is None:
+                ws = self._sessions[session] = Workspace(self.settings, datasets=self._datasets)
+                while len(self._sessions) > self.cap:
+                    old_key = next(iter(self._sessions))
+                    old = self._sessions[old_key]
+                    if old.job is not None and old.job.running:
+                        break  # never drop a session whose job is still running
+                    self._sessions.pop(old_key)
+            self._sessions.move_to_end(session)
+            return ws

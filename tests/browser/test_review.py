@@ -1,0 +1,321 @@
+"""Review cockpit in a real browser, two browser contexts (two reviewers) acting at once on one server.
+
+One detection run (tiny random CLIP on the bundled demo) and one ``python app.py`` serve every test
+in this module. Each test works in its own class (a filter) so the tests don't see each other's
+decisions. Every page records each card it rendered (a MutationObserver on ``#card``); the proof of
+integrity is that every decision in the SQLite log names a sample its context had on screen.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from PIL import Image
+
+from deft.store import ReviewStore
+from ui.workspace import AppSettings, Workspace, dataset_key
+
+from ..conftest import ROOT
+from .conftest import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+DEMO = ROOT / "assets" / "demo"
+
+# every card a page renders, in order (sid@version): what the reviewer was shown
+RECORD_SHOWN = """
+window.__shown = [];
+window.__msgs = [];
+new MutationObserver(() => {
+  const c = document.getElementById('card');
+  if (c && c.dataset.sid) {
+    const k = c.dataset.sid + '@' + c.dataset.ver;
+    if (window.__shown[window.__shown.length - 1] !== k) window.__shown.push(k);
+  }
+  const m = document.getElementById('review-msg');
+  const t = m ? m.innerText.trim() : '';
+  if (t && window.__msgs[window.__msgs.length - 1] !== t) window.__msgs.push(t);
+}).observe(document, {subtree: true, childList: true, attributes: true});
+"""
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_clip_dir):
+    """One detection run and one server for the module: ``(server, store)``."""
+    tmp = tmp_path_factory.mktemp("review-app")
+    runs = tmp / "runs"
+    ws = Workspace(AppSettings(data=str(DEMO), model=str(tiny_clip_dir), runs=runs, device="cpu"))
+    ws.load(str(DEMO))
+    job = ws.start_detect(str(tiny_clip_dir), False, 1)
+    job.join(300)
+    assert job.status == "done", job.error
+    server = Server(["--data", str(DEMO), "--model", str(tiny_clip_dir), "--runs", str(runs)],
+                    tmp / "server.log").start()
+    try:
+        yield server, ReviewStore(runs / dataset_key(str(DEMO)) / "review.sqlite")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def two(app, browser):
+    """Two reviewers: separate browser contexts (own storage, own client id) on the Review tab."""
+    server, store = app
+    pages = []
+    for _ in range(2):
+        ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+        ctx.add_init_script(RECORD_SHOWN)
+        page = ctx.new_page()
+        page.goto(server.url)
+        open_review(page)
+        pages.append(page)
+    yield pages
+    for p in pages:
+        p.context.close()
+
+
+def open_review(page):
+    page.get_by_role("tab", name="3 · Review").click()
+    page.wait_for_selector("#card-id", timeout=60_000)
+
+
+def card(page) -> tuple[str, int]:
+    c = page.locator("#card")
+    return c.get_attribute("data-sid"), int(c.get_attribute("data-ver"))
+
+
+def client_id(page) -> str:
+    return page.evaluate("() => document.querySelector('#client-id textarea, #client-id input').value")
+
+
+def shown(page) -> set[str]:
+    return {k.split("@")[0] for k in page.evaluate("() => window.__shown")}
+
+
+def wait_msg(page, sel, needle, timeout=20_000):
+    page.wait_for_function(
+        "([s, n]) => { const e = document.querySelector(s); return e && e.innerText.includes(n); }",
+        arg=[sel, needle], timeout=timeout)
+
+
+def wait_card(page, pred_js, arg, timeout=20_000):
+    page.wait_for_function(f"(a) => {{ const c = document.getElementById('card'); return c && ({pred_js}); }}",
+                           arg=arg, timeout=timeout)
+
+
+def choose(page, elem_id, value):
+    """Pick ``value`` in a Gradio dropdown as a user does (type, Enter)."""
+    inp = page.locator(f"#{elem_id} input")
+    inp.click()
+    inp.fill(value)
+    inp.press("Enter")
+
+
+def set_class(page, cls):
+    choose(page, "f-class", cls)
+    wait_card(page, "document.getElementById('card-label') && "
+                    "document.getElementById('card-label').innerText === a", cls)
+
+
+def log_of(store, page):
+    log = store.log()
+    return log[log["client"] == client_id(page)]
+
+
+def assert_only_shown(store, pages):
+    """Nothing was applied to a sample its context did not show."""
+    for page in pages:
+        decided = set(log_of(store, page).query("action != 'undo'")["sample_id"])
+        assert decided <= shown(page), decided - shown(page)
+
+
+def test_two_reviewers_at_once_never_decide_an_unseen_sample(two, app):
+    _, store = app
+    a, b = two
+    for p in two:
+        set_class(p, "airplane")
+    for _ in range(4):  # both press at once, each on the card it shows (often the same one)
+        sa, sb = card(a), card(b)
+        a.keyboard.press("k")
+        b.keyboard.press("x")
+        wait_card(a, "c.dataset.sid !== a[0] || c.dataset.ver !== String(a[1])", list(sa))
+        wait_card(b, "c.dataset.sid !== a[0] || c.dataset.ver !== String(a[1])", list(sb))
+        for page, (sid, _ver) in ((a, sa), (b, sb)):
+            mine = log_of(store, page)
+            hit = mine[mine["sample_id"] == sid]
+            # either applied to the card it showed, or refused as stale with a message
+            assert len(hit) == 1 or "changed since you saw it" in page.inner_text("#review-msg")
+    assert_only_shown(store, two)
+    # the refused reviewer saw the other's decision, with who made it
+    a.keyboard.press("p")
+    wait_msg(a, "#card", "by local")
+    exp = store.export().set_index("path")
+    decided = store.log()["sample_id"].iloc[-1]
+    assert exp.loc[decided, "decided_by"] == "local"
+
+
+def test_stale_version_is_refused_through_the_route_the_browser_uses(two, app):
+    _, store = app
+    a, b = two
+    for p in two:
+        set_class(p, "bird")
+    sid, ver = card(b)
+    assert card(a) == (sid, ver)
+    a.keyboard.press("x")
+    wait_card(a, "c.dataset.sid !== a", sid)
+    n = len(store.log())
+    b.keyboard.press("k")  # b still shows the old version of sid
+    wait_msg(b, "#review-msg", "changed since you saw it")
+    assert len(store.log()) == n and store.sample(sid)["status"] == "excluded"
+    wait_msg(b, "#card-status", "excluded")  # b's card refreshed to the current state
+    assert_only_shown(store, two)
+
+
+def test_suggestions_never_offer_the_given_label(two, app):
+    _, store = app
+    a = two[0]
+    set_class(a, "cat")
+    for _ in range(8):
+        sid, _ = card(a)
+        given = a.inner_text("#card-label")
+        offered = a.eval_on_selector_all("#card .deft-act", "els => els.map(e => e.dataset.label)")
+        assert given not in offered, (sid, given, offered)
+        a.keyboard.press("j")
+        wait_card(a, "c.dataset.sid !== a", sid)
+
+
+def test_batch_accept_preview_confirm_and_undo_as_one_step(two, app):
+    _, store = app
+    a, b = two
+    set_class(a, "deer")
+    a.locator("#batch-t input[type=number]").fill("0")
+    a.locator("#batch-t input[type=number]").press("Enter")
+    before = store.count()["reviewed"]
+    a.click("#btn-batch")
+    wait_msg(a, "#batch-msg", "Will accept")
+    n = int(a.inner_text("#batch-msg").split("Will accept ")[1].split()[0])
+    assert n >= 2 and store.count()["reviewed"] == before  # a preview applies nothing
+    # meanwhile reviewer b decides one of them: the batch skips it instead of overwriting
+    set_class(b, "deer")
+    b.keyboard.press("k")
+    wait_msg(b, "#review-msg", "kept for")
+    a.click("#btn-batch-confirm")
+    wait_msg(a, "#batch-msg", "Accepted ")
+    msg = a.inner_text("#batch-msg")
+    log = log_of(store, a)
+    assert log["batch"].nunique() == 1 and len(log) in (n, n - 1)
+    assert "skipped because they changed" in msg or len(log) == n
+    a.keyboard.press("u")
+    wait_msg(a, "#review-msg", f"Undid a batch of {len(log)}")
+    assert all(store.sample(s)["status"] is None for s in log["sample_id"])
+    assert_only_shown(store, [b])
+
+
+def test_place_filters_and_last_decisions_survive_reload(two, app):
+    _, store = app
+    a = two[0]
+    set_class(a, "dog")
+    choose(a, "f-status", "pending")
+    time.sleep(0.5)
+    sid, _ = card(a)
+    a.keyboard.press("k")
+    wait_msg(a, "#review-msg", f"kept for {sid} (u to undo)")  # one-line feedback
+    a.keyboard.press("j")
+    a.keyboard.press("j")
+    time.sleep(1.0)
+    here, _ = card(a)
+    a.reload()
+    open_review(a)
+    wait_card(a, "c.dataset.sid === a", here)
+    assert a.locator("#f-class input").input_value() == "dog"
+    assert a.locator("#f-status input").input_value() == "pending"
+    assert sid in a.inner_text("#recent")  # on reconnect: the last decisions recorded
+    a.keyboard.press("u")  # undo works after a reload: it is the log, not page state
+    wait_msg(a, "#review-msg", f"Undid: kept for {sid}")
+    assert store.sample(sid)["status"] is None
+    a.keyboard.press("n")  # jump to next pending
+    wait_msg(a, "#card-status", "pending")
+
+
+def test_keys_relabel_typeahead_radios_and_bursts(two, app):
+    _, store = app
+    a = two[0]
+    set_class(a, "frog")
+    a.locator("#f-show label").first.click()  # clicking a radio must not swallow the keys
+    sid, _ = card(a)
+    a.keyboard.press("z")  # full resolution of the card on screen
+    wait_msg(a, "#zoom-box", "px (full resolution)")
+    with Image.open(DEMO / sid) as im:
+        w, h = im.size
+    assert f"{sid} · {w}×{h} px" in a.inner_text("#zoom-box")
+    a.wait_for_function("(w) => { const i = document.querySelector('#zoom img'); "
+                        "return i && i.complete && i.naturalWidth === w; }", arg=w, timeout=20_000)  # served, full size
+    target = "horse"
+    a.keyboard.press("r")
+    a.keyboard.type(target)
+    a.keyboard.press("Enter")
+    wait_card(a, "c.dataset.sid !== a", sid)
+    assert store.sample(sid)["status"] == "relabelled" and store.sample(sid)["final_label"] == target
+    assert a.locator("#relabel-dd input").input_value() == ""  # cleared for the next card
+    a.locator("#f-show label").first.click()
+    before = len(log_of(store, a))
+    for _ in range(4):  # a burst faster than the server answers
+        a.keyboard.press("k")
+    a.wait_for_function(
+        "() => document.querySelector('#review-msg').innerText.includes('kept for') || "
+        "document.querySelector('#review-msg').innerText.includes('ignored a key press')", timeout=20_000)
+    time.sleep(2.0)  # let the queued presses land
+    burst = log_of(store, a).iloc[before:]
+    assert 1 <= len(burst) <= 4 and burst["sample_id"].is_unique  # never two decisions from one stale card
+    if len(burst) < 4:  # a press that arrived for a card already decided was reported, not silently dropped
+        assert any("ignored a key press" in m for m in a.evaluate("() => window.__msgs"))
+    assert_only_shown(store, [a])
+
+
+def test_grid_multiselect_apply_and_undo_two_contexts(two, app):
+    _, store = app
+    a, b = two
+    for p in two:
+        set_class(p, "ship")
+        p.get_by_role("tab", name="Grid").click()
+        p.wait_for_selector("#grid .tile")
+    heads = a.eval_on_selector_all("#grid .group h4", "els => els.map(e => e.innerText)")
+    assert heads and all(h.startswith("labelled ship, looks like ") for h in heads)
+    tiles = a.locator("#grid .tile")
+    assert 2 <= tiles.count() <= 36
+    tiles.nth(0).click()
+    tiles.nth(1).click()
+    a.keyboard.press("ArrowRight")
+    a.keyboard.press(" ")  # keyboard: select the third tile
+    chosen = a.eval_on_selector_all("#grid .tile.sel", "els => els.map(e => e.dataset.sid)")
+    assert len(chosen) == 3
+    # reviewer b selects the first tile too, before a applies
+    b.locator("#grid .tile").nth(0).click()
+    b_first = b.eval_on_selector_all("#grid .tile.sel", "els => els.map(e => e.dataset.sid)")
+    a.click("#btn-grid-exclude")
+    wait_msg(a, "#grid-msg", "Excluded 3 sample(s) as one batch")
+    assert all(store.sample(s)["status"] == "excluded" for s in chosen)
+    b.click("#btn-grid-keep")  # b's tile changed since b saw it: skipped, not overwritten
+    wait_msg(b, "#grid-msg", "skipped because they changed")
+    assert store.sample(b_first[0])["status"] == "excluded"
+    a.click("#btn-grid-undo")
+    wait_msg(a, "#grid-msg", "Undid a batch of 3")
+    assert all(store.sample(s)["status"] is None for s in chosen)
+    for page in two:  # grid decisions name tiles that page showed
+        tiles_seen = set(page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.sid)"))
+        assert set(log_of(store, page)["sample_id"]) <= tiles_seen | shown(page)
+
+
+def test_a_load_in_one_session_does_not_change_the_other(two, app, cifar_small):
+    _, store = app
+    a, b = two
+    sid, _ = card(a)
+    b.get_by_role("tab", name="1 · Dataset").click()
+    b.locator("#data-path textarea").fill(str(cifar_small))
+    b.click("#btn-load")
+    wait_msg(b, "#data-msg", "60 images")
+    a.keyboard.press("k")  # a still reviews the demo: its key lands on the demo card it shows
+    wait_msg(a, "#review-msg", f"kept for {sid}")
+    assert store.sample(sid)["status"] == "kept"
+    a.get_by_role("tab", name="1 · Dataset").click()
+    wait_msg(a, "#data-msg", "400 images")
