@@ -40,7 +40,7 @@ new MutationObserver(() => {
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, tiny_clip_dir):
+def app(tmp_path_factory, tiny_clip_dir, cifar_small):
     """One detection run and one server for the module: ``(server, store)``."""
     tmp = tmp_path_factory.mktemp("review-app")
     runs = tmp / "runs"
@@ -49,8 +49,8 @@ def app(tmp_path_factory, tiny_clip_dir):
     job = ws.start_detect(str(tiny_clip_dir), False, 1)
     job.join(300)
     assert job.status == "done", job.error
-    server = Server(["--data", str(DEMO), "--model", str(tiny_clip_dir), "--runs", str(runs)],
-                    tmp / "server.log").start()
+    server = Server(["--data", str(DEMO), "--model", str(tiny_clip_dir), "--runs", str(runs),
+                     "--data-root", str(DEMO), "--data-root", str(cifar_small)], tmp / "server.log").start()
     try:
         yield server, ReviewStore(runs / dataset_key(str(DEMO)) / "review.sqlite")
     finally:
@@ -306,11 +306,14 @@ def test_grid_multiselect_apply_and_undo_two_contexts(two, app):
         assert set(log_of(store, page)["sample_id"]) <= tiles_seen | shown(page)
 
 
-def test_a_load_in_one_session_does_not_change_the_other(two, app, cifar_small):
+def test_a_load_in_one_session_does_not_change_the_other(two, app, cifar_small, tiny_clip_dir):
     _, store = app
     a, b = two
     sid, _ = card(a)
     b.get_by_role("tab", name="1 · Dataset").click()
+    b.locator("#data-path textarea").fill(str(tiny_clip_dir))  # readable by the server, outside its data roots
+    b.click("#btn-load")
+    wait_msg(b, "#data-msg", "outside the data folders this server may read")
     b.locator("#data-path textarea").fill(str(cifar_small))
     b.click("#btn-load")
     wait_msg(b, "#data-msg", "60 images")
