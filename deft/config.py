@@ -59,7 +59,7 @@ class Phase1Config:
     # Pseudo-label (suggestion) for suspects: "zeroshot" = frozen zero-shot CLIP, as the seed method whose
     # Phase 2 gain is measured (METHOD.md, Table 4); "prompts" = the learned positive-prompt prediction.
     pseudo_source: str = "zeroshot"
-    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and native-bf16 CPUs) | fp32 | bf16
     attn_implementation: str = "sdpa"
     seed: int = 0
 
