@@ -24,9 +24,9 @@ from .images import Normalizer, decode_images, make_batch
 from .metrics import accuracy, confusion_matrix
 from .models import ClipBundle, load_clip
 from .models.vpt import vision_tokens
-from .phase1 import load_run_images
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
+from .run_images import load_run_images
 from .train_loop import train_epochs
 
 TRAINABLE_SETS = ("blocks", "all")
