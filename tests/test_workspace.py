@@ -100,3 +100,23 @@ def test_cli_export_sees_the_decisions_made_in_the_app(tmp_path, tiny_clip_dir):
     assert rows.loc[sid, "status"] == "relabelled" and rows.loc[sid, "final_label"] == to
     app_csv, _, _ = ws.export()
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(app_csv))
+
+
+@pytest.mark.slow
+def test_each_training_run_gets_its_own_folder_and_is_listed(tmp_path, tiny_clip_dir):
+    from ui.app import train_summary_md
+
+    ws = _ready(tmp_path, tiny_clip_dir)
+    assert ws.training_runs().empty
+    for _ in range(2):
+        job = ws.start_train("pseudo", 1)
+        job.join(300)
+        assert job.status == "done", job.error
+    res = job.result
+    assert res.out_dir == ws.run.phase2_dir / "002" and (ws.run.phase2_dir / "001" / "summary.json").is_file()
+    table = ws.training_runs()
+    assert list(table["run"]) == ["001", "002"] and set(table["mode"]) == {"pseudo"}
+    assert list(table["epochs"]) == ["1/1", "1/1"] and table["last acc"].str.endswith("%").all()
+    assert (table["held out on"] == res.heldout).all() and "curated rows held out at random" in res.heldout
+    md = train_summary_md(res)
+    assert "Held-out accuracy" in md and "Validation" not in md and "no test split" in md

@@ -235,6 +235,14 @@ def progress_html(job) -> str:
     return f'<div class="pbar"><div style="width:{pct:.1f}%"></div></div><p id="job-status">{" · ".join(parts)}</p>'
 
 
+def train_summary_md(res) -> str:
+    """The Train tab's result line: last/best held-out accuracy and what it is measured against."""
+    meta = res.classifier.meta
+    return (f"### Held-out accuracy: last **{res.last_val_acc:.2%}**, best **{res.best_val_acc:.2%}**\n"
+            f"Measured on {html.escape(res.heldout or 'the held-out rows')}. Trained on {meta['n_train']} "
+            f"curated samples; model saved to `{res.out_dir}` (best epoch in `{res.out_dir / 'best'}`).")
+
+
 def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.HTML]:
     """Start / Cancel buttons, a message line and a progress bar for a background job."""
     with gr.Row():
@@ -418,18 +426,21 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     g_what = gr.Textbox(elem_id="grid-action")
                     g_btn = gr.Button("grid act", elem_id="btn-grid-act")
             # ---------------------------------------------------------------- Train
-            with gr.Tab("4 · Train", id="train"):
+            with gr.Tab("4 · Train", id="train") as train_tab:
                 with gr.Row():
                     mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
                                         ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                                        value="relabels", label="Training set")
                     tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1)
                 train_btn, tcancel_btn, train_msg, train_prog = job_controls("Train classifier", "train")
-                curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / validation accuracy",
+                curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy",
                                          height=260)
                 train_summary = gr.Markdown(elem_id="train-summary")
-                confusion = gr.Dataframe(label="Confusion matrix, validation split (rows: label, cols: predicted)",
+                confusion = gr.Dataframe(label="Confusion matrix on the held-out rows (rows: label, cols: predicted)",
                                          interactive=False)
+                train_runs = gr.Dataframe(label="Past training runs (each in its own folder under RUN/phase2; "
+                                                "an interrupted one resumes when run again with the same set)",
+                                          interactive=False, elem_id="train-runs")
             # ---------------------------------------------------------------- Export
             with gr.Tab("5 · Export", id="export"):
                 pseudo_in = gr.Checkbox(False, label="Fill unreviewed suspects with their suggested label (pseudo)")
@@ -549,17 +560,15 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                           "value": e.get("clean_frac", 0.0), "series": "clean fraction"} for e in epochs]
                 return pd.DataFrame(rows) if rows else None
             rows = [{"epoch": e["epoch"], "value": e.get("loss", 0.0), "series": "train loss"} for e in epochs]
-            rows += [{"epoch": e["epoch"], "value": e.get("val_acc", 0.0), "series": "val accuracy"} for e in epochs]
+            rows += [{"epoch": e["epoch"], "value": e.get("val_acc", 0.0), "series": "held-out accuracy"}
+                     for e in epochs]
             return pd.DataFrame(rows) if rows else None
 
         def train_results(job):
             res = job.result
             cm = pd.DataFrame(res.confusion, index=res.classifier.classes, columns=res.classifier.classes)
             cm.insert(0, "label", res.classifier.classes)
-            msg = (f"### Validation accuracy: last **{res.last_val_acc:.2%}**, best **{res.best_val_acc:.2%}** "
-                   f"({res.classifier.meta['n_train']} train / {res.classifier.meta['n_val']} val)\n"
-                   f"Model saved to `{res.out_dir}` (best epoch in `{res.out_dir / 'best'}`).")
-            return msg, cm
+            return train_summary_md(res), cm
 
         seen: dict[str, tuple[int, str]] = {}
 
@@ -586,6 +595,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 out[5], out[6] = prog, curves
                 if job.status == "done":
                     out[7], out[8] = train_results(job)
+                elif job.status == "cancelled":  # also refreshes the list of runs (train_summary.change)
+                    out[7] = "Training cancelled: run it again with the same set to resume at the next epoch."
             return tuple(out)
 
         # ---- review: every handler renders the card from the store (the log is the truth)
@@ -825,6 +836,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
         cancel_btn.click(on_cancel, session, det_msg)
         train_btn.click(on_train, [session, mode_in, tep_in], train_msg)
         tcancel_btn.click(on_cancel, session, train_msg)
+        for ev in (train_tab.select, train_summary.change):
+            ev(lambda sid: reg.get(sid).training_runs(), session, train_runs, api_visibility="private")
         export_btn.click(on_export, [session, pseudo_in], [export_msg, export_files, export_preview])
         timer.tick(on_tick, session, [det_prog, loss_plot, det_summary, rate_plot, hist_plot,
                                       train_prog, curve_plot, train_summary, confusion, f_class])

@@ -30,6 +30,7 @@ from deft.review import ReviewFilter, ReviewQueue, dataset_key
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
+from deft.train_runs import fingerprint, folder_for, list_training_runs, runs_table
 
 
 @dataclass
@@ -138,9 +139,17 @@ class Workspace:
 
         def fn(progress, cancel):
             curated = curated_labels(store.export(), mode)
-            return train_classifier(run, curated, cfg, device=self.settings.device, progress=progress, cancel=cancel)
+            # one folder per training run; an interrupted run on the same labels and config resumes there
+            out = folder_for(run.phase2_dir, fingerprint(cfg.to_dict(), curated[["id", "label"]]))
+            with run_folder_lock(out):
+                return train_classifier(run, curated, cfg, out=out, device=self.settings.device, progress=progress,
+                                        cancel=cancel, tags={"mode": mode})
 
         return self._start("training", fn)
+
+    def training_runs(self) -> pd.DataFrame:
+        """The current detection run's past training runs (mode, epochs, last/best accuracy, held out on)."""
+        return runs_table(list_training_runs(self.run.phase2_dir) if self.run is not None else [])
 
     # -- review ---------------------------------------------------------------
     def queue(self, client: str, user: str = "local") -> ReviewQueue:
