@@ -120,3 +120,17 @@ def test_each_training_run_gets_its_own_folder_and_is_listed(tmp_path, tiny_clip
     assert (table["held out on"] == res.heldout).all() and "curated rows held out at random" in res.heldout
     md = train_summary_md(res)
     assert "Held-out accuracy" in md and "Validation" not in md and "no test split" in md
+
+
+@pytest.mark.slow
+def test_detect_tab_curves_in_epochs_and_planted_errors_of_the_demo(tmp_path, tiny_clip_dir):
+    ws = _ready(tmp_path, tiny_clip_dir)
+    loss, clean = ws.detect_curves(ws.job)
+    assert list(clean["epoch"]) == [1.0] and clean["clean fraction"].between(0, 1).all()
+    per_step = loss.loc[loss["series"] == "loss per step", "epoch"]
+    assert len(per_step) > 1 and per_step.max() == 1.0 and per_step.min() > 0  # x in epochs, not steps
+    ws2 = Workspace(ws.settings)  # a reload: the curve comes from the run's log
+    ws2.load(str(DEMO))
+    assert ws2.detect_curves()[1].equals(clean)
+    m = ws.planted_summary()  # the demo's PLANTED.csv lists 40 planted errors
+    assert m is not None and m["n_planted"] == 40 and 0 <= m["caught"] <= min(40, m["n_suspects"])

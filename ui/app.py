@@ -14,6 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
+from deft.monitor import planted_line
 from deft.review import ReviewFilter, ReviewQueue, StaleError, group_title, suggestions
 from deft.store import BatchResult, Decision
 from deft.thumbs import thumbnail_file
@@ -235,6 +236,11 @@ def progress_html(job) -> str:
     return f'<div class="pbar"><div style="width:{pct:.1f}%"></div></div><p id="job-status">{" · ".join(parts)}</p>'
 
 
+def plot_frames(frames) -> tuple:
+    """Frames for plots; an empty one clears its plot."""
+    return tuple(None if f is None or f.empty else f for f in frames)
+
+
 def train_summary_md(res) -> str:
     """The Train tab's result line: last/best held-out accuracy and what it is measured against."""
     meta = res.classifier.meta
@@ -348,8 +354,10 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1)
                 run_btn, cancel_btn, det_msg, det_prog = job_controls("Run detection", "detect")
                 with gr.Row():
-                    loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss / clean fraction",
-                                            height=260)
+                    loss_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss (x: epochs)",
+                                            height=260, elem_id="loss-plot")
+                    clean_plot = gr.LinePlot(x="epoch", y="clean fraction", title="Clean fraction (x: epochs)",
+                                             height=260, y_lim=[0, 1], elem_id="clean-plot")
                     rate_plot = gr.BarPlot(x="class", y="suspect_rate", title="Suspect rate per class", height=260,
                                            y_lim=[0, 1])
                     hist_plot = gr.BarPlot(x="margin", y="count", color="kind", title="Margin (cos+ − cos−)",
@@ -546,6 +554,9 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 hist += [{"margin": c, "count": int(n), "kind": kind} for c, n in zip(centers, cnt, strict=True)]
             msg = (f"### {n_sus} suspects of {len(sc)} samples ({n_sus / max(1, len(sc)):.1%}) — "
                    f"go to **Review**. Run: `{ws.run.path}`")
+            planted = ws.planted_summary()
+            if planted is not None:
+                msg += "\n\n" + planted_line(planted)
             if n_sus >= 0.9 * len(sc):
                 msg += ("\n\n**⚠ Almost every sample is flagged: these detections look like noise** (an untrained "
                         "or tiny random checkpoint, or far too few epochs). The review flow still works; train on "
@@ -553,12 +564,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             return msg, rate, pd.DataFrame(hist)
 
         def job_curves(job):
-            _, curve, epochs = job.snapshot()
-            if job.name == "detection":
-                rows = [{"step": c["step"], "value": c["loss"], "series": "loss"} for c in curve]
-                rows += [{"step": e["epoch"] * (curve[-1]["step"] / max(1, len(epochs)) if curve else 1),
-                          "value": e.get("clean_frac", 0.0), "series": "clean fraction"} for e in epochs]
-                return pd.DataFrame(rows) if rows else None
+            _, _, epochs = job.snapshot()
             rows = [{"epoch": e["epoch"], "value": e.get("loss", 0.0), "series": "train loss"} for e in epochs]
             rows += [{"epoch": e["epoch"], "value": e.get("val_acc", 0.0), "series": "held-out accuracy"}
                      for e in epochs]
@@ -575,7 +581,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
         def on_tick(sid):
             ws = reg.get(sid) if sid else None
             job = ws.job if ws is not None else None
-            nothing = (gr.skip(),) * 10
+            nothing = (gr.skip(),) * 11
             if job is None:
                 return nothing
             key = (id(job), job.status)
@@ -584,15 +590,15 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             seen[sid] = key
             det = job.name == "detection"
             prog = progress_html(job)
-            curves = job_curves(job)
-            out = [gr.skip()] * 10
+            out = [gr.skip()] * 11
             if det:
-                out[0], out[1] = prog, curves
+                out[0] = prog
+                out[1], out[10] = plot_frames(ws.detect_curves(job))
                 if job.status == "done":
                     out[2], out[3], out[4] = detect_results(ws)
                     out[9] = gr.update(choices=[""] + ws.dataset.classes)
             else:
-                out[5], out[6] = prog, curves
+                out[5], out[6] = prog, job_curves(job)
                 if job.status == "done":
                     out[7], out[8] = train_results(job)
                 elif job.status == "cancelled":  # also refreshes the list of runs (train_summary.change)
@@ -828,7 +834,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
         demo.load(on_start, [saved], [session, client, saved, data_in, root_in]).then(
             on_page_load, session, dataset_outputs).then(
             restore_view, [session, client], restore_outputs).then(
-            lambda sid: detect_results(reg.get(sid)), session, [det_summary, rate_plot, hist_plot])
+            lambda sid: detect_results(reg.get(sid)), session, [det_summary, rate_plot, hist_plot]).then(
+            lambda sid: plot_frames(reg.get(sid).detect_curves()), session, [loss_plot, clean_plot])
         load_btn.click(on_load, [session, data_in, root_in, saved], [*dataset_outputs, saved]).then(
             restore_view, [session, client], restore_outputs)
         thumb_class.change(lambda sid, c: class_thumbs_of(reg.get(sid), c), [session, thumb_class], gallery)
@@ -840,7 +847,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             ev(lambda sid: reg.get(sid).training_runs(), session, train_runs, api_visibility="private")
         export_btn.click(on_export, [session, pseudo_in], [export_msg, export_files, export_preview])
         timer.tick(on_tick, session, [det_prog, loss_plot, det_summary, rate_plot, hist_plot,
-                                      train_prog, curve_plot, train_summary, confusion, f_class])
+                                      train_prog, curve_plot, train_summary, confusion, f_class, clean_plot])
         tabs.select(show_card, [session, client], card_outputs)
     return demo
 

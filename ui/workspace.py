@@ -22,10 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from deft.audit import ground_truth
 from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.jobs import Job
+from deft.monitor import epoch_history, planted_errors_caught, training_curves
 from deft.review import ReviewFilter, ReviewQueue, dataset_key
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
@@ -55,6 +57,7 @@ class Workspace:
     job: Job | None = None
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
     datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
+    detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -117,6 +120,7 @@ class Workspace:
         ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs, preview)
         digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
         out = self.home / f"detect-{digest}"
+        self.detect_dir = out
 
         def fn(progress, cancel):
             with run_folder_lock(out):  # a CLI `deft detect` on the same folder is refused, and vice versa
@@ -150,6 +154,27 @@ class Workspace:
     def training_runs(self) -> pd.DataFrame:
         """The current detection run's past training runs (mode, epochs, last/best accuracy, held out on)."""
         return runs_table(list_training_runs(self.run.phase2_dir) if self.run is not None else [])
+
+    def detect_curves(self, job: Job | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Loss and clean-fraction curves (x in epochs) of the latest detection: this job's steps on
+        top of every epoch in the run's log, so a resumed run continues the same curve."""
+        folder = self.detect_dir or (self.run.path if self.run is not None else None)
+        epochs = epoch_history(folder / "log.jsonl") if folder is not None else []
+        steps, spe = [], 1
+        if job is not None and job.name == "detection":
+            last, steps, _ = job.snapshot()
+            ev = last.get("phase1")
+            spe = ev.steps // max(1, ev.epochs) if ev is not None else 1
+        return training_curves(steps, spe, epochs)
+
+    def planted_summary(self) -> dict | None:
+        """Precision, recall and planted errors caught, when the table carries ground truth."""
+        if self.run is None or self.store is None:
+            return None
+        truth = ground_truth(self.run)
+        if truth is None:
+            return None
+        return planted_errors_caught(self.store.scores(), self.run.dataset.samples["id"], truth)
 
     # -- review ---------------------------------------------------------------
     def queue(self, client: str, user: str = "local") -> ReviewQueue:
