@@ -134,3 +134,15 @@ def test_detect_tab_curves_in_epochs_and_planted_errors_of_the_demo(tmp_path, ti
     assert ws2.detect_curves()[1].equals(clean)
     m = ws.planted_summary()  # the demo's PLANTED.csv lists 40 planted errors
     assert m is not None and m["n_planted"] == 40 and 0 <= m["caught"] <= min(40, m["n_suspects"])
+
+
+def test_preview_advice_and_projected_time_on_a_cpu(tmp_path, tiny_clip_dir):
+    ws = Workspace(AppSettings(data=str(DEMO), model=str(tiny_clip_dir), runs=tmp_path / "runs", device="cpu"))
+    pre, why = ws.preview_advice("openai/clip-vit-base-patch16")
+    assert pre and "No GPU" in why and "768" in why
+    assert ws.preview_advice(str(tiny_clip_dir)) == (False, "")  # a tiny checkpoint: full DEFT is fine
+    with pytest.raises(RuntimeError, match="load a dataset first"):
+        ws.estimate_full_deft(str(tiny_clip_dir), 10)
+    ws.load(str(DEMO))
+    line = ws.estimate_full_deft(str(tiny_clip_dir), 10)
+    assert "400 images x 10 epochs" in line and "img/s measured" in line and "(cpu)" in line

@@ -352,6 +352,9 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     rw_in = gr.Checkbox(False, label="Real-world (human) noise")
                     pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
                     ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1)
+                with gr.Row():
+                    det_note = gr.Markdown(elem_id="detect-note")
+                    est_btn = gr.Button("Estimate full DEFT time", elem_id="btn-estimate", scale=0)
                 run_btn, cancel_btn, det_msg, det_prog = job_controls("Run detection", "detect")
                 with gr.Row():
                     loss_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss (x: epochs)",
@@ -538,6 +541,16 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 ws.job.cancel()
                 return "Cancelling…"
             return "Nothing is running."
+
+        def advise(sid, model):
+            pre, why = reg.get(sid).preview_advice((model or "").strip())
+            return gr.update(value=pre), why
+
+        def estimate(sid, model, epochs):
+            try:
+                return reg.get(sid).estimate_full_deft((model or "").strip(), int(epochs or 1))
+            except (*USER_ERRORS, OSError) as exc:
+                return _err(exc)
 
         def detect_results(ws: Workspace):
             if ws.store is None:
@@ -835,12 +848,18 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             on_page_load, session, dataset_outputs).then(
             restore_view, [session, client], restore_outputs).then(
             lambda sid: detect_results(reg.get(sid)), session, [det_summary, rate_plot, hist_plot]).then(
-            lambda sid: plot_frames(reg.get(sid).detect_curves()), session, [loss_plot, clean_plot])
+            lambda sid: plot_frames(reg.get(sid).detect_curves()), session, [loss_plot, clean_plot]).then(
+            advise, [session, model_in], [pv_in, det_note])
         load_btn.click(on_load, [session, data_in, root_in, saved], [*dataset_outputs, saved]).then(
             restore_view, [session, client], restore_outputs)
         thumb_class.change(lambda sid, c: class_thumbs_of(reg.get(sid), c), [session, thumb_class], gallery)
         run_btn.click(on_detect, [session, model_in, rw_in, ep_in, pv_in], det_msg)
         cancel_btn.click(on_cancel, session, det_msg)
+
+        for ev in (model_in.blur, model_in.submit):
+            ev(advise, [session, model_in], [pv_in, det_note], api_visibility="private")
+        est_btn.click(estimate, [session, model_in, ep_in], det_note, concurrency_limit=1,
+                      concurrency_id="estimate", api_visibility="private")
         train_btn.click(on_train, [session, mode_in, tep_in], train_msg)
         tcancel_btn.click(on_cancel, session, train_msg)
         for ev in (train_tab.select, train_summary.change):

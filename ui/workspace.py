@@ -26,6 +26,8 @@ from deft.audit import ground_truth
 from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
+from deft.device import pick_device
+from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
 from deft.jobs import Job
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
 from deft.review import ReviewFilter, ReviewQueue, dataset_key
@@ -111,6 +113,23 @@ class Workspace:
     def phase1_config(self, model: str, real_world: bool, epochs: int, preview: bool = False) -> Phase1Config:
         return Phase1Config(model=model, real_world=real_world, feature_cache=preview,
                             optim=OptimConfig(lr=0.03, epochs=int(epochs), batch_size=self.settings.batch_size))
+
+    def preview_advice(self, model: str) -> tuple[bool, str]:
+        """Whether to preselect the quick preview for ``model`` on this machine, and why (one line)."""
+        width = vision_width(model)
+        gpu = pick_device(self.settings.device).type != "cpu"
+        if preselect_preview(gpu, width):
+            return True, (f"No GPU here: the quick preview is preselected for this checkpoint (width {width}, "
+                          f"ViT-B size or larger). Press *Estimate full DEFT time* before unticking it.")
+        return False, ""
+
+    def estimate_full_deft(self, model: str, epochs: int) -> str:
+        """Full DEFT's projected training time on this machine (measured on a few images)."""
+        if self.dataset is None:
+            raise RuntimeError("load a dataset first (Dataset tab)")
+        rate = measure_full_deft_rate(self.dataset, model, device=self.settings.device)
+        n = len(self.dataset.train_rows)
+        return projection_line(rate, n, int(epochs), pick_device(self.settings.device).type)
 
     def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False) -> Job:
         from deft.phase1 import detect
