@@ -151,6 +151,7 @@ CSS = """
 #grid .tile.sel {border-color: #2563eb; background: #dbeafe;}
 #grid .tile img {width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated;}
 .recent {font-size: 0.85em; color: #374151;}
+body:has(#card[data-sid=""]) :is(#btn-keep, #btn-exclude, #btn-zoom, #btn-batch) {opacity: .45; pointer-events: none;}
 """
 
 
@@ -383,6 +384,19 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                         with gr.Row():
                             with gr.Column(scale=3):
                                 card = gr.HTML("", elem_id="card-box")
+                                # batch accept under the card, one row: its preview message is above the fold
+                                with gr.Row(equal_height=True):
+                                    batch_src = gr.Dropdown(["learned prompts", "zero-shot CLIP"],
+                                                            value="learned prompts", label="Batch accept: source",
+                                                            elem_id="batch-src", scale=2, min_width=150)
+                                    batch_t = gr.Number(0.9, minimum=0, maximum=1, step=0.01, label="confidence ≥",
+                                                        elem_id="batch-t", scale=1, min_width=100)
+                                    batch_btn = gr.Button("Preview batch accept", elem_id="btn-batch", scale=1,
+                                                          min_width=110)
+                                    batch_ok = gr.Button("Confirm", elem_id="btn-batch-confirm", variant="primary",
+                                                         interactive=False, scale=1, min_width=110)
+                                batch_msg = gr.Markdown(elem_id="batch-msg")
+                                batch_items = gr.State([])
                                 zoom_box = gr.HTML("", elem_id="zoom-box")
                             with gr.Column(scale=2):
                                 with gr.Row():
@@ -392,7 +406,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                                 with gr.Row():
                                     relabel_dd = gr.Dropdown([], value=None, label="Relabel to (r, type, Enter)",
                                                              filterable=True, interactive=True, elem_id="relabel-dd")
-                                    relabel_btn = gr.Button("Relabel", elem_id="btn-relabel")
+                                    relabel_btn = gr.Button("Relabel", elem_id="btn-relabel", interactive=False)
                                 with gr.Row():
                                     prev_btn = gr.Button("← Previous", elem_id="btn-prev")
                                     next_btn = gr.Button("Next →", elem_id="btn-next")
@@ -400,15 +414,6 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                                     zoom_btn = gr.Button("Full size (z)", elem_id="btn-zoom")
                                 gr.HTML(KEYS_HELP, elem_id="keys-help")
                                 recent = gr.HTML(elem_id="recent")
-                        with gr.Row():
-                            batch_src = gr.Radio(["learned prompts", "zero-shot CLIP"], value="learned prompts",
-                                                 label="Batch accept: suggestion source", elem_id="batch-src")
-                            batch_t = gr.Slider(0, 1, 0.9, step=0.01, label="…with confidence ≥", elem_id="batch-t")
-                            batch_btn = gr.Button("Preview batch accept", elem_id="btn-batch")
-                            batch_ok = gr.Button("Confirm", elem_id="btn-batch-confirm", variant="primary",
-                                                 interactive=False)
-                        batch_msg = gr.Markdown(elem_id="batch-msg")
-                        batch_items = gr.State([])
                     with gr.Tab("Grid", id="grid-mode") as grid_tab:
                         gr.HTML(GRID_HELP)
                         with gr.Row():
@@ -677,6 +682,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             btn.click(None, js=f"() => window.deftAct('{what}')")
         relabel_btn.click(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
         relabel_dd.input(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
+        relabel_dd.change(lambda v: gr.update(interactive=bool(v)), relabel_dd, relabel_btn, queue=False,
+                          api_visibility="private")  # Relabel only once there is a label to relabel to
 
         def nav(fn):
             def handler(sid, cid, request: gr.Request):
