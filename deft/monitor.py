@@ -69,6 +69,9 @@ def planted_errors_caught(scores: pd.DataFrame, sample_ids: pd.Series, truly_cle
 
 def planted_line(m: dict) -> str:
     """One Markdown line for the Detect tab's summary."""
+    def pct(x: float, digits: int = 1) -> str:
+        return "n/a" if x != x else f"{x:.{digits}%}"  # NaN: nothing selected
+
     return (f"**Ground truth:** caught **{m['caught']} of {m['n_planted']}** planted errors "
-            f"({m['suspect_precision']:.0%} of the {m['n_suspects']} suspects are planted errors). "
-            f"Clean set: precision {m['precision']:.1%}, recall {m['recall']:.1%} (as the paper's tables).")
+            f"({pct(m['suspect_precision'], 0)} of the {m['n_suspects']} suspects are planted errors). "
+            f"Clean set: precision {pct(m['precision'])}, recall {pct(m['recall'])} (as the paper's tables).")

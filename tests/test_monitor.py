@@ -41,3 +41,5 @@ def test_planted_errors_caught_precision_and_recall():
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)  # clean set a, d, e
     line = planted_line(m)
     assert "caught **1 of 2**" in line and "precision 66.7%" in line
+    none_clean = planted_errors_caught(scores.assign(is_clean=False), ids, truly_clean)
+    assert "precision n/a" in planted_line(none_clean) and "nan" not in planted_line(none_clean)
