@@ -191,8 +191,15 @@ def test_batch_accept_preview_confirm_and_undo_as_one_step(two, app):
     a.locator("#batch-t input[type=number]").fill("0")
     a.locator("#batch-t input[type=number]").press("Enter")
     before = store.count()["reviewed"]
+    assert a.locator("#btn-batch-confirm").is_disabled()  # nothing to confirm before a preview
+    assert a.locator("#btn-relabel").is_disabled()  # nor to relabel before a label is chosen
     a.click("#btn-batch")
     wait_msg(a, "#batch-msg", "Will accept")
+    assert a.locator("#btn-batch-confirm").is_enabled()
+    a.evaluate("() => window.scrollTo(0, 0)")
+    for sel in ("#batch-msg", "#btn-batch-confirm", "#keys-help", "#btn-next", "#btn-prev"):  # above the fold
+        box = a.locator(sel).bounding_box()
+        assert box is not None and box["height"] > 0 and box["y"] + box["height"] <= 900, (sel, box)
     n = int(a.inner_text("#batch-msg").split("Will accept ")[1].split()[0])
     assert n >= 2 and store.count()["reviewed"] == before  # a preview applies nothing
     # meanwhile reviewer b decides one of them: the batch skips it instead of overwriting
