@@ -234,6 +234,10 @@ def test_place_filters_and_last_decisions_survive_reload(two, app):
     a.reload()
     open_review(a)
     wait_card(a, "c.dataset.sid === a", here)
+    # The Review tab's own render can show the card before the page-load restore has filled the filters and
+    # the recent list: wait (bounded) for the restore, then check every piece of it.
+    a.wait_for_function("(s) => document.querySelector('#f-class input').value === 'dog' && "
+                        "document.querySelector('#recent').innerText.includes(s)", arg=sid, timeout=20_000)
     assert a.locator("#f-class input").input_value() == "dog"
     assert a.locator("#f-status input").input_value() == "pending"
     assert sid in a.inner_text("#recent")  # on reconnect: the last decisions recorded
