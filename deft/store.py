@@ -222,7 +222,7 @@ class ReviewStore:
                 total, suspects = int(meta["n_total"]), int(meta["n_suspects"])
             reviewed, decided = con.execute(
                 "SELECT COALESCE(SUM(s.is_clean = 0), 0), COUNT(*) FROM state st "
-                "JOIN samples s ON s.id = st.sample_id").fetchone()
+                "CROSS JOIN samples s ON s.id = st.sample_id").fetchone()
         return {"total": total, "suspects": suspects, "reviewed": reviewed, "decided": decided}
 
     @staticmethod
@@ -305,7 +305,7 @@ class ReviewStore:
         with self._read() as con:
             if status is None:
                 return con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
-            decided = ("SELECT COUNT(*) FROM state st JOIN samples s ON s.id = st.sample_id "
+            decided = ("SELECT COUNT(*) FROM state st CROSS JOIN samples s ON s.id = st.sample_id "
                        f"WHERE {where}")
             if status == "pending":
                 base = con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
