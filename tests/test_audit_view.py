@@ -1,0 +1,66 @@
+"""The app's view of an audit: metrics table, issue counts and filter masks, map points (downsampling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deft.audit_view import conflict_line, issue_counts, issue_mask, map_points, methods_table
+
+
+def _table(n: int = 6) -> pd.DataFrame:
+    t = pd.DataFrame({"id": [f"c/{i}.png" for i in range(n)]})
+    t["deft_issue"] = [True, False, False, False, False, False][:n]
+    t["zeroshot_issue"] = [False, True, False, False, False, False][:n]
+    t["near_duplicate"] = [False, False, True, True, False, False][:n]
+    t["near_dup_label_conflict"] = [False, False, True, True, False, False][:n]
+    t["exact_duplicate"] = False
+    t["exact_dup_label_conflict"] = False
+    t["outlier"] = [False, False, False, False, True, False][:n]
+    t["class_outlier"] = False
+    t["blurry"] = [False, False, False, False, False, True][:n]
+    return t
+
+
+def test_issue_masks_and_counts():
+    t = _table()
+    assert issue_mask(t, "near duplicate").tolist() == [False, False, True, True, False, False]
+    assert issue_mask(t, "outlier").sum() == 1 and issue_mask(t, "blurry")[5]
+    assert not issue_mask(t, "dark").any()  # a column the audit did not write: nothing matches
+    with pytest.raises(ValueError, match="unknown data issue"):
+        issue_mask(t, "fuzzy")
+    c = issue_counts(t).set_index("issue")["samples"]
+    assert c["duplicate with a different label"] == 2 and c["exact duplicate"] == 0 and "dark" not in c
+    assert "⚠ 2 samples" in conflict_line(issue_counts(t))
+    assert conflict_line(issue_counts(t.assign(near_dup_label_conflict=False))) == ""
+
+
+def test_methods_table_and_no_truth():
+    assert methods_table(None) is None
+    m = methods_table({"deft": {"precision": 0.91234, "recall": 0.8, "f1": 0.85, "auroc": 0.9, "n": 10},
+                       "zeroshot": {"precision": 0.5, "recall": 0.4, "f1": 0.44, "auroc": 0.6}})
+    assert list(m.columns) == ["method", "precision", "recall", "F1", "AUROC"]
+    assert m["method"].tolist() == ["deft", "zeroshot"] and m["precision"][0] == 0.9123
+
+
+def test_map_points_kinds_and_train_rows_only():
+    t = _table()
+    proj = pd.DataFrame({"id": [*t["id"], "test/held.png"], "x": np.arange(7.0), "y": np.arange(7.0)})
+    labels = pd.Series(["a"] * 7, index=proj["id"])
+    pts, total = map_points(proj, t, labels)
+    assert total == 6 and "test/held.png" not in set(pts["id"])  # held-out rows are not reviewable
+    assert pts["kind"].tolist() == ["suspect", "suspect", "duplicate with a different label",
+                                    "duplicate with a different label", "outlier", "blurry"]
+    assert (pts["label"] == "a").all()
+
+
+def test_map_downsamples_keeping_flagged_points():
+    n = 20000
+    ids = [f"x/{i}" for i in range(n)]
+    t = pd.DataFrame({"id": ids, "deft_issue": np.arange(n) % 100 == 0})
+    proj = pd.DataFrame({"id": ids, "x": np.random.default_rng(0).normal(size=n), "y": 0.0})
+    pts, total = map_points(proj, t, pd.Series("a", index=ids), max_points=1000)
+    assert total == n and len(pts) == 1000
+    assert (pts["kind"] == "suspect").sum() == 200  # every suspect kept
+    assert pts["id"].is_unique
