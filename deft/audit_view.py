@@ -5,13 +5,20 @@ Pure functions over the audit outputs (:mod:`deft.audit`), so the UI only lays t
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from .baselines import METHODS
-from .data_issues import IMAGE_PROBLEMS
+# the names of deft.baselines.METHODS and deft.data_issues.IMAGE_PROBLEMS (a test keeps them equal); not
+# imported from there, since those modules load torch and the app must not pay for that at start-up
+METHODS = ("deft", "zeroshot", "cleanlab")
+IMAGE_PROBLEMS = ("dark", "bright", "low_information", "blurry", "grayscale", "odd_size", "odd_aspect")
 
-__all__ = ["ISSUES", "issue_mask", "issue_counts", "conflict_line", "methods_table", "map_points", "MAP_MAX_POINTS"]
+__all__ = ["AuditView", "load_audit", "ISSUES", "issue_mask", "issue_counts", "conflict_line", "methods_table",
+           "map_points", "MAP_MAX_POINTS"]
 
 # Review filter / Dataset count name -> the audit columns that make a sample match (any of them)
 ISSUES: dict[str, tuple[str, ...]] = {
@@ -92,3 +99,28 @@ def map_points(proj: pd.DataFrame, table: pd.DataFrame | None, labels: pd.Series
         order = np.concatenate([rng.permutation(np.flatnonzero(pri)), rng.permutation(np.flatnonzero(~pri))])
         df = df.iloc[np.sort(order[:max_points])].reset_index(drop=True)
     return df, total
+
+
+@dataclass
+class AuditView:
+    """The saved outputs of ``deft audit`` in a run folder (any may be missing)."""
+
+    table: pd.DataFrame
+    metrics: dict | None
+    class_report: pd.DataFrame | None
+    summary: dict
+    projection: pd.DataFrame | None
+
+
+def load_audit(run_path: str | Path) -> AuditView | None:
+    """Read a run folder's audit outputs; None before the run was audited."""
+    p = Path(run_path)
+    if not (p / "audit.parquet").is_file():
+        return None
+    metrics = json.loads((p / "metrics.json").read_text()).get("methods") if (p / "metrics.json").is_file() else None
+    return AuditView(
+        table=pd.read_parquet(p / "audit.parquet"),
+        metrics=metrics or None,
+        class_report=pd.read_csv(p / "class_report.csv") if (p / "class_report.csv").is_file() else None,
+        summary=json.loads((p / "audit.json").read_text()) if (p / "audit.json").is_file() else {},
+        projection=pd.read_parquet(p / "projection.parquet") if (p / "projection.parquet").is_file() else None)

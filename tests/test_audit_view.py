@@ -64,3 +64,21 @@ def test_map_downsamples_keeping_flagged_points():
     assert total == n and len(pts) == 1000
     assert (pts["kind"] == "suspect").sum() == 200  # every suspect kept
     assert pts["id"].is_unique
+
+
+def test_names_match_the_audit_modules():
+    from deft import audit_view, baselines, data_issues
+
+    assert audit_view.METHODS == baselines.METHODS and audit_view.IMAGE_PROBLEMS == data_issues.IMAGE_PROBLEMS
+
+
+def test_load_audit_reads_the_run_folder(tmp_path):
+    from deft.audit_view import load_audit
+
+    assert load_audit(tmp_path) is None  # not audited yet
+    _table().to_parquet(tmp_path / "audit.parquet")
+    (tmp_path / "metrics.json").write_text('{"precision": 1.0}')  # DEFT's own metrics only: no methods table
+    v = load_audit(tmp_path)
+    assert len(v.table) == 6 and v.metrics is None and v.projection is None and v.class_report is None
+    (tmp_path / "metrics.json").write_text('{"methods": {"deft": {"precision": 1.0}}}')
+    assert load_audit(tmp_path).metrics == {"deft": {"precision": 1.0}}
