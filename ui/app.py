@@ -170,6 +170,7 @@ CSS = """
 .recent {font-size: 0.85em; color: #374151;}
 #map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
 #map .pt {cursor: pointer;}
+#map-plumbing {display: none !important;}
 #map .legend span {display: inline-block; margin-right: 10px; font-size: 0.85em;}
 """
 
@@ -312,7 +313,8 @@ def map_html(points: pd.DataFrame, total: int, classes: list[str], size: int = 6
     if points.empty:
         return '<div id="map"><p>No points to draw.</p></div>'
     x, y = points["x"].to_numpy(float), points["y"].to_numpy(float)
-    span = max(float(np.ptp(x)), float(np.ptp(y)), 1e-9)
+    span = max(float(np.ptp(x)), float(np.ptp(y)), 1e-9)  # one scale for both axes: distances stay true
+    height = 20 + float(np.ptp(y)) / span * (size - 20)
     px = 10 + (x - x.min()) / span * (size - 20)
     py = 10 + (y.max() - y) / span * (size - 20)
     colour = {c: MAP_COLOURS[i % len(MAP_COLOURS)] for i, c in enumerate(classes)}
@@ -333,7 +335,7 @@ def map_html(points: pd.DataFrame, total: int, classes: list[str], size: int = 6
                '<span><b style="color:#f59e0b">◯</b> data issue</span>')
     shown = f"{len(points)} of {total} points" if len(points) < total else f"{total} points"
     return (f'<div id="map" data-points="{len(points)}" data-total="{total}"><div class="legend">{legend}</div>'
-            f'<svg viewBox="0 0 {size} {size}" xmlns="http://www.w3.org/2000/svg">{"".join(ok)}{"".join(flagged)}'
+            f'<svg viewBox="0 0 {size} {height:.0f}" xmlns="http://www.w3.org/2000/svg">{"".join(ok)}{"".join(flagged)}'
             f'</svg><p>{shown}; click a point to open it in Review.</p></div>')
 
 
@@ -489,7 +491,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             with gr.Tab("Map", id="map") as map_tab:
                 map_msg = gr.Markdown(elem_id="map-msg")
                 map_box = gr.HTML(elem_id="map-box")
-                with gr.Row(visible="hidden"):
+                with gr.Row(elem_id="map-plumbing"):  # hidden by CSS: the page script clicks it
                     map_sid = gr.Textbox(elem_id="map-sid")
                     map_btn = gr.Button("open", elem_id="btn-map-open")
             # ---------------------------------------------------------------- Train
@@ -931,6 +933,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 return nothing
             audit_seen[sid] = key
             prog = progress_html(job) if job.name == "audit" else gr.skip()
+            if job.name == "audit" and job.status == "done":
+                prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
             if job.running or job.status != "done":
                 return (prog, *(gr.skip(),) * 5)
             return (prog, *audit_views(ws))
