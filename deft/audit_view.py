@@ -17,7 +17,8 @@ import pandas as pd
 METHODS = ("deft", "zeroshot", "cleanlab")
 IMAGE_PROBLEMS = ("dark", "bright", "low_information", "blurry", "grayscale", "odd_size", "odd_aspect")
 
-__all__ = ["AuditView", "load_audit", "ISSUES", "issue_mask", "issue_counts", "conflict_line", "methods_table",
+__all__ = ["AuditView", "load_audit", "issue_rows", "ISSUES", "issue_mask", "issue_counts", "conflict_line",
+           "methods_table",
            "map_points", "MAP_MAX_POINTS"]
 
 # Review filter / Dataset count name -> the audit columns that make a sample match (any of them)
@@ -39,6 +40,12 @@ def issue_mask(table: pd.DataFrame, issue: str) -> np.ndarray:
     if not cols:
         return np.zeros(len(table), dtype=bool)
     return table[cols].fillna(False).astype(bool).any(axis=1).to_numpy()
+
+
+def issue_rows(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(issue, sample id)`` for every data issue of every sample (what the Review filter matches on)."""
+    ids = table["id"].astype(str).to_numpy()
+    return [(name, sid) for name in ISSUES for sid in ids[issue_mask(table, name)]]
 
 
 def issue_counts(table: pd.DataFrame) -> pd.DataFrame:

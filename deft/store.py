@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE INDEX IF NOT EXISTS state_status ON state(status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS cursors (owner TEXT PRIMARY KEY, filter TEXT NOT NULL, sample_id TEXT, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issues (issue TEXT NOT NULL, sample_id TEXT NOT NULL, PRIMARY KEY (issue, sample_id));
 """
 # columns added after the first release: (table, column, declaration) -- old databases are migrated on open
 MIGRATIONS = [("decisions", "decided_by", "TEXT NOT NULL DEFAULT ''"), ("decisions", "batch", "INTEGER"),
@@ -180,6 +181,13 @@ class ReviewStore:
                             [("n_total", str(len(df))), ("n_suspects", str(int((df["is_clean"] == 0).sum())))])
         self.classes = list(classes)
 
+    def load_issues(self, rows: list[tuple[str, str]], stamp: str = "") -> None:
+        """Replace the data-issue table (``(issue, sample_id)`` pairs from ``deft audit``) for the Review filter."""
+        with self._tx() as con:
+            con.execute("DELETE FROM issues")
+            con.executemany("INSERT OR IGNORE INTO issues(issue, sample_id) VALUES (?, ?)", rows)
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('issues_stamp', ?)", (stamp,))
+
     @staticmethod
     def path_for_run(run) -> Path:
         """Where a run's decisions live: ``RUN/review.sqlite``, or the app's per-dataset
@@ -217,8 +225,11 @@ class ReviewStore:
 
     @staticmethod
     def _sample_filter(suspects: bool, label: str | None, margin_min: float | None,
-                       margin_max: float | None) -> tuple[str, list]:
+                       margin_max: float | None, issue: str | None = None) -> tuple[str, list]:
         where, args = ["s.is_clean = ?"], [0 if suspects else 1]
+        if issue:
+            where.append("s.id IN (SELECT sample_id FROM issues WHERE issue = ?)")
+            args.append(issue)
         if label:
             where.append("s.label = ?")
             args.append(label)
@@ -232,8 +243,8 @@ class ReviewStore:
 
     @classmethod
     def _filter(cls, suspects: bool, label: str | None, status: str | None, margin_min: float | None,
-                margin_max: float | None) -> tuple[str, list]:
-        where, args = cls._sample_filter(suspects, label, margin_min, margin_max)
+                margin_max: float | None, issue: str | None = None) -> tuple[str, list]:
+        where, args = cls._sample_filter(suspects, label, margin_min, margin_max, issue)
         if status == "pending":
             where += " AND st.status IS NULL"
         elif status:
@@ -243,9 +254,9 @@ class ReviewStore:
 
     def query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
               margin_min: float | None = None, margin_max: float | None = None,
-              offset: int = 0, limit: int = 50) -> pd.DataFrame:
+              offset: int = 0, limit: int = 50, issue: str | None = None) -> pd.DataFrame:
         """Samples with their current status, lowest margin first (worst suspects first)."""
-        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        where, args = self._filter(suspects, label, status, margin_min, margin_max, issue)
         sql = (
             f"SELECT {self._ROW} FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
             f"WHERE {where} ORDER BY s.margin ASC, s.idx ASC LIMIT ? OFFSET ?"
@@ -258,14 +269,14 @@ class ReviewStore:
 
     def step(self, sample_id: str | None, delta: int, *, suspects: bool = True, label: str | None = None,
              status: str | None = None, margin_min: float | None = None, margin_max: float | None = None,
-             include: bool = False) -> dict | None:
+             include: bool = False, issue: str | None = None) -> dict | None:
         """The sample after (``delta`` > 0) or before (< 0) ``sample_id`` in :meth:`query`'s order.
 
         Keyset navigation (no OFFSET scan): the anchor needs not match the filter itself,
         so "next after the card I just decided" works when that card left the filter.
         ``include`` also returns the anchor itself when it matches. ``sample_id=None``: the first.
         """
-        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        where, args = self._filter(suspects, label, status, margin_min, margin_max, issue)
         base = f"SELECT {self._ROW} FROM samples s LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
         with self._read() as con:
             con.row_factory = sqlite3.Row
@@ -289,9 +300,10 @@ class ReviewStore:
         return dict(row) if row else None
 
     def count_query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
-                    margin_min: float | None = None, margin_max: float | None = None) -> int:
+                    margin_min: float | None = None, margin_max: float | None = None,
+                    issue: str | None = None) -> int:
         """Size of :meth:`query`'s result: index-only counts, decided rows counted from ``state``."""
-        where, args = self._sample_filter(suspects, label, margin_min, margin_max)
+        where, args = self._sample_filter(suspects, label, margin_min, margin_max, issue)
         with self._read() as con:
             if status is None:
                 return con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
@@ -304,9 +316,9 @@ class ReviewStore:
 
     def position(self, sample_id: str, *, suspects: bool = True, label: str | None = None,
                  status: str | None = None, margin_min: float | None = None,
-                 margin_max: float | None = None) -> int | None:
+                 margin_max: float | None = None, issue: str | None = None) -> int | None:
         """Rank of ``sample_id`` in :meth:`query`'s order under the same filter (None if filtered out)."""
-        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+        where, args = self._filter(suspects, label, status, margin_min, margin_max, issue)
         base = f"FROM samples s LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
         with self._read() as con:
             row = con.execute(f"SELECT s.margin, s.idx {base} AND s.id = ?", [*args, sample_id]).fetchone()

@@ -82,3 +82,35 @@ def test_load_audit_reads_the_run_folder(tmp_path):
     assert len(v.table) == 6 and v.metrics is None and v.projection is None and v.class_report is None
     (tmp_path / "metrics.json").write_text('{"methods": {"deft": {"precision": 1.0}}}')
     assert load_audit(tmp_path).metrics == {"deft": {"precision": 1.0}}
+
+
+def test_review_filter_on_a_data_issue(tmp_path):
+    """The Review queue restricted to one data issue: count, order, navigation, grid page, saved place."""
+    from deft.audit_view import issue_rows
+    from deft.review import ReviewFilter, ReviewQueue
+    from deft.store import ReviewStore
+
+    from .test_store import CLASSES, fake_scores
+
+    sc = fake_scores()  # 12 samples, margins ascending, the first 6 suspects
+    store = ReviewStore(tmp_path / "review.sqlite")
+    store.load_scores(sc, CLASSES)
+    t = pd.DataFrame({"id": sc["id"], "blurry": [i in (1, 4, 9) for i in range(12)],
+                      "outlier": [i == 4 for i in range(12)]})
+    rows = issue_rows(t)
+    assert ("blurry", sc["id"][9]) in rows and ("outlier", sc["id"][4]) in rows and len(rows) == 4
+    store.load_issues(rows, "s1")
+    assert store.get_meta("issues_stamp") == "s1"
+    q = ReviewQueue(store, ReviewFilter(issue="blurry"), client="c")
+    assert q.size() == 2 and q.current()["id"] == sc["id"][1]
+    assert q.move(1)["id"] == sc["id"][4] and q.move(1)["id"] == sc["id"][4]  # the last one: stays
+    assert store.query(**q.filter.kwargs())["id"].tolist() == [sc["id"][1], sc["id"][4]]
+    q.filter = ReviewFilter(suspects=False, issue="blurry")
+    assert q.size() == 1 and q.current()["id"] == sc["id"][9]
+    q.save_place()
+    q2 = ReviewQueue(store, client="c")
+    assert q2.restore_place() and q2.filter.issue == "blurry"
+    q.act(sc["id"][9], 0, "keep")
+    assert store.count_query(suspects=False, issue="blurry", status="pending") == 0
+    store.load_issues([], "")  # re-audited without the issue: the filter matches nothing
+    assert ReviewQueue(store, ReviewFilter(issue="blurry")).size() == 0

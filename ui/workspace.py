@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from deft.audit_view import issue_rows
 from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
@@ -92,6 +93,10 @@ class Workspace:
     def attach(self, run: Run) -> None:
         """Make ``run`` current and load its scores into the dataset's review store."""
         store = ReviewStore.for_run(run, self.home / "review.sqlite")  # raises on a damaged database
+        audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
+        stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
+        if store.get_meta("issues_stamp", "") != stamp:
+            store.load_issues(issue_rows(pd.read_parquet(audit_file)) if stamp else [], stamp)
         with self._lock:
             self.run, self.store = run, store
             self.queues.clear()
