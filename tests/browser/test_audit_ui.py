@@ -2,11 +2,15 @@
 detect -> Audit -> methods table -> data issues in the Dataset tab -> Map -> click a point -> that
 sample's card in Review."""
 
+import pandas as pd
 import pytest
+
+from deft.audit_view import issue_mask
 
 from ..conftest import ROOT
 from .conftest import Server
 from .test_e2e import open_tab, text, wait_text
+from .test_review import choose
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 DEMO = ROOT / "assets" / "demo"
@@ -48,5 +52,14 @@ def test_audit_methods_table_map_and_point_into_review(tmp_path, tiny_clip_dir, 
                                arg=sid, timeout=30_000)
         assert page.locator("#card").get_attribute("data-sid") == sid
         page.screenshot(path=str(artifacts / "audit-3-review.png"), full_page=True)
+        # Review filtered on a data issue: only outliers among the suspects, counted as the run's files say
+        run = next((tmp_path / "runs").glob("*/detect-*/audit.parquet")).parent
+        table, scores = pd.read_parquet(run / "audit.parquet"), pd.read_parquet(run / "scores.parquet")
+        suspects = set(scores.loc[~scores["is_clean"], "id"])
+        outliers = {i for i in table.loc[issue_mask(table, "outlier"), "id"] if i in suspects}
+        assert outliers
+        choose(page, "f-issue", "outlier")
+        wait_text(page, "#review-counter", f"of {len(outliers)} in this view")
+        assert text(page, "#card-id") in outliers
     finally:
         server.stop()
