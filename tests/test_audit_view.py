@@ -114,3 +114,35 @@ def test_review_filter_on_a_data_issue(tmp_path):
     assert store.count_query(suspects=False, issue="blurry", status="pending") == 0
     store.load_issues([], "")  # re-audited without the issue: the filter matches nothing
     assert ReviewQueue(store, ReviewFilter(issue="blurry")).size() == 0
+
+
+def test_workspace_baseline_detect_audits_filters_and_exports(tmp_path, cifar_small, tiny_clip_dir):
+    """The app's server side: detect with a baseline (the audit runs with it), the Review issue filter
+    matches the audit table, a re-audit in the background works, and the app's export has the audit columns."""
+    from ui.workspace import AppSettings, Workspace
+
+    ws = Workspace(AppSettings(data=str(cifar_small), model=str(tiny_clip_dir), runs=tmp_path / "runs",
+                               device="cpu", batch_size=64))
+    ws.load(str(cifar_small))
+    with pytest.raises(ValueError, match="unknown method 'bogus'"):
+        ws.start_detect(str(tiny_clip_dir), False, 1, method="bogus")
+    job = ws.start_detect(str(tiny_clip_dir), False, 1, method="zeroshot")
+    job.join(300)
+    assert job.status == "done", job.error
+    assert ws.run.path.name.endswith("-zeroshot") and ws.run.meta.get("method") == "zeroshot"
+    table = pd.read_parquet(ws.run.path / "audit.parquet")
+    for issue in ("outlier", "near duplicate"):
+        n = int(issue_mask(table, issue).sum())
+        both = sum(_queue_size(ws, suspects, issue) for suspects in (True, False))
+        assert both == n, issue
+    job = ws.start_audit()
+    job.join(300)
+    assert job.status == "done", job.error
+    _, _, df = ws.export()
+    assert {"zeroshot_issue", "zeroshot_score", "outlier", "blurry", "near_duplicate"} <= set(df.columns)
+
+
+def _queue_size(ws, suspects: bool, issue: str) -> int:
+    from deft.review import ReviewFilter, ReviewQueue
+
+    return ReviewQueue(ws.store, ReviewFilter(suspects=suspects, issue=issue)).size()
