@@ -17,9 +17,8 @@ import pandas as pd
 METHODS = ("deft", "zeroshot", "cleanlab")
 IMAGE_PROBLEMS = ("dark", "bright", "low_information", "blurry", "grayscale", "odd_size", "odd_aspect")
 
-__all__ = ["AuditView", "load_audit", "issue_rows", "ISSUES", "issue_mask", "issue_counts", "conflict_line",
-           "methods_table",
-           "map_points", "MAP_MAX_POINTS"]
+__all__ = ["AuditView", "load_audit", "issue_rows", "order_rows", "ORDERS", "ISSUES", "issue_mask", "issue_counts",
+           "conflict_line", "methods_table", "map_points", "MAP_MAX_POINTS"]
 
 # Review filter / Dataset count name -> the audit columns that make a sample match (any of them)
 ISSUES: dict[str, tuple[str, ...]] = {
@@ -46,6 +45,27 @@ def issue_rows(table: pd.DataFrame) -> list[tuple[str, str]]:
     """``(issue, sample id)`` for every data issue of every sample (what the Review filter matches on)."""
     ids = table["id"].astype(str).to_numpy()
     return [(name, sid) for name in ISSUES for sid in ids[issue_mask(table, name)]]
+
+
+ORDERS = {"DEFT margin": "margin", "agreement (flagged by most methods first)": "agreement",
+          "zero-shot": "zeroshot", "confident learning (cleanlab)": "cleanlab", "DEFT flags": "deft"}
+
+
+def order_rows(table: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """``(order, sample id, rank)`` for every review order the audit table supports (see
+    :func:`deft.audit.review_order`); DEFT margin needs none (the store sorts by it)."""
+    from .audit import review_order  # loads torch: only once a run was audited
+
+    out: list[tuple[str, str, float]] = []
+    for by in ORDERS.values():
+        if by == "margin" or (by != "agreement" and f"{by}_score" not in table):
+            continue
+        try:
+            ids = review_order(table, by)["id"].astype(str)
+        except ValueError:  # no method columns to agree on
+            continue
+        out += [(by, sid, float(r)) for r, sid in enumerate(ids)]
+    return out
 
 
 def issue_counts(table: pd.DataFrame) -> pd.DataFrame:

@@ -146,3 +146,36 @@ def _queue_size(ws, suspects: bool, issue: str) -> int:
     from deft.review import ReviewFilter, ReviewQueue
 
     return ReviewQueue(ws.store, ReviewFilter(suspects=suspects, issue=issue)).size()
+
+
+def test_review_order_by_a_method_or_agreement(tmp_path):
+    """Review ordered by an audit order: the store walks deft.audit.review_order's sequence."""
+    from deft.audit import review_order
+    from deft.audit_view import order_rows
+    from deft.review import ReviewFilter, ReviewQueue
+    from deft.store import ReviewStore
+
+    from .test_store import CLASSES, fake_scores
+
+    sc = fake_scores()
+    store = ReviewStore(tmp_path / "review.sqlite")
+    store.load_scores(sc, CLASSES)
+    rng = np.random.default_rng(1)
+    t = pd.DataFrame({"id": sc["id"], "zeroshot_score": rng.random(12), "zeroshot_issue": rng.random(12) < 0.5,
+                      "cleanlab_score": rng.random(12), "cleanlab_issue": rng.random(12) < 0.5})
+    t["n_flagged"] = t["zeroshot_issue"].astype(int) + t["cleanlab_issue"].astype(int)
+    orders = order_rows(t)
+    assert {o for o, _, _ in orders} == {"agreement", "zeroshot", "cleanlab"}  # no deft columns: no deft order
+    store.load_issues([], "s", orders)
+    suspects = set(sc.loc[~sc["is_clean"], "id"])
+    for by in ("zeroshot", "agreement"):
+        want = [i for i in review_order(t, by)["id"] if i in suspects]
+        q = ReviewQueue(store, ReviewFilter(order=by))
+        seen = [q.current()["id"]]
+        while (nxt := q.move(1))["id"] != seen[-1]:
+            seen.append(nxt["id"])
+        assert seen == want, by
+        assert store.query(**q.filter.kwargs())["id"].tolist() == want
+        assert [q.position({"id": i}) for i in want] == list(range(len(want)))
+        assert q.move(-1)["id"] == want[-2]
+    assert ReviewQueue(store, ReviewFilter()).current()["id"] == sc["id"][0]  # default: DEFT margin

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deft.audit_view import issue_rows
+from deft.audit_view import issue_rows, order_rows
 from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
@@ -96,7 +96,8 @@ class Workspace:
         audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
         stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
         if store.get_meta("issues_stamp", "") != stamp:
-            store.load_issues(issue_rows(pd.read_parquet(audit_file)) if stamp else [], stamp)
+            table = pd.read_parquet(audit_file) if stamp else None
+            store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
         with self._lock:
             self.run, self.store = run, store
             self.queues.clear()
