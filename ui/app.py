@@ -13,7 +13,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from deft.audit_view import ISSUES, AuditView, conflict_line, issue_counts, load_audit, map_points, methods_table
+from deft.audit_view import (
+    ISSUES,
+    ORDERS,
+    AuditView,
+    conflict_line,
+    issue_counts,
+    load_audit,
+    map_points,
+    methods_table,
+)
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
 from deft.review import ReviewFilter, ReviewQueue, StaleError, group_title, suggestions
 from deft.store import BatchResult, Decision
@@ -428,6 +437,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     f_max = gr.Textbox("", label="Margin ≤ (Enter; blank: no bound)", elem_id="f-max")
                     f_issue = gr.Dropdown(["", *ISSUES], value="", label="Data issue (after Audit)",
                                           interactive=True, elem_id="f-issue")
+                    f_order = gr.Dropdown(list(ORDERS.items()), value="margin", label="Order (others after Audit)",
+                                          interactive=True, elem_id="f-order")
                 with gr.Row():
                     counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
                     review_msg = gr.HTML(elem_id="review-msg")
@@ -751,18 +762,19 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             btn.click(nav(fn), [session, client], card_outputs, trigger_mode="multiple", queue=False,
                       api_visibility="private")
 
-        def set_filter(sid, cid, shown, cls, status, mmin, mmax, issue, request: gr.Request):
+        def set_filter(sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
             try:
                 ws, q = queue_of(sid, cid, request)
                 q.filter = ReviewFilter(suspects=shown == "suspects", label=cls or None, status=status or None,
                                         margin_min=parse_bound(mmin), margin_max=parse_bound(mmax),
-                                        issue=issue or None)
+                                        issue=issue or None, order=order or None)
             except USER_ERRORS as exc:
                 return empty(exc)
             return render(ws, q)
 
-        filter_inputs = [session, client, f_suspects, f_class, f_status, f_min, f_max, f_issue]
+        filter_inputs = [session, client, f_suspects, f_class, f_status, f_min, f_max, f_issue, f_order]
         for comp, ev in ((f_suspects, "input"), (f_class, "input"), (f_status, "input"), (f_issue, "input"),
+                         (f_order, "input"),
                          (f_min, "submit"), (f_max, "submit"), (f_min, "blur"), (f_max, "blur")):
             getattr(comp, ev)(set_filter, filter_inputs, card_outputs, concurrency_limit=1, concurrency_id="review",
                               api_visibility="private")
@@ -773,14 +785,14 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 ws, q = queue_of(sid, cid, request)
             except USER_ERRORS as exc:
                 return (*empty(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "", gr.update(),
-                        gr.skip())
+                        gr.skip(), gr.skip())
             f = q.filter
             view = render(ws, q, dd=gr.update(choices=ws.store.classes, value=None))
             return (*view, "suspects" if f.suspects else "clean (spot-check)",
                     gr.update(choices=[""] + ws.store.classes, value=f.label or ""), f.status or "",
                     "" if f.margin_min is None else str(f.margin_min),
                     "" if f.margin_max is None else str(f.margin_max), recent_html(ws.store, q.client),
-                    gr.update(choices=ws.store.classes, value=None), f.issue or "")
+                    gr.update(choices=ws.store.classes, value=None), f.issue or "", f.order or "margin")
 
         def zoom(sid, cid, shown_id, request: gr.Request):
             """The card on screen at its full resolution (a content-addressed copy; the data root is never served)."""
@@ -970,7 +982,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
         # ================================================================ wiring
         dataset_outputs = [data_msg, counts_plot, issues_df, thumb_class, gallery]
         audit_outputs = [methods_msg, methods_df, issues_msg, issue_counts_df, class_report_df]
-        restore_outputs = [*card_outputs, f_suspects, f_class, f_status, f_min, f_max, recent, g_label, f_issue]
+        restore_outputs = [*card_outputs, f_suspects, f_class, f_status, f_min, f_max, recent, g_label, f_issue,
+                           f_order]
         demo.load(on_start, [saved], [session, client, saved, data_in, root_in]).then(
             on_page_load, session, dataset_outputs).then(
             restore_view, [session, client], restore_outputs).then(
