@@ -135,6 +135,12 @@ def test_workspace_baseline_detect_audits_filters_and_exports(tmp_path, cifar_sm
         n = int(issue_mask(table, issue).sum())
         both = sum(_queue_size(ws, suspects, issue) for suspects in (True, False))
         assert both == n, issue
+    from deft.audit import review_order
+    from deft.review import ReviewFilter, ReviewQueue
+
+    suspects = set(ws.store.query(limit=-1)["id"])
+    want = [i for i in review_order(table, "agreement")["id"] if i in suspects]
+    assert ReviewQueue(ws.store, ReviewFilter(order="agreement")).current()["id"] == want[0]
     job = ws.start_audit()
     job.join(300)
     assert job.status == "done", job.error

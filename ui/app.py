@@ -437,7 +437,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     f_max = gr.Textbox("", label="Margin ≤ (Enter; blank: no bound)", elem_id="f-max")
                     f_issue = gr.Dropdown(["", *ISSUES], value="", label="Data issue (after Audit)",
                                           interactive=True, elem_id="f-issue")
-                    f_order = gr.Dropdown(list(ORDERS.items()), value="margin", label="Order (others after Audit)",
+                    f_order = gr.Dropdown(list(ORDERS), value="DEFT margin", label="Order (others after Audit)",
                                           interactive=True, elem_id="f-order")
                 with gr.Row():
                     counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
@@ -767,7 +767,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 ws, q = queue_of(sid, cid, request)
                 q.filter = ReviewFilter(suspects=shown == "suspects", label=cls or None, status=status or None,
                                         margin_min=parse_bound(mmin), margin_max=parse_bound(mmax),
-                                        issue=issue or None, order=order or None)
+                                        issue=issue or None, order=ORDERS.get(order or ""))
             except USER_ERRORS as exc:
                 return empty(exc)
             return render(ws, q)
@@ -792,7 +792,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     gr.update(choices=[""] + ws.store.classes, value=f.label or ""), f.status or "",
                     "" if f.margin_min is None else str(f.margin_min),
                     "" if f.margin_max is None else str(f.margin_max), recent_html(ws.store, q.client),
-                    gr.update(choices=ws.store.classes, value=None), f.issue or "", f.order or "margin")
+                    gr.update(choices=ws.store.classes, value=None), f.issue or "",
+                    next((k for k, v in ORDERS.items() if v == (f.order or "margin")), "DEFT margin"))
 
         def zoom(sid, cid, shown_id, request: gr.Request):
             """The card on screen at its full resolution (a content-addressed copy; the data root is never served)."""
