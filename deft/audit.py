@@ -111,7 +111,7 @@ def data_issue_frames(run: Run, emb: Embeddings, cfg: di.DataIssueConfig, timing
                       progress: ProgressCallback = null_progress, cancel: CancelToken | None = None
                       ) -> tuple[pd.DataFrame, float]:
     """Duplicates, outliers and image problems of every sample; and the near-duplicate cosine distance."""
-    from .phase1 import load_run_images
+    from .run_images import load_run_images
 
     labels = run.dataset.labels
     paths = run.dataset.paths()

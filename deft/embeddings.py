@@ -135,7 +135,8 @@ def run_embeddings(run: Run, *, bundle: ClipBundle | None = None, device: str | 
     """
     from .device import pick_device
     from .models import load_clip
-    from .phase1 import class_texts, image_features, load_run_images, zero_shot_text
+    from .phase1 import class_texts, image_features, zero_shot_text
+    from .run_images import load_run_images
 
     cfg = run.config
     p = embeddings_path(run)

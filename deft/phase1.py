@@ -18,12 +18,13 @@ from .config import Phase1Config
 from .data import Dataset
 from .device import autocast, pick_device
 from .distributed import Dist, init_distributed
-from .images import decode_images, make_batch
+from .images import make_batch
 from .losses import DeftScores, clean_mask, deft_losses, deft_scores
 from .metrics import detection_metrics
 from .models import ClipBundle, DeepVPT, PromptLearner, encode_image, load_clip
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 from .run import Run, RunError
+from .run_images import load_run_images
 from .train_loop import train_epochs
 
 
@@ -241,20 +242,6 @@ def build_scores_table(dataset: Dataset, raw: pd.DataFrame, pseudo_source: str =
     df["suggestion"] = df[col]
     df["suggestion_conf"] = df[f"{col}_conf"]
     return df
-
-
-def load_run_images(run: Run, size: int, progress: ProgressCallback = null_progress,
-                    cancel: CancelToken | None = None, ddp: Dist | None = None) -> np.ndarray:
-    """The run's decode-once image cache; under ``ddp`` rank 0 decodes and writes it, the others read it."""
-    ddp = ddp or Dist()
-
-    def load() -> np.ndarray:
-        return decode_images(run.dataset.paths(), size, cache_file=run.cache_file(size),
-                             progress=progress if ddp.is_main else null_progress, cancel=cancel)
-
-    images = load() if ddp.is_main else None
-    ddp.barrier()
-    return images if images is not None else load()
 
 
 def open_run(out: str | os.PathLike, dataset: Dataset, cfg: Phase1Config, ddp: Dist) -> Run:

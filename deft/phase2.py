@@ -20,14 +20,16 @@ from .config import Phase2Config
 from .data import Dataset
 from .device import autocast, pick_device
 from .distributed import init_distributed
+from .errors import RunError
 from .images import Normalizer, decode_images, make_batch
 from .metrics import accuracy, confusion_matrix
 from .models import ClipBundle, load_clip
 from .models.vpt import vision_tokens
-from .phase1 import load_run_images
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
+from .run_images import load_run_images
 from .train_loop import train_epochs
+from .train_runs import CHECKPOINT, SUMMARY, TRAIN_META, fingerprint
 
 TRAINABLE_SETS = ("blocks", "all")
 
@@ -215,6 +217,7 @@ def train_classifier(
     bundle: ClipBundle | None = None,
     progress: ProgressCallback = null_progress,
     cancel: CancelToken | None = None,
+    tags: dict | None = None,
 ) -> Phase2Result:
     """Fine-tune on a curated label table ``id, label`` (rows of the run's samples).
 
@@ -223,6 +226,11 @@ def train_classifier(
     the data's ``split=test`` rows (else ``val``) with their given labels; without such a
     split, ``val_fraction`` of the curated rows against their curated (possibly noisy or
     pseudo) labels, which :attr:`Phase2Result.heldout` says in words.
+
+    ``out`` is one training run's folder (see :mod:`deft.train_runs`): ``train.json`` names what
+    it trains on, ``checkpoint.pt`` holds the last finished epoch. If ``out`` holds an interrupted
+    run on the same config and curated labels, training resumes at the next epoch (a different
+    one is refused); ``tags`` (e.g. ``{"mode": "relabels"}``) are kept with the run for listing.
     """
     run = run if isinstance(run, Run) else Run.open(run)
     cfg = config or Phase2Config(model=run.config.model)
@@ -263,8 +271,11 @@ def train_classifier(
                                      exclude=np.union1d(np.flatnonzero(heldout), sample_idx[va]))
     step = phase2_step(model, images, rows, row_labels, bundle.normalizer, cfg.augment)
 
-    best: dict = {"acc": -1.0, "last_pred": None}
     out_dir = Path(out) if out is not None else run.phase2_dir
+    best: dict = {"acc": resume_point(out_dir, fingerprint(cfg.to_dict(), curated[["id", "label"]]),
+                                      {"config": cfg.to_dict(), "tags": tags or {}, "heldout": eval_desc},
+                                      ddp.is_main),
+                  "last_pred": None}
     trained = TrainedClassifier(model, ds.classes, bundle.normalizer, bundle.image_size,
                                 {"base_model": cfg.model, "config": cfg.to_dict(), "n_train": int(len(tr)),
                                  "n_iterated": int(len(rows)), "n_val": int(len(eval_idx)),
@@ -279,6 +290,7 @@ def train_classifier(
         acc = accuracy(best["last_pred"], eval_y) if len(eval_idx) else float("nan")
         if len(eval_idx) and acc > best["acc"]:
             best["acc"] = acc
+            trained.meta.update(best_epoch=epoch + 1, best_acc=acc)
             trained.save(out_dir / "best")
         accs = dict.fromkeys(acc_keys, acc)
         run.log({"stage": "phase2", **summary, **accs})
@@ -286,7 +298,8 @@ def train_classifier(
 
     loop = train_epochs(stage="phase2", n=len(rows), step_fn=step, module=model, params=model.trainable_parameters(),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
-                        on_epoch_end=epoch_end, progress=progress, cancel=cancel, ddp=ddp, loss_parts=1)
+                        checkpoint=out_dir / CHECKPOINT, on_epoch_end=epoch_end, progress=progress,
+                        cancel=cancel, ddp=ddp, loss_parts=1)
     trained.meta["history"] = loop.history
     if not ddp.is_main:  # one writer: rank 0 evaluates and saves
         ddp.barrier()
@@ -294,10 +307,41 @@ def train_classifier(
                             eval_desc)
     trained.save(out_dir)
     last = loop.history[-1]["val_acc"] if loop.history else float("nan")
+    if best["last_pred"] is None and len(eval_idx):  # resumed after its last epoch: nothing trained now
+        best["last_pred"] = val_pred()
     cm = (confusion_matrix(best["last_pred"], eval_y, ds.K) if best["last_pred"] is not None
           else np.zeros((ds.K, ds.K), int))
     summary = {"best_val_acc": best["acc"], "last_val_acc": last, "heldout": eval_desc, "out": str(out_dir),
-               "history": loop.history, "confusion": cm.tolist(), "classes": ds.classes}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+               "history": loop.history, "confusion": cm.tolist(), "classes": ds.classes,
+               "config": cfg.to_dict(), "tags": tags or {}}
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=float))
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: training into this folder again starts afresh
     ddp.barrier()
     return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir, eval_desc)
+
+
+def resume_point(out_dir: Path, fp: str, meta: dict, is_main: bool = True) -> float:
+    """Prepare ``out_dir`` for a training run with fingerprint ``fp``; the best held-out accuracy so far.
+
+    With a checkpoint of the same run there, training resumes (the best accuracy is read back from
+    ``best/``); a checkpoint of another config or curated set is refused; otherwise ``train.json``
+    is (re)written and a previous run's summary removed.
+    """
+    if not is_main:
+        return -1.0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / CHECKPOINT).is_file():
+        try:
+            old = json.loads((out_dir / TRAIN_META).read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("fingerprint") != fp:
+            raise RunError(f"{out_dir} holds an interrupted training run on another config or curated set; "
+                           f"choose another --out (or delete {out_dir / CHECKPOINT} to start afresh)")
+        try:
+            return float(json.loads((out_dir / "best" / "classifier.json").read_text()).get("best_acc", -1.0))
+        except (OSError, ValueError):
+            return -1.0
+    (out_dir / SUMMARY).unlink(missing_ok=True)
+    (out_dir / TRAIN_META).write_text(json.dumps({"fingerprint": fp, **meta}, indent=2, default=float))
+    return -1.0

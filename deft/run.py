@@ -40,6 +40,18 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def config_changes(stored: dict, requested: dict) -> str:
+    """``"optim.epochs: 2 -> 5, ..."`` for the settings that differ (compared as JSON stores them)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(stored), flat(json.loads(json.dumps(requested)))
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
 @dataclass
 class Run:
     path: Path
@@ -55,6 +67,10 @@ class Run:
             run = cls.open(path)
             if run.meta["ids_hash"] != ids_hash(dataset.samples["id"]) or run.dataset.classes != dataset.classes:
                 raise RunError(f"{path} already holds a run on different data; choose another --out.")
+            changed = config_changes(run.meta.get("phase1", {}), config.to_dict())
+            if changed:
+                raise RunError(f"{path} already holds a run made with other settings ({changed}); re-run with "
+                               "its settings to resume it, or choose another --out for a new run.")
             return run
         path.mkdir(parents=True, exist_ok=True)
         meta = {

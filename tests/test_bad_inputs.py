@@ -26,8 +26,9 @@ from deft.curation import read_curated, write_export
 from deft.data import DataError, load_dataset
 from deft.imageio import MAX_PIXELS, PixelBudget
 from deft.images import decode_image, decode_images
-from deft.phase1 import detect, load_run_images
+from deft.phase1 import detect
 from deft.run import Run
+from deft.run_images import load_run_images
 from deft.store import ReviewStore
 
 from .conftest import ROOT

@@ -123,3 +123,13 @@ def test_crafted_checkpoint_never_executes_code(tmp_path, cifar_small, tiny_clip
     with pytest.raises(RunError, match="checkpoint.pt: not a checkpoint"):
         detect(load_dataset(cifar_small), run_dir, _cfg(tiny_clip_dir, epochs=1))
     assert not marker.exists()
+
+
+def test_rerun_with_other_settings_is_refused_not_silently_resumed(tmp_path, cifar_small):
+    ds = load_dataset(cifar_small)
+    cfg = Phase1Config(model="m", optim=OptimConfig(lr=0.03, epochs=2, batch_size=16))
+    Run.create(tmp_path / "run", ds, cfg)
+    assert Run.create(tmp_path / "run", ds, cfg).config == cfg  # same settings: resume
+    more = Phase1Config(model="m", optim=OptimConfig(lr=0.03, epochs=5, batch_size=16))
+    with pytest.raises(RunError, match=r"other settings \(optim.epochs: 2 -> 5\)"):
+        Run.create(tmp_path / "run", ds, more)

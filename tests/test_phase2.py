@@ -168,3 +168,46 @@ def test_noise_command_keeps_test_rows_clean(split_table, cifar_small, tmp_path)
     test = df["split"] == "test"
     assert test.sum() == 20 and (df.loc[test, "label"] == df.loc[test, "true_label"]).all()
     assert (df.loc[~test, "label"] != df.loc[~test, "true_label"]).mean() > 0.7  # r=1.0 on the 40 training rows
+
+
+def test_cancelled_training_resumes_at_the_next_epoch_and_equals_an_uninterrupted_run(run, tmp_path):
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from deft.progress import Cancelled, CancelToken
+    from deft.run import RunError
+
+    curated = run.dataset.samples[["id", "label"]]
+    cfg = Phase2Config(model=run.config.model, optim=OptimConfig(lr=5e-4, epochs=3, batch_size=16), val_fraction=0.2)
+    full = train_classifier(run, curated, cfg, out=tmp_path / "full")
+    token, events = CancelToken(), []
+
+    def stop_in_second_epoch(ev):
+        events.append(ev)
+        if ev.stage == "phase2" and ev.epoch == 1 and not ev.epoch_end:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train_classifier(run, curated, cfg, out=tmp_path / "cut", progress=stop_in_second_epoch, cancel=token,
+                         tags={"mode": "clean"})
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "summary.json").exists()
+    other = Phase2Config(model=run.config.model, optim=OptimConfig(lr=1e-3, epochs=3, batch_size=16),
+                         val_fraction=0.2)
+    with pytest.raises(RunError, match="another config or curated set"):
+        train_classifier(run, curated, other, out=tmp_path / "cut")
+    events.clear()
+    resumed = train_classifier(run, curated, cfg, out=tmp_path / "cut", progress=events.append,
+                               tags={"mode": "clean"})
+    assert min(e.epoch for e in events if e.stage == "phase2") == 1  # epoch 1 was not trained again
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(resumed.history, full.history, strict=True):
+        assert a["val_acc"] == b["val_acc"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert resumed.best_val_acc == full.best_val_acc and resumed.last_val_acc == full.last_val_acc
+    np.testing.assert_array_equal(resumed.confusion, full.confusion)
+    wa = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "full" / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wb)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # finished: a new run here starts afresh
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["tags"] == {"mode": "clean"} and summary["heldout"] == resumed.heldout

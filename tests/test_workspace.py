@@ -100,3 +100,49 @@ def test_cli_export_sees_the_decisions_made_in_the_app(tmp_path, tiny_clip_dir):
     assert rows.loc[sid, "status"] == "relabelled" and rows.loc[sid, "final_label"] == to
     app_csv, _, _ = ws.export()
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(app_csv))
+
+
+@pytest.mark.slow
+def test_each_training_run_gets_its_own_folder_and_is_listed(tmp_path, tiny_clip_dir):
+    from ui.app import train_summary_md
+
+    ws = _ready(tmp_path, tiny_clip_dir)
+    assert ws.training_runs().empty
+    for _ in range(2):
+        job = ws.start_train("pseudo", 1)
+        job.join(300)
+        assert job.status == "done", job.error
+    res = job.result
+    assert res.out_dir == ws.run.phase2_dir / "002" and (ws.run.phase2_dir / "001" / "summary.json").is_file()
+    table = ws.training_runs()
+    assert list(table["run"]) == ["001", "002"] and set(table["mode"]) == {"pseudo"}
+    assert list(table["epochs"]) == ["1/1", "1/1"] and table["last acc"].str.endswith("%").all()
+    assert (table["held out on"] == res.heldout).all() and "curated rows held out at random" in res.heldout
+    md = train_summary_md(res)
+    assert "Held-out accuracy" in md and "Validation" not in md and "no test split" in md
+
+
+@pytest.mark.slow
+def test_detect_tab_curves_in_epochs_and_planted_errors_of_the_demo(tmp_path, tiny_clip_dir):
+    ws = _ready(tmp_path, tiny_clip_dir)
+    loss, clean = ws.detect_curves(ws.job)
+    assert list(clean["epoch"]) == [1.0] and clean["clean fraction"].between(0, 1).all()
+    per_step = loss.loc[loss["series"] == "loss per step", "epoch"]
+    assert len(per_step) > 1 and per_step.max() == 1.0 and per_step.min() > 0  # x in epochs, not steps
+    ws2 = Workspace(ws.settings)  # a reload: the curve comes from the run's log
+    ws2.load(str(DEMO))
+    assert ws2.detect_curves()[1].equals(clean)
+    m = ws.planted_summary()  # the demo's PLANTED.csv lists 40 planted errors
+    assert m is not None and m["n_planted"] == 40 and 0 <= m["caught"] <= min(40, m["n_suspects"])
+
+
+def test_preview_advice_and_projected_time_on_a_cpu(tmp_path, tiny_clip_dir):
+    ws = Workspace(AppSettings(data=str(DEMO), model=str(tiny_clip_dir), runs=tmp_path / "runs", device="cpu"))
+    pre, why = ws.preview_advice("openai/clip-vit-base-patch16")
+    assert pre and "No GPU" in why and "768" in why
+    assert ws.preview_advice(str(tiny_clip_dir)) == (False, "")  # a tiny checkpoint: full DEFT is fine
+    with pytest.raises(RuntimeError, match="load a dataset first"):
+        ws.estimate_full_deft(str(tiny_clip_dir), 10)
+    ws.load(str(DEMO))
+    line = ws.estimate_full_deft(str(tiny_clip_dir), 10)
+    assert "400 images x 10 epochs" in line and "img/s measured" in line and "(cpu)" in line

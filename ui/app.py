@@ -24,6 +24,7 @@ from deft.audit_view import (
     methods_table,
 )
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
+from deft.monitor import planted_line
 from deft.review import ReviewFilter, ReviewQueue, StaleError, group_title, suggestions
 from deft.store import BatchResult, Decision
 from deft.thumbs import thumbnail_file
@@ -181,6 +182,7 @@ CSS = """
 #map .pt {cursor: pointer;}
 #map-plumbing {display: none !important;}
 #map .legend span {display: inline-block; margin-right: 10px; font-size: 0.85em;}
+body:has(#card[data-sid=""]) :is(#btn-keep, #btn-exclude, #btn-zoom, #btn-batch) {opacity: .45; pointer-events: none;}
 """
 
 
@@ -264,6 +266,19 @@ def progress_html(job) -> str:
     if job.status == "running" and ev.eta_s:
         parts.append(f"ETA {ev.eta_s:.0f}s")
     return f'<div class="pbar"><div style="width:{pct:.1f}%"></div></div><p id="job-status">{" · ".join(parts)}</p>'
+
+
+def plot_frames(frames) -> tuple:
+    """Frames for plots; an empty one clears its plot."""
+    return tuple(None if f is None or f.empty else f for f in frames)
+
+
+def train_summary_md(res) -> str:
+    """The Train tab's result line: last/best held-out accuracy and what it is measured against."""
+    meta = res.classifier.meta
+    return (f"### Held-out accuracy: last **{res.last_val_acc:.2%}**, best **{res.best_val_acc:.2%}**\n"
+            f"Measured on {html.escape(res.heldout or 'the held-out rows')}. Trained on {meta['n_train']} "
+            f"curated samples; model saved to `{res.out_dir}` (best epoch in `{res.out_dir / 'best'}`).")
 
 
 def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.HTML]:
@@ -410,6 +425,9 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 det_method = gr.Radio(["deft", "zeroshot", "cleanlab", "all"], value="deft", label="Method "
                                       "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
                                       "then every baseline and the data-issue audit)", elem_id="det-method")
+                with gr.Row():
+                    det_note = gr.Markdown(elem_id="detect-note")
+                    est_btn = gr.Button("Estimate full DEFT time", elem_id="btn-estimate", scale=0)
                 run_btn, cancel_btn, det_msg, det_prog = job_controls("Run detection", "detect")
                 with gr.Row():
                     audit_btn = gr.Button("Audit (baselines, data issues, map)", elem_id="btn-audit")
@@ -419,8 +437,10 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 methods_df = gr.Dataframe(label="Methods against ground truth", interactive=False,
                                           elem_id="methods-table")
                 with gr.Row():
-                    loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss / clean fraction",
-                                            height=260)
+                    loss_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss (x: epochs)",
+                                            height=260, elem_id="loss-plot")
+                    clean_plot = gr.LinePlot(x="epoch", y="clean fraction", title="Clean fraction (x: epochs)",
+                                             height=260, y_lim=[0, 1], elem_id="clean-plot")
                     rate_plot = gr.BarPlot(x="class", y="suspect_rate", title="Suspect rate per class", height=260,
                                            y_lim=[0, 1])
                     hist_plot = gr.BarPlot(x="margin", y="count", color="kind", title="Margin (cos+ − cos−)",
@@ -447,6 +467,19 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                         with gr.Row():
                             with gr.Column(scale=3):
                                 card = gr.HTML("", elem_id="card-box")
+                                # batch accept under the card, one row: its preview message is above the fold
+                                with gr.Row(equal_height=True):
+                                    batch_src = gr.Dropdown(["learned prompts", "zero-shot CLIP"],
+                                                            value="learned prompts", label="Batch accept: source",
+                                                            elem_id="batch-src", scale=2, min_width=150)
+                                    batch_t = gr.Number(0.9, minimum=0, maximum=1, step=0.01, label="confidence ≥",
+                                                        elem_id="batch-t", scale=1, min_width=100)
+                                    batch_btn = gr.Button("Preview batch accept", elem_id="btn-batch", scale=1,
+                                                          min_width=110)
+                                    batch_ok = gr.Button("Confirm", elem_id="btn-batch-confirm", variant="primary",
+                                                         interactive=False, scale=1, min_width=110)
+                                batch_msg = gr.Markdown(elem_id="batch-msg")
+                                batch_items = gr.State([])
                                 zoom_box = gr.HTML("", elem_id="zoom-box")
                             with gr.Column(scale=2):
                                 with gr.Row():
@@ -456,7 +489,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                                 with gr.Row():
                                     relabel_dd = gr.Dropdown([], value=None, label="Relabel to (r, type, Enter)",
                                                              filterable=True, interactive=True, elem_id="relabel-dd")
-                                    relabel_btn = gr.Button("Relabel", elem_id="btn-relabel")
+                                    relabel_btn = gr.Button("Relabel", elem_id="btn-relabel", interactive=False)
                                 with gr.Row():
                                     prev_btn = gr.Button("← Previous", elem_id="btn-prev")
                                     next_btn = gr.Button("Next →", elem_id="btn-next")
@@ -464,15 +497,6 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                                     zoom_btn = gr.Button("Full size (z)", elem_id="btn-zoom")
                                 gr.HTML(KEYS_HELP, elem_id="keys-help")
                                 recent = gr.HTML(elem_id="recent")
-                        with gr.Row():
-                            batch_src = gr.Radio(["learned prompts", "zero-shot CLIP"], value="learned prompts",
-                                                 label="Batch accept: suggestion source", elem_id="batch-src")
-                            batch_t = gr.Slider(0, 1, 0.9, step=0.01, label="…with confidence ≥", elem_id="batch-t")
-                            batch_btn = gr.Button("Preview batch accept", elem_id="btn-batch")
-                            batch_ok = gr.Button("Confirm", elem_id="btn-batch-confirm", variant="primary",
-                                                 interactive=False)
-                        batch_msg = gr.Markdown(elem_id="batch-msg")
-                        batch_items = gr.State([])
                     with gr.Tab("Grid", id="grid-mode") as grid_tab:
                         gr.HTML(GRID_HELP)
                         with gr.Row():
@@ -508,18 +532,21 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     map_sid = gr.Textbox(elem_id="map-sid")
                     map_btn = gr.Button("open", elem_id="btn-map-open")
             # ---------------------------------------------------------------- Train
-            with gr.Tab("4 · Train", id="train"):
+            with gr.Tab("4 · Train", id="train") as train_tab:
                 with gr.Row():
                     mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
                                         ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                                        value="relabels", label="Training set")
                     tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1)
                 train_btn, tcancel_btn, train_msg, train_prog = job_controls("Train classifier", "train")
-                curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / validation accuracy",
+                curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy",
                                          height=260)
                 train_summary = gr.Markdown(elem_id="train-summary")
-                confusion = gr.Dataframe(label="Confusion matrix, validation split (rows: label, cols: predicted)",
+                confusion = gr.Dataframe(label="Confusion matrix on the held-out rows (rows: label, cols: predicted)",
                                          interactive=False)
+                train_runs = gr.Dataframe(label="Past training runs (each in its own folder under RUN/phase2; "
+                                                "an interrupted one resumes when run again with the same set)",
+                                          interactive=False, elem_id="train-runs")
             # ---------------------------------------------------------------- Export
             with gr.Tab("5 · Export", id="export"):
                 pseudo_in = gr.Checkbox(False, label="Fill unreviewed suspects with their suggested label (pseudo)")
@@ -611,6 +638,16 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 return "Cancelling…"
             return "Nothing is running."
 
+        def advise(sid, model):
+            pre, why = reg.get(sid).preview_advice((model or "").strip())
+            return gr.update(value=pre), why
+
+        def estimate(sid, model, epochs):
+            try:
+                return reg.get(sid).estimate_full_deft((model or "").strip(), int(epochs or 1))
+            except (*USER_ERRORS, OSError) as exc:
+                return _err(exc)
+
         def detect_results(ws: Workspace):
             if ws.store is None:
                 return "", None, None
@@ -626,6 +663,9 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 hist += [{"margin": c, "count": int(n), "kind": kind} for c, n in zip(centers, cnt, strict=True)]
             msg = (f"### {n_sus} suspects of {len(sc)} samples ({n_sus / max(1, len(sc)):.1%}) — "
                    f"go to **Review**. Run: `{ws.run.path}`")
+            planted = ws.planted_summary()
+            if planted is not None:
+                msg += "\n\n" + planted_line(planted)
             if n_sus >= 0.9 * len(sc):
                 msg += ("\n\n**⚠ Almost every sample is flagged: these detections look like noise** (an untrained "
                         "or tiny random checkpoint, or far too few epochs). The review flow still works; train on "
@@ -633,31 +673,24 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             return msg, rate, pd.DataFrame(hist)
 
         def job_curves(job):
-            _, curve, epochs = job.snapshot()
-            if job.name == "detection":
-                rows = [{"step": c["step"], "value": c["loss"], "series": "loss"} for c in curve]
-                rows += [{"step": e["epoch"] * (curve[-1]["step"] / max(1, len(epochs)) if curve else 1),
-                          "value": e.get("clean_frac", 0.0), "series": "clean fraction"} for e in epochs]
-                return pd.DataFrame(rows) if rows else None
+            _, _, epochs = job.snapshot()
             rows = [{"epoch": e["epoch"], "value": e.get("loss", 0.0), "series": "train loss"} for e in epochs]
-            rows += [{"epoch": e["epoch"], "value": e.get("val_acc", 0.0), "series": "val accuracy"} for e in epochs]
+            rows += [{"epoch": e["epoch"], "value": e.get("val_acc", 0.0), "series": "held-out accuracy"}
+                     for e in epochs]
             return pd.DataFrame(rows) if rows else None
 
         def train_results(job):
             res = job.result
             cm = pd.DataFrame(res.confusion, index=res.classifier.classes, columns=res.classifier.classes)
             cm.insert(0, "label", res.classifier.classes)
-            msg = (f"### Validation accuracy: last **{res.last_val_acc:.2%}**, best **{res.best_val_acc:.2%}** "
-                   f"({res.classifier.meta['n_train']} train / {res.classifier.meta['n_val']} val)\n"
-                   f"Model saved to `{res.out_dir}` (best epoch in `{res.out_dir / 'best'}`).")
-            return msg, cm
+            return train_summary_md(res), cm
 
         seen: dict[str, tuple[int, str]] = {}
 
         def on_tick(sid):
             ws = reg.get(sid) if sid else None
             job = ws.job if ws is not None else None
-            nothing = (gr.skip(),) * 10
+            nothing = (gr.skip(),) * 11
             if job is None:
                 return nothing
             key = (id(job), job.status)
@@ -668,17 +701,19 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 return nothing
             det = job.name == "detection"
             prog = progress_html(job)
-            curves = job_curves(job)
-            out = [gr.skip()] * 10
+            out = [gr.skip()] * 11
             if det:
-                out[0], out[1] = prog, curves
+                out[0] = prog
+                out[1], out[10] = plot_frames(ws.detect_curves(job))
                 if job.status == "done":
                     out[2], out[3], out[4] = detect_results(ws)
                     out[9] = gr.update(choices=[""] + ws.dataset.classes)
             else:
-                out[5], out[6] = prog, curves
+                out[5], out[6] = prog, job_curves(job)
                 if job.status == "done":
                     out[7], out[8] = train_results(job)
+                elif job.status == "cancelled":  # also refreshes the list of runs (train_summary.change)
+                    out[7] = "Training cancelled: run it again with the same set to resume at the next epoch."
             return tuple(out)
 
         # ---- review: every handler renders the card from the store (the log is the truth)
@@ -740,6 +775,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             btn.click(None, js=f"() => window.deftAct('{what}')")
         relabel_btn.click(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
         relabel_dd.input(None, [relabel_dd], js="(v) => { if (v) window.deftAct('relabel', v); }")
+        relabel_dd.change(lambda v: gr.update(interactive=bool(v)), relabel_dd, relabel_btn, queue=False,
+                          api_visibility="private")  # Relabel only once there is a label to relabel to
 
         def nav(fn):
             def handler(sid, cid, request: gr.Request):
@@ -989,6 +1026,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             on_page_load, session, dataset_outputs).then(
             restore_view, [session, client], restore_outputs).then(
             lambda sid: detect_results(reg.get(sid)), session, [det_summary, rate_plot, hist_plot]).then(
+            lambda sid: plot_frames(reg.get(sid).detect_curves()), session, [loss_plot, clean_plot]).then(
+            advise, [session, model_in], [pv_in, det_note]).then(
             lambda sid: audit_views(reg.get(sid)), session, audit_outputs)
         load_btn.click(on_load, [session, data_in, root_in, saved], [*dataset_outputs, saved]).then(
             restore_view, [session, client], restore_outputs).then(
@@ -1001,11 +1040,18 @@ def build_app(reg: Workspaces) -> gr.Blocks:
         thumb_class.change(lambda sid, c: class_thumbs_of(reg.get(sid), c), [session, thumb_class], gallery)
         run_btn.click(on_detect, [session, model_in, rw_in, ep_in, pv_in, det_method], det_msg)
         cancel_btn.click(on_cancel, session, det_msg)
+
+        for ev in (model_in.blur, model_in.submit):
+            ev(advise, [session, model_in], [pv_in, det_note], api_visibility="private")
+        est_btn.click(estimate, [session, model_in, ep_in], det_note, concurrency_limit=1,
+                      concurrency_id="estimate", api_visibility="private")
         train_btn.click(on_train, [session, mode_in, tep_in], train_msg)
         tcancel_btn.click(on_cancel, session, train_msg)
+        for ev in (train_tab.select, train_summary.change):
+            ev(lambda sid: reg.get(sid).training_runs(), session, train_runs, api_visibility="private")
         export_btn.click(on_export, [session, pseudo_in], [export_msg, export_files, export_preview])
         timer.tick(on_tick, session, [det_prog, loss_plot, det_summary, rate_plot, hist_plot,
-                                      train_prog, curve_plot, train_summary, confusion, f_class])
+                                      train_prog, curve_plot, train_summary, confusion, f_class, clean_plot])
         tabs.select(show_card, [session, client], card_outputs)
     return demo
 

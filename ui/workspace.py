@@ -22,15 +22,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from deft.audit import ground_truth
 from deft.audit_view import issue_rows, order_rows
 from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
+from deft.device import pick_device
+from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
 from deft.jobs import Job
+from deft.monitor import epoch_history, planted_errors_caught, training_curves
 from deft.review import ReviewFilter, ReviewQueue, dataset_key
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
+from deft.train_runs import fingerprint, folder_for, list_training_runs, runs_table
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Workspace:
     job: Job | None = None
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
     datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
+    detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -114,6 +120,23 @@ class Workspace:
         return Phase1Config(model=model, real_world=real_world, feature_cache=preview,
                             optim=OptimConfig(lr=0.03, epochs=int(epochs), batch_size=self.settings.batch_size))
 
+    def preview_advice(self, model: str) -> tuple[bool, str]:
+        """Whether to preselect the quick preview for ``model`` on this machine, and why (one line)."""
+        width = vision_width(model)
+        gpu = pick_device(self.settings.device).type != "cpu"
+        if preselect_preview(gpu, width):
+            return True, (f"No GPU here: the quick preview is preselected for this checkpoint (width {width}, "
+                          f"ViT-B size or larger). Press *Estimate full DEFT time* before unticking it.")
+        return False, ""
+
+    def estimate_full_deft(self, model: str, epochs: int) -> str:
+        """Full DEFT's projected training time on this machine (measured on a few images)."""
+        if self.dataset is None:
+            raise RuntimeError("load a dataset first (Dataset tab)")
+        rate = measure_full_deft_rate(self.dataset, model, device=self.settings.device)
+        n = len(self.dataset.train_rows)
+        return projection_line(rate, n, int(epochs), pick_device(self.settings.device).type)
+
     def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False,
                      method: str = "deft") -> Job:
         """Detection in the background: ``method`` deft, a baseline (zeroshot / cleanlab, no prompt
@@ -128,6 +151,7 @@ class Workspace:
         ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs, preview)
         digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
         out = self.home / (f"detect-{digest}-{method}" if method in BASELINES else f"detect-{digest}")
+        self.detect_dir = out
 
         def fn(progress, cancel):
             with run_folder_lock(out):  # a CLI `deft detect` on the same folder is refused, and vice versa
@@ -175,9 +199,38 @@ class Workspace:
 
         def fn(progress, cancel):
             curated = curated_labels(store.export(), mode)
-            return train_classifier(run, curated, cfg, device=self.settings.device, progress=progress, cancel=cancel)
+            # one folder per training run; an interrupted run on the same labels and config resumes there
+            out = folder_for(run.phase2_dir, fingerprint(cfg.to_dict(), curated[["id", "label"]]))
+            with run_folder_lock(out):
+                return train_classifier(run, curated, cfg, out=out, device=self.settings.device, progress=progress,
+                                        cancel=cancel, tags={"mode": mode})
 
         return self._start("training", fn)
+
+    def training_runs(self) -> pd.DataFrame:
+        """The current detection run's past training runs (mode, epochs, last/best accuracy, held out on)."""
+        return runs_table(list_training_runs(self.run.phase2_dir) if self.run is not None else [])
+
+    def detect_curves(self, job: Job | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Loss and clean-fraction curves (x in epochs) of the latest detection: this job's steps on
+        top of every epoch in the run's log, so a resumed run continues the same curve."""
+        folder = self.detect_dir or (self.run.path if self.run is not None else None)
+        epochs = epoch_history(folder / "log.jsonl") if folder is not None else []
+        steps, spe = [], 1
+        if job is not None and job.name == "detection":
+            last, steps, _ = job.snapshot()
+            ev = last.get("phase1")
+            spe = ev.steps // max(1, ev.epochs) if ev is not None else 1
+        return training_curves(steps, spe, epochs)
+
+    def planted_summary(self) -> dict | None:
+        """Precision, recall and planted errors caught, when the table carries ground truth."""
+        if self.run is None or self.store is None:
+            return None
+        truth = ground_truth(self.run)
+        if truth is None:
+            return None
+        return planted_errors_caught(self.store.scores(), self.run.dataset.samples["id"], truth)
 
     # -- review ---------------------------------------------------------------
     def queue(self, client: str, user: str = "local") -> ReviewQueue:

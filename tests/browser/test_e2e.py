@@ -99,7 +99,8 @@ def test_review_flow_survives_kill9(tmp_path, tiny_clip_dir, browser, artifacts)
         open_tab(page, "4 · Train")
         page.get_by_label("+ pseudo-labels for unreviewed suspects").check()
         page.click("#btn-train")
-        wait_text(page, "#train-summary", "Validation accuracy", timeout=300_000)
+        wait_text(page, "#train-summary", "Held-out accuracy", timeout=300_000)
+        wait_text(page, "#train-runs", "pseudo")  # the run is listed with its mode
         page.screenshot(path=str(artifacts / "5-train.png"), full_page=True)
 
         # 6. export, downloaded through the browser

@@ -191,8 +191,15 @@ def test_batch_accept_preview_confirm_and_undo_as_one_step(two, app):
     a.locator("#batch-t input[type=number]").fill("0")
     a.locator("#batch-t input[type=number]").press("Enter")
     before = store.count()["reviewed"]
+    assert a.locator("#btn-batch-confirm").is_disabled()  # nothing to confirm before a preview
+    assert a.locator("#btn-relabel").is_disabled()  # nor to relabel before a label is chosen
     a.click("#btn-batch")
     wait_msg(a, "#batch-msg", "Will accept")
+    assert a.locator("#btn-batch-confirm").is_enabled()
+    a.evaluate("() => window.scrollTo(0, 0)")
+    for sel in ("#batch-msg", "#btn-batch-confirm", "#keys-help", "#btn-next", "#btn-prev"):  # above the fold
+        box = a.locator(sel).bounding_box()
+        assert box is not None and box["height"] > 0 and box["y"] + box["height"] <= 900, (sel, box)
     n = int(a.inner_text("#batch-msg").split("Will accept ")[1].split()[0])
     assert n >= 2 and store.count()["reviewed"] == before  # a preview applies nothing
     # meanwhile reviewer b decides one of them: the batch skips it instead of overwriting
@@ -227,6 +234,10 @@ def test_place_filters_and_last_decisions_survive_reload(two, app):
     a.reload()
     open_review(a)
     wait_card(a, "c.dataset.sid === a", here)
+    # The Review tab's own render can show the card before the page-load restore has filled the filters and
+    # the recent list: wait (bounded) for the restore, then check every piece of it.
+    a.wait_for_function("(s) => document.querySelector('#f-class input').value === 'dog' && "
+                        "document.querySelector('#recent').innerText.includes(s)", arg=sid, timeout=20_000)
     assert a.locator("#f-class input").input_value() == "dog"
     assert a.locator("#f-status input").input_value() == "pending"
     assert sid in a.inner_text("#recent")  # on reconnect: the last decisions recorded

@@ -1,0 +1,53 @@
+"""The Train tab's list of past training runs is built from the run folders (no browser needed)."""
+
+import json
+
+import pandas as pd
+
+from deft.train_runs import fingerprint, folder_for, list_training_runs, runs_table
+
+
+def _write(folder, name, obj):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(obj))
+
+
+def test_run_list_is_built_from_the_folders(tmp_path):
+    root = tmp_path / "phase2"
+    cfg = {"optim": {"epochs": 5}}
+    _write(root / "001", "train.json", {"fingerprint": "a", "config": cfg, "tags": {"mode": "clean"}})
+    _write(root / "001", "summary.json", {"history": [{"epoch": e} for e in range(1, 6)], "last_val_acc": 0.5,
+                                          "best_val_acc": 0.625, "heldout": "the 20 split=test rows"})
+    _write(root / "002", "train.json", {"fingerprint": "b", "config": cfg, "tags": {"mode": "pseudo"},
+                                        "heldout": "12 curated rows held out at random"})
+    (root / "002" / "checkpoint.pt").write_bytes(b"x")
+    (root / "notes").mkdir()  # a folder without a run is not listed
+    runs = list_training_runs(root)
+    assert [r.path.name for r in runs] == ["001", "002"]
+    table = runs_table(runs)
+    assert list(table["mode"]) == ["clean", "pseudo"]
+    assert list(table["status"]) == ["finished", "interrupted"]
+    assert list(table["epochs"]) == ["5/5", "0/5"]
+    assert table.loc[0, "last acc"] == "50.00%" and table.loc[0, "best acc"] == "62.50%"
+    assert table.loc[1, "last acc"] == "" and "held out at random" in table.loc[1, "held out on"]
+    assert "split=test" in table.loc[0, "held out on"]
+
+
+def test_the_cli_default_folder_is_listed_and_a_missing_root_gives_no_runs(tmp_path):
+    assert list_training_runs(tmp_path / "nope") == []
+    _write(tmp_path / "phase2", "summary.json", {"history": [{"epoch": 1}], "last_val_acc": 1.0,
+                                                 "best_val_acc": 1.0, "heldout": "x"})
+    assert [r.status for r in list_training_runs(tmp_path / "phase2")] == ["finished"]
+
+
+def test_an_interrupted_run_with_the_same_fingerprint_is_resumed_else_a_new_folder(tmp_path):
+    root = tmp_path / "phase2"
+    cur = pd.DataFrame({"id": ["a.jpg", "b.jpg"], "label": ["cat", "dog"]})
+    fp = fingerprint({"seed": 0}, cur)
+    assert fp != fingerprint({"seed": 1}, cur) and fp != fingerprint({"seed": 0}, cur.assign(label=["cat", "cat"]))
+    assert folder_for(root, fp) == root / "001"
+    _write(root / "001", "train.json", {"fingerprint": fp})
+    assert folder_for(root, fp) == root / "001"  # interrupted, same run: resume there
+    assert folder_for(root, "other") == root / "002"
+    _write(root / "001", "summary.json", {})
+    assert folder_for(root, fp) == root / "002"  # finished: a new run
