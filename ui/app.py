@@ -450,11 +450,11 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             with gr.Tab("3 · Review", id="review"):
                 with gr.Row():
                     f_suspects = gr.Radio(["suspects", "clean (spot-check)"], value="suspects", label="Show",
-                                          elem_id="f-show")
+                                          elem_id="f-show", scale=2, min_width=250)
                     f_class = gr.Dropdown([""], value="", label="Class", interactive=True, elem_id="f-class")
                     f_status = gr.Dropdown(STATUSES, value="", label="Status", interactive=True, elem_id="f-status")
-                    f_min = gr.Textbox("", label="Margin ≥ (Enter; blank: no bound)", elem_id="f-min")
-                    f_max = gr.Textbox("", label="Margin ≤ (Enter; blank: no bound)", elem_id="f-max")
+                    f_min = gr.Textbox("", label="Margin ≥ (Enter)", placeholder="no bound", elem_id="f-min")
+                    f_max = gr.Textbox("", label="Margin ≤ (Enter)", placeholder="no bound", elem_id="f-max")
                     f_issue = gr.Dropdown(["", *ISSUES], value="", label="Data issue (after Audit)",
                                           interactive=True, elem_id="f-issue")
                     f_order = gr.Dropdown(list(ORDERS), value="DEFT margin", label="Order (others after Audit)",
