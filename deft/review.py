@@ -31,10 +31,13 @@ class ReviewFilter:
     status: str | None = None  # pending / accepted / relabelled / kept / excluded
     margin_min: float | None = None
     margin_max: float | None = None
+    issue: str | None = None  # a data issue from `deft audit` (deft.audit_view.ISSUES), e.g. "near duplicate"
+    order: str | None = None  # None/"margin": DEFT margin; "agreement", "deft", "zeroshot", "cleanlab" after an audit
 
     def kwargs(self) -> dict:
         return {"suspects": self.suspects, "label": self.label or None, "status": self.status or None,
-                "margin_min": self.margin_min, "margin_max": self.margin_max}
+                "margin_min": self.margin_min, "margin_max": self.margin_max, "issue": self.issue or None,
+                "order": self.order or None}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

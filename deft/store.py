@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE INDEX IF NOT EXISTS state_status ON state(status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS cursors (owner TEXT PRIMARY KEY, filter TEXT NOT NULL, sample_id TEXT, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issues (issue TEXT NOT NULL, sample_id TEXT NOT NULL, PRIMARY KEY (issue, sample_id));
+CREATE TABLE IF NOT EXISTS orders (name TEXT NOT NULL, sample_id TEXT NOT NULL, key REAL NOT NULL,
+    PRIMARY KEY (name, sample_id));
 """
 # columns added after the first release: (table, column, declaration) -- old databases are migrated on open
 MIGRATIONS = [("decisions", "decided_by", "TEXT NOT NULL DEFAULT ''"), ("decisions", "batch", "INTEGER"),
@@ -190,6 +193,17 @@ class ReviewStore:
                             [("n_total", str(len(df))), ("n_suspects", str(int((df["is_clean"] == 0).sum())))])
         self.classes = list(classes)
 
+    def load_issues(self, rows: list[tuple[str, str]], stamp: str = "",
+                    orders: list[tuple[str, str, float]] = ()) -> None:
+        """Replace the data-issue table (``(issue, sample_id)`` pairs from ``deft audit``) for the Review filter,
+        and the review orders (``(order, sample_id, key)``: lowest key first) other than by DEFT margin."""
+        with self._tx() as con:
+            con.execute("DELETE FROM issues")
+            con.executemany("INSERT OR IGNORE INTO issues(issue, sample_id) VALUES (?, ?)", rows)
+            con.execute("DELETE FROM orders")
+            con.executemany("INSERT OR REPLACE INTO orders(name, sample_id, key) VALUES (?, ?, ?)", orders)
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('issues_stamp', ?)", (stamp,))
+
     @staticmethod
     def path_for_run(run) -> Path:
         """Where a run's decisions live: ``RUN/review.sqlite``, or the app's per-dataset
@@ -226,9 +240,20 @@ class ReviewStore:
         return {"total": total, "suspects": suspects, "reviewed": reviewed, "decided": decided}
 
     @staticmethod
+    def _order(order: str | None) -> tuple[str, list, str]:
+        """``(join, join args, key)``: the sort key of a review order (DEFT margin unless an audit order is named;
+        a sample the order does not rank goes last)."""
+        if not order or order == "margin":
+            return "", [], "s.margin"
+        return " LEFT JOIN orders o ON o.sample_id = s.id AND o.name = ?", [order], "COALESCE(o.key, 1e300)"
+
+    @staticmethod
     def _sample_filter(suspects: bool, label: str | None, margin_min: float | None,
-                       margin_max: float | None) -> tuple[str, list]:
+                       margin_max: float | None, issue: str | None = None) -> tuple[str, list]:
         where, args = ["s.is_clean = ?"], [0 if suspects else 1]
+        if issue:
+            where.append("s.id IN (SELECT sample_id FROM issues WHERE issue = ?)")
+            args.append(issue)
         if label:
             where.append("s.label = ?")
             args.append(label)
@@ -242,8 +267,8 @@ class ReviewStore:
 
     @classmethod
     def _filter(cls, suspects: bool, label: str | None, status: str | None, margin_min: float | None,
-                margin_max: float | None) -> tuple[str, list]:
-        where, args = cls._sample_filter(suspects, label, margin_min, margin_max)
+                margin_max: float | None, issue: str | None = None) -> tuple[str, list]:
+        where, args = cls._sample_filter(suspects, label, margin_min, margin_max, issue)
         if status == "pending":
             where += " AND st.status IS NULL"
         elif status:
@@ -253,37 +278,41 @@ class ReviewStore:
 
     def query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
               margin_min: float | None = None, margin_max: float | None = None,
-              offset: int = 0, limit: int = 50) -> pd.DataFrame:
-        """Samples with their current status, lowest margin first (worst suspects first)."""
-        where, args = self._filter(suspects, label, status, margin_min, margin_max)
+              offset: int = 0, limit: int = 50, issue: str | None = None, order: str | None = None) -> pd.DataFrame:
+        """Samples with their current status, lowest margin first (worst suspects first), or in ``order``."""
+        where, args = self._filter(suspects, label, status, margin_min, margin_max, issue)
+        join, jargs, k = self._order(order)
         sql = (
-            f"SELECT {self._ROW} FROM samples s LEFT JOIN state st ON st.sample_id = s.id "
-            f"WHERE {where} ORDER BY s.margin ASC, s.idx ASC LIMIT ? OFFSET ?"
+            f"SELECT {self._ROW} FROM samples s{join} LEFT JOIN state st ON st.sample_id = s.id "
+            f"WHERE {where} ORDER BY {k} ASC, s.idx ASC LIMIT ? OFFSET ?"
         )
         with self._read() as con:
-            return pd.read_sql_query(sql, con, params=[*args, limit, offset])
+            return pd.read_sql_query(sql, con, params=[*jargs, *args, limit, offset])
 
     _ROW = ("s.*, COALESCE(st.status, CASE WHEN s.is_clean THEN 'clean' ELSE 'pending' END) AS status, "
             f"st.final_label, st.decided_at, st.decided_by, {VERSION_SQL} AS version")
 
     def step(self, sample_id: str | None, delta: int, *, suspects: bool = True, label: str | None = None,
              status: str | None = None, margin_min: float | None = None, margin_max: float | None = None,
-             include: bool = False) -> dict | None:
+             include: bool = False, issue: str | None = None, order: str | None = None) -> dict | None:
         """The sample after (``delta`` > 0) or before (< 0) ``sample_id`` in :meth:`query`'s order.
 
         Keyset navigation (no OFFSET scan): the anchor needs not match the filter itself,
         so "next after the card I just decided" works when that card left the filter.
         ``include`` also returns the anchor itself when it matches. ``sample_id=None``: the first.
         """
-        where, args = self._filter(suspects, label, status, margin_min, margin_max)
-        base = f"SELECT {self._ROW} FROM samples s LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
+        where, args = self._filter(suspects, label, status, margin_min, margin_max, issue)
+        join, jargs, k = self._order(order)
+        args = [*jargs, *args]
+        base = f"SELECT {self._ROW} FROM samples s{join} LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
         with self._read() as con:
             con.row_factory = sqlite3.Row
             key = None
             if sample_id is not None:
-                key = con.execute("SELECT margin, idx FROM samples WHERE id = ?", (sample_id,)).fetchone()
+                key = con.execute(f"SELECT {k}, s.idx FROM samples s{join} WHERE s.id = ?",
+                                  [*jargs, sample_id]).fetchone()
             if key is None:
-                row = con.execute(base + " ORDER BY s.margin ASC, s.idx ASC LIMIT 1", args).fetchone()
+                row = con.execute(base + f" ORDER BY {k} ASC, s.idx ASC LIMIT 1", args).fetchone()
                 return dict(row) if row else None
             m, i = key[0], key[1]
             if include:
@@ -291,17 +320,17 @@ class ReviewStore:
                 if row is not None:
                     return dict(row)
             if delta > 0:
-                sql = base + " AND (s.margin > ? OR (s.margin = ? AND s.idx > ?)) ORDER BY s.margin, s.idx LIMIT 1"
+                sql = base + f" AND ({k} > ? OR ({k} = ? AND s.idx > ?)) ORDER BY {k}, s.idx LIMIT 1"
             else:
-                sql = (base + " AND (s.margin < ? OR (s.margin = ? AND s.idx < ?)) "
-                       "ORDER BY s.margin DESC, s.idx DESC LIMIT 1")
+                sql = base + f" AND ({k} < ? OR ({k} = ? AND s.idx < ?)) ORDER BY {k} DESC, s.idx DESC LIMIT 1"
             row = con.execute(sql, [*args, m, m, i]).fetchone()
         return dict(row) if row else None
 
     def count_query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
-                    margin_min: float | None = None, margin_max: float | None = None) -> int:
+                    margin_min: float | None = None, margin_max: float | None = None,
+                    issue: str | None = None, order: str | None = None) -> int:
         """Size of :meth:`query`'s result: index-only counts, decided rows counted from ``state``."""
-        where, args = self._sample_filter(suspects, label, margin_min, margin_max)
+        where, args = self._sample_filter(suspects, label, margin_min, margin_max, issue)
         with self._read() as con:
             if status is None:
                 return con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
@@ -314,16 +343,18 @@ class ReviewStore:
 
     def position(self, sample_id: str, *, suspects: bool = True, label: str | None = None,
                  status: str | None = None, margin_min: float | None = None,
-                 margin_max: float | None = None) -> int | None:
+                 margin_max: float | None = None, issue: str | None = None, order: str | None = None) -> int | None:
         """Rank of ``sample_id`` in :meth:`query`'s order under the same filter (None if filtered out)."""
-        where, args = self._filter(suspects, label, status, margin_min, margin_max)
-        base = f"FROM samples s LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
+        where, args = self._filter(suspects, label, status, margin_min, margin_max, issue)
+        join, jargs, k = self._order(order)
+        args = [*jargs, *args]
+        base = f"FROM samples s{join} LEFT JOIN state st ON st.sample_id = s.id WHERE {where}"
         with self._read() as con:
-            row = con.execute(f"SELECT s.margin, s.idx {base} AND s.id = ?", [*args, sample_id]).fetchone()
+            row = con.execute(f"SELECT {k}, s.idx {base} AND s.id = ?", [*args, sample_id]).fetchone()
             if row is None:
                 return None
             m, i = row
-            return con.execute(f"SELECT COUNT(*) {base} AND (s.margin < ? OR (s.margin = ? AND s.idx < ?))",
+            return con.execute(f"SELECT COUNT(*) {base} AND ({k} < ? OR ({k} = ? AND s.idx < ?))",
                                [*args, m, m, i]).fetchone()[0]
 
     def sample(self, sample_id: str) -> dict:

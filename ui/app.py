@@ -13,6 +13,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from deft.audit_view import (
+    ISSUES,
+    ORDERS,
+    AuditView,
+    conflict_line,
+    issue_counts,
+    load_audit,
+    map_points,
+    methods_table,
+)
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
 from deft.monitor import planted_line
 from deft.review import ReviewFilter, ReviewQueue, StaleError, group_title, suggestions
@@ -128,6 +138,23 @@ KEYBOARD_JS = """
 })();
 </script>
 """
+# Map: a click on a point opens that sample in Review (the sample id travels from the point clicked).
+MAP_JS = """
+<script>
+(() => {
+  let picked = '';
+  window.deftMapTake = (...a) => [a[0], a[1], picked];
+  document.addEventListener('click', (e) => {
+    const p = e.target.closest('#map .pt');
+    if (!p) return;
+    picked = p.dataset.sid;
+    document.getElementById('btn-map-open').click();
+  });
+})();
+</script>
+"""
+MAP_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+               "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79"]
 CSS = """
 .pbar {height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0;}
 .pbar > div {height: 100%; background: #2563eb;}
@@ -151,6 +178,10 @@ CSS = """
 #grid .tile.sel {border-color: #2563eb; background: #dbeafe;}
 #grid .tile img {width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated;}
 .recent {font-size: 0.85em; color: #374151;}
+#map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
+#map .pt {cursor: pointer;}
+#map-plumbing {display: none !important;}
+#map .legend span {display: inline-block; margin-right: 10px; font-size: 0.85em;}
 body:has(#card[data-sid=""]) :is(#btn-keep, #btn-exclude, #btn-zoom, #btn-batch) {opacity: .45; pointer-events: none;}
 """
 
@@ -300,6 +331,38 @@ def card_html(ws: Workspace, item: dict | None) -> str:
 </div></div></div>"""
 
 
+def map_html(points: pd.DataFrame, total: int, classes: list[str], size: int = 600) -> str:
+    """The embeddings map as SVG: one circle per point, filled by label; suspects ringed red, data
+    issues ringed orange (larger); a click opens the sample in Review (``data-sid``)."""
+    if points.empty:
+        return '<div id="map"><p>No points to draw.</p></div>'
+    x, y = points["x"].to_numpy(float), points["y"].to_numpy(float)
+    span = max(float(np.ptp(x)), float(np.ptp(y)), 1e-9)  # one scale for both axes: distances stay true
+    height = 20 + float(np.ptp(y)) / span * (size - 20)
+    px = 10 + (x - x.min()) / span * (size - 20)
+    py = 10 + (y.max() - y) / span * (size - 20)
+    colour = {c: MAP_COLOURS[i % len(MAP_COLOURS)] for i, c in enumerate(classes)}
+    ok, flagged = [], []
+    for sid, label, kind, cx, cy in zip(points["id"], points["label"], points["kind"], px, py, strict=True):
+        fill = colour.get(label, "#999")
+        title = html.escape(f"{sid} · {label}" + ("" if kind == "ok" else f" · {kind}"))
+        if kind == "ok":
+            ok.append(f'<circle class="pt" data-sid="{html.escape(sid)}" cx="{cx:.1f}" cy="{cy:.1f}" r="3" '
+                      f'fill="{fill}"><title>{title}</title></circle>')
+        else:
+            ring = "#dc2626" if kind == "suspect" else "#f59e0b"
+            flagged.append(f'<circle class="pt flag" data-sid="{html.escape(sid)}" data-kind="{html.escape(kind)}" '
+                           f'cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{fill}" stroke="{ring}" stroke-width="2">'
+                           f'<title>{title}</title></circle>')
+    legend = "".join(f'<span><b style="color:{colour[c]}">●</b> {html.escape(c)}</span>' for c in classes)
+    legend += ('<span><b style="color:#dc2626">◯</b> suspect (any method)</span>'
+               '<span><b style="color:#f59e0b">◯</b> data issue</span>')
+    shown = f"{len(points)} of {total} points" if len(points) < total else f"{total} points"
+    return (f'<div id="map" data-points="{len(points)}" data-total="{total}"><div class="legend">{legend}</div>'
+            f'<svg viewBox="0 0 {size} {height:.0f}" xmlns="http://www.w3.org/2000/svg">{"".join(ok)}{"".join(flagged)}'
+            f'</svg><p>{shown}; click a point to open it in Review.</p></div>')
+
+
 def grid_html(ws: Workspace, rows: list[dict]) -> str:
     """A page of suspects as thumbnails, grouped ``labelled X, looks like Y``."""
     if not rows:
@@ -345,6 +408,12 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                                              interactive=False)
                 thumb_class = gr.Dropdown([], label="Show class", interactive=True)
                 gallery = gr.Gallery(label="Thumbnails", columns=8, height=300, allow_preview=True)
+                issues_msg = gr.Markdown(elem_id="audit-issues-msg")
+                with gr.Row():
+                    issue_counts_df = gr.Dataframe(label="Data issues (samples)", interactive=False,
+                                                   elem_id="issue-counts")
+                    class_report_df = gr.Dataframe(label="Class report (imbalance, suspect rate per method)",
+                                                   interactive=False, elem_id="class-report")
             # ---------------------------------------------------------------- Detect
             with gr.Tab("2 · Detect", id="detect"):
                 with gr.Row():
@@ -353,10 +422,20 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     rw_in = gr.Checkbox(False, label="Real-world (human) noise")
                     pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
                     ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1)
+                det_method = gr.Radio(["deft", "zeroshot", "cleanlab", "all"], value="deft", label="Method "
+                                      "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
+                                      "then every baseline and the data-issue audit)", elem_id="det-method")
                 with gr.Row():
                     det_note = gr.Markdown(elem_id="detect-note")
                     est_btn = gr.Button("Estimate full DEFT time", elem_id="btn-estimate", scale=0)
                 run_btn, cancel_btn, det_msg, det_prog = job_controls("Run detection", "detect")
+                with gr.Row():
+                    audit_btn = gr.Button("Audit (baselines, data issues, map)", elem_id="btn-audit")
+                    audit_msg = gr.Markdown(elem_id="audit-msg")
+                audit_prog = gr.HTML(elem_id="audit-progress")
+                methods_msg = gr.Markdown(elem_id="methods-msg")
+                methods_df = gr.Dataframe(label="Methods against ground truth", interactive=False,
+                                          elem_id="methods-table")
                 with gr.Row():
                     loss_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss (x: epochs)",
                                             height=260, elem_id="loss-plot")
@@ -371,11 +450,15 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             with gr.Tab("3 · Review", id="review"):
                 with gr.Row():
                     f_suspects = gr.Radio(["suspects", "clean (spot-check)"], value="suspects", label="Show",
-                                          elem_id="f-show")
+                                          elem_id="f-show", scale=2, min_width=250)
                     f_class = gr.Dropdown([""], value="", label="Class", interactive=True, elem_id="f-class")
                     f_status = gr.Dropdown(STATUSES, value="", label="Status", interactive=True, elem_id="f-status")
-                    f_min = gr.Textbox("", label="Margin ≥ (Enter; blank: no bound)", elem_id="f-min")
-                    f_max = gr.Textbox("", label="Margin ≤ (Enter; blank: no bound)", elem_id="f-max")
+                    f_min = gr.Textbox("", label="Margin ≥ (Enter)", placeholder="no bound", elem_id="f-min")
+                    f_max = gr.Textbox("", label="Margin ≤ (Enter)", placeholder="no bound", elem_id="f-max")
+                    f_issue = gr.Dropdown(["", *ISSUES], value="", label="Data issue (after Audit)",
+                                          interactive=True, elem_id="f-issue")
+                    f_order = gr.Dropdown(list(ORDERS), value="DEFT margin", label="Order (others after Audit)",
+                                          interactive=True, elem_id="f-order")
                 with gr.Row():
                     counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
                     review_msg = gr.HTML(elem_id="review-msg")
@@ -441,6 +524,13 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                     g_sel = gr.Textbox(elem_id="grid-sel")
                     g_what = gr.Textbox(elem_id="grid-action")
                     g_btn = gr.Button("grid act", elem_id="btn-grid-act")
+            # ---------------------------------------------------------------- Map
+            with gr.Tab("Map", id="map") as map_tab:
+                map_msg = gr.Markdown(elem_id="map-msg")
+                map_box = gr.HTML(elem_id="map-box")
+                with gr.Row(elem_id="map-plumbing"):  # hidden by CSS: the page script clicks it
+                    map_sid = gr.Textbox(elem_id="map-sid")
+                    map_btn = gr.Button("open", elem_id="btn-map-open")
             # ---------------------------------------------------------------- Train
             with gr.Tab("4 · Train", id="train") as train_tab:
                 with gr.Row():
@@ -465,6 +555,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 export_files = gr.File(label="Downloads", file_count="multiple", elem_id="export-files")
                 export_preview = gr.Dataframe(label="Preview", interactive=False)
         timer = gr.Timer(1.0)
+        audit_timer = gr.Timer(1.0)
 
         # ================================================================ handlers
         def user_of(request: gr.Request | None) -> str:
@@ -533,9 +624,9 @@ def build_app(reg: Workspaces) -> gr.Blocks:
                 return "Load a dataset to start.", None, None, gr.update(), []
             return dataset_view(ws)
 
-        def on_detect(sid, model, rw, epochs, preview):
+        def on_detect(sid, model, rw, epochs, preview, method="deft"):
             try:
-                reg.get(sid).start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview))
+                reg.get(sid).start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
             except USER_ERRORS as exc:
                 return _err(exc)
             return "Detection started."
@@ -606,6 +697,8 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             if seen.get(sid) == key and not job.running:
                 return nothing
             seen[sid] = key
+            if job.name == "audit":  # shown by on_audit_tick
+                return nothing
             det = job.name == "detection"
             prog = progress_html(job)
             out = [gr.skip()] * 11
@@ -706,18 +799,20 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             btn.click(nav(fn), [session, client], card_outputs, trigger_mode="multiple", queue=False,
                       api_visibility="private")
 
-        def set_filter(sid, cid, shown, cls, status, mmin, mmax, request: gr.Request):
+        def set_filter(sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
             try:
                 ws, q = queue_of(sid, cid, request)
                 q.filter = ReviewFilter(suspects=shown == "suspects", label=cls or None, status=status or None,
-                                        margin_min=parse_bound(mmin), margin_max=parse_bound(mmax))
+                                        margin_min=parse_bound(mmin), margin_max=parse_bound(mmax),
+                                        issue=issue or None, order=ORDERS.get(order or ""))
             except USER_ERRORS as exc:
                 return empty(exc)
             return render(ws, q)
 
-        filter_inputs = [session, client, f_suspects, f_class, f_status, f_min, f_max]
-        for comp, ev in ((f_suspects, "input"), (f_class, "input"), (f_status, "input"), (f_min, "submit"),
-                         (f_max, "submit"), (f_min, "blur"), (f_max, "blur")):
+        filter_inputs = [session, client, f_suspects, f_class, f_status, f_min, f_max, f_issue, f_order]
+        for comp, ev in ((f_suspects, "input"), (f_class, "input"), (f_status, "input"), (f_issue, "input"),
+                         (f_order, "input"),
+                         (f_min, "submit"), (f_max, "submit"), (f_min, "blur"), (f_max, "blur")):
             getattr(comp, ev)(set_filter, filter_inputs, card_outputs, concurrency_limit=1, concurrency_id="review",
                               api_visibility="private")
 
@@ -726,14 +821,16 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             try:
                 ws, q = queue_of(sid, cid, request)
             except USER_ERRORS as exc:
-                return (*empty(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "", gr.update())
+                return (*empty(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "", gr.update(),
+                        gr.skip(), gr.skip())
             f = q.filter
             view = render(ws, q, dd=gr.update(choices=ws.store.classes, value=None))
             return (*view, "suspects" if f.suspects else "clean (spot-check)",
                     gr.update(choices=[""] + ws.store.classes, value=f.label or ""), f.status or "",
                     "" if f.margin_min is None else str(f.margin_min),
                     "" if f.margin_max is None else str(f.margin_max), recent_html(ws.store, q.client),
-                    gr.update(choices=ws.store.classes, value=None))
+                    gr.update(choices=ws.store.classes, value=None), f.issue or "",
+                    next((k for k, v in ORDERS.items() if v == (f.order or "margin")), "DEFT margin"))
 
         def zoom(sid, cid, shown_id, request: gr.Request):
             """The card on screen at its full resolution (a content-addressed copy; the data root is never served)."""
@@ -848,19 +945,100 @@ def build_app(reg: Workspaces) -> gr.Blocks:
             counts = ", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items())
             return f"Exported {len(df)} rows ({counts}) to `{csv}`.", [str(csv), str(pq)], df.head(50)
 
+        # ---- audit: methods table (Detect), data issues and class report (Dataset), map
+        def audit_of(ws: Workspace) -> AuditView | None:
+            return load_audit(ws.run.path) if ws.run is not None else None
+
+        def audit_views(ws: Workspace):
+            """methods_msg, methods_df, issues_msg, issue_counts_df, class_report_df."""
+            view = audit_of(ws)
+            if view is None:
+                hint = "No audit yet: press **Audit** in the Detect tab (or detect with method *all*)."
+                return hint if ws.run is not None else "", None, hint if ws.run is not None else "", None, None
+            table = methods_table(view.metrics)
+            mmsg = ("**Methods side by side** (precision / recall / F1 of the kept clean set, AUROC of the score)"
+                    if table is not None else
+                    "No ground truth for this dataset (no `true_label` column or PLANTED.csv): the methods "
+                    "cannot be scored, only compared by what they flag.")
+            counts = issue_counts(view.table)
+            imsg = f"**Data issues** among {len(view.table)} reviewable samples (audit of `{ws.run.path.name}`)."
+            loud = conflict_line(counts)
+            report = view.class_report.round(3) if view.class_report is not None else None
+            return mmsg, table, f"{loud}\n\n{imsg}" if loud else imsg, counts, report
+
+        def on_audit(sid):
+            try:
+                reg.get(sid).start_audit()
+            except USER_ERRORS as exc:
+                return _err(exc)
+            return "Audit started."
+
+        audit_seen: dict[str, tuple[int, str]] = {}
+
+        def on_audit_tick(sid):
+            """Audit progress; the audit views once an audit (or a detection) finished."""
+            ws = reg.get(sid) if sid else None
+            job = ws.job if ws is not None else None
+            nothing = (gr.skip(),) * 6
+            if job is None:
+                return nothing
+            key = (id(job), job.status)
+            if audit_seen.get(sid) == key and not job.running:
+                return nothing
+            audit_seen[sid] = key
+            prog = progress_html(job) if job.name == "audit" else gr.skip()
+            if job.name == "audit" and job.status == "done":
+                prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
+            if job.running or job.status != "done":
+                return (prog, *(gr.skip(),) * 5)
+            return (prog, *audit_views(ws))
+
+        def map_view(sid):
+            ws = reg.get(sid)
+            view = audit_of(ws)
+            if view is None or view.projection is None:
+                return "No map yet: run **Audit** in the Detect tab (it computes the 2-D projection).", ""
+            labels = ws.dataset.samples.set_index(ws.dataset.samples["id"].astype(str))["label"]
+            pts, total = map_points(view.projection, view.table, labels)
+            note = (f" Showing {len(pts)} of {total} points (downsampled for display: every suspect and data issue "
+                    f"first, then a random sample of the rest)." if len(pts) < total else "")
+            return (f"**Embeddings map** (t-SNE of the CLIP image embeddings), coloured by label.{note}",
+                    map_html(pts, total, ws.dataset.classes))
+
+        def map_open(sid, cid, sample, request: gr.Request):
+            """Open the clicked point in Review: a filter that contains it, then its card."""
+            try:
+                ws, q = queue_of(sid, cid, request)
+                item = ws.store.sample(str(sample))
+                q.filter = ReviewFilter(suspects=not bool(item["is_clean"]))
+                q.show(str(sample))
+                q.save_place()
+            except (*USER_ERRORS, KeyError) as exc:
+                return _err(exc), gr.skip()
+            return "", gr.Tabs(selected="review")
+
         # ================================================================ wiring
         dataset_outputs = [data_msg, counts_plot, issues_df, thumb_class, gallery]
-        restore_outputs = [*card_outputs, f_suspects, f_class, f_status, f_min, f_max, recent, g_label]
+        audit_outputs = [methods_msg, methods_df, issues_msg, issue_counts_df, class_report_df]
+        restore_outputs = [*card_outputs, f_suspects, f_class, f_status, f_min, f_max, recent, g_label, f_issue,
+                           f_order]
         demo.load(on_start, [saved], [session, client, saved, data_in, root_in]).then(
             on_page_load, session, dataset_outputs).then(
             restore_view, [session, client], restore_outputs).then(
             lambda sid: detect_results(reg.get(sid)), session, [det_summary, rate_plot, hist_plot]).then(
             lambda sid: plot_frames(reg.get(sid).detect_curves()), session, [loss_plot, clean_plot]).then(
-            advise, [session, model_in], [pv_in, det_note])
+            advise, [session, model_in], [pv_in, det_note]).then(
+            lambda sid: audit_views(reg.get(sid)), session, audit_outputs)
         load_btn.click(on_load, [session, data_in, root_in, saved], [*dataset_outputs, saved]).then(
-            restore_view, [session, client], restore_outputs)
+            restore_view, [session, client], restore_outputs).then(
+            lambda sid: audit_views(reg.get(sid)), session, audit_outputs)
+        audit_btn.click(on_audit, session, audit_msg)
+        audit_timer.tick(on_audit_tick, session, [audit_prog, *audit_outputs])
+        map_tab.select(map_view, session, [map_msg, map_box])
+        map_btn.click(map_open, [session, client, map_sid], [map_msg, tabs], js="(...a) => window.deftMapTake(...a)",
+                      api_visibility="private").then(restore_view, [session, client], restore_outputs)
         thumb_class.change(lambda sid, c: class_thumbs_of(reg.get(sid), c), [session, thumb_class], gallery)
-        run_btn.click(on_detect, [session, model_in, rw_in, ep_in, pv_in], det_msg)
+        run_btn.click(on_detect, [session, model_in, rw_in, ep_in, pv_in, det_method], det_msg)
         cancel_btn.click(on_cancel, session, det_msg)
 
         for ev in (model_in.blur, model_in.submit):
@@ -887,6 +1065,6 @@ def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 786
     thumbs.mkdir(parents=True, exist_ok=True)
     demo = build_app(reg)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=host, server_port=port, auth=auth, share=share, css=CSS, head=KEYBOARD_JS,
+    demo.launch(server_name=host, server_port=port, auth=auth, share=share, css=CSS, head=KEYBOARD_JS + MAP_JS,
                 ssr_mode=False, show_error=True, inbrowser=False,
                 allowed_paths=[str(thumbs), *extra.pop("allowed_paths", [])], **extra)

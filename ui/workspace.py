@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from deft.audit import ground_truth
+from deft.audit_view import issue_rows, order_rows
 from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
@@ -98,6 +99,11 @@ class Workspace:
     def attach(self, run: Run) -> None:
         """Make ``run`` current and load its scores into the dataset's review store."""
         store = ReviewStore.for_run(run, self.home / "review.sqlite")  # raises on a damaged database
+        audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
+        stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
+        if store.get_meta("issues_stamp", "") != stamp:
+            table = pd.read_parquet(audit_file) if stamp else None
+            store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
         with self._lock:
             self.run, self.store = run, store
             self.queues.clear()
@@ -131,25 +137,56 @@ class Workspace:
         n = len(self.dataset.train_rows)
         return projection_line(rate, n, int(epochs), pick_device(self.settings.device).type)
 
-    def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False) -> Job:
+    def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False,
+                     method: str = "deft") -> Job:
+        """Detection in the background: ``method`` deft, a baseline (zeroshot / cleanlab, no prompt
+        training, then the audit pass), or all (DEFT, then the audit pass with every baseline)."""
+        from deft.audit import BASELINES, audit, detect_with_baseline
         from deft.phase1 import detect
 
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
+        if method not in ("deft", "all", *BASELINES):
+            raise ValueError(f"unknown method {method!r}; choose deft, zeroshot, cleanlab or all")
         ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs, preview)
         digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-        out = self.home / f"detect-{digest}"
+        out = self.home / (f"detect-{digest}-{method}" if method in BASELINES else f"detect-{digest}")
         self.detect_dir = out
 
         def fn(progress, cancel):
             with run_folder_lock(out):  # a CLI `deft detect` on the same folder is refused, and vice versa
-                res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
+                if method in BASELINES:
+                    res = detect_with_baseline(ds, out, cfg, method, device=self.settings.device,
+                                               progress=progress)[0]
+                else:
+                    res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
+                    if method == "all":
+                        audit(res.run, device=self.settings.device, progress=progress, cancel=cancel)
+            run = res if isinstance(res, Run) else Run.open(res.run.path)  # re-read: the audit rewrote scores
             with self._lock:
                 if self.dataset is ds:  # the user may have loaded another dataset meanwhile
-                    self.attach(res.run)
+                    self.attach(run)
             return res
 
         return self._start("detection", fn)
+
+    def start_audit(self) -> Job:
+        """``deft audit`` on the current run in the background (baselines, data issues, class report, map)."""
+        from deft.audit import audit
+
+        if self.run is None:
+            raise RuntimeError("run detection first (Detect tab)")
+        ds, path = self.dataset, self.run.path
+
+        def fn(progress, cancel):
+            with run_folder_lock(path):
+                res = audit(Run.open(path), device=self.settings.device, progress=progress, cancel=cancel)
+            with self._lock:
+                if self.dataset is ds:
+                    self.attach(Run.open(path))  # the scores table now carries the audit columns
+            return res
+
+        return self._start("audit", fn)
 
     def start_train(self, mode: str, epochs: int) -> Job:
         from deft.phase2 import train_classifier
@@ -215,7 +252,12 @@ class Workspace:
     def export(self, pseudo: bool = False) -> tuple[Path, Path, pd.DataFrame]:
         if self.store is None:
             raise RuntimeError("nothing to export yet: run detection first")
+        from deft.audit import audit_columns, merge_audit_columns
+
         df = self.store.export(pseudo=pseudo)
+        extra = audit_columns(self.run) if self.run is not None else None
+        if extra is not None:  # baselines and data issues, as `deft export` writes them
+            df = merge_audit_columns(df, extra, key="path")
         out = self.home / "exports"
         csv = write_export(df, out / "cleaned_labels.csv")
         pq = write_export(df, out / "cleaned_labels.parquet")
