@@ -146,3 +146,27 @@ def test_preview_advice_and_projected_time_on_a_cpu(tmp_path, tiny_clip_dir):
     ws.load(str(DEMO))
     line = ws.estimate_full_deft(str(tiny_clip_dir), 10)
     assert "400 images x 10 epochs" in line and "img/s measured" in line and "(cpu)" in line
+
+
+def test_card_evidence_after_audit_nearest_clean_of_given_and_suggested_label(tmp_path, tiny_clip_dir):
+    ws = _ready(tmp_path, tiny_clip_dir)
+    item = ws.queue("tab-a").current()
+    assert ws.evidence(item) is None  # no embeddings before the audit: the card says how to get them
+    job = ws.start_audit()
+    job.join(300)
+    assert job.status == "done", job.error
+    assert ws.evidence(item, k=3)[0][2] == []  # the tiny random checkpoint flags everything: nothing trusted yet
+    q = ws.queue("tab-b")
+    trusted = {}
+    for cls in {item["label"], *(g.label for g in q.suggestions(item))}:  # a reviewer keeps two of each class
+        for sid in ws.store.scores().query("label == @cls")["id"][:3]:
+            if sid != item["id"] and len(trusted.setdefault(cls, [])) < 2:
+                q.act(sid, ws.store.sample(sid)["version"], "keep")
+                trusted[cls].append(sid)
+    ev = ws.evidence(item, k=3)
+    assert [role for role, _, _ in ev][0] == "given label" and ev[0][1] == item["label"]
+    for _, label, near in ev:
+        assert {n.sample_id for n in near} == set(trusted[label])  # only what a reviewer confirmed
+        assert [n.similarity for n in near] == sorted((n.similarity for n in near), reverse=True)
+    if len(ev) > 1:
+        assert ev[1][1] != item["label"]  # the other class: the top suggestion, never the given label

@@ -28,10 +28,12 @@ from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.device import pick_device
+from deft.embeddings import embeddings_path
 from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
+from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
-from deft.review import ReviewFilter, ReviewQueue, dataset_key
+from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
@@ -61,6 +63,7 @@ class Workspace:
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
     datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
+    _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -233,6 +236,28 @@ class Workspace:
         return planted_errors_caught(self.store.scores(), self.run.dataset.samples["id"], truth)
 
     # -- review ---------------------------------------------------------------
+    def evidence(self, item: dict, k: int = 4) -> list[tuple[str, str, list[Neighbour]]] | None:
+        """Nearest trusted examples (reviewed, else DEFT-clean) of the card's given label and of its top
+        suggestion: ``[(role, label, neighbours)]``, or None when the run has no current embeddings yet."""
+        run, store = self.run, self.store
+        if run is None or store is None:
+            return None
+        emb = embeddings_path(run)
+        stamp = (str(run.path), emb.stat().st_mtime_ns if emb.is_file() else 0)
+        if self._evidence is None or self._evidence[0] != stamp:
+            self._evidence = (stamp, EvidenceIndex.for_run(run) if stamp[1] else None)
+        index = self._evidence[1]
+        if index is None:
+            return None
+        samples = run.dataset.samples
+        index.trust(*trusted_labels(samples["id"], samples["label"], store.scores(), store.current()))
+        sid, given = str(item["id"]), str(item["label"])
+        out = [("given label", given, index.nearest(sid, given, k))]
+        other = next((g.label for g in suggestions(item) if g.label != given), None)
+        if other is not None:
+            out.append(("top suggestion", other, index.nearest(sid, other, k)))
+        return out
+
     def queue(self, client: str, user: str = "local") -> ReviewQueue:
         """``client``'s review queue (its place and filters restored from the store on first use)."""
         if self.store is None:
