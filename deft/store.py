@@ -103,6 +103,12 @@ class BatchResult:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (sample id, why) for other refusals
 
 
+def _bump_samples_gen(con: sqlite3.Connection) -> None:
+    """Mark the samples / issues tables as changed (inside the writer's transaction): cached counts that
+    depend only on them (not on decisions) are recomputed, in this process and in any other."""
+    con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('samples_gen', ?)", (os.urandom(8).hex(),))
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
 
@@ -113,6 +119,7 @@ class ReviewStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._local = threading.local()  # one open connection per thread (and process)
+        self._counts: dict[tuple, int] = {}  # count_query results that do not depend on decisions
         try:
             con = self._connect()
             try:
@@ -191,6 +198,7 @@ class ReviewStore:
             con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('classes', ?)", ("\n".join(classes),))
             con.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                             [("n_total", str(len(df))), ("n_suspects", str(int((df["is_clean"] == 0).sum())))])
+            _bump_samples_gen(con)
         self.classes = list(classes)
 
     def load_issues(self, rows: list[tuple[str, str]], stamp: str = "",
@@ -203,6 +211,7 @@ class ReviewStore:
             con.execute("DELETE FROM orders")
             con.executemany("INSERT OR REPLACE INTO orders(name, sample_id, key) VALUES (?, ?, ?)", orders)
             con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('issues_stamp', ?)", (stamp,))
+            _bump_samples_gen(con)
 
     @staticmethod
     def path_for_run(run) -> Path:
@@ -332,8 +341,13 @@ class ReviewStore:
         """Size of :meth:`query`'s result: index-only counts, decided rows counted from ``state``."""
         where, args = self._sample_filter(suspects, label, margin_min, margin_max, issue)
         with self._read() as con:
-            if status is None:
-                return con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
+            if status is None:  # independent of decisions: counted once per samples table (an index scan at 100k)
+                gen = con.execute("SELECT value FROM meta WHERE key = 'samples_gen'").fetchone()
+                key = (gen[0] if gen else None, where, tuple(args))
+                if key not in self._counts:
+                    n = con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
+                    self._counts = {k: v for k, v in self._counts.items() if k[0] == key[0]} | {key: n}
+                return self._counts[key]
             decided = ("SELECT COUNT(*) FROM state st CROSS JOIN samples s ON s.id = st.sample_id "
                        f"WHERE {where}")
             if status == "pending":

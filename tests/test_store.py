@@ -259,6 +259,16 @@ def test_count_query_matches_the_query_for_every_filter(store):
     assert store.count()["reviewed"] == 2 and store.count()["suspects"] == 6
 
 
+def test_cached_counts_follow_a_new_scores_table_from_another_process(store):
+    assert store.count_query() == 6 and store.count_query(label="cat") == 2  # cached from here on
+    other = ReviewStore(store.path)  # e.g. the CLI re-scoring while the app is open
+    flipped = fake_scores()
+    flipped["is_clean"] = flipped["margin"] > 0.3
+    other.load_scores(flipped, CLASSES)
+    assert store.count_query() == int((~flipped["is_clean"]).sum()) == len(store.query(limit=-1))
+    assert store.count_query(label="cat") == len(store.query(label="cat", limit=-1))
+
+
 def test_thumbnails_are_immutable_content_addressed_files(tmp_path):
     from PIL import Image
 
