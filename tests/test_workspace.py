@@ -170,3 +170,22 @@ def test_card_evidence_after_audit_nearest_clean_of_given_and_suggested_label(tm
         assert [n.similarity for n in near] == sorted((n.similarity for n in near), reverse=True)
     if len(ev) > 1:
         assert ev[1][1] != item["label"]  # the other class: the top suggestion, never the given label
+
+
+def test_evidence_strip_html_says_how_to_get_it_then_shows_thumbnails(tmp_path, tiny_clip_dir):
+    from ui.evidence import evidence_html
+
+    ws = _ready(tmp_path, tiny_clip_dir)
+    item = ws.queue("tab-a").current()
+    assert "after <b>Audit</b>" in evidence_html(ws, item)
+    job = ws.start_audit()
+    job.join(300)
+    assert job.status == "done", job.error
+    assert "no trusted example of this class yet" in evidence_html(ws, item)
+    q = ws.queue("tab-b")
+    kept = [s for s in ws.store.scores().query("label == @item['label']")["id"] if s != item["id"]][:2]
+    for sid in kept:
+        q.act(sid, ws.store.sample(sid)["version"], "keep")
+    out = evidence_html(ws, item)
+    assert out.count("<figure>") >= 2 and all(f'alt="{s}"' in out for s in kept)
+    assert f'data-sid="{item["id"]}"' in out and "/gradio_api/file=" in out
