@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from deft.config import OptimConfig, Phase1Config
 from deft.data import DataError, load_dataset
 from deft.images import Normalizer, decode_image, decode_images, make_batch
-from deft.phase1 import detect, rescore
+from deft.phase1 import rescore
 from deft.progress import Cancelled, CancelToken, ProgressEvent
 from deft.run import Run
 from deft.run_images import image_cache_kind, load_run_images
 from deft.shards import ShardImages, build_shards, encode_image
 
-from .conftest import extract_cifar
+from .conftest import ROOT, extract_cifar
 
 
 def _photos(root: Path, n: int = 12, shape: tuple[int, int] = (40, 52)) -> list[Path]:
@@ -190,21 +191,46 @@ def test_image_cache_choice(monkeypatch):
 SCORE_TOLERANCE = 0.02  # |margin(store) - margin(raw)|, on margins of about +-1 (cosine similarity differences)
 
 
-def test_scores_from_the_store_agree_with_the_raw_cache(tmp_path, tiny_clip_dir, monkeypatch):
-    """Train once on the raw cache, re-score the same run from the store: margins within SCORE_TOLERANCE."""
+def test_scores_from_the_store_agree_with_the_raw_cache(tmp_path, tiny_clip_dir):
+    """Train once on the raw cache (CLI ``--image-cache raw``), re-score the run from the store (the default):
+    margins within SCORE_TOLERANCE."""
     src = extract_cifar(tmp_path / "c", 4)
     for p in sorted(src.rglob("*.jpg")):  # 40x48 PNGs: the store re-encodes them (JPEG loss is exercised)
         Image.open(p).convert("RGB").resize((48, 40), Image.Resampling.BICUBIC).save(p.with_suffix(".png"))
         p.unlink()
     ds = load_dataset(src)
-    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=8))
-    monkeypatch.setenv("DEFT_IMAGE_CACHE", "raw")
-    res = detect(ds, tmp_path / "run", cfg, device="cpu")
-    monkeypatch.delenv("DEFT_IMAGE_CACHE")
-    assert list((tmp_path / "run" / "cache").glob("*.npy"))
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deft",
+            "detect",
+            str(src),
+            "--model",
+            str(tiny_clip_dir),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--image-cache",
+            "raw",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert list((tmp_path / "run" / "cache").glob("*.npy")) and not (tmp_path / "run" / "cache" / "shards_32").exists()
+    raw_scores = Run.open(tmp_path / "run").scores()
     shard_scores = rescore(tmp_path / "run", device="cpu", save=False)
     assert list((tmp_path / "run" / "cache" / "shards_32").glob("*.arrow"))
-    raw_m, new_m = res.scores["margin"].to_numpy(), shard_scores["margin"].to_numpy()
+    raw_m, new_m = raw_scores["margin"].to_numpy(), shard_scores["margin"].to_numpy()
     assert np.abs(raw_m - new_m).max() < SCORE_TOLERANCE, np.abs(raw_m - new_m).max()
     store = load_run_images(Run.open(tmp_path / "run"), 32)
     assert isinstance(store, ShardImages) and len(store) == ds.N
