@@ -234,3 +234,12 @@ def test_scores_from_the_store_agree_with_the_raw_cache(tmp_path, tiny_clip_dir)
     assert np.abs(raw_m - new_m).max() < SCORE_TOLERANCE, np.abs(raw_m - new_m).max()
     store = load_run_images(Run.open(tmp_path / "run"), 32)
     assert isinstance(store, ShardImages) and len(store) == ds.N
+
+
+def test_dataloader_worker_processes_read_the_store(tmp_path):
+    """The store is a map-style dataset: DataLoader worker processes each map the shards themselves."""
+    paths = _photos(tmp_path / "img", n=10)
+    store = build_shards(paths, 16, tmp_path / "s", shard_size=4)
+    loader = torch.utils.data.DataLoader(store, batch_size=4, num_workers=2)
+    got = torch.cat(list(loader)).numpy()
+    np.testing.assert_array_equal(got, store[np.arange(10)])
