@@ -34,6 +34,12 @@ def _schedule_arg(p: argparse.ArgumentParser) -> None:
                         "(the official real-world scripts never step their scheduler)")
 
 
+def _image_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-cache", choices=["shards", "raw"], default=None,
+                   help="decoded-image cache: shards (JPEG store, ~10-30 KB/image at 224 px, default) or raw "
+                        "(uint8 .npy, 150 KB/image at 224 px); also $DEFT_IMAGE_CACHE")
+
+
 def _optim(a: argparse.Namespace) -> OptimConfig:
     return OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, lr_schedule=a.lr_schedule)
 
@@ -46,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
 
     p = sub.add_parser("detect", help="Phase 1: learn dual prompts + VPT and score every sample")
+    _image_cache_arg(p)
     _data_args(p)
     p.add_argument("--model", default=DEFAULT_MODEL, help="CLIP hub id or local folder (default: %(default)s)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector: DEFT, a baseline on frozen CLIP embeddings, or all (DEFT, then `deft audit`)")
 
     p = sub.add_parser("audit", help="baselines, data issues, class report and 2-D map on a run (cached embeddings)")
+    _image_cache_arg(p)
     p.add_argument("run")
     p.add_argument("--methods", default="zeroshot,cleanlab",
                    help="baselines to run beside the run's DEFT scores (comma-separated; default: %(default)s)")
@@ -76,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("score", help="re-open a run and score every sample again with its saved prompts")
+    _image_cache_arg(p)
     p.add_argument("run")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("train", help="Phase 2: fine-tune the image encoder + linear head on the curated set")
+    _image_cache_arg(p)
     p.add_argument("run")
     p.add_argument("--labels", help="curated labels: an export CSV (path,final_label,status,...) or path,label")
     p.add_argument("--mode", choices=["clean", "relabels", "pseudo"], default="relabels",
@@ -274,6 +284,8 @@ COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
+        os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
     try:
         return COMMANDS[a.cmd](a)
     except (DataError, ModelLoadError, RunError, ReviewError, FileNotFoundError, ValueError) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pandas as pd
 import torch
@@ -71,5 +72,6 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # long timeout: the first barrier waits while rank 0 builds the image store (hours for 1M+ images)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=12))
     return Dist(dist.get_rank(), dist.get_world_size()), device

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from PIL import Image
 from .errors import DataError
 from .imageio import ImageProblem, PixelBudget, open_image, to_rgb
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+
+if TYPE_CHECKING:
+    from .shards import ShardImages
 
 
 def decode_image(path: str | Path | Image.Image, size: int, budget: PixelBudget | None = None) -> np.ndarray:
@@ -122,14 +126,21 @@ def decode_images(
 
 
 def make_batch(
-    images: np.ndarray,
+    images: np.ndarray | ShardImages,
     idx: torch.Tensor,
     device: torch.device,
     normalizer: Normalizer,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Gather a uint8 batch, move it to ``device``, augment there (if ``generator``), normalise."""
-    x = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).to(device, non_blocking=True)
+    """Gather a uint8 batch, move it to ``device``, augment there (if ``generator``), normalise.
+
+    ``images`` is the raw uint8 cache or a :class:`deft.shards.ShardImages` store, whose
+    ``decode_to`` decodes the batch on the GPU (nvJPEG) when ``device`` is CUDA.
+    """
+    if hasattr(images, "decode_to"):  # not `to_device`: numpy 2 arrays have one
+        x = images.decode_to(idx.numpy(), device)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).to(device, non_blocking=True)
     if generator is not None:
         x = augment(x, generator)
     return normalizer(x)

@@ -10,7 +10,7 @@ Layout::
     RUN/scores.parquet      the scoring pass (one row per sample)
     RUN/metrics.json        detection metrics when ground truth is known
     RUN/log.jsonl           one JSON line per epoch / event
-    RUN/cache/              decoded uint8 images (re-used by re-score and Phase 2)
+    RUN/cache/              image store shards_<size>/ (JPEG crops, Arrow IPC) or the raw uint8 .npy cache
     RUN/phase2/             Phase 2 classifier
 """
 

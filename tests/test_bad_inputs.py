@@ -309,14 +309,15 @@ def test_damaged_run_file_gives_one_sentence_naming_file_and_fix(case, finished_
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_truncated_image_cache_is_rebuilt(finished_run, tmp_path, tiny_clip_dir):
+@pytest.mark.parametrize("cache", ["shards", "raw"])
+def test_truncated_image_cache_is_rebuilt(cache, finished_run, tmp_path, tiny_clip_dir):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
     run = Run.open(run_dir)
-    (cache,) = (run_dir / "cache").glob("*.npy")
-    before = np.array(np.load(cache, mmap_mode="r"))
-    cache.write_bytes(cache.read_bytes()[:300])
-    again = load_run_images(run, before.shape[-1])
+    before = np.array(load_run_images(run, 32, cache=cache))
+    (file,) = (run_dir / "cache").rglob("*.npy" if cache == "raw" else "*.arrow")
+    file.write_bytes(file.read_bytes()[:300])
+    again = load_run_images(run, before.shape[-1], cache=cache)
     np.testing.assert_array_equal(np.asarray(again), before)
 
 
