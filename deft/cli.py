@@ -16,7 +16,7 @@ import pandas as pd
 from .config import DEFAULT_MODEL, LR_SCHEDULES, OptimConfig, Phase1Config, Phase2Config
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
-from .errors import DataError, ModelLoadError, ReviewError, RunError
+from .errors import USER_ERRORS
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return COMMANDS[a.cmd](a)
-    except (DataError, ModelLoadError, RunError, ReviewError, FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
