@@ -80,6 +80,25 @@ def test_atomic_writer_keeps_the_old_file_on_failure(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_detect_presets_and_explicit_flags_override_them():
+    from deft.cli import build_parser, phase1_config, phase2_config
+    from deft.config import Phase1Config, Phase2Config
+
+    def cfg(*argv: str) -> Phase1Config:
+        return phase1_config(build_parser().parse_args(["detect", "data", "--out", "o", *argv]))
+
+    assert cfg() == Phase1Config()  # defaults come from the config, not from CLI literals
+    assert cfg("--preset", "deft-real") == Phase1Config(real_world=True) == cfg("--real-world")
+    assert cfg("--preset", "preview").feature_cache and cfg("--feature-cache") == cfg("--preset", "preview")
+    over = cfg("--preset", "preview", "--lr", "0.1", "--epochs", "3", "--seed", "4", "--model", "m")
+    assert (over.feature_cache, over.optim.lr, over.optim.epochs, over.seed, over.model) == (True, 0.1, 3, 4, "m")
+    assert over.optim.batch_size == Phase1Config().optim.batch_size
+    a = build_parser().parse_args(["train", "run"])
+    assert phase2_config(a, Phase2Config().model) == Phase2Config()
+    a = build_parser().parse_args(["train", "run", "--lr", "0.01", "--lr-schedule", "constant"])
+    assert (phase2_config(a, "m").optim.lr, phase2_config(a, "m").optim.lr_schedule) == (0.01, "constant")
+
+
 def test_image_encoder_strategy_is_one_name_for_the_quick_preview():
     from deft.config import ImageEncoder, Phase1Config
 
