@@ -32,7 +32,7 @@ demo: $(VENV)/.rt-$(HASH_RT)
 
 # Try the whole flow with no internet: a tiny random CLIP (detections are meaningless, the workflow is real).
 demo-offline: $(VENV)/.rt-$(HASH_RT)
-	$(VENV)/bin/python scripts/make_tiny_clip.py runs/tiny-clip
+	$(VENV)/bin/python -m deft.testing runs/tiny-clip
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python app.py --model runs/tiny-clip $(ARGS)
 
 chromium:

@@ -23,17 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import build_model  # noqa: E402
+try:  # python -m bench.audit (the repository root is the cwd)
+    from bench.common import CIFAR_ZIP, ROOT, build_model
+except ModuleNotFoundError:  # python3 bench/audit.py: bench/ is on sys.path; common puts the repo root there
+    from common import CIFAR_ZIP, ROOT, build_model  # noqa: I001
 from deft import data_issues as di  # noqa: E402
 from deft.audit import data_issue_frames, method_frames  # noqa: E402
 from deft.config import Phase1Config  # noqa: E402
@@ -42,8 +41,7 @@ from deft.embeddings import Embeddings  # noqa: E402
 from deft.phase1 import class_texts, image_features, load_run_images, zero_shot_text  # noqa: E402
 from deft.projection import project_2d  # noqa: E402
 from deft.run import Run  # noqa: E402
-from deft.testing import save_tiny_clip  # noqa: E402
-from tests.conftest import extract_cifar  # noqa: E402
+from deft.testing import extract_cifar, save_tiny_clip  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +56,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="deft-bench-audit-"))
     data = work / "data"
     if not data.is_dir():
-        extract_cifar(data, args.n // 10)
+        extract_cifar(CIFAR_ZIP, data, args.n // 10)
     ds = load_dataset(data)
     vitb = build_model("vitb16", torch.device("cpu"), "sdpa")
     run = Run.create(work / "run", ds, Phase1Config(model=vitb.source))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -16,10 +17,19 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The one sys.path patch of bench/ and scripts/. `python3 bench/phase1.py` (the documented GPU command) puts
+# bench/, not the repository root, on sys.path, so `deft` is either not importable (package not installed)
+# or, with an editable install made from another checkout (a worktree sharing one .venv), the wrong code.
+# Putting this checkout first makes every bench script time the code next to it. Every bench script
+# imports this module before `deft`.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from deft.models import load_clip  # noqa: E402
 from deft.testing import save_tiny_clip  # noqa: E402
+
+SHARED = Path(os.environ.get("DEFT_SHARED", ROOT.parent / "shared"))
+CIFAR_ZIP = SHARED / "data" / "cifar10-jpeg.zip"  # real CIFAR-10 JPEGs (as tests/conftest.py)
 
 # ViT-B/16 CLIP shapes (openai/clip-vit-base-patch16), random weights when no checkpoint is reachable
 VITB16 = {"image_size": 224, "patch_size": 16, "width": 768, "layers": 12}

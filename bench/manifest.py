@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+try:  # python -m bench.manifest (the repository root is the cwd)
+    from bench.common import ROOT
+except ModuleNotFoundError:  # python3 bench/manifest.py: bench/ is on sys.path; common puts the repo root there
+    from common import ROOT  # noqa: I001
 
 from deft.data import load_table  # noqa: E402
 from deft.run import ids_hash  # noqa: E402

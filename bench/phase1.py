@@ -13,9 +13,13 @@ bf16 autocast on CUDA, SDPA attention, prompts cut at the last EOS (exact under 
 from __future__ import annotations
 
 import torch
-from common import bench_args, run_bench, timed_training_step  # noqa: I001  (bench/ is on sys.path)
 
-from deft.config import OptimConfig, Phase1Config
+try:  # python -m bench.phase1 (the repository root is the cwd)
+    from bench.common import bench_args, run_bench, timed_training_step
+except ModuleNotFoundError:  # python3 bench/phase1.py: bench/ is on sys.path; common puts the repo root there
+    from common import bench_args, run_bench, timed_training_step  # noqa: I001
+
+from deft.config import phase1_preset
 from deft.images import augment
 from deft.losses import deft_losses
 from deft.models import PromptLearner
@@ -24,7 +28,7 @@ from deft.train_loop import make_optimizer
 
 
 def make(recipe, bundle, images, labels, args, device):
-    cfg = Phase1Config(model=bundle.source, optim=OptimConfig(lr=0.03, batch_size=args.batch, epochs=10))
+    cfg = phase1_preset("deft", optim={"batch_size": args.batch, "epochs": 10}, model=bundle.source)
     classes = [f"class {i}" for i in range(args.classes)]
     model = DeftModel(bundle, classes, cfg)
     if recipe == "reference":

@@ -10,12 +10,18 @@ bf16 autocast with fp32 master weights on CUDA, SDPA attention.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import bench_args, run_bench, timed_training_step  # noqa: I001  (bench/ is on sys.path)
 
-from deft.config import OptimConfig
+try:  # python -m bench.phase2 (the repository root is the cwd)
+    from bench.common import bench_args, run_bench, timed_training_step
+except ModuleNotFoundError:  # python3 bench/phase2.py: bench/ is on sys.path; common puts the repo root there
+    from common import bench_args, run_bench, timed_training_step  # noqa: I001
+
+from deft.config import Phase2Config
 from deft.images import augment
 from deft.phase2 import Classifier, phase2_step
 from deft.train_loop import make_optimizer
@@ -25,7 +31,7 @@ def make(recipe, bundle, images, labels, args, device):
     model = Classifier.from_clip(bundle, args.classes).to(device)
     if recipe == "reference" and device.type == "cuda":
         model.half()
-    opt, _ = make_optimizer(model.parameters(), OptimConfig(lr=5e-4, batch_size=args.batch), 10_000)
+    opt, _ = make_optimizer(model.parameters(), replace(Phase2Config().optim, batch_size=args.batch), 10_000)
     dtype = next(model.parameters()).dtype
 
     def ref_step(idx, epoch, g):

@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+try:  # python -m bench.review_latency (the repository root is the cwd)
+    from bench.common import ROOT
+except ModuleNotFoundError:  # python3 bench/review_latency.py: bench/ is on sys.path; common puts the repo root there
+    from common import ROOT  # noqa: I001
 
 from deft.config import Phase1Config  # noqa: E402
 from deft.data import load_dataset  # noqa: E402

@@ -7,11 +7,14 @@ Names are imported lazily so that ``python -m deft --help`` does not pay for tor
 from importlib import import_module
 
 _EXPORTS = {
-    "DEFAULT_MODEL": "config", "OptimConfig": "config", "Phase1Config": "config", "Phase2Config": "config",
+    "DEFAULT_MODEL": "config", "ImageEncoder": "config", "InferenceConfig": "config", "OptimConfig": "config",
+    "Phase1Config": "config", "Phase2Config": "config",
     "EXPORT_COLUMNS": "curation", "curated_labels": "curation", "export_table": "curation",
     "read_curated": "curation", "write_export": "curation",
     "Dataset": "data", "load_dataset": "data", "load_image_folder": "data", "load_table": "data",
-    "DataError": "errors", "ModelLoadError": "errors", "RunError": "errors", "ReviewError": "errors",
+    "DeftError": "errors", "DataError": "errors", "ModelLoadError": "errors", "RunError": "errors",
+    "ReviewError": "errors",
+    "DeftModel": "detector", "score": "detector",
     "auroc": "metrics", "detection_metrics": "metrics",
     "load_clip": "models", "make_noise": "noise",
     "CancelToken": "progress", "Cancelled": "progress", "ProgressEvent": "progress",

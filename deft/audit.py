@@ -13,7 +13,6 @@ the run folder:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,9 +24,11 @@ import pandas as pd
 
 from . import baselines as bl
 from . import data_issues as di
+from .atomic import write_csv, write_json, write_parquet
 from .embeddings import Embeddings, run_embeddings
 from .progress import CancelToken, ProgressCallback, null_progress
-from .run import Run, _write_json
+from .run import Run
+from .stages import RunStatus
 
 if TYPE_CHECKING:
     from .config import Phase1Config
@@ -196,15 +197,11 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
 
 def _save(run: Run, table: pd.DataFrame, report: pd.DataFrame, metrics: dict | None, summary: dict,
           scores: pd.DataFrame | None) -> None:
-    tmp = run.path / (AUDIT_FILE + ".tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(run.path / AUDIT_FILE)
-    report.to_csv(run.path / "class_report.csv", index=False)
-    _write_json(run.path / "audit.json", summary)
+    write_parquet(run.path / AUDIT_FILE, table)
+    write_csv(run.path / "class_report.csv", report)
+    write_json(run.path / "audit.json", summary, default=str)
     if metrics is not None:
-        mpath = run.path / "metrics.json"
-        old = json.loads(mpath.read_text()) if mpath.is_file() else {}
-        _write_json(mpath, {**old, "methods": metrics})
+        run.save_metrics({**run.metrics(), "methods": metrics})
     if scores is not None:
         run.save_scores(merge_audit_columns(scores, table, key="id"))
 
@@ -267,7 +264,7 @@ def detect_with_baseline(dataset: Dataset, out: str | os.PathLike, config: Phase
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose one of {list(BASELINES)}")
     run = Run.create(out, dataset, config)
-    run.set(method=method, status="training")
+    run.set(method=method, status=RunStatus.TRAINING)
     emb = run_embeddings(run, device=device, progress=progress)
     acfg = audit_config or AuditConfig()
     scores = baseline_scores(run.dataset, emb, method, acfg.n_folds, acfg.seed)
@@ -277,11 +274,11 @@ def detect_with_baseline(dataset: Dataset, out: str | os.PathLike, config: Phase
         from .metrics import detection_metrics
 
         truth = truth[run.dataset.train_rows]
-        _write_json(run.path / "metrics.json", detection_metrics(scores["is_clean"].to_numpy(), truth,
-                                                                 scores["margin"].to_numpy()))
+        m = detection_metrics(scores["is_clean"].to_numpy(), truth, scores["margin"].to_numpy())
+        run.save_metrics(m)
     res = audit(run, AuditConfig(**{**asdict(acfg), "issues": acfg.issues, "methods": (method,)}),
                 device=device, progress=progress)
-    run.set(status="scored")
+    run.set(status=RunStatus.SCORED)
     return run, run.scores(), res
 
 

@@ -8,15 +8,16 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_MODEL, LR_SCHEDULES, OptimConfig, Phase1Config, Phase2Config
+from .config import LR_SCHEDULES, PRESETS, PSEUDO_SOURCES, OptimConfig, Phase1Config, Phase2Config, phase1_preset
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
-from .errors import DataError, ModelLoadError, ReviewError, RunError
+from .errors import USER_ERRORS
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
@@ -28,10 +29,15 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
 
 
-def _schedule_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default="epoch",
-                   help="cosine stepped once per epoch (official, default), per batch, or constant "
-                        "(the official real-world scripts never step their scheduler)")
+def _optim_args(p: argparse.ArgumentParser, default: OptimConfig, given_by: str = "") -> None:
+    """``--epochs --batch-size --lr --lr-schedule``; unset flags keep ``default`` (the phase's config)."""
+    src = f" ({given_by})" if given_by else ""
+    p.add_argument("--epochs", type=int, help=f"default: {default.epochs}{src}")
+    p.add_argument("--batch-size", type=int, help=f"default: {default.batch_size}{src}")
+    p.add_argument("--lr", type=float, help=f"default: {default.lr}{src}")
+    p.add_argument("--lr-schedule", choices=list(LR_SCHEDULES),
+                   help=f"cosine stepped once per epoch (official), per batch, or constant (the official real-world "
+                        f"scripts never step their scheduler); default: {default.lr_schedule}{src}")
 
 
 def _image_cache_arg(p: argparse.ArgumentParser) -> None:
@@ -40,8 +46,52 @@ def _image_cache_arg(p: argparse.ArgumentParser) -> None:
                         "(uint8 .npy, 150 KB/image at 224 px); also $DEFT_IMAGE_CACHE")
 
 
-def _optim(a: argparse.Namespace) -> OptimConfig:
-    return OptimConfig(lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, lr_schedule=a.lr_schedule)
+
+def _given(a: argparse.Namespace, *names: str) -> dict[str, object]:
+    """The flags among ``names`` the user set (argparse leaves the others None)."""
+    return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
+
+
+OPTIM_FLAGS = ("lr", "batch_size", "epochs", "lr_schedule")
+
+
+def phase1_config(a: argparse.Namespace) -> Phase1Config:
+    """``deft detect``'s config: the ``--preset``, with the flags given on the command line overriding it."""
+    return phase1_preset(a.preset, optim=_given(a, *OPTIM_FLAGS),
+                         **_given(a, "model", "real_world", "feature_cache", "pseudo_source", "seed"))
+
+
+def phase2_config(a: argparse.Namespace, model: str) -> Phase2Config:
+    """``deft train``'s config: :class:`Phase2Config` defaults, with the flags given overriding them."""
+    base = Phase2Config(model=model, seed=a.seed, val_fraction=a.val_fraction, trainable=a.trainable,
+                        batching=a.batching)
+    return replace(base, optim=replace(base.optim, **_given(a, *OPTIM_FLAGS)))
+
+
+P1, P2 = Phase1Config(), Phase2Config()  # the defaults flags fall back to (frozen values, never mutated)
+
+
+def _detect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="Phase 1: learn dual prompts + VPT and score every sample")
+    _image_cache_arg(p)
+    _data_args(p)
+    p.add_argument("--preset", choices=list(PRESETS), default="deft",
+                   help="deft: the paper's recipe (default); deft-real: the human-noise variant (as --real-world); "
+                        "preview: the quick preview (as --feature-cache). Flags given explicitly override it")
+    p.add_argument("--model", help=f"CLIP hub id or local folder (default: {P1.model})")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--real-world", action="store_true", default=None,
+                   help="human-noise variant: pred == label, SCE warm-up, 5 warm-up epochs")
+    p.add_argument("--feature-cache", action="store_true", default=None,
+                   help="quick preview (frozen image encoder): features computed once, only prompts train")
+    p.add_argument("--pseudo-source", choices=list(PSEUDO_SOURCES),
+                   help="suggested label for suspects: frozen zero-shot CLIP (the seed method, default) "
+                        "or the learned positive-prompt prediction")
+    _optim_args(p, P1.optim, "with --preset deft")
+    p.add_argument("--seed", type=int, help=f"default: {P1.seed}")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--method", choices=["deft", "zeroshot", "cleanlab", "all"], default="deft",
+                   help="detector: DEFT, a baseline on frozen CLIP embeddings, or all (DEFT, then `deft audit`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,27 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a dataset and list every import problem")
     _data_args(p)
 
-    p = sub.add_parser("detect", help="Phase 1: learn dual prompts + VPT and score every sample")
-    _image_cache_arg(p)
-    _data_args(p)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="CLIP hub id or local folder (default: %(default)s)")
-    p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--real-world", action="store_true",
-                   help="human-noise variant: pred == label, SCE warm-up, 5 warm-up epochs")
-    p.add_argument("--feature-cache", action="store_true",
-                   help="quick preview: frozen image encoder, features computed once, only prompts train")
-    p.add_argument("--pseudo-source", choices=["zeroshot", "prompts"], default="zeroshot",
-                   help="suggested label for suspects: frozen zero-shot CLIP (the seed method, default) "
-                        "or the learned positive-prompt prediction")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.03)
-    _schedule_arg(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--method", choices=["deft", "zeroshot", "cleanlab", "all"], default="deft",
-                   help="detector: DEFT, a baseline on frozen CLIP embeddings, or all (DEFT, then `deft audit`)")
-
+    _detect_parser(sub)
     p = sub.add_parser("audit", help="baselines, data issues, class report and 2-D map on a run (cached embeddings)")
     _image_cache_arg(p)
     p.add_argument("run")
@@ -94,15 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="curated labels: an export CSV (path,final_label,status,...) or path,label")
     p.add_argument("--mode", choices=["clean", "relabels", "pseudo"], default="relabels",
                    help="without --labels: which samples train (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    _schedule_arg(p)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--batching", choices=["masked", "curated"], default="masked",
+    _optim_args(p, P2.optim)
+    p.add_argument("--val-fraction", type=float, default=P2.val_fraction)
+    p.add_argument("--batching", choices=["masked", "curated"], default=P2.batching,
                    help="masked: iterate all samples, loss on the curated ones (official); "
                         "curated: batches of curated samples only")
-    p.add_argument("--trainable", choices=["blocks", "all"], default="blocks",
+    p.add_argument("--trainable", choices=["blocks", "all"], default=P2.trainable,
                    help="blocks: transformer blocks + head, embeddings and layer norms frozen (official); "
                         "all: every weight")
     p.add_argument("--out", help="where to save the model (default: RUN/phase2)")
@@ -160,9 +187,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
         say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
     for w in ds.warnings:
         say(f"warning: {w}")
-    cfg = Phase1Config(model=a.model, optim=_optim(a),
-                       real_world=a.real_world, seed=a.seed, feature_cache=a.feature_cache,
-                       pseudo_source=a.pseudo_source)
+    cfg = phase1_config(a)
     bar = TqdmProgress() if _main_rank() else None
     t0 = time.perf_counter()
     with run_folder_lock(a.out) if _main_rank() else contextlib.nullcontext():  # a second detect is refused
@@ -171,7 +196,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
 
             _, scores, res = detect_with_baseline(ds, a.out, cfg, a.method, device=a.device,
                                                   progress=bar or (lambda ev: None),
-                                                  audit_config=AuditConfig(seed=a.seed))
+                                                  audit_config=AuditConfig(seed=cfg.seed))
             metrics = res.metrics
         else:
             det = detect(ds, a.out, cfg, device=a.device, progress=bar or (lambda ev: None))
@@ -183,7 +208,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     if a.method == "all" and _main_rank():
         from .audit import AuditConfig, audit
 
-        metrics = audit(a.out, AuditConfig(seed=a.seed), device=a.device).metrics
+        metrics = audit(a.out, AuditConfig(seed=cfg.seed), device=a.device).metrics
     if metrics:
         say(json.dumps(_rounded(metrics)))
     return 0
@@ -233,8 +258,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     run = Run.open(a.run)
     curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
-    cfg = Phase2Config(model=run.config.model, seed=a.seed, val_fraction=a.val_fraction,
-                       optim=_optim(a), trainable=a.trainable, batching=a.batching)
+    cfg = phase2_config(a, run.config.model)
     bar = TqdmProgress() if _main_rank() else None
     res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None))
     if bar:
@@ -288,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
     try:
         return COMMANDS[a.cmd](a)
-    except (DataError, ModelLoadError, RunError, ReviewError, FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):

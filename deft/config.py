@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+DEFAULT_TEMPLATE = "a photo of a {}."
 LR_SCHEDULES = ("epoch", "step", "constant")
 PSEUDO_SOURCES = ("zeroshot", "prompts")
+
+
+class ImageEncoder(StrEnum):
+    """How Phase 1 turns images into embeddings (:mod:`deft.detector`'s two strategies).
+
+    ``PROMPTED`` (full DEFT): the vision tower with learned deep visual prompts, run on every
+    augmented batch. ``FROZEN`` (the quick preview; ``Phase1Config.feature_cache``,
+    ``--feature-cache``): the frozen tower's embeddings, computed once; only the text prompts train.
+    """
+
+    PROMPTED = "prompted"
+    FROZEN = "frozen"
 
 
 @dataclass
@@ -33,6 +47,19 @@ class OptimConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """Chunk sizes of the no-grad passes (not stored with a run: they do not change the results).
+
+    ``feature_batch_size``: frozen image embeddings (quick preview, audit); ``score_batch_size``:
+    Phase 1's scoring pass; ``predict_batch_size``: Phase 2 predictions and held-out evaluation.
+    """
+
+    feature_batch_size: int = 256
+    score_batch_size: int = 256
+    predict_batch_size: int = 128
+
+
+@dataclass
 class Phase1Config:
     """DEFT noisy-label detector (PEFT: dual CoOp prompts + deep VPT).
 
@@ -55,13 +82,18 @@ class Phase1Config:
     # Quick preview / CPU mode: frozen image encoder (no VPT), image features computed once,
     # only the two prompt contexts train. Much faster; weaker than full DEFT (see README).
     feature_cache: bool = False
-    zero_shot_template: str = "a photo of a {}."
+    zero_shot_template: str = DEFAULT_TEMPLATE
     # Pseudo-label (suggestion) for suspects: "zeroshot" = frozen zero-shot CLIP, as the seed method whose
     # Phase 2 gain is measured (METHOD.md, Table 4); "prompts" = the learned positive-prompt prediction.
     pseudo_source: str = "zeroshot"
     precision: str = "auto"  # auto (bf16 autocast on CUDA and native-bf16 CPUs) | fp32 | bf16
     attn_implementation: str = "sdpa"
     seed: int = 0
+
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        """The image-encoder strategy ``feature_cache`` selects (the stored field keeps its name)."""
+        return ImageEncoder.FROZEN if self.feature_cache else ImageEncoder.PROMPTED
 
     def __post_init__(self) -> None:
         if self.pseudo_source not in PSEUDO_SOURCES:
@@ -112,3 +144,36 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     if isinstance(kwargs.get("optim"), dict):
         kwargs["optim"] = OptimConfig(**kwargs["optim"])
     return cls(**kwargs)
+
+
+#: Phase 1 presets (selectable with ``deft detect --preset NAME``; explicit flags override them):
+#: ``deft`` the paper's recipe for synthetic noise (the defaults); ``deft-real`` the real-world
+#: (human noise) variant; ``preview`` the quick preview (frozen image encoder, prompts only).
+PRESETS: dict[str, dict[str, Any]] = {
+    "deft": {},
+    "deft-real": {"real_world": True},
+    "preview": {"feature_cache": True},
+}
+
+
+def phase1_preset(name: str = "deft", optim: dict[str, Any] | None = None, **fields: Any) -> Phase1Config:
+    """The Phase 1 config of preset ``name`` with ``fields`` (and ``optim`` fields) overriding it.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`PRESETS`.
+    optim : dict, optional
+        :class:`OptimConfig` fields to change from the phase's default optimiser.
+    **fields
+        :class:`Phase1Config` fields to change.
+
+    Raises
+    ------
+    ValueError
+        An unknown preset.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+    cfg = Phase1Config(**{**PRESETS[name], **fields})
+    return replace(cfg, optim=replace(cfg.optim, **(optim or {})))

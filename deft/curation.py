@@ -6,13 +6,13 @@ The export is the one table format both ways: ``deft export`` writes it and
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .atomic import write_csv, write_parquet
 from .data import DataError, read_table
 
 EXPORT_COLUMNS = ["path", "original_label", "final_label", "status", "sim_pos", "sim_neg", "margin",
@@ -107,17 +107,13 @@ def check_output_file(out: str | os.PathLike) -> Path:
 def write_export(df: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write CSV (formula cells escaped) or Parquet for a ``.parquet`` name, atomically, leaving no stray file."""
     out = check_output_file(out)
-    tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() in {".parquet", ".pq"}:
-            df.to_parquet(tmp, index=False)
+            write_parquet(out, df)
         else:
-            escape_formulas(df).to_csv(tmp, index=False)
-        tmp.replace(out)
+            write_csv(out, escape_formulas(df))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise DataError(f"Cannot write {out}: {exc.strerror or exc}; choose another --out.") from None
     return out
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .atomic import save_safetensors
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
 
@@ -102,12 +102,10 @@ def load_embeddings(path: str | os.PathLike) -> Embeddings:
 
 
 def save_embeddings(path: Path, emb: Embeddings) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"image": torch.from_numpy(np.ascontiguousarray(emb.image, dtype=np.float32)),
+    save_safetensors(path, {"image": torch.from_numpy(np.ascontiguousarray(emb.image, dtype=np.float32)),
                "text_zs": torch.from_numpy(np.ascontiguousarray(emb.text_zs, dtype=np.float32)),
                "logit_scale": torch.tensor(emb.logit_scale, dtype=torch.float32)},
-              str(tmp), metadata={"key": emb.key, "image_size": str(emb.image_size)})
-    tmp.replace(path)
+                     metadata={"key": emb.key, "image_size": str(emb.image_size)})
 
 
 def _cached_meta(path: Path) -> dict[str, str]:
@@ -133,9 +131,9 @@ def run_embeddings(run: Run, *, bundle: ClipBundle | None = None, device: str | 
     recompute : bool
         Ignore the cache.
     """
+    from .detector import class_texts, image_features, zero_shot_text
     from .device import pick_device
     from .models import load_clip
-    from .phase1 import class_texts, image_features, zero_shot_text
     from .run_images import load_run_images
 
     cfg = run.config

@@ -70,10 +70,10 @@ def measure_full_deft_rate(dataset, model: str, n: int = 8, device: str = "auto"
     """Images per second of full DEFT's training step (image encoder with VPT, both losses,
     backward) on ``n`` of ``dataset``'s images; one warm-up step is not timed."""
     from .config import Phase1Config
+    from .detector import DeftModel, class_texts, phase1_step
     from .device import pick_device
     from .images import decode_images
     from .models import load_clip
-    from .phase1 import DeftModel, class_texts, phase1_step
 
     dev = pick_device(device)
     cfg = Phase1Config(model=model)

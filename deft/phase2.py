@@ -12,22 +12,25 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .config import Phase2Config
+from .atomic import save_safetensors, write_json
+from .config import InferenceConfig, Phase2Config
 from .data import Dataset
-from .device import autocast, pick_device
+from .device import pick_device
 from .distributed import init_distributed
 from .errors import RunError
 from .images import Normalizer, decode_images, make_batch
+from .inference import run_batches
 from .metrics import accuracy, confusion_matrix
 from .models import ClipBundle, load_clip
 from .models.vpt import vision_tokens
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
 from .run_images import load_run_images
+from .stages import Stage
 from .train_loop import train_epochs
 from .train_runs import CHECKPOINT, SUMMARY, TRAIN_META, fingerprint
 
@@ -86,11 +89,12 @@ class TrainedClassifier:
     def save(self, out: str | os.PathLike) -> Path:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous().cpu() for k, v in self.model.state_dict().items()}, str(out / "model.safetensors"))
+        weights = {k: v.contiguous().cpu() for k, v in self.model.state_dict().items()}
+        save_safetensors(out / "model.safetensors", weights)
         meta = {**self.meta, "classes": self.classes, "image_size": self.image_size,
                 "mean": list(self.normalizer.mean), "std": list(self.normalizer.std),
                 "vision_config": self.model.vision.config.to_dict()}
-        (out / "classifier.json").write_text(json.dumps(meta, indent=2, default=float))
+        write_json(out / "classifier.json", meta)
         return out
 
     @classmethod
@@ -107,7 +111,8 @@ class TrainedClassifier:
                    int(meta["image_size"]), meta)
 
     @torch.no_grad()
-    def predict(self, images: list[str | Path | Image.Image], batch_size: int = 128) -> pd.DataFrame:
+    def predict(self, images: list[str | Path | Image.Image],
+                batch_size: int = InferenceConfig.predict_batch_size) -> pd.DataFrame:
         """Predict classes for image paths or PIL images: ``pred``, ``conf`` per image."""
         arr = decode_images(images, self.image_size)
         probs = predict_proba(self.model, arr, self.normalizer, batch_size)
@@ -115,17 +120,18 @@ class TrainedClassifier:
 
 
 @torch.no_grad()
-def predict_proba(model: Classifier, images: np.ndarray, normalizer: Normalizer, batch_size: int = 128,
-                  precision: str = "auto", index: np.ndarray | None = None) -> np.ndarray:
+def predict_proba(model: Classifier, images: np.ndarray, normalizer: Normalizer,
+                  batch_size: int = InferenceConfig.predict_batch_size, precision: str = "auto",
+                  index: np.ndarray | None = None) -> np.ndarray:
     """Softmax probabilities ``(N, K)`` for (a subset ``index`` of) a uint8 image array."""
     model.eval()
     device = next(model.parameters()).device
     index = np.arange(len(images)) if index is None else np.asarray(index)
-    out = []
-    for s in range(0, len(index), batch_size):
-        x = make_batch(images, torch.as_tensor(index[s : s + batch_size]), device, normalizer)
-        with autocast(device, precision):
-            out.append(F.softmax(model(x).float(), dim=1).cpu().numpy())
+
+    def encode(idx: torch.Tensor) -> np.ndarray:
+        return F.softmax(model(make_batch(images, idx, device, normalizer)).float(), dim=1).cpu().numpy()
+
+    out = run_batches(index, batch_size, encode, device=device, precision=precision)
     return np.concatenate(out) if out else np.zeros((0, len(model.head.weight)))
 
 
@@ -207,6 +213,41 @@ def heldout_eval_set(ds: Dataset, n_curated: int, cfg: Phase2Config) -> tuple[np
     return None
 
 
+def curated_rows(ds: Dataset, curated: pd.DataFrame) -> tuple[np.ndarray, torch.Tensor]:
+    """The dataset rows and class indices of a curated ``id, label`` table, checked.
+
+    Raises
+    ------
+    ValueError
+        An id is not a sample of the run, a label is not a class, fewer than 2 rows, or a
+        row is a held-out test/val sample (those never train).
+    """
+    pos = pd.Series(np.arange(ds.N), index=ds.samples["id"])
+    unknown = sorted(set(curated["id"]) - set(pos.index))
+    if unknown:
+        raise ValueError(f"{len(unknown)} curated id(s) are not samples of this run, e.g. {unknown[:3]}")
+    cls_index = {c: i for i, c in enumerate(ds.classes)}
+    bad = sorted(set(curated["label"]) - set(cls_index))
+    if bad:
+        raise ValueError(f"curated labels name unknown classes {bad[:10]}; classes are {ds.classes[:20]}")
+    if len(curated) < 2:
+        raise ValueError("the curated set has fewer than 2 samples; nothing to train on")
+    sample_idx = pos.loc[curated["id"]].to_numpy()
+    y_all = torch.as_tensor(curated["label"].map(cls_index).to_numpy(dtype=np.int64, copy=True))
+    leaked = int(ds.heldout[sample_idx].sum())
+    if leaked:
+        raise ValueError(f"{leaked} curated id(s) are held-out test/val rows, which never train; "
+                         f"remove them from the curated labels")
+    return sample_idx, y_all
+
+
+def curated_holdout_description(n_val: int, val_fraction: float) -> str:
+    """In words, what held-out accuracy means when the data has no test/val split."""
+    return (f"{n_val} curated rows held out at random (val_fraction {val_fraction}), scored against their "
+            f"curated labels: possibly noisy, and pseudo-labels where the curated set has them; the data has no "
+            f"test split (add a split column with test rows for a clean measure)")
+
+
 def train_classifier(
     run: Run | str | os.PathLike,
     curated: pd.DataFrame,
@@ -236,31 +277,13 @@ def train_classifier(
     cfg = config or Phase2Config(model=run.config.model)
     ddp, dev = init_distributed(pick_device(device) if isinstance(device, str) else device)
     ds = run.dataset
-    pos = pd.Series(np.arange(ds.N), index=ds.samples["id"])
-    unknown = sorted(set(curated["id"]) - set(pos.index))
-    if unknown:
-        raise ValueError(f"{len(unknown)} curated id(s) are not samples of this run, e.g. {unknown[:3]}")
-    cls_index = {c: i for i, c in enumerate(ds.classes)}
-    bad = sorted(set(curated["label"]) - set(cls_index))
-    if bad:
-        raise ValueError(f"curated labels name unknown classes {bad[:10]}; classes are {ds.classes[:20]}")
-    if len(curated) < 2:
-        raise ValueError("the curated set has fewer than 2 samples; nothing to train on")
-    sample_idx = pos.loc[curated["id"]].to_numpy()
-    y_all = torch.as_tensor(curated["label"].map(cls_index).to_numpy(dtype=np.int64, copy=True))
-    heldout = ds.heldout
-    leaked = int(heldout[sample_idx].sum())
-    if leaked:
-        raise ValueError(f"{leaked} curated id(s) are held-out test/val rows, which never train; "
-                         f"remove them from the curated labels")
+    sample_idx, y_all = curated_rows(ds, curated)
     ev = heldout_eval_set(ds, len(curated), cfg)
     tr, va = (np.arange(len(curated)), np.zeros(0, np.int64)) if ev is not None else \
         split_train_val(len(curated), cfg.val_fraction, cfg.seed)
     eval_idx, eval_y, eval_desc = ev if ev is not None else (
-        sample_idx[va], y_all[va].numpy(),
-        f"{len(va)} curated rows held out at random (val_fraction {cfg.val_fraction}), scored against their "
-        f"curated labels: possibly noisy, and pseudo-labels where the curated set has them; the data has no "
-        f"test split (add a split column with test rows for a clean measure)")
+        sample_idx[va], y_all[va].numpy(), curated_holdout_description(len(va), cfg.val_fraction))
+    heldout = ds.heldout
 
     bundle = bundle or load_clip(cfg.model, "cpu", cfg.attn_implementation)
     images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
@@ -293,10 +316,11 @@ def train_classifier(
             trained.meta.update(best_epoch=epoch + 1, best_acc=acc)
             trained.save(out_dir / "best")
         accs = dict.fromkeys(acc_keys, acc)
-        run.log({"stage": "phase2", **summary, **accs})
+        run.log({"stage": Stage.PHASE2, **summary, **accs})
         return accs
 
-    loop = train_epochs(stage="phase2", n=len(rows), step_fn=step, module=model, params=model.trainable_parameters(),
+    loop = train_epochs(stage=Stage.PHASE2, n=len(rows), step_fn=step, module=model,
+                        params=model.trainable_parameters(),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
                         checkpoint=out_dir / CHECKPOINT, on_epoch_end=epoch_end, progress=progress,
                         cancel=cancel, ddp=ddp, loss_parts=1)
@@ -314,7 +338,7 @@ def train_classifier(
     summary = {"best_val_acc": best["acc"], "last_val_acc": last, "heldout": eval_desc, "out": str(out_dir),
                "history": loop.history, "confusion": cm.tolist(), "classes": ds.classes,
                "config": cfg.to_dict(), "tags": tags or {}}
-    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=float))
+    write_json(out_dir / SUMMARY, summary)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: training into this folder again starts afresh
     ddp.barrier()
     return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir, eval_desc)
@@ -343,5 +367,5 @@ def resume_point(out_dir: Path, fp: str, meta: dict, is_main: bool = True) -> fl
         except (OSError, ValueError):
             return -1.0
     (out_dir / SUMMARY).unlink(missing_ok=True)
-    (out_dir / TRAIN_META).write_text(json.dumps({"fingerprint": fp, **meta}, indent=2, default=float))
+    write_json(out_dir / TRAIN_META, {"fingerprint": fp, **meta})
     return -1.0

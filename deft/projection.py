@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .atomic import write_parquet
 from .run import Run
 
 PROJECTION_FILE = "projection.parquet"
@@ -45,9 +46,7 @@ def save_projection(run: Run, xy: np.ndarray, key: str = "") -> pd.DataFrame:
     """Write ``RUN/projection.parquet`` (``id, x, y``) tagged with the embeddings ``key``."""
     df = pd.DataFrame({"id": run.dataset.samples["id"].astype(str).to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
     df.attrs["embeddings_key"] = key
-    tmp = run.path / (PROJECTION_FILE + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(run.path / PROJECTION_FILE)
+    write_parquet(run.path / PROJECTION_FILE, df)
     return df
 
 

@@ -29,15 +29,10 @@ from typing import Any
 
 import pandas as pd
 
+from .atomic import write_csv, write_json, write_parquet
 from .config import Phase1Config
 from .data import Dataset, dataset_from_manifest
 from .errors import RunError  # noqa: E402  (re-exported)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
 
 
 def config_changes(stored: dict, requested: dict) -> str:
@@ -84,9 +79,9 @@ class Run:
             "ids_hash": ids_hash(dataset.samples["id"]),
             "phase1": config.to_dict(),
         }
-        dataset.samples.to_parquet(path / "manifest.parquet", index=False)
-        dataset.issues.to_csv(path / "import_issues.csv", index=False)
-        _write_json(path / "run.json", meta)
+        write_parquet(path / "manifest.parquet", dataset.samples)
+        write_csv(path / "import_issues.csv", dataset.issues)
+        write_json(path / "run.json", meta, default=str)
         return cls(path=path, meta=meta, dataset=dataset)
 
     @classmethod
@@ -120,6 +115,10 @@ class Run:
         return self.path / "scores.parquet"
 
     @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
     def phase2_dir(self) -> Path:
         return self.path / "phase2"
 
@@ -140,13 +139,19 @@ class Run:
         return df
 
     def save_scores(self, scores: pd.DataFrame) -> None:
-        tmp = self.scores_path.with_name("scores.tmp.parquet")
-        scores.to_parquet(tmp, index=False)
-        tmp.replace(self.scores_path)
+        write_parquet(self.scores_path, scores)
+
+    def metrics(self) -> dict[str, Any]:
+        """``RUN/metrics.json`` (detection metrics against ground truth), empty when there is none."""
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+
+    def save_metrics(self, metrics: dict[str, Any]) -> None:
+        """Replace ``RUN/metrics.json`` atomically."""
+        write_json(self.metrics_path, metrics, default=str)
 
     def set(self, **kv: Any) -> None:
         self.meta.update(kv)
-        _write_json(self.path / "run.json", self.meta)
+        write_json(self.path / "run.json", self.meta, default=str)
 
     def log(self, event: dict[str, Any]) -> None:
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as f:

@@ -1,13 +1,21 @@
-"""Tiny random CLIP checkpoints for tests, the offline demo and CI.
+"""Test and benchmark helpers: tiny random CLIP checkpoints and real CIFAR-10 images.
+
+Not part of the method. It lives in the package (not under ``tests/``) because the offline
+demo, ``bench/`` and ``make tiny-clip`` use it too, without pytest.
 
 No pretrained weights can be fetched here, so tests build a small CLIP with a
 character-level BPE tokenizer, save it with ``save_pretrained`` and load it back
 through :func:`deft.models.load_clip`, the path users take.
+
+``python -m deft.testing OUT`` saves the tiny CLIP to ``OUT`` (what ``scripts/make_tiny_clip.py`` does).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import zipfile
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -96,3 +104,42 @@ def pretrain_colour_clip(bundle, colours: dict[str, tuple[int, int, int]] = COLO
         loss.backward()
         opt.step()
     m.requires_grad_(False).eval()
+
+
+def extract_cifar(zip_path: str | os.PathLike, out: Path, per_class: int, split: str = "train",
+                  offset: int = 0) -> Path:
+    """Extract ``per_class`` real CIFAR-10 JPEGs per class from ``zip_path`` into ``out/<class>/``.
+
+    Parameters
+    ----------
+    zip_path : path
+        ``cifar10-jpeg.zip`` with ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``.
+    out : Path
+        Destination folder (an ImageFolder afterwards).
+    per_class, split, offset
+        Images ``offset .. offset + per_class`` (sorted by name) of each class of ``split``.
+    """
+    if not Path(zip_path).is_file():
+        raise FileNotFoundError(f"{zip_path} is missing: tests need ../shared/data/cifar10-jpeg.zip")
+    with zipfile.ZipFile(zip_path) as z:
+        by_class: dict[str, list[str]] = defaultdict(list)
+        for n in sorted(z.namelist()):
+            if n.startswith(f"{split}/") and n.endswith(".jpg"):
+                by_class[n.split("/")[1]].append(n)
+        for c, names in by_class.items():
+            (out / c).mkdir(parents=True, exist_ok=True)
+            for n in names[offset : offset + per_class]:
+                (out / c / Path(n).name).write_bytes(z.read(n))
+    return out
+
+
+def main(argv: list[str]) -> None:
+    """``python -m deft.testing [OUT]``: save the tiny random CLIP to ``OUT`` (default ``runs/tiny-clip``) once."""
+    out = Path(argv[0] if argv else "runs/tiny-clip")
+    if not (out / "config.json").is_file():
+        save_tiny_clip(out)
+    print(f"tiny random CLIP in {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

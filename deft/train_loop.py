@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import save_torch
 from .config import OptimConfig
 from .device import autocast
 from .distributed import Dist
@@ -92,16 +93,7 @@ def train_epochs(
     per_step = cfg.lr_schedule == "step"
     result, start_epoch = LoopResult(), 0
     if checkpoint is not None and checkpoint.is_file():
-        # weights_only: a run folder is untrusted (shared, downloaded); unpickling code must never run.
-        try:
-            state = torch.load(checkpoint, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is one user error
-            raise RunError(f"{checkpoint}: not a checkpoint this program wrote ({type(e).__name__}); "
-                             f"delete it to train from the start") from e
-        module.load_state_dict(state["module"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        result.history, start_epoch = state["history"], state["epoch"] + 1
+        result.history, start_epoch = load_checkpoint(checkpoint, module, opt, sched, device)
     total = steps_per_epoch * cfg.epochs
     t0, done_images = time.perf_counter(), 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -114,22 +106,8 @@ def train_epochs(
                 cancel.check()
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             idx = ddp.shard(batch)
-            opt.zero_grad(set_to_none=True)
-            if len(idx) == 0:  # a short last batch can leave a rank without samples: it still syncs
-                out = {}
-                if loss_parts and ddp.enabled:
-                    ddp.sum([0.0] * loss_parts, device)
-                for p in params:
-                    p.grad = torch.zeros_like(p)
-            else:
-                with autocast(device, precision):
-                    out = step_fn(idx, epoch, gen)
-                loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{stage}: non-finite loss at epoch {epoch + 1}, step {step + 1}")
-                global_objective(out, loss_parts, ddp, device).backward()
-            ddp.average_gradients(params)
-            opt.step()
+            out = optimizer_step(step_fn, idx, epoch, step, gen, opt, params, stage=stage, device=device,
+                                 precision=precision, ddp=ddp, loss_parts=loss_parts)
             if per_step:
                 sched.step()
             for k, v in out.items():
@@ -156,12 +134,57 @@ def train_epochs(
         progress(ProgressEvent(stage, (epoch + 1) * steps_per_epoch, total, epoch, cfg.epochs,
                                metrics=summary, epoch_end=True))
         if checkpoint_out is not None:
-            trainable = trainable_state(module)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"module": trainable, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "history": result.history, "epoch": epoch}, tmp)
-            tmp.replace(checkpoint)
+            save_torch(checkpoint, {"module": trainable_state(module), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "history": result.history, "epoch": epoch})
     return result
+
+
+def load_checkpoint(checkpoint: Path, module: torch.nn.Module, opt: torch.optim.Optimizer, sched,
+                    device: torch.device) -> tuple[list[dict[str, float]], int]:
+    """Restore ``module``'s trainable state, ``opt`` and ``sched`` from ``checkpoint``; its history and next epoch.
+
+    Raises
+    ------
+    RunError
+        The file is not a checkpoint this program wrote (``weights_only``: a run folder is untrusted,
+        shared or downloaded, so unpickling code must never run).
+    """
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is one user error
+        raise RunError(f"{checkpoint}: not a checkpoint this program wrote ({type(e).__name__}); "
+                       f"delete it to train from the start") from e
+    module.load_state_dict(state["module"], strict=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return state["history"], state["epoch"] + 1
+
+
+def optimizer_step(step_fn: StepFn, idx: torch.Tensor, epoch: int, step: int, gen: torch.Generator,
+                   opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], *, stage: str,
+                   device: torch.device, precision: str, ddp: Dist, loss_parts: int) -> dict[str, torch.Tensor]:
+    """One optimiser step on this rank's slice ``idx`` of the global batch; ``step_fn``'s outputs.
+
+    A rank without samples (a short last batch) still joins the gradient and count reductions with
+    zeros. A non-finite loss raises :class:`FloatingPointError` naming ``stage``, epoch and step.
+    """
+    opt.zero_grad(set_to_none=True)
+    if len(idx) == 0:  # a short last batch can leave a rank without samples: it still syncs
+        out: dict[str, torch.Tensor] = {}
+        if loss_parts and ddp.enabled:
+            ddp.sum([0.0] * loss_parts, device)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+    else:
+        with autocast(device, precision):
+            out = step_fn(idx, epoch, gen)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage}: non-finite loss at epoch {epoch + 1}, step {step + 1}")
+        global_objective(out, loss_parts, ddp, device).backward()
+    ddp.average_gradients(params)
+    opt.step()
+    return out
 
 
 def global_objective(out: dict, loss_parts: int, ddp: Dist, device: torch.device) -> torch.Tensor:

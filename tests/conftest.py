@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import zipfile
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from deft.testing import extract_cifar as _extract_cifar
 from deft.testing import save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,19 +16,8 @@ CIFAR_ZIP = SHARED / "data" / "cifar10-jpeg.zip"
 
 
 def extract_cifar(out: Path, per_class: int, split: str = "train", offset: int = 0) -> Path:
-    """Extract ``per_class`` real CIFAR-10 JPEGs per class into ``out/<class>/``."""
-    if not CIFAR_ZIP.is_file():
-        raise FileNotFoundError(f"{CIFAR_ZIP} is missing: tests need ../shared/data/cifar10-jpeg.zip")
-    with zipfile.ZipFile(CIFAR_ZIP) as z:
-        by_class: dict[str, list[str]] = defaultdict(list)
-        for n in sorted(z.namelist()):
-            if n.startswith(f"{split}/") and n.endswith(".jpg"):
-                by_class[n.split("/")[1]].append(n)
-        for c, names in by_class.items():
-            (out / c).mkdir(parents=True, exist_ok=True)
-            for n in names[offset : offset + per_class]:
-                (out / c / Path(n).name).write_bytes(z.read(n))
-    return out
+    """``per_class`` real CIFAR-10 JPEGs per class into ``out/<class>/`` (:func:`deft.testing.extract_cifar`)."""
+    return _extract_cifar(CIFAR_ZIP, out, per_class, split, offset)
 
 
 @pytest.fixture(scope="session")

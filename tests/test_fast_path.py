@@ -65,7 +65,7 @@ def test_training_step_runs_under_each_precision(tmp_path, cifar_small, tiny_cli
 
 
 def test_feature_cache_mode_embeds_every_image_once(tmp_path, cifar_small, tiny_clip_dir, monkeypatch):
-    import deft.phase1 as p1
+    import deft.detector as p1  # the detector module holds the image pass (deft.phase1 re-exports it)
 
     seen = []
     real = p1.encode_image
