@@ -117,10 +117,11 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
     demo.load(h.on_start, [c.saved], [c.session, c.client, c.saved, c.data_in, c.root_in]).then(
         h.on_page_load, c.session, dataset_outputs(c)).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
-        lambda sid: h.detect_results(reg.get(sid)), c.session, [c.det_summary, c.rate_plot, c.hist_plot]).then(
-        lambda sid: h.detect_curves(sid), c.session, [c.loss_plot, c.clean_plot]).then(
-        h.advise, [c.session, c.model_in], [c.pv_in, c.det_note]).then(
-        lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c))
+        lambda sid: h.detect_results(reg.get(sid)), c.session, [c.det_summary, c.rate_plot, c.hist_plot],
+        show_progress="hidden").then(  # background refreshes: no timer over results already on screen
+        lambda sid: h.detect_curves(sid), c.session, [c.loss_plot, c.clean_plot], show_progress="hidden").then(
+        h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], show_progress="hidden").then(
+        lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c), show_progress="hidden")
     c.load_btn.click(h.on_load, [c.session, c.data_in, c.root_in, c.saved], [*dataset_outputs(c), c.saved]).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c))
