@@ -1,0 +1,148 @@
+"""The app's pure view functions (ui/views.py), without a browser or a Gradio server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deft.progress import ProgressEvent
+from deft.store import BatchResult, Decision
+from ui import views
+
+
+def _job(status="running", name="detection", last=None, epochs=()):
+    return SimpleNamespace(name=name, status=status, error="CUDA out of memory <oops>",
+                           snapshot=lambda: (last or {}, [], list(epochs)))
+
+
+def _scores():
+    return pd.DataFrame({"label": ["cat", "cat", "cat", "dog", "dog", "dog", "dog", "dog"],
+                         "is_clean": [True, True, False, True, False, False, True, True],
+                         "margin": [0.3, 0.2, -0.1, 0.27, -0.2, -0.15, 0.12, 0.4]})
+
+
+def test_progress_line_running_done_failed_cancelled_and_starting():
+    ev = ProgressEvent("phase1", step=25, steps=100, epoch=1, epochs=5, images_per_s=812.4, eta_s=33.2)
+    out = views.progress_html(_job(last={"phase1": ev}))
+    assert 'style="width:25.0%"' in out
+    assert ">detection: running · stage phase1 · epoch 2/5 · step 25/100 · 812 img/s · ETA 33s</p>" in out
+    done = views.progress_html(_job("done", last={"phase1": ev}))
+    assert 'style="width:100.0%"' in done and "ETA" not in done and "detection: done" in done
+    assert views.progress_html(_job("error")) == "<p><b>detection failed:</b> CUDA out of memory &lt;oops&gt;</p>"
+    assert "cancelled. Run again to resume" in views.progress_html(_job("cancelled"))
+    assert views.progress_html(_job()) == "<p>detection: starting (loading model)…</p>"
+    assert views.progress_html(None) == ""
+
+
+def test_suspect_rates_per_class():
+    rate = views.suspect_rates(_scores())
+    assert list(rate.columns) == ["class", "suspect_rate"]
+    assert dict(zip(rate["class"], rate["suspect_rate"], strict=True)) == pytest.approx({"cat": 1 / 3, "dog": 2 / 5})
+
+
+def test_margin_histogram_splits_clean_and_suspect_on_shared_bins():
+    sc = _scores()
+    hist = views.margin_histogram(sc, bins=4)
+    assert list(hist.columns) == ["margin", "count", "kind"] and len(hist) == 8
+    clean, sus = hist[hist["kind"] == "clean"], hist[hist["kind"] == "suspect"]
+    assert clean["count"].sum() == 5 and sus["count"].sum() == 3
+    assert clean["margin"].tolist() == sus["margin"].tolist()  # same bins for both
+    assert sus["count"].tolist() == [3, 0, 0, 0]  # bins of 0.15 from -0.2: all suspects below -0.05
+    assert clean["count"].tolist() == [0, 0, 2, 3]  # 0.12, 0.2 | 0.27, 0.3, 0.4 (the maximum is counted)
+    assert np.all(np.diff(clean["margin"]) > 0)
+
+
+def test_detect_summary_counts_and_warns_when_almost_all_flagged():
+    msg = views.detect_summary(_scores(), Path("runs/demo"))
+    assert msg.startswith("### 3 suspects of 8 samples (37.5%)") and "`runs/demo`" in msg
+    assert "Almost every sample" not in msg
+    noisy = _scores().assign(is_clean=False)
+    assert "Almost every sample is flagged" in views.detect_summary(noisy, "r")
+
+
+def test_counter_and_lines():
+    assert views.counter_html({"reviewed": 3, "suspects": 12}, 4, 10) == (
+        "<b>Reviewed 3 / 12 suspects</b> · item 4 of 10 in this view")
+    d = Decision(seq=7, sample_id="truck/img_028", action="accept", label="ship", at="t")
+    assert views.decision_line(d) == "accepted -> ship for truck/img_028 (u to undo)"
+    assert views.undo_line([]) == "Nothing to undo."
+    assert views.undo_line([d]) == "Undid: accepted -> ship for truck/img_028."
+    assert views.undo_line([d, d]).startswith("Undid a batch of 2 decisions")
+    res = BatchResult(batch=1, applied=[d, d], stale=["a"], refused=[("b", "no <such> label")])
+    assert views.batch_line(res, "Accepted") == (
+        "Accepted 2 sample(s) as one batch (u undoes the whole batch); 1 skipped because they changed since "
+        "they were shown; 1 refused (no &lt;such&gt; label).")
+
+
+def test_parse_bound():
+    assert views.parse_bound(" 0.25 ") == 0.25 and views.parse_bound("") is None and views.parse_bound(None) is None
+    with pytest.raises(ValueError, match="margin bound must be a number"):
+        views.parse_bound("abc")
+
+
+def _item(**kw):
+    item = {"id": "cat/1.png", "label": "cat", "status": "pending", "version": 3, "sim_pos": 0.21, "sim_neg": 0.25,
+            "margin": -0.04, "pred": "dog", "pred_conf": 0.8, "suggestion": "dog", "suggestion_conf": 0.8,
+            "zs1": "dog", "zs1_conf": 0.7, "zs2": "fox", "zs2_conf": 0.2, "zs3": "cat", "zs3_conf": 0.1}
+    return item | kw
+
+
+def test_card_html_carries_sample_version_and_suggestions():
+    ws = SimpleNamespace(dataset=None)
+    out = views.card_html(ws, _item())
+    assert '<div id="card" data-sid="cat/1.png" data-ver="3">' in out
+    assert 'id="btn-s1" data-act="accept" data-label="dog"' in out
+    assert 'id="btn-s2" data-act="relabel" data-label="fox"' in out
+    assert "btn-s3" not in out  # the given label is never suggested
+    assert '<b id="card-status">pending</b>' in out and "<b>-0.040</b>" in out
+    decided = views.card_html(ws, _item(status="relabelled", final_label="fox", decided_by="ann<"))
+    assert "→ <b>fox</b>" in decided and 'by <b id="card-by">ann&lt;</b>' in decided
+    assert views.card_html(ws, None) == ('<div id="card" data-sid="" data-ver=""><p>Nothing matches this filter.'
+                                         '</p></div>')
+
+
+def test_recent_list():
+    rows = pd.DataFrame([{"seq": 5, "at": "12:00", "sample_id": "cat/1.png", "action": "relabel", "label": "fox",
+                          "undoes": None},
+                         {"seq": 6, "at": "12:01", "sample_id": "cat/1.png", "action": "undo", "label": None,
+                          "undoes": 5}])
+    store = SimpleNamespace(recent=lambda client, limit: rows)
+    out = views.recent_html(store, "c1")
+    assert "<li>#5 12:00 · <code>cat/1.png</code> relabel → fox</li>" in out
+    assert "<li>#6 12:01 · <code>cat/1.png</code> undo of #5</li>" in out
+    assert views.recent_html(SimpleNamespace(recent=lambda c, n: pd.DataFrame()), "c1") == ""
+
+
+def test_job_curves_and_confusion():
+    curves = views.job_curves([{"epoch": 1, "loss": 0.9, "val_acc": 0.5}, {"epoch": 2, "loss": 0.4, "val_acc": 0.7}])
+    assert curves["series"].tolist() == ["train loss"] * 2 + ["held-out accuracy"] * 2
+    assert curves["value"].tolist() == [0.9, 0.4, 0.5, 0.7]
+    assert views.job_curves([]) is None
+    cm = views.confusion_frame([[3, 1], [0, 4]], ["cat", "dog"])
+    assert cm.columns.tolist() == ["label", "cat", "dog"] and cm.loc["dog", "dog"] == 4
+
+
+def test_dataset_summary_and_audit_absent():
+    ds = SimpleNamespace(N=12, K=2, source="assets/demo", issues=pd.DataFrame({"path": ["x"], "problem": ["bad"]}),
+                         warnings=["'Ship' vs 'ship'"])
+    msg = views.dataset_summary(ds, Path("runs/r1"))
+    assert msg.startswith("**12 images, 2 classes** from `assets/demo`; 1 file(s) excluded.")
+    assert "⚠ &#x27;Ship&#x27; vs &#x27;ship&#x27;" in msg and "loaded from `runs/r1`" in msg
+    assert views.audit_texts(None, None) == ("", None, "", None, None)
+    hint = views.audit_texts(None, Path("runs/r1"))
+    assert hint[0].startswith("No audit yet") and hint[0] == hint[2]
+
+
+def test_map_html_and_note():
+    pts = pd.DataFrame({"id": ["a/1", "b/2", "a/3"], "label": ["a", "b", "a"], "kind": ["ok", "suspect", "blurry"],
+                        "x": [0.0, 1.0, 2.0], "y": [0.0, 1.0, 0.5]})
+    out = views.map_html(pts, 10, ["a", "b"])
+    assert out.count('class="pt"') == 1 and out.count('class="pt flag"') == 2
+    assert 'data-points="3" data-total="10"' in out and "3 of 10 points" in out
+    assert 'stroke="#dc2626"' in out and 'stroke="#f59e0b"' in out
+    assert views.map_note(3, 10).endswith("then a random sample of the rest).")
+    assert "Showing" not in views.map_note(10, 10)

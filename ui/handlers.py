@@ -1,0 +1,435 @@
+"""The app's event handlers: one :class:`Handlers` per app, holding the registry of workspaces and the
+components (``c``, filled by :mod:`ui.tabs`). Handlers with several outputs return ``{component: value}``
+dicts (Gradio orders them by the event's outputs; a component left out is not updated), so no handler
+depends on the position of an output in a list."""
+
+from __future__ import annotations
+
+import html
+import json
+import uuid
+
+import gradio as gr
+from PIL import Image
+
+from deft.audit_view import ORDERS, AuditView, load_audit, map_points
+from deft.errors import DataError, ModelLoadError, ReviewError, RunError
+from deft.review import ReviewFilter, ReviewQueue, StaleError
+from deft.thumbs import thumbnail_file
+
+from . import views as v
+from .workspace import Workspace, Workspaces
+
+USER_ERRORS = (DataError, ModelLoadError, ReviewError, RunError, RuntimeError, ValueError, FileNotFoundError)
+GRID_PAGE = 36
+GRID_VERBS = {"accept": "Accepted", "keep": "Kept", "exclude": "Excluded"}
+
+
+def user_of(request: gr.Request | None) -> str:
+    return (getattr(request, "username", None) or "local") if request is not None else "local"
+
+
+def owner_of(cid: str, request: gr.Request | None) -> str:
+    """Whose place and undo stack: the logged-in user, else this browser."""
+    user = getattr(request, "username", None) if request is not None else None
+    return f"user:{user}" if user else (cid or "anonymous")
+
+
+def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
+    """One page of the grid: the filter's samples, pending only when showing suspects without a status."""
+    f = q.filter.kwargs()
+    if f["status"] is None and f["suspects"]:
+        f["status"] = "pending"
+    return q.store.query(**f, offset=max(0, page) * GRID_PAGE, limit=GRID_PAGE).to_dict("records")
+
+
+def audit_of(ws: Workspace) -> AuditView | None:
+    return load_audit(ws.run.path) if ws.run is not None else None
+
+
+class Handlers:
+    """The handlers of one app; ``c`` is the namespace of its components."""
+
+    def __init__(self, reg: Workspaces, c):
+        self.reg, self.s, self.c = reg, reg.settings, c
+        self.seen: dict[str, tuple[int, str]] = {}
+        self.audit_seen: dict[str, tuple[int, str]] = {}
+
+    # ------------------------------------------------------------------ sessions
+    def session_ws(self, sid: str) -> Workspace:
+        ws = self.reg.get(sid or "api")
+        if ws.dataset is None:
+            try:
+                ws.load(self.s.data, self.s.root)
+            except USER_ERRORS:
+                pass
+        return ws
+
+    def queue_of(self, sid: str, cid: str, request: gr.Request | None) -> tuple[Workspace, ReviewQueue]:
+        ws = self.session_ws(sid)
+        return ws, ws.queue(owner_of(cid, request), user_of(request))
+
+    def on_start(self, state, request: gr.Request):
+        s = self.s
+        state = dict(state or {})
+        state["cid"] = state.get("cid") or uuid.uuid4().hex
+        sid = uuid.uuid4().hex
+        ws = self.reg.get(sid)
+        data, root = state.get("data") or s.data, state.get("root") or s.root
+        try:
+            ws.load(data, root)
+        except USER_ERRORS:
+            data, root = s.data, s.root
+            try:
+                ws.load(s.data, s.root)
+            except USER_ERRORS:
+                pass
+        c = self.c
+        return {c.session: sid, c.client: state["cid"], c.saved: state, c.data_in: data, c.root_in: root or ""}
+
+    # ------------------------------------------------------------------ dataset
+    def dataset_view(self, ws: Workspace) -> dict:
+        c, ds = self.c, ws.dataset
+        counts = v.class_counts_frame(ds)
+        chart = gr.update(value=counts, y_lim=[0, int(counts["images"].max() * 1.1) + 1])
+        return {c.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None),
+                c.counts_plot: chart, c.issues_df: ds.issues,
+                c.thumb_class: gr.update(choices=ds.classes, value=ds.classes[0]),
+                c.gallery: self.class_thumbs_of(ws, ds.classes[0])}
+
+    @staticmethod
+    def class_thumbs_of(ws: Workspace, cls):
+        ds = ws.dataset
+        if ds is None or not cls:
+            return []
+        ids = ds.samples.loc[ds.samples["label"] == cls, "id"].head(32)
+        return [(str(thumbnail_file(ds.root / i, 96, ws.thumbs)), i) for i in ids]
+
+    def on_load(self, sid, path, root, state):
+        c, ws = self.c, self.reg.get(sid)
+        try:
+            ws.load(path.strip(), root.strip() or None)
+        except USER_ERRORS as exc:
+            return {c.data_msg: v.err_md(exc), c.counts_plot: None, c.issues_df: None, c.thumb_class: gr.update(),
+                    c.gallery: [], c.saved: state}
+        state = dict(state or {}) | {"data": path.strip(), "root": root.strip()}
+        return self.dataset_view(ws) | {c.saved: state}
+
+    def on_page_load(self, sid):
+        c, ws = self.c, self.reg.get(sid)
+        if ws.dataset is None:
+            return {c.data_msg: "Load a dataset to start.", c.counts_plot: None, c.issues_df: None,
+                    c.thumb_class: gr.update(), c.gallery: []}
+        return self.dataset_view(ws)
+
+    # ------------------------------------------------------------------ detect
+    def on_detect(self, sid, model, rw, epochs, preview, method="deft"):
+        try:
+            self.reg.get(sid).start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
+        except USER_ERRORS as exc:
+            return v.err_md(exc)
+        return "Detection started."
+
+    def on_cancel(self, sid):
+        ws = self.reg.get(sid)
+        if ws.job is not None and ws.job.running:
+            ws.job.cancel()
+            return "Cancelling…"
+        return "Nothing is running."
+
+    def advise(self, sid, model):
+        pre, why = self.reg.get(sid).preview_advice((model or "").strip())
+        return {self.c.pv_in: gr.update(value=pre), self.c.det_note: why}
+
+    def estimate(self, sid, model, epochs):
+        try:
+            return self.reg.get(sid).estimate_full_deft((model or "").strip(), int(epochs or 1))
+        except (*USER_ERRORS, OSError) as exc:
+            return v.err_md(exc)
+
+    def detect_results(self, ws: Workspace) -> dict:
+        """Detect summary, suspect rate per class and margin histogram of the workspace's run."""
+        c = self.c
+        if ws.store is None:
+            return {c.det_summary: "", c.rate_plot: None, c.hist_plot: None}
+        sc = ws.store.scores()
+        return {c.det_summary: v.detect_summary(sc, ws.run.path, ws.planted_summary()),
+                c.rate_plot: v.suspect_rates(sc), c.hist_plot: v.margin_histogram(sc)}
+
+    def detect_curves(self, sid) -> dict:
+        loss, clean = v.plot_frames(self.reg.get(sid).detect_curves())
+        return {self.c.loss_plot: loss, self.c.clean_plot: clean}
+
+    def on_tick(self, sid):
+        """Progress, curves and results of the running detection or training (the audit: on_audit_tick)."""
+        c = self.c
+        ws = self.reg.get(sid) if sid else None
+        job = ws.job if ws is not None else None
+        if job is None:
+            return gr.skip()
+        key = (id(job), job.status)
+        if self.seen.get(sid) == key and not job.running:
+            return gr.skip()
+        self.seen[sid] = key
+        if job.name == "audit":  # shown by on_audit_tick
+            return gr.skip()
+        prog = v.progress_html(job)
+        if job.name == "detection":
+            loss, clean = v.plot_frames(ws.detect_curves(job))
+            out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean}
+            if job.status == "done":
+                out |= self.detect_results(ws)
+                out[c.f_class] = gr.update(choices=[""] + ws.dataset.classes)
+            return out
+        out = {c.train_prog: prog, c.curve_plot: v.job_curves(job.snapshot()[2])}
+        if job.status == "done":
+            res = job.result
+            out[c.train_summary] = v.train_summary_md(res)
+            out[c.confusion] = v.confusion_frame(res.confusion, res.classifier.classes)
+        elif job.status == "cancelled":  # also refreshes the list of runs (train_summary.change)
+            out[c.train_summary] = "Training cancelled: run it again with the same set to resume at the next epoch."
+        return out
+
+    # ------------------------------------------------------------------ audit and map
+    def audit_views(self, ws: Workspace) -> dict:
+        c = self.c
+        run_path = ws.run.path if ws.run is not None else None
+        texts = v.audit_texts(audit_of(ws), run_path)
+        return dict(zip([c.methods_msg, c.methods_df, c.issues_msg, c.issue_counts_df, c.class_report_df], texts,
+                        strict=True))
+
+    def on_audit(self, sid):
+        try:
+            self.reg.get(sid).start_audit()
+        except USER_ERRORS as exc:
+            return v.err_md(exc)
+        return "Audit started."
+
+    def on_audit_tick(self, sid):
+        """Audit progress; the audit views once an audit (or a detection) finished."""
+        ws = self.reg.get(sid) if sid else None
+        job = ws.job if ws is not None else None
+        if job is None:
+            return gr.skip()
+        key = (id(job), job.status)
+        if self.audit_seen.get(sid) == key and not job.running:
+            return gr.skip()
+        self.audit_seen[sid] = key
+        prog = v.progress_html(job) if job.name == "audit" else gr.skip()
+        if job.name == "audit" and job.status == "done":
+            prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
+        out = {self.c.audit_prog: prog}
+        if job.running or job.status != "done":
+            return out
+        return out | self.audit_views(ws)
+
+    def map_view(self, sid):
+        c, ws = self.c, self.reg.get(sid)
+        view = audit_of(ws)
+        if view is None or view.projection is None:
+            return {c.map_msg: "No map yet: run **Audit** in the Detect tab (it computes the 2-D projection).",
+                    c.map_box: ""}
+        labels = ws.dataset.samples.set_index(ws.dataset.samples["id"].astype(str))["label"]
+        pts, total = map_points(view.projection, view.table, labels)
+        return {c.map_msg: v.map_note(len(pts), total), c.map_box: v.map_html(pts, total, ws.dataset.classes)}
+
+    def map_open(self, sid, cid, sample, request: gr.Request):
+        """Open the clicked point in Review: a filter that contains it, then its card."""
+        c = self.c
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+            item = ws.store.sample(str(sample))
+            q.filter = ReviewFilter(suspects=not bool(item["is_clean"]))
+            q.show(str(sample))
+            q.save_place()
+        except (*USER_ERRORS, KeyError) as exc:
+            return {c.map_msg: v.err_md(exc)}
+        return {c.map_msg: "", c.tabs: gr.Tabs(selected="review")}
+
+    # ------------------------------------------------------------------ train / export
+    def on_train(self, sid, mode, epochs):
+        try:
+            self.reg.get(sid).start_train(mode, int(epochs or 1))
+        except USER_ERRORS as exc:
+            return v.err_md(exc)
+        return "Training started."
+
+    def on_export(self, sid, pseudo):
+        c = self.c
+        try:
+            csv, pq, df = self.reg.get(sid).export(bool(pseudo))
+        except USER_ERRORS as exc:
+            return {c.export_msg: v.err_md(exc), c.export_files: None, c.export_preview: None}
+        return {c.export_msg: v.export_line(df, csv), c.export_files: [str(csv), str(pq)],
+                c.export_preview: df.head(50)}
+
+
+class ReviewHandlers(Handlers):
+    """Review: every handler renders the card from the store (the log is the truth)."""
+
+    def render(self, ws: Workspace, q: ReviewQueue, msg: str = "", item: dict | None = None, dd=None) -> dict:
+        """Card outputs; ``dd`` updates "Relabel to" (default: untouched, re-rendering it costs a key press)."""
+        c = self.c
+        item = item if item is not None else q.current()
+        q.save_place()
+        pos = q.position(item) + 1 if item is not None else 0
+        out = {c.card: v.card_html(ws, item), c.counter: v.counter_html(ws.store.count(), pos, q.size()),
+               c.review_msg: msg, c.zoom_box: ""}
+        if dd is not None:
+            out[c.relabel_dd] = dd
+        return out
+
+    def empty(self, exc: Exception) -> dict:
+        c = self.c
+        return {c.card: v.card_html(None, None), c.counter: "", c.relabel_dd: gr.update(),
+                c.review_msg: v.err_html(exc), c.zoom_box: ""}
+
+    def show_card(self, sid, cid, request: gr.Request):
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+        except USER_ERRORS as exc:
+            return self.empty(exc)
+        return self.render(ws, q, dd=gr.update(choices=ws.store.classes, value=None))
+
+    def decide(self, session: str, client: str, sample_id: str, version: float, action: str, label: str,
+               request: gr.Request):
+        """Apply ``action`` (accept/relabel/keep/exclude) to ``sample_id`` if it is still at ``version``.
+
+        Returns ``(result_json, card, counter, relabel choices, message)``; ``result_json`` is
+        ``{"status": "applied"|"stale"|"error", "sample_id", "version", "seq", "message"}``.
+        """
+        res = self.c.act_result
+        try:
+            ws, q = self.queue_of(session, client, request)
+        except USER_ERRORS as exc:
+            return {res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})} | self.empty(exc)
+        dd = gr.update(value=None) if action == "relabel" else None  # the field clears for the next card
+        try:
+            d = q.act(str(sample_id), int(version), str(action), label or None)
+        except StaleError as exc:
+            msg = (f"ignored a key press: {exc}" if exc.client == q.client else f"{exc}; here is its current state")
+            return ({res: json.dumps({"status": "stale", "sample_id": sample_id, "message": str(exc)})}
+                    | self.render(ws, q, v.err_html(ValueError(msg)), dd=dd))
+        except USER_ERRORS as exc:
+            return ({res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})}
+                    | self.render(ws, q, v.err_html(exc), dd=dd))
+        return ({res: json.dumps({"status": "applied", "sample_id": d.sample_id, "version": d.version,
+                                  "seq": d.seq, "message": v.decision_line(d)})}
+                | self.render(ws, q, html.escape(v.decision_line(d)), dd=dd))
+
+    def nav(self, fn):
+        """A card handler that applies ``fn(queue) -> message`` (move, undo, next pending), then renders."""
+        def handler(sid, cid, request: gr.Request):
+            try:
+                ws, q = self.queue_of(sid, cid, request)
+                msg = fn(q)
+            except USER_ERRORS as exc:
+                return self.empty(exc)
+            return self.render(ws, q, msg or "")
+        return handler
+
+    @staticmethod
+    def do_undo(q: ReviewQueue) -> str:
+        return html.escape(v.undo_line(q.undo()))
+
+    @staticmethod
+    def do_pending(q: ReviewQueue) -> str:
+        return "" if q.next_pending() is not None else "All samples in this filter are decided."
+
+    def set_filter(self, sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+            q.filter = ReviewFilter(suspects=shown == "suspects", label=cls or None, status=status or None,
+                                    margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
+                                    issue=issue or None, order=ORDERS.get(order or ""))
+        except USER_ERRORS as exc:
+            return self.empty(exc)
+        return self.render(ws, q)
+
+    def restore_view(self, sid, cid, request: gr.Request):
+        """After a (re)connect: this reviewer's filters, card, and the last decisions recorded."""
+        c = self.c
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+        except USER_ERRORS as exc:
+            return self.empty(exc) | {c.recent: "", c.g_label: gr.update()}
+        f = q.filter
+        return self.render(ws, q, dd=gr.update(choices=ws.store.classes, value=None)) | {
+            c.f_suspects: "suspects" if f.suspects else "clean (spot-check)",
+            c.f_class: gr.update(choices=[""] + ws.store.classes, value=f.label or ""), c.f_status: f.status or "",
+            c.f_min: "" if f.margin_min is None else str(f.margin_min),
+            c.f_max: "" if f.margin_max is None else str(f.margin_max), c.recent: v.recent_html(ws.store, q.client),
+            c.g_label: gr.update(choices=ws.store.classes, value=None), c.f_issue: f.issue or "",
+            c.f_order: next((k for k, o in ORDERS.items() if o == (f.order or "margin")), "DEFT margin")}
+
+    def zoom(self, sid, cid, shown_id, request: gr.Request):
+        """The card on screen at its full resolution (a content-addressed copy; the data root is never served)."""
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+            sample = str(shown_id or q.anchor or "")
+            path = ws.dataset.root / sample
+            with Image.open(path) as im:
+                w, h = im.size
+            src = v.file_url(thumbnail_file(path, max(w, h), ws.thumbs))
+        except (*USER_ERRORS, OSError) as exc:
+            return v.err_html(exc)
+        return v.zoom_html(src, sample, w, h)
+
+    # ---- batch accept: preview (exact list + versions kept), then confirm; one batch in the log
+    def batch_preview(self, sid, cid, t, src, request: gr.Request):
+        c = self.c
+        try:
+            _, q = self.queue_of(sid, cid, request)
+            items = q.batch_candidates(float(t), src)
+        except USER_ERRORS as exc:
+            return {c.batch_msg: v.err_md(exc), c.batch_items: [],
+                    c.batch_ok: gr.update(interactive=False, value="Confirm")}
+        if not items:
+            return {c.batch_msg: "No pending sample in this filter has such a suggestion.", c.batch_items: [],
+                    c.batch_ok: gr.update(interactive=False)}
+        return {c.batch_msg: v.batch_preview_line(len(items), src, float(t)), c.batch_items: items,
+                c.batch_ok: gr.update(interactive=True, value=f"Confirm: accept {len(items)}")}
+
+    def batch_confirm(self, sid, cid, items, request: gr.Request):
+        c = self.c
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+            res = q.apply_many([tuple(i) for i in items], "accept")
+        except USER_ERRORS as exc:
+            return {c.batch_msg: v.err_md(exc), c.batch_items: [],
+                    c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
+        line = v.batch_line(res, "Accepted")
+        return {c.batch_msg: line, c.batch_items: [],
+                c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.render(ws, q, line)
+
+    # ---- grid
+    def grid_view(self, sid, cid, page, request: gr.Request, msg: str = ""):
+        c = self.c
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+            return {c.grid: v.grid_html(ws, grid_rows(q, int(page or 0))), c.grid_msg: msg,
+                    c.g_label: gr.update(choices=ws.store.classes)}
+        except USER_ERRORS as exc:
+            return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
+
+    def grid_apply(self, sid: str, cid: str, selection: str, action: str, label: str, page: int,
+                   request: gr.Request):
+        try:
+            _, q = self.queue_of(sid, cid, request)
+            items = [(str(a), int(b)) for a, b in json.loads(selection or "[]")]
+            if not items:
+                raise ReviewError("select one or more tiles first (click, or arrows + space)")
+            res = q.apply_many(items, action, label or None)
+            verb = f"Relabelled to {label}:" if action == "relabel" else GRID_VERBS.get(action, action)
+            msg = html.escape(v.batch_line(res, verb))
+        except (*USER_ERRORS, json.JSONDecodeError) as exc:
+            return self.grid_view(sid, cid, page, request, v.err_md(exc))
+        return self.grid_view(sid, cid, page, request, msg)
+
+    def grid_undo(self, sid, cid, page, request: gr.Request):
+        try:
+            _, q = self.queue_of(sid, cid, request)
+            msg = html.escape(v.undo_line(q.undo()))
+        except USER_ERRORS as exc:
+            msg = v.err_md(exc)
+        return self.grid_view(sid, cid, page, request, msg)

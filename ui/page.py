@@ -1,0 +1,145 @@
+"""What the page carries besides components: the keyboard and map scripts, and the style sheet."""
+
+# Review actions are sent by this script, never "whatever the server has at position N": each one
+# carries the sample id and version read from the card on screen (#card data-sid / data-ver) when
+# the key was pressed. Bursts are queued in order; one that arrives for a card that changed is
+# refused by the server with a message (not silently dropped, never applied to another sample).
+KEYBOARD_JS = """
+<script>
+(() => {
+  const Q = [];
+  const G = [];
+  window.deftAct = (action, label) => {
+    const c = document.getElementById('card');
+    if (!c || !c.dataset.sid) return;
+    Q.push({sid: c.dataset.sid, ver: Number(c.dataset.ver), action: action, label: label || ''});
+    document.getElementById('btn-act').click();
+  };
+  window.deftTake = (...a) => {
+    const p = Q.shift();
+    return p ? [a[0], a[1], p.sid, p.ver, p.action, p.label] : a;
+  };
+  const tiles = () => Array.from(document.querySelectorAll('#grid .tile'));
+  window.deftGrid = (action) => {
+    const sel = tiles().filter(t => t.classList.contains('sel')).map(t => [t.dataset.sid, Number(t.dataset.ver)]);
+    G.push({sel: JSON.stringify(sel), action: action});
+    document.getElementById('btn-grid-act').click();
+  };
+  window.deftGridTake = (...a) => {
+    const p = G.shift();
+    return p ? [a[0], a[1], p.sel, p.action, a[4]] : a;
+  };
+  let lastTile = -1;
+  const mark = () => {
+    const n = tiles().filter(t => t.classList.contains('sel')).length;
+    const m = document.getElementById('grid-count');
+    if (m) m.textContent = n + ' selected';
+  };
+  document.addEventListener('click', (e) => {
+    const b = e.target.closest('.deft-act');
+    if (b && !b.disabled) { e.preventDefault(); deftAct(b.dataset.act, b.dataset.label); return; }
+    const t = e.target.closest('#grid .tile');
+    if (t) {
+      const all = tiles(), i = all.indexOf(t);
+      if (e.shiftKey && lastTile >= 0) {
+        const [a, z] = [Math.min(lastTile, i), Math.max(lastTile, i)];
+        for (let k = a; k <= z; k++) all[k].classList.add('sel');
+      } else { t.classList.toggle('sel'); }
+      lastTile = i; t.focus(); mark();
+    }
+  });
+  const typing = (t) => t && (t.tagName === 'TEXTAREA' || t.isContentEditable ||
+    (t.tagName === 'INPUT' && !['radio', 'checkbox', 'range', 'button'].includes(t.type)));
+  const visible = (id) => {
+    const el = document.getElementById(id);
+    return el && el.offsetParent !== null ? el : null;
+  };
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const t = e.target;
+    if (typing(t)) return;
+    if (visible('grid')) {
+      const all = tiles(); let i = all.indexOf(document.activeElement);
+      const cols = Math.max(1, Math.round(document.getElementById('grid').clientWidth / 130));
+      const go = {'ArrowRight': 1, 'ArrowLeft': -1, 'ArrowDown': cols, 'ArrowUp': -cols}[e.key];
+      if (go !== undefined && all.length) {
+        e.preventDefault();
+        i = Math.min(all.length - 1, Math.max(0, (i < 0 ? 0 : i + go)));
+        all[i].focus(); lastTile = i; return;
+      }
+      if (e.key === ' ' && i >= 0) { e.preventDefault(); all[i].classList.toggle('sel'); lastTile = i; mark(); return; }
+      if (e.key === 'a') { e.preventDefault(); all.forEach(x => x.classList.add('sel')); mark(); return; }
+      if (e.key === 'Escape') { all.forEach(x => x.classList.remove('sel')); mark(); return; }
+      const ga = {'Enter': 'accept', 'k': 'keep', 'x': 'exclude'}[e.key];
+      if (ga) { e.preventDefault(); deftGrid(ga); return; }
+      if (e.key === 'u') { e.preventDefault(); document.getElementById('btn-grid-undo').click(); }
+      return;
+    }
+    if (!visible('card')) return;
+    if (e.key === 'r') {
+      const inp = document.querySelector('#relabel-dd input');
+      if (inp) { e.preventDefault(); inp.focus(); inp.select && inp.select(); }
+      return;
+    }
+    if (['1', '2', '3'].includes(e.key)) {
+      const b = document.getElementById('btn-s' + e.key);
+      if (b && !b.disabled) { e.preventDefault(); deftAct(b.dataset.act, b.dataset.label); }
+      return;
+    }
+    if (e.key === 'k') { e.preventDefault(); deftAct('keep'); return; }
+    if (e.key === 'x') { e.preventDefault(); deftAct('exclude'); return; }
+    const map = {'u': 'btn-undo', 'ArrowRight': 'btn-next', 'j': 'btn-next', 'ArrowLeft': 'btn-prev',
+                 'p': 'btn-prev', 'n': 'btn-pending', 'z': 'btn-zoom'};
+    const el = map[e.key] && document.getElementById(map[e.key]);
+    if (!el || el.disabled) return;
+    e.preventDefault();
+    el.click();
+  });
+})();
+</script>
+"""
+# Map: a click on a point opens that sample in Review (the sample id travels from the point clicked).
+MAP_JS = """
+<script>
+(() => {
+  let picked = '';
+  window.deftMapTake = (...a) => [a[0], a[1], picked];
+  document.addEventListener('click', (e) => {
+    const p = e.target.closest('#map .pt');
+    if (!p) return;
+    picked = p.dataset.sid;
+    document.getElementById('btn-map-open').click();
+  });
+})();
+</script>
+"""
+CSS = """
+.pbar {height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0;}
+.pbar > div {height: 100%; background: #2563eb;}
+#card .row {display: flex; gap: 16px; align-items: flex-start;}
+#card img.main {width: 300px; height: 300px; object-fit: contain; image-rendering: pixelated;
+  background: #f3f4f6; border-radius: 6px;}
+#card h3 {margin: 0 0 6px 0; font-family: monospace;}
+#card table {font-size: 0.95em;}
+#card td {padding: 2px 8px 2px 0;}
+#card .sugg {display: flex; flex-direction: column; gap: 6px; margin-top: 8px;}
+#card .sugg button {text-align: left; padding: 6px 10px; border-radius: 6px; border: 1px solid #cbd5e1;
+  background: #eff6ff; cursor: pointer;}
+#card .sugg button:hover {background: #dbeafe;}
+#card .src {color: #6b7280; font-size: 0.85em;}
+#review-msg, #batch-msg, #grid-msg {min-height: 1.5em;}
+#grid .group h4 {margin: 10px 0 4px 0;}
+#grid .tiles {display: flex; flex-wrap: wrap; gap: 6px;}
+#grid .tile {width: 120px; border: 3px solid transparent; border-radius: 6px; cursor: pointer; padding: 2px;
+  font-size: 0.7em; overflow: hidden; outline: none;}
+#grid .tile:focus {border-color: #93c5fd;}
+#grid .tile.sel {border-color: #2563eb; background: #dbeafe;}
+#grid .tile img {width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated;}
+.recent {font-size: 0.85em; color: #374151;}
+#map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
+#map .pt {cursor: pointer;}
+#map-plumbing {display: none !important;}
+#map .legend span {display: inline-block; margin-right: 10px; font-size: 0.85em;}
+body:has(#card[data-sid=""]) :is(#btn-keep, #btn-exclude, #btn-zoom, #btn-batch) {opacity: .45; pointer-events: none;}
+"""
+

@@ -1,0 +1,201 @@
+"""The tabs' components, one builder per tab. Each builder puts its components on ``c`` under the names
+the handlers (:mod:`ui.handlers`) use; builders create components only, the wiring is in :mod:`ui.app`."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from deft.audit_view import ISSUES, ORDERS
+
+from .views import GRID_HELP, KEYS_HELP
+
+STATUSES = ["", "pending", "accepted", "relabelled", "kept", "excluded"]
+
+
+def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.HTML]:
+    """Start / Cancel buttons, a message line and a progress bar for a background job."""
+    with gr.Row():
+        start = gr.Button(label, variant="primary", elem_id=f"btn-{key}")
+        cancel = gr.Button("Cancel", elem_id=f"btn-cancel-{key}")
+    return start, cancel, gr.Markdown(elem_id=f"{key}-msg"), gr.HTML(elem_id=f"{key}-progress")
+
+
+def dataset_tab(c, s) -> None:
+    """1 · Dataset: load a folder or table; images per class, import problems, thumbnails, data issues."""
+    with gr.Row():
+        c.data_in = gr.Textbox(s.data, label="Image folder (<root>/<class>/<image>) or CSV/Parquet",
+                               elem_id="data-path", scale=4)
+        c.root_in = gr.Textbox(s.root or "", label="Root for CSV paths (optional)", scale=2,
+                               elem_id="root-path")
+        c.load_btn = gr.Button("Load dataset", variant="primary", elem_id="btn-load", scale=1)
+    c.data_msg = gr.Markdown(elem_id="data-msg")
+    with gr.Row():
+        c.counts_plot = gr.BarPlot(x="class", y="images", title="Images per class", height=260)
+        c.issues_df = gr.Dataframe(headers=["path", "problem"], label="Import problems (excluded)",
+                                   interactive=False)
+    c.thumb_class = gr.Dropdown([], label="Show class", interactive=True)
+    c.gallery = gr.Gallery(label="Thumbnails", columns=8, height=300, allow_preview=True)
+    c.issues_msg = gr.Markdown(elem_id="audit-issues-msg")
+    with gr.Row():
+        c.issue_counts_df = gr.Dataframe(label="Data issues (samples)", interactive=False,
+                                         elem_id="issue-counts")
+        c.class_report_df = gr.Dataframe(label="Class report (imbalance, suspect rate per method)",
+                                         interactive=False, elem_id="class-report")
+
+
+def detect_tab(c, s) -> None:
+    """2 · Detect: model, method, run/cancel, audit, methods table, curves and histograms."""
+    with gr.Row():
+        c.model_in = gr.Textbox(s.model, label="CLIP checkpoint (hub id or local folder)", scale=4,
+                                elem_id="model")
+        c.rw_in = gr.Checkbox(False, label="Real-world (human) noise")
+        c.pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
+        c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1)
+    c.det_method = gr.Radio(["deft", "zeroshot", "cleanlab", "all"], value="deft", label="Method "
+                            "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
+                            "then every baseline and the data-issue audit)", elem_id="det-method")
+    with gr.Row():
+        c.det_note = gr.Markdown(elem_id="detect-note")
+        c.est_btn = gr.Button("Estimate full DEFT time", elem_id="btn-estimate", scale=0)
+    c.run_btn, c.cancel_btn, c.det_msg, c.det_prog = job_controls("Run detection", "detect")
+    with gr.Row():
+        c.audit_btn = gr.Button("Audit (baselines, data issues, map)", elem_id="btn-audit")
+        c.audit_msg = gr.Markdown(elem_id="audit-msg")
+    c.audit_prog = gr.HTML(elem_id="audit-progress")
+    c.methods_msg = gr.Markdown(elem_id="methods-msg")
+    c.methods_df = gr.Dataframe(label="Methods against ground truth", interactive=False,
+                                elem_id="methods-table")
+    with gr.Row():
+        c.loss_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss (x: epochs)",
+                                  height=260, elem_id="loss-plot")
+        c.clean_plot = gr.LinePlot(x="epoch", y="clean fraction", title="Clean fraction (x: epochs)",
+                                   height=260, y_lim=[0, 1], elem_id="clean-plot")
+        c.rate_plot = gr.BarPlot(x="class", y="suspect_rate", title="Suspect rate per class", height=260,
+                                 y_lim=[0, 1])
+        c.hist_plot = gr.BarPlot(x="margin", y="count", color="kind", title="Margin (cos+ − cos−)",
+                                 height=260)
+    c.det_summary = gr.Markdown(elem_id="detect-summary")
+
+
+def review_tab(c) -> None:
+    """3 · Review: filters, then the card and grid modes, then the hidden decision plumbing."""
+    with gr.Row():
+        c.f_suspects = gr.Radio(["suspects", "clean (spot-check)"], value="suspects", label="Show",
+                                elem_id="f-show", scale=2, min_width=250)
+        c.f_class = gr.Dropdown([""], value="", label="Class", interactive=True, elem_id="f-class")
+        c.f_status = gr.Dropdown(STATUSES, value="", label="Status", interactive=True, elem_id="f-status")
+        c.f_min = gr.Textbox("", label="Margin ≥ (Enter)", placeholder="no bound", elem_id="f-min")
+        c.f_max = gr.Textbox("", label="Margin ≤ (Enter)", placeholder="no bound", elem_id="f-max")
+        c.f_issue = gr.Dropdown(["", *ISSUES], value="", label="Data issue (after Audit)",
+                                interactive=True, elem_id="f-issue")
+        c.f_order = gr.Dropdown(list(ORDERS), value="DEFT margin", label="Order (others after Audit)",
+                                interactive=True, elem_id="f-order")
+    with gr.Row():
+        c.counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
+        c.review_msg = gr.HTML(elem_id="review-msg")
+    with gr.Tabs(elem_id="review-modes"):
+        with gr.Tab("Card", id="card-mode"):
+            _card_mode(c)
+        with gr.Tab("Grid", id="grid-mode") as c.grid_tab:
+            _grid_mode(c)
+    # hidden plumbing: one route for every card decision (also the API: /decide)
+    with gr.Row(visible="hidden"):
+        c.act_sid = gr.Textbox(elem_id="act-sid")
+        c.act_ver = gr.Number(0, precision=0, elem_id="act-ver")
+        c.act_what = gr.Textbox(elem_id="act-action")
+        c.act_label = gr.Textbox(elem_id="act-label")
+        c.act_btn = gr.Button("act", elem_id="btn-act")
+        c.act_result = gr.Textbox(elem_id="act-result")
+        c.g_sel = gr.Textbox(elem_id="grid-sel")
+        c.g_what = gr.Textbox(elem_id="grid-action")
+        c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
+
+
+def _card_mode(c) -> None:
+    with gr.Row():
+        with gr.Column(scale=3):
+            c.card = gr.HTML("", elem_id="card-box")
+            # batch accept under the card, one row: its preview message is above the fold
+            with gr.Row(equal_height=True):
+                c.batch_src = gr.Dropdown(["learned prompts", "zero-shot CLIP"],
+                                          value="learned prompts", label="Batch accept: source",
+                                          elem_id="batch-src", scale=2, min_width=150)
+                c.batch_t = gr.Number(0.9, minimum=0, maximum=1, step=0.01, label="confidence ≥",
+                                      elem_id="batch-t", scale=1, min_width=100)
+                c.batch_btn = gr.Button("Preview batch accept", elem_id="btn-batch", scale=1,
+                                        min_width=110)
+                c.batch_ok = gr.Button("Confirm", elem_id="btn-batch-confirm", variant="primary",
+                                       interactive=False, scale=1, min_width=110)
+            c.batch_msg = gr.Markdown(elem_id="batch-msg")
+            c.batch_items = gr.State([])
+            c.zoom_box = gr.HTML("", elem_id="zoom-box")
+        with gr.Column(scale=2):
+            with gr.Row():
+                c.keep_btn = gr.Button("Keep label (k)", elem_id="btn-keep")
+                c.excl_btn = gr.Button("Exclude (x)", elem_id="btn-exclude", variant="stop")
+                c.undo_btn = gr.Button("Undo (u)", elem_id="btn-undo")
+            with gr.Row():
+                c.relabel_dd = gr.Dropdown([], value=None, label="Relabel to (r, type, Enter)",
+                                           filterable=True, interactive=True, elem_id="relabel-dd")
+                c.relabel_btn = gr.Button("Relabel", elem_id="btn-relabel", interactive=False)
+            with gr.Row():
+                c.prev_btn = gr.Button("← Previous", elem_id="btn-prev")
+                c.next_btn = gr.Button("Next →", elem_id="btn-next")
+                c.pend_btn = gr.Button("Next pending (n)", elem_id="btn-pending")
+                c.zoom_btn = gr.Button("Full size (z)", elem_id="btn-zoom")
+            gr.HTML(KEYS_HELP, elem_id="keys-help")
+            c.recent = gr.HTML(elem_id="recent")
+
+
+def _grid_mode(c) -> None:
+    gr.HTML(GRID_HELP)
+    with gr.Row():
+        c.g_accept = gr.Button("Accept suggestions (Enter)", elem_id="btn-grid-accept",
+                               variant="primary")
+        c.g_keep = gr.Button("Keep labels (k)", elem_id="btn-grid-keep")
+        c.g_excl = gr.Button("Exclude (x)", elem_id="btn-grid-exclude", variant="stop")
+        c.g_label = gr.Dropdown([], value=None, label="Relabel selection to", interactive=True,
+                                elem_id="grid-label")
+        c.g_relabel = gr.Button("Relabel", elem_id="btn-grid-relabel")
+        c.g_undo = gr.Button("Undo (u)", elem_id="btn-grid-undo")
+        c.g_prev = gr.Button("← Page", elem_id="btn-grid-prev")
+        c.g_next = gr.Button("Page →", elem_id="btn-grid-next")
+    c.grid_msg = gr.Markdown(elem_id="grid-msg")
+    c.grid = gr.HTML(elem_id="grid-box")
+    c.grid_page = gr.State(0)
+
+
+def map_tab(c) -> None:
+    """Map: the embeddings map; a click on a point opens that sample in Review."""
+    c.map_msg = gr.Markdown(elem_id="map-msg")
+    c.map_box = gr.HTML(elem_id="map-box")
+    with gr.Row(elem_id="map-plumbing"):  # hidden by CSS: the page script clicks it
+        c.map_sid = gr.Textbox(elem_id="map-sid")
+        c.map_btn = gr.Button("open", elem_id="btn-map-open")
+
+
+def train_tab(c, s) -> None:
+    """4 · Train: training set, epochs, run/cancel, curves, result, confusion, past runs."""
+    with gr.Row():
+        c.mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
+                              ("+ pseudo-labels for unreviewed suspects", "pseudo")],
+                             value="relabels", label="Training set")
+        c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1)
+    c.train_btn, c.tcancel_btn, c.train_msg, c.train_prog = job_controls("Train classifier", "train")
+    c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy",
+                               height=260)
+    c.train_summary = gr.Markdown(elem_id="train-summary")
+    c.confusion = gr.Dataframe(label="Confusion matrix on the held-out rows (rows: label, cols: predicted)",
+                               interactive=False)
+    c.train_runs = gr.Dataframe(label="Past training runs (each in its own folder under RUN/phase2; "
+                                      "an interrupted one resumes when run again with the same set)",
+                                interactive=False, elem_id="train-runs")
+
+
+def export_tab(c) -> None:
+    """5 · Export: the cleaned labels as CSV and Parquet, with a preview."""
+    c.pseudo_in = gr.Checkbox(False, label="Fill unreviewed suspects with their suggested label (pseudo)")
+    c.export_btn = gr.Button("Export cleaned labels", variant="primary", elem_id="btn-export")
+    c.export_msg = gr.Markdown(elem_id="export-msg")
+    c.export_files = gr.File(label="Downloads", file_count="multiple", elem_id="export-files")
+    c.export_preview = gr.Dataframe(label="Preview", interactive=False)

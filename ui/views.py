@@ -1,0 +1,331 @@
+"""Pure view functions of the app: strings, HTML and frames computed from plain data, no Gradio.
+
+Each takes what a tab shows (a job, a scores frame, a store row, an audit view) and returns the text,
+HTML or DataFrame the tab puts on screen, so it can be tested without a browser (tests/test_views.py).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
+from deft.monitor import planted_line
+from deft.review import group_title, suggestions
+from deft.store import BatchResult, Decision
+from deft.thumbs import thumbnail_file
+
+KEYS_HELP = ("<b>Keys:</b> <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> apply suggestion 1-3 · <kbd>k</kbd> keep label · "
+             "<kbd>x</kbd> exclude · <kbd>r</kbd> relabel to… (type, Enter) · <kbd>u</kbd> undo · "
+             "<kbd>→</kbd>/<kbd>j</kbd> next · <kbd>←</kbd>/<kbd>p</kbd> previous · <kbd>n</kbd> next pending · "
+             "<kbd>z</kbd> full size")
+GRID_HELP = ("<b>Grid:</b> click a tile to select (shift-click: range) · arrows move · <kbd>space</kbd> select · "
+             "<kbd>a</kbd> select all · <kbd>Esc</kbd> clear · then apply an action to the selection")
+
+# Review actions are sent by this script, never "whatever the server has at position N": each one
+# carries the sample id and version read from the card on screen (#card data-sid / data-ver) when
+# the key was pressed. Bursts are queued in order; one that arrives for a card that changed is
+
+MAP_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+               "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79"]
+
+
+def parse_bound(text: str | None) -> float | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"margin bound must be a number, got {text!r}") from None
+
+
+def err_md(exc: Exception) -> str:
+    return f"**⚠ {html.escape(str(exc))}**"
+
+
+def err_html(exc: Exception) -> str:
+    """:func:`err_md` for HTML boxes (no raw Markdown asterisks)."""
+    return f'<b class="err">⚠ {html.escape(str(exc))}</b>'
+
+
+def file_url(path: Path) -> str:
+    """URL under which Gradio serves ``path`` (it must be under the app's ``allowed_paths``)."""
+    return "/gradio_api/file=" + quote(str(path))
+
+
+def decision_line(d: Decision) -> str:
+    """``accepted -> ship for truck/img_028 (u to undo)``."""
+    return f"{d.describe()} (u to undo)"
+
+
+def undo_line(done: list[Decision]) -> str:
+    if not done:
+        return "Nothing to undo."
+    if len(done) == 1:
+        return f"Undid: {done[0].describe()}."
+    return f"Undid a batch of {len(done)} decisions ({done[0].describe()}, …)."
+
+
+def batch_line(res: BatchResult, verb: str) -> str:
+    msg = f"{verb} {len(res.applied)} sample(s) as one batch (u undoes the whole batch)"
+    if res.stale:
+        msg += f"; {len(res.stale)} skipped because they changed since they were shown"
+    if res.refused:
+        msg += f"; {len(res.refused)} refused ({html.escape(res.refused[0][1])})"
+    return msg + "."
+
+
+def recent_html(store, client: str, limit: int = 5) -> str:
+    """The last decisions this reviewer's browser recorded (shown on (re)connect, to confirm them)."""
+    rows = store.recent(client, limit)
+    if rows.empty:
+        return ""
+    items = []
+    for r in rows.itertuples():
+        target = f" → {html.escape(str(r.label))}" if r.label and r.action in ("accept", "relabel") else ""
+        what = f"undo of #{int(r.undoes)}" if r.action == "undo" else f"{r.action}{target}"
+        items.append(f"<li>#{r.seq} {html.escape(r.at)} · <code>{html.escape(r.sample_id)}</code> {what}</li>")
+    return f'<div class="recent"><b>Last decisions recorded from this browser:</b><ul>{"".join(items)}</ul></div>'
+
+
+def progress_html(job) -> str:
+    if job is None:
+        return ""
+    last, _, _ = job.snapshot()
+    ev = last.get("phase1") or last.get("phase2") or last.get("score") or last.get("decode")
+    if job.status == "error":
+        return f"<p><b>{job.name} failed:</b> {html.escape(job.error)}</p>"
+    if job.status == "cancelled":
+        return f"<p>{job.name} cancelled. Run again to resume from the last finished epoch.</p>"
+    if ev is None:
+        return f"<p>{job.name}: starting (loading model)…</p>"
+    pct = 100.0 if job.status == "done" else 100.0 * ev.fraction
+    parts = [f"{job.name}: {job.status}", f"stage {ev.stage}"]
+    if ev.epochs:
+        parts.append(f"epoch {ev.epoch + 1}/{ev.epochs}")
+    parts.append(f"step {ev.step}/{ev.steps}")
+    if ev.images_per_s:
+        parts.append(f"{ev.images_per_s:.0f} img/s")
+    if job.status == "running" and ev.eta_s:
+        parts.append(f"ETA {ev.eta_s:.0f}s")
+    return f'<div class="pbar"><div style="width:{pct:.1f}%"></div></div><p id="job-status">{" · ".join(parts)}</p>'
+
+
+def plot_frames(frames) -> tuple:
+    """Frames for plots; an empty one clears its plot."""
+    return tuple(None if f is None or f.empty else f for f in frames)
+
+
+def train_summary_md(res) -> str:
+    """The Train tab's result line: last/best held-out accuracy and what it is measured against."""
+    meta = res.classifier.meta
+    return (f"### Held-out accuracy: last **{res.last_val_acc:.2%}**, best **{res.best_val_acc:.2%}**\n"
+            f"Measured on {html.escape(res.heldout or 'the held-out rows')}. Trained on {meta['n_train']} "
+            f"curated samples; model saved to `{res.out_dir}` (best epoch in `{res.out_dir / 'best'}`).")
+
+
+def card_html(ws, item: dict | None) -> str:
+    """The card on screen: image, evidence, suggestion buttons; ``data-sid``/``data-ver`` are what actions carry."""
+    if item is None:
+        return '<div id="card" data-sid="" data-ver=""><p>Nothing matches this filter.</p></div>'
+    sid = str(item["id"])
+    img = ""
+    if ws.dataset is not None:
+        try:
+            src = file_url(thumbnail_file(ws.dataset.root / sid, 300, ws.thumbs))
+            img = f'<img class="main" id="card-img" alt="{html.escape(sid)}" src="{src}">'
+        except OSError as exc:
+            img = f"<p>image unreadable: {html.escape(str(exc))}</p>"
+    btns = []
+    sugg = suggestions(item)
+    for k in range(3):
+        if k < len(sugg):
+            g = sugg[k]
+            btns.append(f'<button class="deft-act" id="btn-s{k + 1}" data-act="{g.action}" '
+                        f'data-label="{html.escape(g.label)}">{k + 1}: {g.action} <b>{html.escape(g.label)}</b> '
+                        f'({g.conf:.0%}) <span class="src">{g.source}</span></button>')
+    if not btns:
+        btns.append("<p>No suggestion differs from the given label: keep (k), exclude (x) or relabel (r).</p>")
+    status = str(item.get("status") or "pending")
+    final = f" → <b>{html.escape(str(item['final_label']))}</b>" if item.get("final_label") else ""
+    by = f' by <b id="card-by">{html.escape(str(item["decided_by"]))}</b>' if item.get("decided_by") else ""
+    return f"""<div id="card" data-sid="{html.escape(sid)}" data-ver="{int(item.get('version') or 0)}"><div class="row">
+{img}<div>
+<h3 id="card-id">{html.escape(sid)}</h3>
+<table>
+<tr><td>Given label</td><td><b id="card-label">{html.escape(str(item['label']))}</b></td></tr>
+<tr><td>Status</td><td><b id="card-status">{status}</b>{final}{by}</td></tr>
+<tr><td>sim+ / sim− / margin</td><td>{item['sim_pos']:.3f} / {item['sim_neg']:.3f} /
+ <b>{item['margin']:+.3f}</b></td></tr>
+<tr><td>Learned prompts</td><td>{html.escape(str(item['pred']))} ({item['pred_conf']:.0%})</td></tr>
+<tr><td>Zero-shot CLIP</td><td>{html.escape(str(item['zs1']))} ({item['zs1_conf']:.0%}),
+ {html.escape(str(item['zs2']))} ({item['zs2_conf']:.0%}),
+ {html.escape(str(item['zs3']))} ({item['zs3_conf']:.0%})</td></tr>
+</table>
+<div class="sugg">{''.join(btns)}</div>
+</div></div></div>"""
+
+
+def map_html(points: pd.DataFrame, total: int, classes: list[str], size: int = 600) -> str:
+    """The embeddings map as SVG: one circle per point, filled by label; suspects ringed red, data
+    issues ringed orange (larger); a click opens the sample in Review (``data-sid``)."""
+    if points.empty:
+        return '<div id="map"><p>No points to draw.</p></div>'
+    x, y = points["x"].to_numpy(float), points["y"].to_numpy(float)
+    span = max(float(np.ptp(x)), float(np.ptp(y)), 1e-9)  # one scale for both axes: distances stay true
+    height = 20 + float(np.ptp(y)) / span * (size - 20)
+    px = 10 + (x - x.min()) / span * (size - 20)
+    py = 10 + (y.max() - y) / span * (size - 20)
+    colour = {c: MAP_COLOURS[i % len(MAP_COLOURS)] for i, c in enumerate(classes)}
+    ok, flagged = [], []
+    for sid, label, kind, cx, cy in zip(points["id"], points["label"], points["kind"], px, py, strict=True):
+        fill = colour.get(label, "#999")
+        title = html.escape(f"{sid} · {label}" + ("" if kind == "ok" else f" · {kind}"))
+        if kind == "ok":
+            ok.append(f'<circle class="pt" data-sid="{html.escape(sid)}" cx="{cx:.1f}" cy="{cy:.1f}" r="3" '
+                      f'fill="{fill}"><title>{title}</title></circle>')
+        else:
+            ring = "#dc2626" if kind == "suspect" else "#f59e0b"
+            flagged.append(f'<circle class="pt flag" data-sid="{html.escape(sid)}" data-kind="{html.escape(kind)}" '
+                           f'cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{fill}" stroke="{ring}" stroke-width="2">'
+                           f'<title>{title}</title></circle>')
+    legend = "".join(f'<span><b style="color:{colour[c]}">●</b> {html.escape(c)}</span>' for c in classes)
+    legend += ('<span><b style="color:#dc2626">◯</b> suspect (any method)</span>'
+               '<span><b style="color:#f59e0b">◯</b> data issue</span>')
+    shown = f"{len(points)} of {total} points" if len(points) < total else f"{total} points"
+    return (f'<div id="map" data-points="{len(points)}" data-total="{total}"><div class="legend">{legend}</div>'
+            f'<svg viewBox="0 0 {size} {height:.0f}" xmlns="http://www.w3.org/2000/svg">{"".join(ok)}{"".join(flagged)}'
+            f'</svg><p>{shown}; click a point to open it in Review.</p></div>')
+
+
+def grid_html(ws, rows: list[dict]) -> str:
+    """A page of suspects as thumbnails, grouped ``labelled X, looks like Y``."""
+    if not rows:
+        return '<div id="grid"><p>No pending suspects in this filter.</p></div>'
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(group_title(r), []).append(r)
+    parts = []
+    for title in sorted(groups, key=lambda t: (-len(groups[t]), t)):
+        tiles = []
+        for r in groups[title]:
+            sid = html.escape(str(r["id"]))
+            src = file_url(thumbnail_file(ws.dataset.root / str(r["id"]), 112, ws.thumbs))
+            tiles.append(f'<div class="tile" tabindex="0" data-sid="{sid}" data-ver="{int(r["version"])}">'
+                         f'<img src="{src}" alt="{sid}"><div>{sid}</div></div>')
+        parts.append(f'<div class="group"><h4>{html.escape(title)} ({len(tiles)})</h4>'
+                     f'<div class="tiles">{"".join(tiles)}</div></div>')
+    return f'<div id="grid"><span id="grid-count">0 selected</span>{"".join(parts)}</div>'
+
+
+def suspect_rates(scores: pd.DataFrame) -> pd.DataFrame:
+    """Share of suspects per given label: columns ``class``, ``suspect_rate``."""
+    rate = scores.assign(s=~scores["is_clean"]).groupby("label")["s"].mean().reset_index()
+    rate.columns = ["class", "suspect_rate"]
+    return rate
+
+
+def margin_histogram(scores: pd.DataFrame, bins: int = 20) -> pd.DataFrame:
+    """Margin histogram, clean and suspect on the same bins: columns ``margin`` (bin centre), ``count``, ``kind``."""
+    edges = np.linspace(scores["margin"].min(), scores["margin"].max() + 1e-9, bins + 1)
+    centers = np.round((edges[:-1] + edges[1:]) / 2, 3)
+    rows = []
+    for kind, part in (("clean", scores[scores["is_clean"]]), ("suspect", scores[~scores["is_clean"]])):
+        cnt, _ = np.histogram(part["margin"], edges)
+        rows += [{"margin": c, "count": int(n), "kind": kind} for c, n in zip(centers, cnt, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def detect_summary(scores: pd.DataFrame, run_path, planted: dict | None = None) -> str:
+    """The Detect tab's result: suspects of samples, the run, planted-error recall, a warning if all look noisy."""
+    n_sus = int((~scores["is_clean"]).sum())
+    msg = (f"### {n_sus} suspects of {len(scores)} samples ({n_sus / max(1, len(scores)):.1%}) — "
+           f"go to **Review**. Run: `{run_path}`")
+    if planted is not None:
+        msg += "\n\n" + planted_line(planted)
+    if n_sus >= 0.9 * len(scores):
+        msg += ("\n\n**⚠ Almost every sample is flagged: these detections look like noise** (an untrained "
+                "or tiny random checkpoint, or far too few epochs). The review flow still works; train on "
+                "the reviewed set (clean + reviewed relabels) rather than the clean set.")
+    return msg
+
+
+def dataset_summary(ds, run_path=None) -> str:
+    """The Dataset tab's line: images, classes, source, files excluded, warnings, detection results found."""
+    msg = f"**{ds.N} images, {ds.K} classes** from `{ds.source}`; {len(ds.issues)} file(s) excluded."
+    msg += "".join(f"\n\n⚠ {html.escape(w)}" for w in ds.warnings)  # e.g. 'Ship' vs 'ship'
+    if run_path is not None:
+        msg += f" Detection results loaded from `{run_path}`: go to **Review**."
+    return msg
+
+
+def class_counts_frame(ds) -> pd.DataFrame:
+    """Images per class: columns ``class``, ``images``."""
+    return pd.DataFrame({"class": ds.classes, "images": ds.class_counts().to_numpy()})
+
+
+def counter_html(count: dict, pos: int, n: int) -> str:
+    """``Reviewed 3 / 12 suspects · item 4 of 12 in this view``."""
+    return (f"<b>Reviewed {count['reviewed']} / {count['suspects']} suspects</b> · "
+            f"item {pos} of {n} in this view")
+
+
+def job_curves(epochs: list[dict]) -> pd.DataFrame | None:
+    """Train loss and held-out accuracy per epoch (long format for one LinePlot); None when no epoch yet."""
+    rows = [{"epoch": e["epoch"], "value": e.get("loss", 0.0), "series": "train loss"} for e in epochs]
+    rows += [{"epoch": e["epoch"], "value": e.get("val_acc", 0.0), "series": "held-out accuracy"}
+             for e in epochs]
+    return pd.DataFrame(rows) if rows else None
+
+
+def confusion_frame(confusion, classes: list[str]) -> pd.DataFrame:
+    """Confusion matrix with a leading ``label`` column (rows: label, columns: predicted)."""
+    cm = pd.DataFrame(confusion, index=classes, columns=classes)
+    cm.insert(0, "label", classes)
+    return cm
+
+
+def audit_texts(view: AuditView | None, run_path: Path | None):
+    """``(methods_msg, methods_table, issues_msg, issue_counts, class_report)`` for an audit (or its absence)."""
+    if view is None:
+        hint = "No audit yet: press **Audit** in the Detect tab (or detect with method *all*)."
+        return hint if run_path is not None else "", None, hint if run_path is not None else "", None, None
+    table = methods_table(view.metrics)
+    mmsg = ("**Methods side by side** (precision / recall / F1 of the kept clean set, AUROC of the score)"
+            if table is not None else
+            "No ground truth for this dataset (no `true_label` column or PLANTED.csv): the methods "
+            "cannot be scored, only compared by what they flag.")
+    counts = issue_counts(view.table)
+    imsg = f"**Data issues** among {len(view.table)} reviewable samples (audit of `{run_path.name}`)."
+    loud = conflict_line(counts)
+    report = view.class_report.round(3) if view.class_report is not None else None
+    return mmsg, table, f"{loud}\n\n{imsg}" if loud else imsg, counts, report
+
+
+def map_note(shown: int, total: int) -> str:
+    """The Map tab's heading, with a note when the points were downsampled for display."""
+    note = (f" Showing {shown} of {total} points (downsampled for display: every suspect and data issue "
+            f"first, then a random sample of the rest)." if shown < total else "")
+    return f"**Embeddings map** (t-SNE of the CLIP image embeddings), coloured by label.{note}"
+
+
+def zoom_html(src: str, sample: str, w: int, h: int) -> str:
+    """The full-size view of the card's image."""
+    return (f'<div id="zoom"><img src="{src}" alt="{html.escape(sample)}" style="max-width:100%">'
+            f"<p>{html.escape(sample)} · {w}×{h} px (full resolution)</p></div>")
+
+
+def export_line(df: pd.DataFrame, csv) -> str:
+    """``Exported 12 rows (kept: 3, …) to `labels.csv`.``"""
+    counts = ", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items())
+    return f"Exported {len(df)} rows ({counts}) to `{csv}`."
+
+
+def batch_preview_line(n: int, src: str, t: float) -> str:
+    return (f"Will accept **{n} samples** (pending, {html.escape(src)} confidence ≥ {t:.2f}, "
+            f"current filter). Press Confirm to apply them as one batch.")
