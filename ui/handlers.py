@@ -18,6 +18,7 @@ from deft.review import ReviewFilter, ReviewQueue, StaleError
 from deft.thumbs import thumbnail_file
 
 from . import views as v
+from .evidence import evidence_html
 from .workspace import Workspace, Workspaces
 
 USER_ERRORS = (DataError, ModelLoadError, ReviewError, RunError, RuntimeError, ValueError, FileNotFoundError)
@@ -374,6 +375,14 @@ class ReviewHandlers(Handlers):
         except (*USER_ERRORS, OSError) as exc:
             return v.err_html(exc)
         return v.zoom_html(src, sample, w, h)
+
+    def evidence(self, sid, cid, request: gr.Request):
+        """The evidence strip for the card this reviewer has on screen (after every card change)."""
+        try:
+            ws, q = self.queue_of(sid, cid, request)
+            return evidence_html(ws, q.current())
+        except (*USER_ERRORS, OSError) as exc:
+            return v.err_html(exc)
 
     # ---- batch accept: preview (exact list + versions kept), then confirm; one batch in the log
     def batch_preview(self, sid, cid, t, src, request: gr.Request):

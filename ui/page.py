@@ -136,6 +136,10 @@ CSS = """
 #grid .tile.sel {border-color: #2563eb; background: #dbeafe;}
 #grid .tile img {width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated;}
 .recent {font-size: 0.85em; color: #374151;}
+.evidence {font-size: 0.8em; color: #374151;}
+.evidence .ev-tiles {display: flex; gap: 6px; flex-wrap: wrap; margin: 2px 0 6px;}
+.evidence figure {margin: 0; text-align: center;}
+.evidence figure img {width: 72px; height: 72px; object-fit: contain; image-rendering: pixelated;}
 #map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
 #map .pt {cursor: pointer;}
 #map-plumbing {display: none !important;}

@@ -128,6 +128,7 @@ def _card_mode(c) -> None:
                                        interactive=False, scale=1, min_width=110)
             c.batch_msg = gr.Markdown(elem_id="batch-msg")
             c.batch_items = gr.State([])
+            c.evidence = gr.HTML("", elem_id="evidence-box")  # nearest clean examples of the card's classes
             c.zoom_box = gr.HTML("", elem_id="zoom-box")
         with gr.Column(scale=2):
             with gr.Row():

@@ -52,6 +52,11 @@ def test_audit_methods_table_map_and_point_into_review(tmp_path, tiny_clip_dir, 
                                "return e && e.offsetParent !== null && e.innerText.trim() === s; }",
                                arg=sid, timeout=30_000)
         assert page.locator("#card").get_attribute("data-sid") == sid
+        # evidence under the card: the nearest trusted examples of its given label, for this very sample
+        page.wait_for_function("(s) => { const e = document.querySelector('#evidence'); "
+                               "return e && e.dataset.sid === s; }", arg=sid, timeout=30_000)
+        label = sid.split("/")[0]
+        assert f"given label: clean {label}" in text(page, "#evidence")
         page.screenshot(path=str(artifacts / "audit-3-review.png"), full_page=True)
         # Review filtered on a data issue: only outliers among the suspects, counted as the run's files say
         run = next((tmp_path / "runs").glob("*/detect-*/audit.parquet")).parent
