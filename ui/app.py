@@ -82,8 +82,8 @@ def wire_card(h: ReviewHandlers) -> None:
                      (c.f_min, "submit"), (c.f_max, "submit"), (c.f_min, "blur"), (c.f_max, "blur")):
         getattr(comp, ev)(h.set_filter, filter_inputs, card_outputs(c), concurrency_limit=1,
                           concurrency_id="review", api_visibility="private")
-    c.card.change(h.evidence, [c.session, c.client], c.evidence, show_progress="hidden",
-                  api_visibility="private")  # after the card is on screen: never on a key press's path
+    c.ev_btn.click(h.evidence, [c.session, c.client], c.evidence, show_progress="hidden",
+                   api_visibility="private")  # clicked by the page script once the card has settled
     c.zoom_btn.click(h.zoom, [c.session, c.client, c.act_sid], c.zoom_box,
                      js="(a, b, c) => [a, b, (document.getElementById('card') || {dataset: {}}).dataset.sid]",
                      api_visibility="private")

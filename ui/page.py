@@ -15,6 +15,17 @@ KEYBOARD_JS = """
     Q.push({sid: c.dataset.sid, ver: Number(c.dataset.ver), action: action, label: label || ''});
     document.getElementById('btn-act').click();
   };
+  // The evidence strip follows the card on screen, 300 ms after it last changed: its request never
+  // competes with a key press's request and render (it cost ~80 ms of median key latency on card.change).
+  let evTimer = null, evKey = null;
+  new MutationObserver(() => {
+    const c = document.getElementById('card');
+    const k = c ? c.dataset.sid + '@' + c.dataset.ver : '';
+    if (k === evKey) return;
+    evKey = k;
+    clearTimeout(evTimer);
+    evTimer = setTimeout(() => { const b = document.getElementById('btn-evidence'); if (b) b.click(); }, 300);
+  }).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-sid', 'data-ver']});
   window.deftTake = (...a) => {
     const p = Q.shift();
     return p ? [a[0], a[1], p.sid, p.ver, p.action, p.label] : a;

@@ -109,6 +109,7 @@ def review_tab(c) -> None:
         c.g_sel = gr.Textbox(elem_id="grid-sel")
         c.g_what = gr.Textbox(elem_id="grid-action")
         c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
+        c.ev_btn = gr.Button("evidence", elem_id="btn-evidence")  # clicked by the page script, after a pause
 
 
 def _card_mode(c) -> None:
