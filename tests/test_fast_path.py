@@ -51,8 +51,9 @@ def test_feature_cache_mode_trains_prompts_only(tmp_path, cifar_small, tiny_clip
     assert len(res.scores) == 60 and res.scores["margin"].notna().all()
     weights = load_file(str(res.run.weights_path))
     assert set(weights) == {"ctx_pos", "ctx_neg"}
-    # re-open and re-score: same numbers
-    again = _score(Run.open(tmp_path / "run"), "sdpa", "fp32")
+    # re-open and re-score at the run's own precision (auto: bf16 on a native-bf16 CPU): same numbers
+    run = Run.open(tmp_path / "run")
+    again = _score(run, "sdpa", run.config.precision)
     assert np.allclose(again["margin"], res.scores["margin"], atol=1e-6)
 
 
