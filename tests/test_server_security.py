@@ -3,7 +3,9 @@ no paths before login, login rate limit, Host check (DNS rebinding), private tem
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import urllib.error
 import urllib.parse
@@ -12,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from deft.store import ReviewStore
 from tests.browser.conftest import Server
 from ui.security import AuthConfigError, LoginLimiter, load_credentials
+from ui.workspace import AppSettings, Workspace
 
 PROTECTED = ["/config", "/openapi.json", "/docs", "/gradio_api/info", "/gradio_api/openapi.json",
              "/gradio_api/user", "/gradio_api/token", "/gradio_api/app_id", "/monitoring",
@@ -43,6 +47,11 @@ slow = pytest.mark.slow  # each server start takes ~15 s on the loaded 2-core de
 def secured(tmp_path_factory, tiny_clip_dir, cifar_small):
     tmp = tmp_path_factory.mktemp("secured")
     (tmp / "auth").write_text("# reviewers\nalice:s3cret-pw\n")
+    ws = Workspace(AppSettings(data=str(cifar_small), model=str(tiny_clip_dir), runs=tmp / "runs", device="cpu"))
+    ws.load(str(cifar_small))
+    job = ws.start_detect(str(tiny_clip_dir), False, 1)  # a finished run: the review route has cards to act on
+    job.join(300)
+    assert job.status == "done", job.error
     server = Server(["--data", str(cifar_small), "--model", str(tiny_clip_dir), "--runs", str(tmp / "runs"),
                      "--auth-file", str(tmp / "auth")], tmp / "server.log").start()
     yield server
@@ -67,6 +76,51 @@ def test_after_login_the_same_routes_answer(secured, tiny_clip_dir):
     status, config, _ = request(secured.url + "config", headers={"Cookie": cookie})
     assert status == 200 and str(tiny_clip_dir) in config  # the 401s above are about login, not missing routes
     assert request(secured.url + "gradio_api/info", headers={"Cookie": cookie})[0] == 200
+
+
+def post_json(url: str, body: dict, cookie: str = "", ctype: str = "application/json") -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": ctype, **({"Cookie": cookie} if cookie else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        text = e.read().decode("utf-8", "replace")
+        return e.code, json.loads(text) if text.startswith("{") else {"text": text}
+
+
+def card_of(html: str) -> tuple[str, int]:
+    m = re.search(r'id="card" data-sid="([^"]*)" data-ver="(\d*)"', html)
+    assert m, html[:300]
+    return m.group(1), int(m.group(2) or 0)
+
+
+@slow
+def test_lean_key_route_needs_login_and_records_the_logged_in_user(secured, tmp_path_factory):
+    """POST /deft/act (what a key press sends): login first, JSON only, the cookie's user is who decided, and
+    an action for a version the reviewer no longer has is refused and changes nothing."""
+    route = secured.url + "deft/act"
+    assert post_json(route, {"op": "next"})[0] == 401  # the Guard covers the route
+    _, cookie = login_cookie(secured, "alice", "s3cret-pw")
+    status, got = post_json(route, {"op": "next"}, cookie, ctype="text/plain")
+    assert status == 415, got  # a cross-site form can't send JSON without a preflight
+    status, got = post_json(route, {"op": "pending", "client": "c1"}, cookie)
+    assert status == 200, got
+    sid, ver = card_of(got["card"])
+    assert sid and "item" in got["counter"]
+    status, got = post_json(route, {"op": "act", "client": "c1", "sample_id": sid, "version": ver,
+                                    "action": "keep"}, cookie)
+    res = json.loads(got["result"])
+    assert status == 200 and res["status"] == "applied" and res["sample_id"] == sid, got
+    assert "kept" in got["msg"] and card_of(got["card"])[0] != sid  # the next card comes back
+    store = ReviewStore(next(Path(secured.args[secured.args.index("--runs") + 1]).rglob("review.sqlite")))
+    assert store.sample(sid)["status"] == "kept" and store.sample(sid)["decided_by"] == "alice"
+    n = len(store.log())
+    status, got = post_json(route, {"op": "act", "client": "c1", "sample_id": sid, "version": ver,
+                                    "action": "exclude"}, cookie)  # the version alice saw before her decision
+    assert status == 200 and json.loads(got["result"])["status"] == "stale", got
+    assert len(store.log()) == n and store.sample(sid)["status"] == "kept"
+    assert post_json(route, {"op": "rm -rf"}, cookie)[0] == 400
 
 
 @slow

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from . import tabs
-from .handlers import USER_ERRORS, ReviewHandlers
+from .handlers import NAV_OPS, USER_ERRORS, ReviewHandlers
+from .lean import act_route
 from .page import CSS, KEYBOARD_JS, MAP_JS
 from .tabs import STATUSES, job_controls
 from .views import (
@@ -61,7 +62,7 @@ def audit_outputs(c) -> list:
 def wire_card(h: ReviewHandlers) -> None:
     """Card decisions (one route, also the API ``/decide``), navigation and filters."""
     c = h.c
-    act_js = "(v) => { if (v) window.deftAct('relabel', v); }"
+    act_js = "(v) => { if (v) window.deftAct('relabel', v, true); }"  # Gradio's route: it clears the field
     c.act_btn.click(h.decide, [c.session, c.client, c.act_sid, c.act_ver, c.act_what, c.act_label],
                     [c.act_result, *card_outputs(c)], js="(...a) => window.deftTake(...a)", api_name="decide",
                     trigger_mode="multiple", queue=False)  # no queue round trip: ~2x faster per key
@@ -71,8 +72,8 @@ def wire_card(h: ReviewHandlers) -> None:
     c.relabel_dd.input(None, [c.relabel_dd], js=act_js)
     c.relabel_dd.change(lambda v: gr.update(interactive=bool(v)), c.relabel_dd, c.relabel_btn, queue=False,
                         api_visibility="private")  # Relabel only once there is a label to relabel to
-    for btn, fn in ((c.next_btn, lambda q: q.move(1) and None), (c.prev_btn, lambda q: q.move(-1) and None),
-                    (c.undo_btn, h.do_undo), (c.pend_btn, h.do_pending)):
+    for btn, fn in ((c.next_btn, NAV_OPS["next"]), (c.prev_btn, NAV_OPS["prev"]), (c.undo_btn, NAV_OPS["undo"]),
+                    (c.pend_btn, NAV_OPS["pending"])):
         btn.click(h.nav(fn), [c.session, c.client], card_outputs(c), trigger_mode="multiple", queue=False,
                   api_visibility="private")
     filter_inputs = [c.session, c.client, c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.f_issue,
@@ -158,6 +159,12 @@ def wire_jobs(h: ReviewHandlers) -> None:
 
 
 def build_app(reg: Workspaces) -> gr.Blocks:
+    """The Blocks app (without the lean key route: see :func:`build`)."""
+    return build(reg)[0]
+
+
+def build(reg: Workspaces) -> tuple[gr.Blocks, ReviewHandlers]:
+    """The Blocks app and its handlers (which :func:`ui.lean.act_route` serves on the same server)."""
     s, c = reg.settings, SimpleNamespace()
     with gr.Blocks(title="deft-audit") as demo:
         # per tab: which Workspace (dataset) it shows; per browser (localStorage): the reviewer's id and dataset
@@ -186,7 +193,7 @@ def build_app(reg: Workspaces) -> gr.Blocks:
         wire_grid(h)
         wire_page(h, demo)
         wire_jobs(h)
-    return demo
+    return demo, h
 
 
 def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 7860,
@@ -196,8 +203,10 @@ def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 786
         reg = Workspaces(reg.settings)
     thumbs = Path(reg.settings.runs).resolve() / ".thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
-    demo = build_app(reg)
+    demo, h = build(reg)
     demo.queue(default_concurrency_limit=4)
+    app_kwargs = extra.pop("app_kwargs", {})
+    app_kwargs = {**app_kwargs, "routes": [*app_kwargs.get("routes", []), act_route(h)]}
     demo.launch(server_name=host, server_port=port, auth=auth, share=share, css=CSS, head=KEYBOARD_JS + MAP_JS,
-                ssr_mode=False, show_error=True, inbrowser=False,
+                ssr_mode=False, show_error=True, inbrowser=False, app_kwargs=app_kwargs,
                 allowed_paths=[str(thumbs), *extra.pop("allowed_paths", [])], **extra)

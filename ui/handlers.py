@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import uuid
+from types import SimpleNamespace
 
 import gradio as gr
 from PIL import Image
@@ -55,6 +56,7 @@ class Handlers:
         self.reg, self.s, self.c = reg, reg.settings, c
         self.seen: dict[str, tuple[int, str]] = {}
         self.audit_seen: dict[str, tuple[int, str]] = {}
+        self.renders = 0
 
     # ------------------------------------------------------------------ sessions
     def session_ws(self, sid: str) -> Workspace:
@@ -266,7 +268,12 @@ class Handlers:
 
 
 class ReviewHandlers(Handlers):
-    """Review: every handler renders the card from the store (the log is the truth)."""
+    """Review: every handler renders the card from the store (the log is the truth).
+
+    Key presses take the lean route (:meth:`lean`, served by :mod:`ui.lean`): the page script swaps the
+    card's HTML itself. Gradio's own renders carry a serial number (an HTML comment) so that a Gradio
+    update is never skipped as "unchanged" after the script changed what is on screen.
+    """
 
     def render(self, ws: Workspace, q: ReviewQueue, msg: str = "", item: dict | None = None, dd=None) -> dict:
         """Card outputs; ``dd`` updates "Relabel to" (default: untouched, re-rendering it costs a key press)."""
@@ -274,16 +281,23 @@ class ReviewHandlers(Handlers):
         item = item if item is not None else q.current()
         q.save_place()
         pos = q.position(item) + 1 if item is not None else 0
-        out = {c.card: v.card_html(ws, item), c.counter: v.counter_html(ws.store.count(), pos, q.size()),
-               c.review_msg: msg, c.zoom_box: ""}
+        n = self.serial()
+        out = {c.card: v.card_html(ws, item) + n, c.counter: v.live("counter-live", v.counter_html(
+               ws.store.count(), pos, q.size())) + n, c.review_msg: v.live("msg-live", msg) + n, c.zoom_box: n}
         if dd is not None:
             out[c.relabel_dd] = dd
         return out
 
     def empty(self, exc: Exception) -> dict:
         c = self.c
-        return {c.card: v.card_html(None, None), c.counter: "", c.relabel_dd: gr.update(),
-                c.review_msg: v.err_html(exc), c.zoom_box: ""}
+        n = self.serial()
+        return {c.card: v.card_html(None, None) + n, c.counter: v.live("counter-live", "") + n,
+                c.relabel_dd: gr.update(), c.review_msg: v.live("msg-live", v.err_html(exc)) + n, c.zoom_box: n}
+
+    def serial(self) -> str:
+        """A new ``<!--r<n>-->`` for one Gradio render (see the class docstring)."""
+        self.renders += 1
+        return f"<!--r{self.renders}-->"
 
     def show_card(self, sid, cid, request: gr.Request):
         try:
@@ -329,6 +343,27 @@ class ReviewHandlers(Handlers):
             return self.render(ws, q, msg or "")
         return handler
 
+    def lean(self, body: dict, user: str | None) -> dict:
+        """One key press on the lean route: ``body`` is ``{"op": "act"|"next"|"prev"|"undo"|"pending",
+        "session", "client"}``, and for ``act`` also ``sample_id``, ``version``, ``action``, ``label``.
+
+        Runs the same handler as the Gradio event and returns its card outputs as
+        ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "").
+        """
+        op, req = str(body.get("op") or ""), SimpleNamespace(username=user)
+        session, client = str(body.get("session") or ""), str(body.get("client") or "")
+        if op == "act":
+            out = self.decide(session, client, str(body.get("sample_id") or ""), body.get("version") or 0,
+                              str(body.get("action") or ""), str(body.get("label") or ""), req)
+        elif op in NAV_OPS:
+            out = self.nav(NAV_OPS[op])(session, client, req)
+        else:
+            raise ValueError(f"unknown review op {op!r}")
+        c = self.c
+        bare = {k: str(out[comp]).rsplit("<!--r", 1)[0] for k, comp in  # no serial: the script swaps HTML
+                (("card", c.card), ("counter", c.counter), ("msg", c.review_msg))}
+        return bare | {"result": out.get(c.act_result, "")}
+
     @staticmethod
     def do_undo(q: ReviewQueue) -> str:
         return html.escape(v.undo_line(q.undo()))
@@ -373,8 +408,8 @@ class ReviewHandlers(Handlers):
                 w, h = im.size
             src = v.file_url(thumbnail_file(path, max(w, h), ws.thumbs))
         except (*USER_ERRORS, OSError) as exc:
-            return v.err_html(exc)
-        return v.zoom_html(src, sample, w, h)
+            return v.err_html(exc) + self.serial()
+        return v.zoom_html(src, sample, w, h) + self.serial()
 
     def evidence(self, sid, cid, request: gr.Request):
         """The evidence strip for the card this reviewer has on screen (after every card change)."""
@@ -442,3 +477,12 @@ class ReviewHandlers(Handlers):
         except USER_ERRORS as exc:
             msg = v.err_md(exc)
         return self.grid_view(sid, cid, page, request, msg)
+
+
+def _move(step: int):
+    return lambda q: q.move(step) and None
+
+
+# the card's navigation keys, shared by the Gradio buttons and the lean route
+NAV_OPS = {"next": _move(1), "prev": _move(-1), "undo": ReviewHandlers.do_undo,
+           "pending": ReviewHandlers.do_pending}

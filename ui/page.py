@@ -4,16 +4,64 @@
 # carries the sample id and version read from the card on screen (#card data-sid / data-ver) when
 # the key was pressed. Bursts are queued in order; one that arrives for a card that changed is
 # refused by the server with a message (not silently dropped, never applied to another sample).
+# Keys (and the card's own buttons) take the lean route (POST deft/act, see ui/lean.py): one request at
+# a time, in order, and the answer's HTML is swapped into #card, #counter-live and #msg-live here.
+# "Relabel to" (dropdown + Enter) goes through Gradio's /decide event, which also clears the field.
 KEYBOARD_JS = """
 <script>
 (() => {
   const Q = [];
   const G = [];
-  window.deftAct = (action, label) => {
+  const L = [];
+  let leanBusy = false;
+  const val = (id) => {
+    const e = document.querySelector('#' + id + ' textarea, #' + id + ' input');
+    return e ? e.value : '';
+  };
+  const esc = (t) => t.replace(/[&<>"]/g, (ch) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'})[ch]);
+  // refill element #id (kept: Gradio's renderer owns it) with the attributes and children of #id in html
+  const swap = (id, html) => {
+    const el = document.getElementById(id);
+    if (!el) return;
+    const t = document.createElement('template');
+    t.innerHTML = html;
+    const n = t.content.querySelector('#' + id);
+    if (!n) return;
+    el.innerHTML = n.innerHTML;
+    for (const a of Array.from(n.attributes)) el.setAttribute(a.name, a.value);
+  };
+  const say = (msg) => swap('msg-live', '<span id="msg-live"><b class="err">⚠ ' + esc(msg) + '</b></span>');
+  const pump = async () => {
+    if (leanBusy) return;
+    leanBusy = true;
+    try {
+      while (L.length) {
+        const p = L.shift();
+        let d = null;
+        try {
+          const r = await fetch('deft/act', {method: 'POST', credentials: 'same-origin',
+            headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({...p, session: val('session-id'), client: val('client-id')})});
+          d = await r.json();
+          if (!r.ok) throw new Error(d.error || r.statusText);
+        } catch (err) { say('not saved: ' + (err.message || err)); continue; }
+        swap('card', d.card);
+        swap('counter-live', d.counter);
+        swap('msg-live', d.msg);
+        const z = document.getElementById('zoom');
+        if (z) { z.hidden = true; z.removeAttribute('id'); }
+        window.deftLastResult = d.result;
+      }
+    } finally { leanBusy = false; }
+  };
+  window.deftNav = (op) => { L.push({op: op}); pump(); };
+  window.deftAct = (action, label, viaGradio) => {
     const c = document.getElementById('card');
     if (!c || !c.dataset.sid) return;
-    Q.push({sid: c.dataset.sid, ver: Number(c.dataset.ver), action: action, label: label || ''});
-    document.getElementById('btn-act').click();
+    const p = {sid: c.dataset.sid, ver: Number(c.dataset.ver), action: action, label: label || ''};
+    if (viaGradio) { Q.push(p); document.getElementById('btn-act').click(); return; }
+    L.push({op: 'act', sample_id: p.sid, version: p.ver, action: action, label: p.label});
+    pump();
   };
   // The evidence strip follows the card on screen, 300 ms after it last changed: its request never
   // competes with a key press's request and render (it cost ~80 ms of median key latency on card.change).
@@ -101,10 +149,11 @@ KEYBOARD_JS = """
     if (e.key === 'x') { e.preventDefault(); deftAct('exclude'); return; }
     const map = {'u': 'btn-undo', 'ArrowRight': 'btn-next', 'j': 'btn-next', 'ArrowLeft': 'btn-prev',
                  'p': 'btn-prev', 'n': 'btn-pending', 'z': 'btn-zoom'};
+    const ops = {'btn-undo': 'undo', 'btn-next': 'next', 'btn-prev': 'prev', 'btn-pending': 'pending'};
     const el = map[e.key] && document.getElementById(map[e.key]);
     if (!el || el.disabled) return;
     e.preventDefault();
-    el.click();
+    if (ops[el.id]) deftNav(ops[el.id]); else el.click();
   });
 })();
 </script>

@@ -103,20 +103,25 @@ def is_public(path: str) -> bool:
     return path.startswith(PUBLIC_PREFIXES)
 
 
-def logged_in(scope: dict) -> bool:
-    """True if the request carries a session cookie the Gradio app issued at login."""
+def scope_user(scope: dict) -> str | None:
+    """The user whose session cookie (issued by the Gradio app at login) the request carries, else None."""
     app = scope.get("app")
     tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
     raw = header(scope, b"cookie")
     if not tokens or not cookie_id or not raw:
-        return False
+        return None
     jar = SimpleCookie()
     with contextlib.suppress(Exception):
         jar.load(raw)
     for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
         if name in jar and jar[name].value in tokens:
-            return True
-    return False
+            return str(tokens[jar[name].value])
+    return None
+
+
+def logged_in(scope: dict) -> bool:
+    """True if the request carries a session cookie the Gradio app issued at login."""
+    return scope_user(scope) is not None
 
 
 @dataclass

@@ -53,6 +53,11 @@ def err_html(exc: Exception) -> str:
     return f'<b class="err">⚠ {html.escape(str(exc))}</b>'
 
 
+def live(elem_id: str, inner: str) -> str:
+    """``inner`` in a span the page script can refill on the lean key route (``#counter-live``, ``#msg-live``)."""
+    return f'<span id="{elem_id}">{inner}</span>'
+
+
 def file_url(path: Path) -> str:
     """URL under which Gradio serves ``path`` (it must be under the app's ``allowed_paths``)."""
     return "/gradio_api/file=" + quote(str(path))

@@ -333,3 +333,27 @@ def test_a_load_in_one_session_does_not_change_the_other(two, app, cifar_small, 
     assert store.sample(sid)["status"] == "kept"
     a.get_by_role("tab", name="1 · Dataset").click()
     wait_msg(a, "#data-msg", "400 images")
+
+
+def test_keys_take_the_lean_route_and_gradio_renders_still_land(two, app):
+    """Keys go to POST deft/act and the page swaps the card itself; a Gradio render that follows (a mouse
+    click on Prev) must still replace what the script put there, even when it renders the same card as
+    Gradio's last render did (the serial comment keeps it from being skipped as unchanged)."""
+    _, store = app
+    a = two[0]
+    set_class(a, "ship")
+    posts = []
+    a.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    first = card(a)
+    a.keyboard.press("j")  # lean
+    wait_card(a, "c.dataset.sid !== a", first[0])
+    assert any(u.endswith("/deft/act") for u in posts), posts
+    assert not any("/run/" in u for u in posts), posts  # not Gradio's event route (timers use its queue)
+    second = card(a)
+    a.click("#btn-prev")  # Gradio's event renders the card it rendered last (`first`, unchanged)
+    wait_card(a, "c.dataset.sid === a", first[0])
+    assert "item 1 of" in a.inner_text("#review-counter")
+    a.keyboard.press("k")  # lean again, on the card Gradio just put back
+    wait_card(a, "c.dataset.sid !== a", first[0])
+    assert store.sample(first[0])["status"] == "kept" and card(a)[0] == second[0]
+    assert_only_shown(store, two)
