@@ -6,6 +6,7 @@ long), starts the real app (``python app.py``), and drives Debian's chromium wit
 A key press is timed inside the page: from the ``keydown`` event to the first animation frame
 after the card's sample id or version changed (what the reviewer sees). The key sequence mixes
 keep, exclude, accept (1), next (j) and undo (u), all committed to SQLite (WAL, synchronous=FULL).
+Keys travel the app's lean route (``POST /deft/act``, :mod:`ui.lean`), as they do for a reviewer.
 
     python bench/review_latency.py [--sizes 1000 100000] [--presses 120] [--out bench/results/review_latency.json]
 """
@@ -165,7 +166,7 @@ def main() -> None:
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "review_latency.json"))
     a = ap.parse_args()
-    rows = []
+    rows, load_start = [], os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         for n in a.sizes:
             t = time.perf_counter()
@@ -184,7 +185,9 @@ def main() -> None:
     info = {"machine": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "what": "key press -> next card rendered (keydown to the animation frame after "
             "the card changed), measured in Debian chromium via Playwright against `python app.py`",
-            "note": "2-core CPU dev box shared with other agents' jobs; numbers are noisy upper bounds",
+            "note": "2-core CPU dev box; the load average is what else ran (this bench's own server and "
+                    "browser add ~2-3)",
+            "load_average_at_start": load_start,
             "load_average_at_end": os.getloadavg()}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"env": info, "results": rows}, indent=2))
