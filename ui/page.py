@@ -42,8 +42,9 @@ KEYBOARD_JS = """
           const r = await fetch('deft/act', {method: 'POST', credentials: 'same-origin',
             headers: {'Content-Type': 'application/json'},
             body: JSON.stringify({...p, session: val('session-id'), client: val('client-id')})});
-          d = await r.json();
-          if (!r.ok) throw new Error(d.error || r.statusText);
+          const text = await r.text();
+          try { d = JSON.parse(text); } catch (_) { d = {error: text.slice(0, 200)}; }
+          if (!r.ok) throw new Error(d.error || (r.status + ' ' + r.statusText));
         } catch (err) { say('not saved: ' + (err.message || err)); continue; }
         swap('card', d.card);
         swap('counter-live', d.counter);
