@@ -87,8 +87,12 @@ def test_review_flow_survives_kill9(tmp_path, tiny_clip_dir, browser, artifacts)
         assert text(page, "#card-status") == "pending"
         page.screenshot(path=str(artifacts / "3-review.png"), full_page=True)
 
-        # 4. kill -9 and restart: the confirmed decisions are still there
+        # 4. kill -9 and restart: the confirmed decisions are still there; a key pressed while the server is
+        # down says it was not saved (and is not applied later)
         server.kill9()
+        page.keyboard.press("k")
+        wait_text(page, "#review-msg", "not saved")
+        assert text(page, "#card-id") == id3 and text(page, "#card-status") == "pending"
         server.start()
         page.goto(server.url)
         open_tab(page, "3 · Review")
