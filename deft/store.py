@@ -234,6 +234,15 @@ class ReviewStore:
             store.set_meta("scores_stamp", stamp)
         return store
 
+    def stamp(self) -> tuple[str | None, int]:
+        """``(samples generation, latest decision seq)``: changes whenever the scores / issues are reloaded or a
+        decision (undo included) is logged, by this process or another; a cache of what is derived from
+        :meth:`scores` and :meth:`current` is valid while this is unchanged. Two indexed lookups."""
+        with self._read() as con:
+            gen, seq = con.execute("SELECT (SELECT value FROM meta WHERE key = 'samples_gen'), "
+                                   "(SELECT COALESCE(MAX(seq), 0) FROM decisions)").fetchone()
+        return gen, int(seq)
+
     def count(self) -> dict[str, int]:
         """``total`` and ``suspects`` (fixed per scores load) and ``reviewed``/``decided`` so far."""
         with self._read() as con:

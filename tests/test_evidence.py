@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,3 +72,27 @@ def test_run_evidence_finds_the_copy_and_goes_stale_when_an_image_changes(tmp_pa
     st = os.stat(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert EvidenceIndex.for_run(run) is None  # stale embeddings are never shown as evidence
+
+
+def test_evidence_html_serves_thumbnails_through_the_ui_file_url(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from deft.evidence import Neighbour
+    from deft.thumbs import thumbnail_file
+    from ui import views
+    from ui.evidence import evidence_html
+
+    root = tmp_path / "data"
+    for sid in ("cat/a.jpg", "dog/b c.jpg"):  # a space: the URL quoting rules apply
+        (root / sid).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(root / sid, format="JPEG")
+    rows = [("given label", "cat", [Neighbour("cat/a.jpg", 0.9)]),
+            ("top suggestion", "dog", [Neighbour("dog/b c.jpg", 0.5)])]
+    ws = SimpleNamespace(dataset=SimpleNamespace(root=root), thumbs=tmp_path / "thumbs",
+                         evidence=lambda item, k: rows)
+    item = {"id": "cat/x.jpg", "label": "cat"}
+    thumbs = [thumbnail_file(root / sid, 96, ws.thumbs) for sid in ("cat/a.jpg", "dog/b c.jpg")]
+    srcs = re.findall(r'<img src="([^"]*)"', evidence_html(ws, item))
+    assert srcs == [views.file_url(t) for t in thumbs]
+    monkeypatch.setattr(views, "file_url", lambda p: f"/served/{Path(p).name}")  # one place for the URL rules
+    assert re.findall(r'<img src="([^"]*)"', evidence_html(ws, item)) == [f"/served/{t.name}" for t in thumbs]

@@ -146,3 +146,19 @@ def test_map_html_and_note():
     assert 'stroke="#dc2626"' in out and 'stroke="#f59e0b"' in out
     assert views.map_note(3, 10).endswith("then a random sample of the rest).")
     assert "Showing" not in views.map_note(10, 10)
+
+
+def test_job_timers_share_one_dedupe_each_with_its_own_seen_map():
+    from ui.handlers import Handlers
+
+    ws = SimpleNamespace(job=None)
+    h = Handlers(SimpleNamespace(settings=None, get=lambda sid: ws), SimpleNamespace())
+    assert h.job_news("", h.seen) == (None, None) and h.job_news("s1", h.seen) == (ws, None)  # no session / job
+    ws.job = SimpleNamespace(name="detection", status="running", running=True)
+    assert [h.job_news("s1", h.seen)[1] for _ in range(2)] == [ws.job, ws.job]  # running: every tick
+    ws.job.status, ws.job.running = "done", False
+    assert h.job_news("s1", h.seen) == (ws, ws.job) and h.job_news("s1", h.seen) == (ws, None)  # done: once
+    assert h.job_news("s1", h.audit_seen)[1] is ws.job  # the other timer shows it once too
+    assert h.job_news("s1", h.audit_seen)[1] is None and h.job_news("s2", h.seen)[1] is ws.job  # per session
+    ws.job = SimpleNamespace(name="audit", status="done", running=False)  # a new job, same status: new
+    assert h.job_news("s1", h.seen)[1] is ws.job and h.job_news("s1", h.seen)[1] is None

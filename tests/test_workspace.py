@@ -189,3 +189,51 @@ def test_evidence_strip_html_says_how_to_get_it_then_shows_thumbnails(tmp_path, 
     out = evidence_html(ws, item)
     assert out.count("<figure>") >= 2 and all(f'alt="{s}"' in out for s in kept)
     assert f'data-sid="{item["id"]}"' in out and "/gradio_api/file=" in out
+
+
+def test_evidence_rereads_the_store_only_after_a_decision_or_new_scores(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from deft.evidence import EvidenceIndex
+    from deft.store import ReviewStore
+
+    ids = [f"s{i}" for i in range(6)]
+    scores = pd.DataFrame({"id": ids, "label": ["cat", "cat", "dog", "dog", "dog", "cat"],
+                           "is_clean": [True, True, True, True, False, False], "margin": np.linspace(-1, 1, 6)})
+    img = np.eye(6, dtype=np.float32)
+    img[4] = (img[4] + img[5]) / np.sqrt(2)  # s4 (labelled dog, flagged) looks like the card s5 (a cat)
+    monkeypatch.setattr(EvidenceIndex, "for_run", lambda run: EvidenceIndex(pd.Series(ids), img))
+    run = SimpleNamespace(path=tmp_path / "run", dataset=SimpleNamespace(samples=scores[["id", "label"]]))
+    run.path.mkdir()
+    (run.path / "embeddings.safetensors").write_bytes(b"x")  # only its stamp is read (for_run is stubbed)
+    store = ReviewStore(tmp_path / "review.sqlite")
+    store.load_scores(scores, ["cat", "dog"])
+    reads = {"scores": 0, "current": 0}
+
+    def counting(name):
+        fn = getattr(store, name)
+
+        def counted():
+            reads[name] += 1
+            return fn()
+        return counted
+
+    for name in reads:
+        monkeypatch.setattr(store, name, counting(name))
+    ws = Workspace(AppSettings(runs=tmp_path / "runs"), run=run, store=store)
+    item = {"id": "s5", "label": "cat", "suggestion": "dog"}
+
+    def near(label):
+        return [n.sample_id for role, lab, ns in ws.evidence(item, k=5) if lab == label for n in ns]
+
+    assert near("cat") == ["s0", "s1"] and near("dog") == ["s2", "s3"]
+    assert reads == {"scores": 1, "current": 1}  # two cards, no decision in between: read once
+    store.decide("s4", "relabel", "cat", client="t")  # a reviewer moves s4 to cat: evidence for cat now
+    assert near("cat")[0] == "s4" and near("dog") == ["s2", "s3"]
+    assert reads == {"scores": 2, "current": 2}
+    store.undo(client="t")  # an undo is a decision too
+    assert near("cat") == ["s0", "s1"] and reads == {"scores": 3, "current": 3}
+    store.load_scores(scores.assign(is_clean=[True, True, False, True, False, False]), ["cat", "dog"])
+    assert near("dog") == ["s3"] and reads == {"scores": 4, "current": 4}  # new scores: read again

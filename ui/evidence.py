@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from urllib.parse import quote
 
 from deft.thumbs import thumbnail_file
 
+from . import views
 from .workspace import Workspace
 
 NO_EMBEDDINGS = ('<div id="evidence" class="evidence"><p>Nearest clean examples appear here after '
@@ -27,8 +27,7 @@ def evidence_html(ws: Workspace, item: dict | None, k: int = 4) -> str:
         tiles = []
         for n in near:
             try:
-                src = "/gradio_api/file=" + quote(str(thumbnail_file(Path(ws.dataset.root) / n.sample_id, 96,
-                                                                      ws.thumbs)))
+                src = views.file_url(thumbnail_file(Path(ws.dataset.root) / n.sample_id, 96, ws.thumbs))
             except OSError:
                 continue
             name = html.escape(n.sample_id)

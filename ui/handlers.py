@@ -15,6 +15,7 @@ from PIL import Image
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
+from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
 from deft.thumbs import thumbnail_file
 
@@ -163,18 +164,24 @@ class Handlers:
         loss, clean = v.plot_frames(self.reg.get(sid).detect_curves())
         return {self.c.loss_plot: loss, self.c.clean_plot: clean}
 
-    def on_tick(self, sid):
-        """Progress, curves and results of the running detection or training (the audit: on_audit_tick)."""
-        c = self.c
+    def job_news(self, sid, seen: dict[str, tuple[int, str]]) -> tuple[Workspace | None, Job | None]:
+        """A timer tick's session and its job, or job None when there is nothing new to show: no job, or a
+        finished one whose status this timer (its ``seen`` map: one per timer) already showed."""
         ws = self.reg.get(sid) if sid else None
         job = ws.job if ws is not None else None
         if job is None:
-            return gr.skip()
+            return ws, None
         key = (id(job), job.status)
-        if self.seen.get(sid) == key and not job.running:
-            return gr.skip()
-        self.seen[sid] = key
-        if job.name == "audit":  # shown by on_audit_tick
+        if seen.get(sid) == key and not job.running:
+            return ws, None
+        seen[sid] = key
+        return ws, job
+
+    def on_tick(self, sid):
+        """Progress, curves and results of the running detection or training (the audit: on_audit_tick)."""
+        c = self.c
+        ws, job = self.job_news(sid, self.seen)
+        if job is None or job.name == "audit":  # the audit is shown by on_audit_tick
             return gr.skip()
         prog = v.progress_html(job)
         if job.name == "detection":
@@ -210,14 +217,9 @@ class Handlers:
 
     def on_audit_tick(self, sid):
         """Audit progress; the audit views once an audit (or a detection) finished."""
-        ws = self.reg.get(sid) if sid else None
-        job = ws.job if ws is not None else None
+        ws, job = self.job_news(sid, self.audit_seen)
         if job is None:
             return gr.skip()
-        key = (id(job), job.status)
-        if self.audit_seen.get(sid) == key and not job.running:
-            return gr.skip()
-        self.audit_seen[sid] = key
         prog = v.progress_html(job) if job.name == "audit" else gr.skip()
         if job.name == "audit" and job.status == "done":
             prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'

@@ -64,6 +64,7 @@ class Workspace:
     datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
+    _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -249,8 +250,14 @@ class Workspace:
         index = self._evidence[1]
         if index is None:
             return None
-        samples = run.dataset.samples
-        index.trust(*trusted_labels(samples["id"], samples["label"], store.scores(), store.current()))
+        # who is trusted with which label changes only with a decision or new scores: re-read both tables
+        # (the whole store) only then, not on every settled card. The key is read before the tables, so a
+        # decision landing in between makes the next card recompute.
+        key = (index, str(store.path), store.stamp())
+        if self._trusted != key:
+            samples = run.dataset.samples
+            index.trust(*trusted_labels(samples["id"], samples["label"], store.scores(), store.current()))
+            self._trusted = key
         sid, given = str(item["id"]), str(item["label"])
         out = [("given label", given, index.nearest(sid, given, k))]
         other = next((g.label for g in suggestions(item) if g.label != given), None)
