@@ -204,9 +204,12 @@ class Handlers:
     def audit_views(self, ws: Workspace) -> dict:
         c = self.c
         run_path = ws.run.path if ws.run is not None else None
-        texts = v.audit_texts(audit_of(ws), run_path)
-        return dict(zip([c.methods_msg, c.methods_df, c.issues_msg, c.issue_counts_df, c.class_report_df], texts,
-                        strict=True))
+        mmsg, methods, imsg, counts, report = v.audit_texts(audit_of(ws), run_path)
+
+        def table(df):  # a table only once there is one: an empty Dataframe shows "1 2 3" headers
+            return gr.update(value=df, visible=df is not None)
+        return {c.methods_msg: mmsg, c.methods_df: table(methods), c.issues_msg: imsg,
+                c.issue_counts_df: table(counts), c.class_report_df: table(report)}
 
     def on_audit(self, sid):
         try:

@@ -38,9 +38,9 @@ def dataset_tab(c, s) -> None:
     c.issues_msg = gr.Markdown(elem_id="audit-issues-msg")
     with gr.Row():
         c.issue_counts_df = gr.Dataframe(label="Data issues (samples)", interactive=False,
-                                         elem_id="issue-counts")
+                                         elem_id="issue-counts", visible=False)
         c.class_report_df = gr.Dataframe(label="Class report (imbalance, suspect rate per method)",
-                                         interactive=False, elem_id="class-report")
+                                         interactive=False, elem_id="class-report", visible=False)
 
 
 def detect_tab(c, s) -> None:
@@ -64,7 +64,7 @@ def detect_tab(c, s) -> None:
     c.audit_prog = gr.HTML(elem_id="audit-progress")
     c.methods_msg = gr.Markdown(elem_id="methods-msg")
     c.methods_df = gr.Dataframe(label="Methods against ground truth", interactive=False,
-                                elem_id="methods-table")
+                                elem_id="methods-table", visible=False)
     with gr.Row():
         c.loss_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss (x: epochs)",
                                   height=260, elem_id="loss-plot")

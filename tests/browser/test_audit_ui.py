@@ -29,6 +29,7 @@ def test_audit_methods_table_map_and_point_into_review(tmp_path, tiny_clip_dir, 
         page.click("#btn-detect")
         wait_text(page, "#detect-summary", "suspects of 400 samples", timeout=120_000)
         wait_text(page, "#methods-msg", "No audit yet")
+        assert not page.locator("#methods-table").is_visible()  # no empty "1 2 3" table before an audit
         page.click("#btn-audit")
         wait_text(page, "#methods-msg", "Methods side by side", timeout=120_000)  # PLANTED.csv is ground truth
         table = text(page, "#methods-table")
