@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from deft.config import OptimConfig, Phase1Config
 from deft.data import load_dataset
+from deft.device import cpu_has_native_bf16
 from deft.images import decode_images
 from deft.models import load_clip
 from deft.phase1 import class_texts, detect, load_detector, score_samples, zero_shot_text
@@ -37,11 +38,17 @@ def test_fast_path_scores_match_fp32_reference(tmp_path, cifar_small, tiny_clip_
     assert np.allclose(sdpa["margin"], ref["margin"], atol=1e-5)
     diff = np.abs(fast["margin"].to_numpy() - ref["margin"].to_numpy())
     print(f"bf16 vs fp32 margin: max |diff| {diff.max():.4f}, mean {diff.mean():.4f}")
+    assert diff.max() > 0  # bf16 autocast really ran on this CPU (else the agreement below would be vacuous)
     assert diff.max() <= MARGIN_ATOL
     # decisions may flip only for samples whose margin is within the numeric noise of 0
     flipped = fast["is_clean"].to_numpy() != ref["is_clean"].to_numpy()
     assert (np.abs(ref["margin"].to_numpy()[flipped]) <= MARGIN_ATOL).all()
     assert (~flipped).mean() >= MIN_AGREEMENT
+    # precision="auto" (the default) on this CPU is one of the two paths compared above: bf16 where
+    # the CPU runs it natively (avx512_bf16 / amx_bf16), fp32 elsewhere
+    auto = _score(run, "sdpa", "auto")
+    expected = fast if cpu_has_native_bf16() else sdpa
+    assert np.allclose(auto["margin"], expected["margin"], atol=1e-6)
 
 
 def test_feature_cache_mode_trains_prompts_only(tmp_path, cifar_small, tiny_clip_dir):
