@@ -6,13 +6,13 @@ printed and written to ``scale_<rows>.json`` in the test's tmp folder.
 
 Sizes: ``DEFT_SCALE_ROWS`` (default 1,000,000, the paper's Clothing1M scale, as issue 13 asks) and a tenth
 of it. Measured on the 2 shared cores this was developed on (load average 1-4 from other jobs), the whole
-module took 4 min 14 s; at 1M rows import 48.5 s, store build 36.1 s, streaming read 23.6 s, scoring
-66.8 s (~0.18 ms of wall time per row; the previous library took 0.67 ms per row on 100k rows on the same
-box, before the import and the build moved to worker processes, kept JPEGs skipped their PIL decode and
-the scoring pass started decoding the next batch while the model runs: see README, "Large datasets").
-``DEFT_SCALE_ROWS=40000`` runs a quick version. The memory claims do not depend on the size: streaming
-every image out of the store holds at most ``max_open`` mapped shards and one batch, and the rest grows by
-per-row metadata only.
+module took 4 min 14 s (6 min 10 s in a second run under load 4-8); at 1M rows import 48.5 s, store
+build 36.1 s, streaming read 23.6 s, scoring 66.8 s (~0.18 ms of wall time per row; the previous library
+took 0.67 ms per row on 100k rows on the same box, before the import and the build moved to worker
+processes, kept JPEGs skipped their PIL decode and the scoring pass started decoding the next batch while
+the model runs: see README, "Large datasets"). ``DEFT_SCALE_ROWS=40000`` runs a quick version. The memory
+claims do not depend on the size: streaming every image out of the store holds at most ``max_open``
+mapped shards and one batch, and the rest grows by per-row metadata only.
 """
 
 from __future__ import annotations
