@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .imageio import PixelBudget, check_image, regular_file_problem
+from .imageio import PixelBudget, RealPaths, check_image, check_image_chunk, regular_file_problem
+from .parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -90,11 +91,23 @@ class Dataset:
     def paths(self) -> list[Path]:
         return [self.root / p for p in self.samples["id"]]
 
+    def path_strings(self) -> list[str]:
+        """:meth:`paths` as strings (``str(root / id)``), built without a ``Path`` per row."""
+        return joined_paths(self.root, self.samples["id"])
+
     def class_counts(self) -> pd.Series:
         return self.samples["label"].value_counts().reindex(self.classes, fill_value=0)
 
 
 HELDOUT_SPLITS = ("test", "val", "valid", "validation")
+
+
+def joined_paths(root: Path, ids) -> list[str]:
+    """``str(root / i)`` for each id (normalised relative POSIX paths), without a ``Path`` per row:
+    a million ``Path`` objects take ~10 s to build."""
+    base = str(root)
+    prefix = "" if base == "." else base if base.endswith("/") else base + "/"
+    return [prefix + i for i in ids]
 
 
 def heldout_mask(samples: pd.DataFrame) -> np.ndarray:
@@ -128,11 +141,24 @@ def load_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-def check_images(paths: list[Path], workers: int = 8, root: Path | None = None) -> list[str | None]:
-    """Decode every file fully (regular files only, pixel cap, shared decode budget): None or the problem."""
+def check_images(
+    paths: list[Path] | list[str], workers: int = 8, root: Path | None = None, processes: bool | None = None
+) -> list[str | None]:
+    """Decode every file fully (regular files only, pixel cap, shared decode budget): None or the problem.
+
+    Large imports (:data:`deft.parallel.PROCESS_MIN_FILES` files and up, or ``processes=True``) check
+    chunks of files in worker processes, one image at a time each; smaller ones use ``workers`` threads.
+    """
+    if use_processes(len(paths), processes):
+        base = None if root is None else os.fspath(root)
+        names = [os.fspath(p) for p in paths]
+        with process_pool() as pool:
+            tasks = ((names[i : i + CHUNK], base) for i in range(0, len(names), CHUNK))
+            return [r for part in ordered_map(pool, check_image_chunk, tasks, 4 * process_workers()) for r in part]
     budget = PixelBudget()
+    real = RealPaths(root) if root is not None else None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: check_image(p, root, budget), paths))
+        return list(pool.map(lambda p: check_image(p, root, budget, real), paths))
 
 
 def shown_name(name: str) -> str:
@@ -192,7 +218,7 @@ def _finish(
 ) -> Dataset:
     issues = list(pre_issues or [])
     if verify and len(rows):
-        problems = check_images([root / i for i in rows["id"]], root=root)
+        problems = check_images(joined_paths(root, rows["id"]), root=root)
         bad = np.array([p is not None for p in problems], dtype=bool)
         issues += [{"path": i, "problem": p} for i, p in zip(rows["id"], problems, strict=True) if p]
         rows = rows.loc[~bad]

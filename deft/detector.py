@@ -128,6 +128,11 @@ class PromptedTower:
     def train_scores(self, model: DeftModel, idx: torch.Tensor, gen: torch.Generator | None) -> DeftScores:
         return model(make_batch(self.images, idx, model.tau.device, self.normalizer, gen if self.augment else None))
 
+    def prefetch(self, model: DeftModel, idx: torch.Tensor) -> None:
+        """Start decoding the batch ``idx`` in the background (image stores that can; a no-op otherwise)."""
+        if hasattr(self.images, "prefetch"):
+            self.images.prefetch(idx.numpy(), model.tau.device)
+
     def embed(self, model: DeftModel, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(frozen zero-shot embedding, VPT-prompted embedding)`` of an un-augmented batch."""
         x = make_batch(self.images, idx, model.tau.device, self.normalizer)
@@ -274,8 +279,9 @@ def score_samples(
         }
         return {k: v.cpu().numpy() for k, v in parts.items()}
 
+    ahead = (lambda idx: encoder.prefetch(model, idx)) if isinstance(encoder, PromptedTower) else None
     chunks = run_batches(index, batch_size, lambda idx: encoder.embed(model, idx), finish, device=tau.device,
-                         precision=precision, stage=Stage.SCORE, progress=progress, cancel=cancel)
+                         precision=precision, stage=Stage.SCORE, progress=progress, cancel=cancel, prefetch=ahead)
     return score_frame({k: np.concatenate([c[k] for c in chunks]) for k in SCORE_PASS_COLUMNS}, classes)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -16,39 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import DataError
-from .imageio import ImageProblem, PixelBudget, open_image, to_rgb
+from .imageio import PixelBudget, decode_image  # noqa: F401  (decode_image: re-exported)
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 if TYPE_CHECKING:
     from .shards import ShardImages
-
-
-def decode_image(path: str | Path | Image.Image, size: int, budget: PixelBudget | None = None) -> np.ndarray:
-    """Open an image, resize its short side to ``size``, centre-crop: uint8 (size, size, 3).
-
-    Files go through :func:`deft.imageio.open_image` (regular files only, pixel cap checked from
-    the header); 16-bit and float images are scaled to 8 bits; with ``budget`` the decoded pixels
-    count against a budget shared by all decoder threads.
-    """
-    if isinstance(path, Image.Image):
-        return _resize_crop(to_rgb(path), size)
-    try:
-        im = open_image(path)
-    except ImageProblem as exc:
-        raise DataError(f"{path}: {exc}; re-import the dataset (`deft check`) to list and skip such files.") from None
-    with im, budget.hold(im.width * im.height) if budget else contextlib.nullcontext():
-        return _resize_crop(to_rgb(im), size)
-
-
-def _resize_crop(im: Image.Image, size: int) -> np.ndarray:
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    return np.asarray(im, dtype=np.uint8)
 
 
 def content_key(paths: Sequence[str | Path | Image.Image]) -> str:

@@ -34,6 +34,7 @@ def run_batches(
     stage: str | None = None,
     progress: ProgressCallback = null_progress,
     cancel: CancelToken | None = None,
+    prefetch: Callable[[torch.Tensor], None] | None = None,
 ) -> list[R]:
     """Apply ``encode`` to ``index`` in chunks of ``batch_size`` under autocast; ``finish`` each outside it.
 
@@ -53,6 +54,9 @@ def run_batches(
         Progress stage name; with it, ``progress`` gets ``ProgressEvent(stage, done, total)`` after each chunk.
     progress, cancel
         Progress callback and cancel token (checked before each chunk).
+    prefetch : callable, optional
+        ``prefetch(idx)`` is called with the first chunk, then before each chunk is encoded with the one
+        after it, so its input is prepared in the background (images decoded while the model runs).
 
     Returns
     -------
@@ -61,10 +65,14 @@ def run_batches(
     """
     n = len(index)
     out: list[R] = []
+    if prefetch is not None and n:
+        prefetch(torch.as_tensor(index[:batch_size], dtype=torch.long))
     for start in range(0, n, batch_size):
         if cancel is not None:
             cancel.check()
         idx = torch.as_tensor(index[start : start + batch_size], dtype=torch.long)
+        if prefetch is not None and start + batch_size < n:
+            prefetch(torch.as_tensor(index[start + batch_size : start + 2 * batch_size], dtype=torch.long))
         with autocast(device, precision):
             encoded = encode(idx)
         out.append(finish(idx, encoded))

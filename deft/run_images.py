@@ -53,14 +53,16 @@ def load_run_images(
         prog = progress if ddp.is_main else null_progress
         if kind == "shards":
             return build_shards(
-                run.dataset.paths(),
+                run.dataset.path_strings(),
                 size,
                 run.path / "cache" / f"shards_{size}",
                 progress=prog,
                 cancel=cancel,
                 build=build,
             )
-        return decode_images(run.dataset.paths(), size, cache_file=run.cache_file(size), progress=prog, cancel=cancel)
+        return decode_images(
+            run.dataset.path_strings(), size, cache_file=run.cache_file(size), progress=prog, cancel=cancel
+        )
 
     images = load(True) if ddp.is_main else None
     ddp.barrier()

@@ -14,7 +14,7 @@ Choices
   batch on the device. Pixels outside the crop are never used, so storing them would
   only add bytes and a second resize at read time (which would change the pixels).
 * **Original bytes kept** when the file already is a baseline RGB JPEG of exactly
-  ``size x size`` (no re-encode, no extra loss).
+  ``size x size`` (no re-encode, no extra loss; the file is verified by a full decode).
 * **Arrow IPC (Feather v2) files, one record batch of ``(key, jpeg)`` rows per shard.**
   Unlike tar shards (sequential, need a side index for random access) or Parquet
   (page/row-group decoding for any single row), an uncompressed Arrow IPC file is
@@ -32,6 +32,11 @@ Choices
   caught when a JPEG fails to decode, with a sentence naming the shard to delete.
 * **One shard set for every rank and node**: rank 0 builds it in the run folder,
   the other ranks wait on a barrier and memory-map the same files (read-only).
+* **Built in worker processes** for large sets (:mod:`deft.parallel`): per file, the
+  work is mostly Python for small images. A worker keeps a file whose JPEG markers
+  say baseline RGB ``size x size`` as its bytes without decoding it; the builder then
+  decodes each chunk of those in one batched libjpeg-turbo call (the reader's own
+  decoder) and re-encodes, or reports, any that fail.
 
 Reading: :class:`ShardImages` is array-like (``len``, ``shape``, integer-array and
 slice indexing give uint8 ``(B, 3, size, size)``), so consumers of the raw cache
@@ -45,14 +50,13 @@ mapped at once, so resident memory does not grow with the dataset.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import warnings
-from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,49 +66,20 @@ import torch
 from PIL import Image
 
 from .errors import DataError
-from .imageio import ImageProblem, PixelBudget, open_image
-from .images import content_key, decode_image
+from .imageio import PixelBudget
+from .images import content_key
+from .jpeg import JPEG_QUALITY, encode_chunk, encode_image, reencode  # noqa: F401  (encode_image: re-exported)
+from .parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 FORMAT_VERSION = 1
 SHARD_SIZE = 4096  # images per shard: ~80 MB at 224 px
-JPEG_QUALITY = 90
 SCHEMA = pa.schema([("key", pa.string()), ("jpeg", pa.binary())])
 
 
 def default_workers() -> int:
     """Decoder threads: one per core, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def encode_image(
-    path: str | Path | Image.Image, size: int, quality: int = JPEG_QUALITY, budget: PixelBudget | None = None
-) -> bytes:
-    """The store's bytes for one image: its ``size x size`` centre crop as a JPEG.
-
-    A file that already is a baseline RGB JPEG of exactly ``size x size`` is kept as
-    its original bytes (after a full decode, so a corrupt file is refused now, not at
-    training time). Unreadable files raise the same :class:`DataError` as
-    :func:`deft.images.decode_image`.
-    """
-    if not isinstance(path, Image.Image):
-        with contextlib.suppress(ImageProblem, OSError, SyntaxError, ValueError):
-            with open_image(path) as im:
-                if (
-                    im.format == "JPEG"
-                    and im.mode == "RGB"
-                    and im.size == (size, size)
-                    and not im.info.get("progressive")
-                    and not im.info.get("progression")
-                ):
-                    data = Path(path).read_bytes()
-                    with Image.open(io.BytesIO(data)) as check:
-                        check.load()
-                    return data
-    arr = decode_image(path, size, budget)  # raises the one-sentence DataError for unreadable files
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def _shard_name(index: int, paths: Sequence[str | Path | Image.Image], size: int, quality: int) -> str:
@@ -137,6 +112,7 @@ def build_shards(
     progress: ProgressCallback = null_progress,
     cancel: CancelToken | None = None,
     build: bool = True,
+    processes: bool | None = None,
 ) -> ShardImages:
     """The store of ``paths`` at ``size`` in ``directory``: build the missing shards, open them all.
 
@@ -160,6 +136,9 @@ def build_shards(
     build : bool
         False: only open; a missing or damaged shard is a :class:`DataError` (ranks
         other than 0 after the barrier).
+    processes : bool, optional
+        Encode in worker processes (:mod:`deft.parallel`; default: when at least
+        ``PROCESS_MIN_FILES`` images are to be encoded, all of them files) instead of threads.
 
     Returns
     -------
@@ -180,21 +159,26 @@ def build_shards(
         )
     if missing:
         directory.mkdir(parents=True, exist_ok=True)
-        budget = PixelBudget()
         done = n - sum(min(shard_size, n - s * shard_size) for s in missing)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for s in missing:
-                lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-                keys, blobs = [], []
-                for start in range(lo, hi, 512):
-                    if cancel is not None:
-                        cancel.check()
-                    part = paths[start : min(hi, start + 512)]
-                    blobs += pool.map(lambda p: encode_image(p, size, quality, budget), part)
-                    keys += [str(p) if not isinstance(p, Image.Image) else "" for p in part]
-                    done += len(part)
-                    progress(ProgressEvent("decode", done, n))
-                _write_shard(directory / names[s], keys, blobs)
+        parts = [  # (shard, start, stop) of each chunk to encode, shard by shard
+            (s, start, min(start + CHUNK, s * shard_size + shard_size, n))
+            for s in missing
+            for start in range(s * shard_size, min(n, (s + 1) * shard_size), CHUNK)
+        ]
+        pool, encoded = _encoder(paths, parts, size, quality, workers, processes, cancel)
+        try:
+            keys: list[str] = []
+            blobs: list[bytes] = []
+            for (s, a, b), blob in zip(parts, encoded, strict=True):
+                blobs += blob
+                keys += [str(p) if not isinstance(p, Image.Image) else "" for p in paths[a:b]]
+                done += b - a
+                progress(ProgressEvent("decode", done, n))
+                if b == min(n, (s + 1) * shard_size):
+                    _write_shard(directory / names[s], keys, blobs)
+                    keys, blobs = [], []
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         keep = set(names)
         for f in directory.iterdir():  # shards of older contents and leftovers of killed builds
             if f.name not in keep and (f.suffix in {".arrow", ".part"}):
@@ -202,6 +186,65 @@ def build_shards(
     else:
         progress(ProgressEvent("decode", n, n))
     return ShardImages([directory / name for name in names], n, size, shard_size, workers=workers)
+
+
+def _encoder(
+    paths: Sequence[str | Path | Image.Image],
+    parts: list[tuple[int, int, int]],
+    size: int,
+    quality: int,
+    workers: int,
+    processes: bool | None,
+    cancel: CancelToken | None,
+) -> tuple[Executor, Iterator[list[bytes]]]:
+    """The store's bytes of ``paths[a:b]`` for each ``(shard, a, b)`` of ``parts``, in order, and the pool
+    making them (the caller shuts it down). Worker processes for large builds of files (the per-file work,
+    open, header, decode, encode, is mostly Python for small images, which threads cannot spread over
+    cores; each worker holds one image at a time), threads otherwise."""
+
+    def check() -> None:
+        if cancel is not None:
+            cancel.check()
+
+    todo = sum(b - a for _, a, b in parts)
+    if all(not isinstance(p, Image.Image) for p in paths) and use_processes(todo, processes):
+        procs = process_pool()
+        tasks = (([os.fspath(p) for p in paths[a:b]], size, quality) for _, a, b in parts)
+        done = ordered_map(procs, encode_chunk, tasks, 4 * process_workers(), check)
+        return procs, (
+            _verified(blobs, unverified, paths[a:b], size, quality)
+            for (_, a, b), (blobs, unverified) in zip(parts, done, strict=False)
+        )
+    budget = PixelBudget()
+    threads = ThreadPoolExecutor(max_workers=workers)
+
+    def encode_part(a: int, b: int) -> list[bytes]:
+        check()
+        return list(threads.map(lambda p: encode_image(p, size, quality, budget), paths[a:b]))
+
+    return threads, (encode_part(a, b) for _, a, b in parts)
+
+
+def _verified(
+    blobs: list[bytes], unverified: list[int], paths: Sequence[str | Path], size: int, quality: int
+) -> list[bytes]:
+    """``blobs`` with the original JPEG bytes at ``unverified`` decoded once (libjpeg-turbo, as the store
+    is read), and re-encoded from the file where that fails (a damaged file raises its DataError there)."""
+    if not unverified:
+        return blobs
+    try:
+        ok = [t.shape == (3, size, size) for t in _tv_decode([blobs[j] for j in unverified], "cpu")]
+    except RuntimeError:  # one of them is damaged: find it
+        ok = []
+        for j in unverified:
+            try:
+                ok.append(_tv_decode([blobs[j]], "cpu")[0].shape == (3, size, size))
+            except RuntimeError:
+                ok.append(False)
+    for j, good in zip(unverified, ok, strict=True):
+        if not good:
+            blobs[j] = reencode(paths[j], size, quality)
+    return blobs
 
 
 def _write_shard(path: Path, keys: list[str], blobs: list[bytes]) -> None:
@@ -243,6 +286,9 @@ class ShardImages:
         self.workers = workers or default_workers()
         self.max_open = max_open
         self._open: OrderedDict[int, pa.BinaryArray] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()  # prefetched batches, in order
+        self._ahead_pool: ThreadPoolExecutor | None = None
 
     # -- array protocol ---------------------------------------------------------------
     @property
@@ -264,7 +310,7 @@ class ShardImages:
         return out if dtype is None else out.astype(dtype)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader workers: no open maps
-        return {**self.__dict__, "_open": OrderedDict()}
+        return {**self.__dict__, "_open": OrderedDict(), "_pool": None, "_ahead": deque(), "_ahead_pool": None}
 
     # -- reading ----------------------------------------------------------------------
     def _column(self, shard: int) -> pa.BinaryArray:
@@ -287,6 +333,9 @@ class ShardImages:
 
     def encoded(self, idx: np.ndarray) -> list[bytes]:
         """The stored JPEG bytes of rows ``idx`` (any order, repeats allowed)."""
+        return self._in_order(self._encoded, idx)
+
+    def _encoded(self, idx: np.ndarray) -> list[bytes]:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
             raise IndexError(f"index out of range for {self.n} images")
@@ -313,7 +362,37 @@ class ShardImages:
                 "and run again to rebuild it."
             ) from None
 
+    def prefetch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> None:
+        """Start decoding rows ``idx`` on the CPU in the background (after the batches already asked for;
+        at most two are kept); a later :meth:`decode` (or :meth:`decode_to`) of the same rows returns it.
+        A no-op for CUDA (nvJPEG decodes there). Once a reader prefetches, all its reads run in order on
+        one background thread, so they never touch the shard maps concurrently."""
+        if torch.device(device).type == "cuda":
+            return
+        if self._ahead_pool is None:
+            self._ahead_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deft-prefetch")
+        while len(self._ahead) >= 2:
+            self._ahead.popleft()  # not read: it finishes in the background and is dropped
+        idx = np.array(idx, dtype=np.int64).reshape(-1)
+        self._ahead.append((idx, self._ahead_pool.submit(self._decode, idx)))
+
+    def _in_order(self, fn: Any, idx: np.ndarray) -> Any:
+        """``fn(idx)`` after the pending prefetches (on their thread), or here if nothing was ever prefetched."""
+        if self._ahead_pool is None:
+            return fn(idx)
+        return self._ahead_pool.submit(fn, idx).result()
+
     def decode(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` decoded on the CPU: uint8 ``(B, 3, size, size)`` (the prefetched batch if it is ``idx``)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        for k, (rows, future) in enumerate(self._ahead):
+            if np.array_equal(rows, idx):
+                for _ in range(k + 1):  # it, and the ones asked for before it (skipped)
+                    self._ahead.popleft()
+                return future.result()
+        return self._in_order(self._decode, idx)
+
+    def _decode(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` decoded on the CPU: uint8 ``(B, 3, size, size)``.
 
         libjpeg-turbo through torchvision's batched ``decode_jpeg`` (no per-image Python
@@ -321,7 +400,7 @@ class ShardImages:
         pool; a chunk that fails is decoded again image by image with PIL to name the row.
         """
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        blobs = self.encoded(idx)
+        blobs = self._encoded(idx)
         out = np.empty((len(idx), 3, self.size, self.size), dtype=np.uint8)
         chunk = max(16, -(-len(idx) // self.workers))
 
@@ -338,8 +417,9 @@ class ShardImages:
 
         starts = range(0, len(idx), chunk)
         if len(starts) > 1:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                list(pool.map(part, starts))
+            if self._pool is None:  # kept for the reader's life: a pool per batch costs thread starts
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deft-jpeg")
+            list(self._pool.map(part, starts))
         else:
             for lo in starts:
                 part(lo)

@@ -125,3 +125,38 @@ def test_workspace_refuses_paths_outside_roots_and_creates_no_run_folder(tmp_pat
     with pytest.raises(DataError, match="outside the data folders"):
         ws.load(str(cifar_small))
     assert not runs.exists() and ws.dataset is None
+
+
+def test_worker_processes_report_the_same_problems_as_threads(tmp_path, cifar_small):
+    """Large imports check files in worker processes (``deft.parallel``); every problem reads the same."""
+    import os
+
+    from deft.data import check_images
+
+    root = tmp_path / "d"
+    shutil.copytree(cifar_small, root)
+    data = (root / "dog" / "0000.jpg").read_bytes()
+    (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(root / "dog" / "0001.jpg", outside / "x.jpg")
+    (root / "cat" / "escape.jpg").symlink_to(outside / "x.jpg")
+    (root / "cat" / "inside.jpg").symlink_to(root / "dog" / "0002.jpg")
+    (root / "cat" / "gone.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "cat" / "loop.jpg").symlink_to(root / "cat" / "loop.jpg")
+    (root / "linked").symlink_to(outside)  # a folder inside the root that leads out of it
+    os.mkfifo(root / "cat" / "pipe.jpg")
+    names = ["dog/0000.jpg", "dog/truncated.jpg", "cat/broken.jpg", "cat/escape.jpg", "cat/inside.jpg",
+             "cat/gone.jpg", "cat/loop.jpg", "linked/x.jpg", "cat/pipe.jpg", "cat/missing.jpg", "dog"]
+    paths = [root / n for n in names]
+    threads = check_images(paths, root=root, processes=False)
+    procs = check_images(paths, root=root, processes=True)
+    assert procs == threads
+    got = dict(zip(names, procs, strict=True))
+    assert got["dog/0000.jpg"] is None and got["cat/inside.jpg"] is None
+    assert "unreadable image" in got["dog/truncated.jpg"] and "unreadable image" in got["cat/broken.jpg"]
+    assert "outside the dataset root" in got["cat/escape.jpg"] and "outside the dataset root" in got["linked/x.jpg"]
+    assert "broken symlink" in got["cat/gone.jpg"] and "symlink loop" in got["cat/loop.jpg"]
+    assert "not a regular file" in got["cat/pipe.jpg"] and got["cat/missing.jpg"] == "file not found"
+    assert "folder" in got["dog"]

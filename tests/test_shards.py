@@ -243,3 +243,37 @@ def test_dataloader_worker_processes_read_the_store(tmp_path):
     loader = torch.utils.data.DataLoader(store, batch_size=4, num_workers=2)
     got = torch.cat(list(loader)).numpy()
     np.testing.assert_array_equal(got, store[np.arange(10)])
+
+
+def test_worker_processes_build_the_same_store(tmp_path):
+    """Large builds encode in worker processes (``deft.parallel``): same bytes, same error, same shards."""
+    paths = _photos(tmp_path / "img", n=7)
+    root = extract_cifar(tmp_path / "c", 1)  # 32x32 JPEGs: kept as their original bytes at size 32
+    paths += sorted(root.rglob("*.jpg"))[:5]
+    threads = build_shards(paths, 32, tmp_path / "t", shard_size=5, processes=False)
+    procs = build_shards(paths, 32, tmp_path / "p", shard_size=5, processes=True)
+    assert [f.name for f in procs.files] == [f.name for f in threads.files]
+    assert procs.encoded(np.arange(12)) == threads.encoded(np.arange(12))
+    assert procs.encoded(np.arange(7, 12)) == [p.read_bytes() for p in paths[7:]]
+    for broken, data in [(1, b"\x89PNG\r\n\x1a\n" + b"garbage" * 10), (8, paths[8].read_bytes()[:300])]:
+        paths[broken].write_bytes(data)  # a PNG that is garbage; a kept-size JPEG whose header is intact
+        with pytest.raises(Exception) as raw:
+            decode_images(paths, 32)
+        with pytest.raises(Exception) as new:
+            build_shards(paths, 32, tmp_path / f"q{broken}", shard_size=5, processes=True)
+        assert type(new.value) is type(raw.value) and str(new.value) == str(raw.value)
+        paths[broken].unlink()
+        paths[broken] = paths[0]
+
+
+def test_prefetched_batches_read_the_same_rows(tmp_path):
+    paths = _photos(tmp_path / "img", n=12)
+    store = build_shards(paths, 16, tmp_path / "s", shard_size=5)
+    ref = np.asarray(store)
+    store.prefetch(np.array([3, 4, 5]))
+    np.testing.assert_array_equal(store.decode(np.array([3, 4, 5])), ref[3:6])
+    store.prefetch(np.array([0, 1]))
+    np.testing.assert_array_equal(store.decode(np.array([7, 8])), ref[7:9])  # another batch: read it, drop the other
+    store.prefetch(np.array([9]))
+    assert store.encoded(np.array([2])) == [store.encoded(np.array([2]))[0]]
+    np.testing.assert_array_equal(store[9], ref[9])
