@@ -203,7 +203,7 @@ CSS = """
 .evidence figure img {width: 72px; height: 72px; object-fit: contain; image-rendering: pixelated;}
 #map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
 #map .pt {cursor: pointer;}
-#map-plumbing {display: none !important;}
+#map-plumbing, #review-plumbing {display: none !important;}
 #map .legend span {display: inline-block; margin-right: 10px; font-size: 0.85em;}
 body:has(#card[data-sid=""]) :is(#btn-keep, #btn-exclude, #btn-zoom, #btn-batch) {opacity: .45; pointer-events: none;}
 """

@@ -99,7 +99,7 @@ def review_tab(c) -> None:
         with gr.Tab("Grid", id="grid-mode") as c.grid_tab:
             _grid_mode(c)
     # hidden plumbing: one route for every card decision (also the API: /decide)
-    with gr.Row(visible="hidden"):
+    with gr.Row(elem_id="review-plumbing"):  # hidden by CSS (a Row's visible="hidden" showed it): scripts click it
         c.act_sid = gr.Textbox(elem_id="act-sid")
         c.act_ver = gr.Number(0, precision=0, elem_id="act-ver")
         c.act_what = gr.Textbox(elem_id="act-action")
