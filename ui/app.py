@@ -37,7 +37,7 @@ from .views import (
 from .workspace import Workspace, Workspaces
 
 __all__ = ["CSS", "GRID_HELP", "KEYBOARD_JS", "KEYS_HELP", "MAP_COLOURS", "MAP_JS", "STATUSES", "USER_ERRORS",
-           "batch_line", "build_app", "card_html", "decision_line", "file_url", "grid_html", "job_controls",
+           "batch_line", "build", "card_html", "decision_line", "file_url", "grid_html", "job_controls",
            "launch", "map_html", "parse_bound", "plot_frames", "progress_html", "recent_html",
            "train_summary_md", "undo_line"]
 
@@ -156,11 +156,6 @@ def wire_jobs(h: ReviewHandlers) -> None:
                                         c.train_prog, c.curve_plot, c.train_summary, c.confusion, c.f_class,
                                         c.clean_plot])
     c.tabs.select(h.show_card, [c.session, c.client], card_outputs(c))
-
-
-def build_app(reg: Workspaces) -> gr.Blocks:
-    """The Blocks app (without the lean key route: see :func:`build`)."""
-    return build(reg)[0]
 
 
 def build(reg: Workspaces) -> tuple[gr.Blocks, ReviewHandlers]:

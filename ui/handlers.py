@@ -6,6 +6,7 @@ depends on the position of an output in a list."""
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import uuid
 from types import SimpleNamespace
@@ -57,7 +58,7 @@ class Handlers:
         self.reg, self.s, self.c = reg, reg.settings, c
         self.seen: dict[str, tuple[int, str]] = {}
         self.audit_seen: dict[str, tuple[int, str]] = {}
-        self.renders = 0
+        self.renders = itertools.count(1)  # serials of Gradio renders (next() is atomic: handlers run on threads)
 
     # ------------------------------------------------------------------ sessions
     def session_ws(self, sid: str) -> Workspace:
@@ -286,23 +287,24 @@ class ReviewHandlers(Handlers):
         item = item if item is not None else q.current()
         q.save_place()
         pos = q.position(item) + 1 if item is not None else 0
-        n = self.serial()
-        out = {c.card: v.card_html(ws, item) + n, c.counter: v.live("counter-live", v.counter_html(
-               ws.store.count(), pos, q.size())) + n, c.review_msg: v.live("msg-live", msg) + n, c.zoom_box: n}
+        out = self.card_outputs(v.card_html(ws, item), v.counter_html(ws.store.count(), pos, q.size()), msg)
         if dd is not None:
             out[c.relabel_dd] = dd
         return out
 
     def empty(self, exc: Exception) -> dict:
-        c = self.c
-        n = self.serial()
-        return {c.card: v.card_html(None, None) + n, c.counter: v.live("counter-live", "") + n,
-                c.relabel_dd: gr.update(), c.review_msg: v.live("msg-live", v.err_html(exc)) + n, c.zoom_box: n}
+        return self.card_outputs(v.card_html(None, None), "", v.err_html(exc)) | {self.c.relabel_dd: gr.update()}
+
+    def card_outputs(self, card: str, counter: str, msg: str) -> dict:
+        """Card, counter (in ``#counter-live``), message (in ``#msg-live``) and a cleared zoom box, each ending
+        in this render's serial comment (see the class docstring)."""
+        c, n = self.c, self.serial()
+        return {c.card: card + n, c.counter: v.live("counter-live", counter) + n,
+                c.review_msg: v.live("msg-live", msg) + n, c.zoom_box: n}
 
     def serial(self) -> str:
         """A new ``<!--r<n>-->`` for one Gradio render (see the class docstring)."""
-        self.renders += 1
-        return f"<!--r{self.renders}-->"
+        return f"<!--r{next(self.renders)}-->"
 
     def show_card(self, sid, cid, request: gr.Request):
         try:
@@ -364,10 +366,9 @@ class ReviewHandlers(Handlers):
             out = self.nav(NAV_OPS[op])(session, client, req)
         else:
             raise ValueError(f"unknown review op {op!r}")
-        c = self.c
-        bare = {k: str(out[comp]).rsplit("<!--r", 1)[0] for k, comp in  # no serial: the script swaps HTML
-                (("card", c.card), ("counter", c.counter), ("msg", c.review_msg))}
-        return bare | {"result": out.get(c.act_result, "")}
+        c = self.c  # the script takes #card, #counter-live and #msg-live out of these; the serial is ignored
+        return {"card": out[c.card], "counter": out[c.counter], "msg": out[c.review_msg],
+                "result": out.get(c.act_result, "")}
 
     @staticmethod
     def do_undo(q: ReviewQueue) -> str:
