@@ -30,8 +30,9 @@ CHUNK = 1024
 
 
 def process_workers() -> int:
-    """Worker processes: one per core, at most 8 (as the decoder threads). Each decodes one image at a
-    time, so together they hold at most 8 images of at most ``MAX_PIXELS`` each."""
+    """Workers for per-image work, processes here and the store reader's decoder threads alike: one per
+    core, at most 8. A worker process decodes one image at a time, so together they hold at most 8 images
+    of at most ``MAX_PIXELS`` each."""
     return max(1, min(8, os.cpu_count() or 1))
 
 

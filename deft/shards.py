@@ -77,11 +77,6 @@ SHARD_SIZE = 4096  # images per shard: ~80 MB at 224 px
 SCHEMA = pa.schema([("key", pa.string()), ("jpeg", pa.binary())])
 
 
-def default_workers() -> int:
-    """Decoder threads: one per core, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 def _shard_name(index: int, paths: Sequence[str | Path | Image.Image], size: int, quality: int) -> str:
     h = hashlib.sha1(f"v{FORMAT_VERSION}\0{size}\0{quality}\0{content_key(paths)}".encode())
     return f"{index:06d}-{h.hexdigest()[:20]}.arrow"
@@ -148,7 +143,7 @@ def build_shards(
     directory = Path(directory)
     n = len(paths)
     names = [_shard_name(i // shard_size, paths[i : i + shard_size], size, quality) for i in range(0, n, shard_size)]
-    workers = workers or default_workers()
+    workers = workers or process_workers()
     missing = [
         s for s, name in enumerate(names) if not _valid_shard(directory / name, min(shard_size, n - s * shard_size))
     ]
@@ -283,7 +278,7 @@ class ShardImages:
         self, files: list[Path], n: int, size: int, shard_size: int, workers: int | None = None, max_open: int = 8
     ) -> None:
         self.files, self.n, self.size, self.shard_size = list(files), n, size, shard_size
-        self.workers = workers or default_workers()
+        self.workers = workers or process_workers()
         self.max_open = max_open
         self._open: OrderedDict[int, pa.BinaryArray] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
