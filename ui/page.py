@@ -51,7 +51,6 @@ KEYBOARD_JS = """
         swap('msg-live', d.msg);
         const z = document.getElementById('zoom');
         if (z) { z.hidden = true; z.removeAttribute('id'); }
-        window.deftLastResult = d.result;
       }
     } finally { leanBusy = false; }
   };
