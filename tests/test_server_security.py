@@ -7,12 +7,14 @@ import json
 import os
 import re
 import stat
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from deft.store import ReviewStore
 from tests.browser.conftest import Server
@@ -121,6 +123,73 @@ def test_lean_key_route_needs_login_and_records_the_logged_in_user(secured, tmp_
     assert status == 200 and json.loads(got["result"])["status"] == "stale", got
     assert len(store.log()) == n and store.sample(sid)["status"] == "kept"
     assert post_json(route, {"op": "rm -rf"}, cookie)[0] == 400
+
+
+def queue_call(server: Server, cookie: str, button: str, data: list, timeout: float = 30) -> str:
+    """Click the button with ``elem_id == button`` the way the page does (``/gradio_api/queue/join`` with its
+    event's fn_index, private events included) and return the event's first output (or its error)."""
+    _, config, _ = request(server.url + "config", headers={"Cookie": cookie})
+    cfg = json.loads(config)
+    target = next(c["id"] for c in cfg["components"] if c.get("props", {}).get("elem_id") == button)
+    dep = next(d for d in cfg["dependencies"] if [target, "click"] in d["targets"] and d.get("backend_fn"))
+    session = f"s{time.monotonic_ns()}"
+    body = {"data": data, "fn_index": dep["id"], "trigger_id": target, "session_hash": session, "event_data": None}
+    req = urllib.request.Request(server.url + "gradio_api/queue/join", json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Cookie": cookie})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        assert r.status == 200
+    url = server.url + f"gradio_api/queue/data?session_hash={session}"
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=timeout) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line.removeprefix("data:"))
+            if msg.get("msg") == "process_completed":
+                out = msg.get("output") or {}
+                return str((out.get("data") or [out.get("error")])[0])
+    raise AssertionError("the event never completed")
+
+
+def outside_image(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 10), (200, 10, 10)).save(folder / "private_photo.png")
+    return folder / "private_photo.png"
+
+
+@slow
+def test_zoom_serves_only_samples_of_the_dataset(secured, cifar_small, tmp_path):
+    """The zoom event takes the sample id from the client: an absolute path, an id climbing out of the root,
+    a missing file or a FIFO are refused with one sentence (which never says whether the path exists), nothing
+    is copied into the thumbnail cache, and a FIFO does not block the zooms after it."""
+    _, cookie = login_cookie(secured, "alice", "s3cret-pw")
+    thumbs = Path(secured.args[secured.args.index("--runs") + 1]) / ".thumbs"
+    sample = next(p for p in sorted(cifar_small.rglob("*.jpg")))
+    good = queue_call(secured, cookie, "btn-zoom", ["", "zoom-client", sample.relative_to(cifar_small).as_posix()])
+    assert "/gradio_api/file=" in good and "full resolution" in good  # the dataset's own samples still zoom
+    private = outside_image(tmp_path / "outside")
+    fifo = tmp_path / "outside" / "fifo.png"
+    os.mkfifo(fifo)
+    inside_fifo = cifar_small / "not-a-sample.png"
+    os.mkfifo(inside_fifo)
+    try:
+        before = sorted(p.name for p in thumbs.rglob("*.png"))
+        hostile = [str(private), os.path.relpath(private, cifar_small), str(tmp_path / "outside" / "missing.png"),
+                   os.path.relpath(tmp_path / "outside" / "missing.png", cifar_small), str(fifo),
+                   inside_fifo.name, "/etc/passwd"]
+        answers = set()
+        for sid in hostile:
+            t0 = time.monotonic()
+            got = queue_call(secured, cookie, "btn-zoom", ["", "zoom-client", sid], timeout=20)
+            assert time.monotonic() - t0 < 15, sid
+            assert "/gradio_api/file=" not in got and "private_photo" not in got, (sid, got)
+            answers.add(re.sub(r"<!--r\d+-->", "", got))
+        assert len(answers) == 1 and "not in this dataset" in answers.pop()  # one neutral sentence for all
+        assert sorted(p.name for p in thumbs.rglob("*.png")) == before  # nothing copied
+        assert "/gradio_api/file=" in queue_call(secured, cookie, "btn-zoom", ["", "zoom-client",
+                                                 sample.relative_to(cifar_small).as_posix()])
+    finally:
+        inside_fifo.unlink()
 
 
 @slow

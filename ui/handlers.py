@@ -12,10 +12,10 @@ import uuid
 from types import SimpleNamespace
 
 import gradio as gr
-from PIL import Image
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
 from deft.errors import DataError, ModelLoadError, ReviewError, RunError
+from deft.imageio import open_image
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
 from deft.thumbs import thumbnail_file
@@ -405,12 +405,15 @@ class ReviewHandlers(Handlers):
             c.f_order: next((k for k, o in ORDERS.items() if o == (f.order or "margin")), "DEFT margin")}
 
     def zoom(self, sid, cid, shown_id, request: gr.Request):
-        """The card on screen at its full resolution (a content-addressed copy; the data root is never served)."""
+        """The card on screen at its full resolution (a content-addressed copy; the data root is never served).
+
+        The id comes from the client: only a sample of the loaded dataset is opened (:meth:`Workspace.sample_path`).
+        """
         try:
             ws, q = self.queue_of(sid, cid, request)
             sample = str(shown_id or q.anchor or "")
-            path = ws.dataset.root / sample
-            with Image.open(path) as im:
+            path = ws.sample_path(sample)
+            with open_image(path, ws.dataset.root) as im:  # a regular file inside the root, pixels capped
                 w, h = im.size
             src = v.file_url(thumbnail_file(path, max(w, h), ws.thumbs))
         except (*USER_ERRORS, OSError) as exc:

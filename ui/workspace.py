@@ -29,6 +29,7 @@ from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.device import pick_device
 from deft.embeddings import embeddings_path
+from deft.errors import ReviewError
 from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
@@ -65,6 +66,7 @@ class Workspace:
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
+    _ids: tuple[Dataset, frozenset[str]] | None = None  # (dataset, its sample ids): what a client may name
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -89,6 +91,19 @@ class Workspace:
             if runs:
                 self.attach(Run.open(runs[-1]))
         return ds
+
+    def sample_path(self, sample_id: str) -> Path:
+        """The file of ``sample_id``, a sample of the loaded dataset; any other id (a path, ``../x``, an id of
+        another dataset) is refused with the same sentence whether or not such a file exists."""
+        ds = self.dataset
+        if ds is None:
+            raise RuntimeError("load a dataset first")
+        ids = self._ids
+        if ids is None or ids[0] is not ds:
+            ids = self._ids = (ds, frozenset(ds.samples["id"].astype(str)))
+        if sample_id not in ids[1]:
+            raise ReviewError("That sample is not in this dataset.")
+        return Path(ds.root) / sample_id
 
     def _import(self, source: str, root: str | None) -> Dataset:
         if self.datasets is None:
