@@ -82,6 +82,22 @@ class RealPaths:
         return ok
 
 
+def read_regular(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bytes:
+    """The bytes of ``path`` if it is a regular file (inside ``root`` when given), else :class:`ImageProblem`.
+
+    The type is checked on the open descriptor (opened non-blocking): a FIFO or device swapped in after
+    :func:`regular_file_problem` looked is refused, never read (a FIFO would block the reader forever).
+    """
+    why = regular_file_problem(path, root)
+    if why:
+        raise ImageProblem(why)
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageProblem("not a regular file (FIFO, socket or device; not opened)")
+        return f.read()
+
+
 def too_large(im: Image.Image, max_pixels: int = MAX_PIXELS) -> str | None:
     """The import-report reason if ``im`` (header only, not decoded) has more than ``max_pixels`` pixels."""
     w, h = im.size

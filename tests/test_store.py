@@ -286,3 +286,29 @@ def test_thumbnails_are_immutable_content_addressed_files(tmp_path):
     assert changed != first and first.is_file() and first.stat().st_mtime_ns == st.st_mtime_ns
     assert thumbnail_file(src, 32, tmp_path / "cache") != changed  # the size is part of the name
     assert not list((tmp_path / "cache").rglob(".tmp-*"))  # no temporary files left behind
+
+
+def test_thumbnail_of_a_sample_replaced_by_a_fifo_is_refused_not_blocked(tmp_path):
+    """A dataset image swapped for a FIFO after the import (the card, grid, gallery and zoom all make
+    thumbnails of dataset files): refused at once with the import's reason, the caller never blocks."""
+    import os
+
+    from deft.errors import DataError
+    from deft.thumbs import thumbnail_file
+
+    fifo = tmp_path / "cat" / "img.png"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    got: list = []
+
+    def zoom():
+        try:
+            thumbnail_file(fifo, 64, tmp_path / "cache")
+        except DataError as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=zoom, daemon=True)  # daemon: a blocked reader must not hang the test run
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "thumbnail_file blocked on a FIFO"
+    assert got and "not a regular file" in str(got[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from deft.errors import DataError
 from deft.thumbs import thumbnail_file
 
 from . import views
@@ -28,7 +29,7 @@ def evidence_html(ws: Workspace, item: dict | None, k: int = 4) -> str:
         for n in near:
             try:
                 src = views.file_url(thumbnail_file(Path(ws.dataset.root) / n.sample_id, 96, ws.thumbs))
-            except OSError:
+            except (OSError, DataError):
                 continue
             name = html.escape(n.sample_id)
             tiles.append(f'<figure><img src="{src}" alt="{name}" title="{name}">'

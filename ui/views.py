@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
+from deft.errors import DataError
 from deft.monitor import planted_line
 from deft.review import group_title, suggestions
 from deft.store import BatchResult, Decision
@@ -144,7 +145,7 @@ def card_html(ws, item: dict | None) -> str:
         try:
             src = file_url(thumbnail_file(ws.dataset.root / sid, 300, ws.thumbs))
             img = f'<img class="main" id="card-img" alt="{html.escape(sid)}" src="{src}">'
-        except OSError as exc:
+        except (OSError, DataError) as exc:  # DataError: not a regular file, too many pixels
             img = f"<p>image unreadable: {html.escape(str(exc))}</p>"
     btns = []
     sugg = suggestions(item)
