@@ -192,6 +192,68 @@ def test_zoom_serves_only_samples_of_the_dataset(secured, cifar_small, tmp_path)
         inside_fifo.unlink()
 
 
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory, tiny_clip_dir, cifar_small):
+    """The app as most people run it: no --auth."""
+    tmp = tmp_path_factory.mktemp("open")
+    server = Server(["--data", str(cifar_small), "--model", str(tiny_clip_dir), "--runs", str(tmp / "runs")],
+                    tmp / "server.log").start()
+    yield server
+    server.stop()
+
+
+def raw(server: Server, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(server.url + path.lstrip("/"), data=body or None, method=method,
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+def multipart(name: str, size: int) -> tuple[bytes, dict]:
+    boundary = "deftboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    body += b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@slow
+def test_uploads_refused_and_other_sites_cannot_post(open_server, secured):
+    """No upload component: /gradio_api/upload is refused (it filled the disk without limit), with or without a
+    login; a page on another site can neither post to the app nor read it (Sec-Fetch-Site / Origin), while the
+    app's own page (same origin), a link to it (navigation) and non-browser clients still work."""
+    body, headers = multipart("big.bin", 200_000)
+    for server in (open_server, secured):
+        status, text = raw(server, "POST", "/gradio_api/upload", body, headers)
+        assert status == 403 and "no file uploads" in text, (status, text)
+    _, cookie = login_cookie(secured, "alice", "s3cret-pw")
+    status, _ = raw(secured, "POST", "/gradio_api/upload", body, {**headers, "Cookie": cookie})
+    assert status == 403
+    own = f"http://127.0.0.1:{open_server.port}"
+    decide = json.dumps({"data": ["x-session", "x-client", "no-such-sample", 0, "keep", ""]}).encode()
+    js = {"Content-Type": "application/json"}
+    for hostile in ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"},
+                    {"Origin": "http://localhost:8000", "Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"},
+                    {"Origin": "http://evil.example"}, {"Origin": "null"}):
+        for path in ("/gradio_api/call/decide", "/deft/act", "/gradio_api/queue/join"):
+            status, text = raw(open_server, "POST", path, decide, {**js, **hostile})
+            assert status == 403 and "another site" in text, (path, hostile, status, text)
+    status, _ = raw(open_server, "GET", "/config", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors",
+                                                            "Origin": "http://localhost:8000"})
+    assert status == 403  # Gradio's CORS would let any localhost page read the config (paths)
+    status, _ = raw(secured, "POST", "/deft/act", json.dumps({"op": "next"}).encode(),
+                    {**js, "Cookie": cookie, "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert status == 403  # a login cookie does not make another site's request the reviewer's
+    assert raw(open_server, "POST", "/gradio_api/call/decide", decide,
+               {**js, "Origin": own, "Sec-Fetch-Site": "same-origin"})[0] == 200
+    assert raw(open_server, "POST", "/gradio_api/call/decide", decide, js)[0] == 200  # curl, the Python client
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    assert raw(open_server, "GET", "/", headers=link)[0] == 200
+
+
 @slow
 def test_host_header_checked_on_loopback(secured):
     port = secured.port

@@ -16,6 +16,7 @@ from . import tabs
 from .handlers import NAV_OPS, USER_ERRORS, ReviewHandlers
 from .lean import act_route
 from .page import CSS, KEYBOARD_JS, MAP_JS
+from .security import MAX_UPLOAD
 from .tabs import STATUSES, job_controls
 from .views import (
     GRID_HELP,
@@ -203,5 +204,5 @@ def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 786
     app_kwargs = extra.pop("app_kwargs", {})
     app_kwargs = {**app_kwargs, "routes": [*app_kwargs.get("routes", []), act_route(h)]}
     demo.launch(server_name=host, server_port=port, auth=auth, share=share, css=CSS, head=KEYBOARD_JS + MAP_JS,
-                ssr_mode=False, show_error=True, inbrowser=False, app_kwargs=app_kwargs,
+                ssr_mode=False, show_error=True, inbrowser=False, app_kwargs=app_kwargs, max_file_size=MAX_UPLOAD,
                 allowed_paths=[str(thumbs), *extra.pop("allowed_paths", [])], **extra)

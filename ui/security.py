@@ -11,7 +11,13 @@ to Gradio's FastAPI app through ``launch(app_kwargs=...)``, that
 * lets an unauthenticated client fetch only the login page (with the API description
   blanked), its static assets and ``POST /login``; everything else is 401;
 * refuses ``POST /login`` with 429 after ``max_failures`` wrong passwords from one client
-  within ``window_s`` seconds.
+  within ``window_s`` seconds;
+* refuses (403) a request a browser marks as coming from another site (``Sec-Fetch-Site``, or an
+  ``Origin`` that is not this server), except a plain navigation to a page: with or without a login,
+  no other site's page can post to the app or read from it (Gradio's own CORS lets every localhost
+  origin read, and without ``--auth`` nothing else stands in the way);
+* refuses ``/gradio_api/upload`` (403, before reading the body): the app has no upload component,
+  so the route only served to fill the disk (``launch`` also caps Gradio's upload size).
 """
 
 from __future__ import annotations
@@ -32,12 +38,16 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 LOOPBACK_BINDS = {"127.0.0.1", "localhost", "::1"}
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/favicon.ico", "/theme.css", "/gradio_api/theme.css",
                    "/manifest.json", "/robots.txt", "/pwa_icon", "/gradio_api/startup-events")
 LOGIN_PATHS = {"/login", "/login/"}
+UPLOAD_PATHS = {"/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/"}
+SAFE_METHODS = {"GET", "HEAD"}
+MAX_UPLOAD = "1mb"  # Gradio's max_file_size: a bound should an upload component ever be added
 PAGE_PATHS = {"/", ""}
 API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
 BLANK_API_INFO = b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};</script>'
@@ -99,6 +109,19 @@ def header(scope: dict, name: bytes) -> str | None:
     return None
 
 
+def cross_site(scope: dict) -> bool:
+    """True for a request a browser sent on behalf of another site's page (a top-level navigation to a
+    page excepted: a link to the app must open it). Clients that are not browsers send neither header."""
+    navigate = scope.get("method") in SAFE_METHODS and header(scope, b"sec-fetch-mode") == "navigate"
+    fetch_site = header(scope, b"sec-fetch-site")
+    if fetch_site is not None and fetch_site not in {"same-origin", "none"} and not navigate:
+        return True
+    origin = header(scope, b"origin")
+    if origin is None or navigate:
+        return False
+    return urlsplit(origin).netloc.lower() != (header(scope, b"host") or "").lower()  # "null" is never this host
+
+
 def is_public(path: str) -> bool:
     return path.startswith(PUBLIC_PREFIXES)
 
@@ -157,10 +180,12 @@ async def _reply(send, status: int, text: str) -> None:
 
 
 class Guard:
-    """ASGI middleware: Host check, login on every route, login rate limit (see the module docstring)."""
+    """ASGI middleware: Host check, cross-site and upload refusal, login on every route, login rate limit
+    (see the module docstring)."""
 
-    def __init__(self, app, *, auth: bool, hosts: frozenset[str] | None, limiter: LoginLimiter | None = None) -> None:
-        self.app, self.auth, self.hosts = app, auth, hosts
+    def __init__(self, app, *, auth: bool, hosts: frozenset[str] | None, limiter: LoginLimiter | None = None,
+                 uploads: bool = False) -> None:
+        self.app, self.auth, self.hosts, self.uploads = app, auth, hosts, uploads
         self.limiter = limiter or LoginLimiter()
 
     async def __call__(self, scope: dict, receive, send) -> None:
@@ -170,6 +195,13 @@ class Guard:
             if scope["type"] == "websocket":
                 return await send({"type": "websocket.close", "code": 1008})
             return await _reply(send, 400, "Bad Host header: open the app as http://127.0.0.1:<port>/.")
+        if cross_site(scope):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await _reply(send, 403, "Refused: a request from another site's page. Open the app at its own "
+                                           "address.")
+        if not self.uploads and scope["path"] in UPLOAD_PATHS:
+            return await _reply(send, 403, "This app takes no file uploads.")
         if not self.auth or is_public(scope["path"]):
             return await self.app(scope, receive, send)
         if scope["path"] in LOGIN_PATHS and scope.get("method") == "POST":
