@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 import time
 import urllib.error
@@ -252,6 +253,33 @@ def test_uploads_refused_and_other_sites_cannot_post(open_server, secured):
     assert raw(open_server, "POST", "/gradio_api/call/decide", decide, js)[0] == 200  # curl, the Python client
     link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
     assert raw(open_server, "GET", "/", headers=link)[0] == 200
+
+
+def send_raw(server: Server, head: str, body: bytes, timeout: float = 10) -> str:
+    """Send a request's head and only ``body`` (however long the head says the body is); the first answer line."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(head.encode() + body)
+        try:
+            return sock.recv(4096).decode("latin-1").split("\r\n", 1)[0]
+        except TimeoutError:
+            return "no answer: the server waits for the rest of the body"
+
+
+@slow
+def test_lean_route_refuses_an_oversized_body_before_reading_it(secured):
+    """A 400 MB body to /deft/act was read whole before the 413 (server memory +700 MB): the Content-Length
+    alone now refuses it, and a chunked body with no length is refused once 64 KB have streamed in; neither
+    waits for the rest of the body."""
+    _, cookie = login_cookie(secured, "alice", "s3cret-pw")
+    base = (f"POST /deft/act HTTP/1.1\r\nHost: 127.0.0.1:{secured.port}\r\nCookie: {cookie}\r\n"
+            "Content-Type: application/json\r\n")
+    first = send_raw(secured, base + "Content-Length: 400000000\r\n\r\n", b'{"op": "next", "pad": "' + b"x" * 1000)
+    assert " 413 " in first, first
+    chunk = b"%x\r\n" % 4096 + b"x" * 4096 + b"\r\n"
+    first = send_raw(secured, base + "Transfer-Encoding: chunked\r\n\r\n", chunk * 20)  # 80 KB, no last chunk
+    assert " 413 " in first, first
+    status, got = post_json(secured.url + "deft/act", {"op": "next", "client": "c1"}, cookie)
+    assert status == 200 and "card" in got  # a key press still answers
 
 
 @slow

@@ -25,15 +25,31 @@ PATH = "/deft/act"
 MAX_BODY = 64 * 1024
 
 
+async def bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to exceed ``limit`` bytes: by its Content-Length
+    before anything is read, else by the bytes counted while it streams in (never more than ``limit`` held)."""
+    length = request.headers.get("content-length", "")
+    if length.strip().isdigit() and int(length) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def act_route(h: ReviewHandlers) -> Route:
     """The route, bound to this app's handlers."""
 
     async def act(request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return JSONResponse({"error": "send JSON (Content-Type: application/json)"}, status_code=415)
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            return JSONResponse({"error": "request too large"}, status_code=413)
+        raw = await bounded_body(request, MAX_BODY)
+        if raw is None:
+            return JSONResponse({"error": f"request too large (a key press is under {MAX_BODY // 1024} KB)"},
+                                status_code=413)
         try:
             body = json.loads(raw)
             if not isinstance(body, dict):
