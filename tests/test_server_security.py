@@ -282,6 +282,53 @@ def test_lean_route_refuses_an_oversized_body_before_reading_it(secured):
     assert status == 200 and "card" in got  # a key press still answers
 
 
+def gradio_call(server: Server, api: str, body: bytes, cookie: str) -> tuple[int, str]:
+    """POST /gradio_api/call/<api> as the Python client does; the status and, if it queued, the event stream."""
+    status, text = raw(server, "POST", f"/gradio_api/call/{api}", body,
+                       {"Content-Type": "application/json", "Cookie": cookie})
+    if status != 200:
+        return status, text
+    return status, raw(server, "GET", f"/gradio_api/call/{api}/{json.loads(text)['event_id']}",
+                       headers={"Cookie": cookie})[1]
+
+
+@slow
+def test_malformed_json_values_get_a_400_with_a_sentence_and_no_traceback(secured):
+    """``1e400``, ``NaN``, ``[1]``, ``null`` where a number or an object belongs, to the lean route and to the
+    Gradio API (decide, grid_decide): a 400 (or the action's own error result) with a sentence; the server log
+    gets no traceback, and a well-formed action still applies."""
+    _, cookie = login_cookie(secured, "alice", "s3cret-pw")
+    tracebacks = secured.log.read_text().count("Traceback")
+    act = secured.url + "deft/act"
+    js = {"Content-Type": "application/json", "Cookie": cookie}
+    for body in (b'{"op": "act", "sample_id": "x", "version": 1e400, "action": "keep"}',
+                 b'{"op": "act", "sample_id": "x", "version": [1], "action": "keep"}',
+                 b'{"op": "act", "sample_id": "x", "version": NaN, "action": "keep"}',
+                 b'{"op": "act", "sample_id": ["x"], "version": 1, "action": "keep"}',
+                 b'{"op": 5}', b"[1]", b"null", b"[" * 50_000, b'{"op": "next", "client": "\xff"}'):
+        status, text = raw(secured, "POST", "/deft/act", body, js)
+        assert status == 400, (body[:60], status, text)
+        assert text.startswith("{") and json.loads(text)["error"].endswith("."), text
+    for body in (b"null", b'{"data": null}', b'{"data": ["", "c", "x", 1e400, "keep", ""]}', b"[1]"):
+        status, text = gradio_call(secured, "decide", body, cookie)
+        assert status == 400 and text.endswith("."), (body, status, text)
+    status, text = raw(secured, "POST", "/gradio_api/run/decide", b'{"data": ["", "c", "x", 1e400, "keep", ""]}', js)
+    assert status == 400, (status, text)  # was a 500 from Gradio's Number preprocessing
+    for version in (b"[1]", b"null", b'"3; drop"'):
+        body = b'{"data": ["", "c", "x", ' + version + b', "keep", ""]}'
+        status, text = gradio_call(secured, "decide", body, cookie)
+        assert status == 200 and "event: complete" in text and "whole number" in text, (version, text[:400])
+    status, text = gradio_call(secured, "grid_decide", json.dumps(
+        {"data": ["", "c", '[["x", 1e400]]', "keep", None, 0]}).encode(), cookie)
+    assert "event: complete" in text and "whole number" in text, text[:400]
+    status, got = post_json(act, {"op": "pending", "client": "c5"}, cookie)
+    sid, ver = card_of(got["card"])
+    status, got = post_json(act, {"op": "act", "client": "c5", "sample_id": sid, "version": ver,
+                                  "action": "exclude"}, cookie)
+    assert status == 200 and json.loads(got["result"])["status"] == "applied", got
+    assert secured.log.read_text().count("Traceback") == tracebacks, secured.log.read_text()[-3000:]
+
+
 @slow
 def test_host_header_checked_on_loopback(secured):
     port = secured.port

@@ -29,6 +29,29 @@ GRID_PAGE = 36
 GRID_VERBS = {"accept": "Accepted", "keep": "Kept", "exclude": "Excluded"}
 
 
+def version_of(value) -> int:
+    """A decision's version as a client sent it (a JSON number, or the text of the hidden version field);
+    anything but a whole number from 0 up (``1e400``, ``[1]``, ``null``, ``"3; x"``) is refused with a sentence."""
+    if isinstance(value, str):
+        value = value.strip()
+        value = int(value) if value.isdigit() and len(value) < 19 else value
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ReviewError("The version must be a whole number (the data-ver of the card the action is for).")
+    return value
+
+
+def text_of(body: dict, key: str) -> str:
+    """The text field ``key`` of a lean request (absent or null: ""); a number, list or object is refused."""
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ReviewError(f"{key} must be text.")
+    return value
+
+
 def user_of(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "local") if request is not None else "local"
 
@@ -327,7 +350,7 @@ class ReviewHandlers(Handlers):
             return {res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})} | self.empty(exc)
         dd = gr.update(value=None) if action == "relabel" else None  # the field clears for the next card
         try:
-            d = q.act(str(sample_id), int(version), str(action), label or None)
+            d = q.act(str(sample_id), version_of(version), str(action), label or None)
         except StaleError as exc:
             msg = (f"ignored a key press: {exc}" if exc.client == q.client else f"{exc}; here is its current state")
             return ({res: json.dumps({"status": "stale", "sample_id": sample_id, "message": str(exc)})}
@@ -357,11 +380,11 @@ class ReviewHandlers(Handlers):
         Runs the same handler as the Gradio event and returns its card outputs as
         ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "").
         """
-        op, req = str(body.get("op") or ""), SimpleNamespace(username=user)
-        session, client = str(body.get("session") or ""), str(body.get("client") or "")
+        op, req = text_of(body, "op"), SimpleNamespace(username=user)
+        session, client = text_of(body, "session"), text_of(body, "client")
         if op == "act":
-            out = self.decide(session, client, str(body.get("sample_id") or ""), body.get("version") or 0,
-                              str(body.get("action") or ""), str(body.get("label") or ""), req)
+            out = self.decide(session, client, text_of(body, "sample_id"), version_of(body.get("version", 0)),
+                              text_of(body, "action"), text_of(body, "label"), req)
         elif op in NAV_OPS:
             out = self.nav(NAV_OPS[op])(session, client, req)
         else:
@@ -469,7 +492,10 @@ class ReviewHandlers(Handlers):
                    request: gr.Request):
         try:
             _, q = self.queue_of(sid, cid, request)
-            items = [(str(a), int(b)) for a, b in json.loads(selection or "[]")]
+            items = json.loads(selection or "[]")
+            if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 2 for i in items):
+                raise ReviewError("The selection must be a list of [sample id, version] pairs.")
+            items = [(str(a), version_of(b)) for a, b in items]
             if not items:
                 raise ReviewError("select one or more tiles first (click, or arrows + space)")
             res = q.apply_many(items, action, label or None)

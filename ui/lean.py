@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .handlers import USER_ERRORS, ReviewHandlers
-from .security import scope_user
+from .security import json_problem, scope_user
 
 PATH = "/deft/act"
 MAX_BODY = 64 * 1024
@@ -50,12 +50,12 @@ def act_route(h: ReviewHandlers) -> Route:
         if raw is None:
             return JSONResponse({"error": f"request too large (a key press is under {MAX_BODY // 1024} KB)"},
                                 status_code=413)
+        why = json_problem(raw)
+        if why:
+            return JSONResponse({"error": why}, status_code=400)
         try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            out = await to_thread.run_sync(h.lean, body, scope_user(request.scope))
-        except (*USER_ERRORS, json.JSONDecodeError) as exc:
+            out = await to_thread.run_sync(h.lean, json.loads(raw), scope_user(request.scope))
+        except USER_ERRORS as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(out, headers={"Cache-Control": "no-store"})
 

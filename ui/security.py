@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -47,6 +48,7 @@ PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/favicon.ico", "/theme.c
 LOGIN_PATHS = {"/login", "/login/"}
 UPLOAD_PATHS = {"/gradio_api/upload", "/gradio_api/upload/", "/upload", "/upload/"}
 SAFE_METHODS = {"GET", "HEAD"}
+MAX_API_BODY = 1024 * 1024  # a JSON call to the Gradio API (the largest: a grid page's selection, a few KB)
 MAX_UPLOAD = "1mb"  # Gradio's max_file_size: a bound should an upload component ever be added
 PAGE_PATHS = {"/", ""}
 API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
@@ -120,6 +122,52 @@ def cross_site(scope: dict) -> bool:
     if origin is None or navigate:
         return False
     return urlsplit(origin).netloc.lower() != (header(scope, b"host") or "").lower()  # "null" is never this host
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in {float("inf"), float("-inf")}:
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def json_problem(raw: bytes) -> str | None:
+    """Why ``raw`` is not a request body the app takes (a JSON object of finite numbers, ``data`` a list), as a
+    sentence for a 400; None if it is."""
+    try:
+        body = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        return "The request's JSON is nested too deeply."
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, the two refusals above
+        return f"The request is not valid JSON ({str(exc).split(':')[0]})."
+    if not isinstance(body, dict):
+        return "The request's JSON must be an object ({...})."
+    if "data" in body and not isinstance(body["data"], list):
+        return "The request's \"data\" must be a list of the event's input values."
+    return None
+
+
+async def _bounded(scope: dict, receive, limit: int) -> bytes | None:
+    """The request body from ``receive``, or None once it is known to exceed ``limit`` bytes (Content-Length
+    first, then the bytes streamed in)."""
+    length = header(scope, b"content-length") or ""
+    if length.strip().isdigit() and int(length) > limit:
+        return None
+    chunks, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return b"".join(chunks)
+        chunks.append(msg.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        if not msg.get("more_body"):
+            return b"".join(chunks)
 
 
 def is_public(path: str) -> bool:
@@ -203,16 +251,41 @@ class Guard:
         if not self.uploads and scope["path"] in UPLOAD_PATHS:
             return await _reply(send, 403, "This app takes no file uploads.")
         if not self.auth or is_public(scope["path"]):
-            return await self.app(scope, receive, send)
+            return await self.forward(scope, receive, send)
         if scope["path"] in LOGIN_PATHS and scope.get("method") == "POST":
             return await self._login(scope, receive, send)
         if logged_in(scope):
-            return await self.app(scope, receive, send)
+            return await self.forward(scope, receive, send)
         if scope["path"] in PAGE_PATHS and scope.get("method") in {"GET", "HEAD"}:
             return await self._login_page(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
         return await _reply(send, 401, "Not authenticated: log in first.")
+
+    async def forward(self, scope: dict, receive, send) -> None:
+        """Pass the request on; a JSON call to the Gradio API first has its body read (bounded) and checked by
+        :func:`json_problem`: a non-finite number, a body that is no object, ``data`` that is no list get a 400
+        with a sentence here instead of a 500 and a traceback from Gradio's input processing."""
+        ctype = (header(scope, b"content-type") or "application/json").split(";")[0].strip().lower()
+        if (scope["type"] != "http" or scope.get("method") != "POST" or not scope["path"].startswith("/gradio_api/")
+                or not ctype.endswith("json")):
+            return await self.app(scope, receive, send)
+        body = await _bounded(scope, receive, MAX_API_BODY)
+        if body is None:
+            return await _reply(send, 413, f"Request too large (the app's API takes under {MAX_API_BODY >> 20} MB).")
+        why = json_problem(body)
+        if why:
+            return await _reply(send, 400, why)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # only a disconnect is left to wait for
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _login(self, scope: dict, receive, send) -> None:
         client = (scope.get("client") or ("?", 0))[0]

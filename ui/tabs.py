@@ -101,7 +101,7 @@ def review_tab(c) -> None:
     # hidden plumbing: one route for every card decision (also the API: /decide)
     with gr.Row(elem_id="review-plumbing"):  # hidden by CSS (a Row's visible="hidden" showed it): scripts click it
         c.act_sid = gr.Textbox(elem_id="act-sid")
-        c.act_ver = gr.Number(0, precision=0, elem_id="act-ver")
+        c.act_ver = gr.Textbox("0", elem_id="act-ver")  # text: a malformed number is refused by decide, not Gradio
         c.act_what = gr.Textbox(elem_id="act-action")
         c.act_label = gr.Textbox(elem_id="act-label")
         c.act_btn = gr.Button("act", elem_id="btn-act")
