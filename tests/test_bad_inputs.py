@@ -24,7 +24,7 @@ from deft import cli
 from deft.config import OptimConfig, Phase1Config
 from deft.curation import read_curated, write_export
 from deft.data import DataError, load_dataset
-from deft.imageio import MAX_PIXELS, PixelBudget
+from deft.imageio import MAX_PIXELS, PixelBudget, check_image
 from deft.images import decode_image, decode_images
 from deft.phase1 import detect
 from deft.run import Run
@@ -229,6 +229,41 @@ def test_decode_refuses_a_decode_bomb_with_a_sentence(tmp_path):
     with pytest.raises(DataError, match="image too large .* limit 64 Mpx"):
         decode_image(huge_png(tmp_path / "bomb.png", 13_000, 13_000), 32)  # the audit's 169 Mpx case
     assert MAX_PIXELS < Image.MAX_IMAGE_PIXELS  # ours triggers before PIL's warning threshold
+
+
+def thin_png(path: Path, width: int, height: int) -> Path:
+    """A real (decodable) black ``width x height`` PNG of a few hundred bytes."""
+    Image.new("L", (width, height)).save(path, optimize=True)
+    return path
+
+
+@pytest.mark.parametrize("wh", [(1, 30_000), (100_000, 1), (3, 200_000)], ids=["1x30000", "100000x1", "3x200000"])
+def test_thin_image_decodes_with_work_bounded_by_the_output(wh, tmp_path):
+    """The audit's 109-byte 1x30000 PNG passed `check` and took 5.8 GB and 53 s to decode at 224 px (the whole
+    image was resized before the crop); a 1x100000 one hit MemoryError. Now it decodes in a process held to
+    1 GB of address space, in seconds."""
+    path = thin_png(tmp_path / "thin.png", *wh)
+    assert path.stat().st_size < 2000 and check_image(path) is None  # a tiny, valid file: `check` keeps it
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+            "from deft.imageio import decode_image; px = decode_image(sys.argv[1], 224);"
+            "print(px.shape, int(px.max()))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "(224, 224, 3) 0", out.stderr[-2000:]
+
+
+def test_resize_crop_keeps_the_pixels_of_resize_then_crop(tmp_path):
+    """Bounding the work must not change what ordinary images decode to (caches and scores stay valid)."""
+    rng = np.random.default_rng(0)
+    for w, h in [(32, 32), (300, 200), (200, 301), (500, 375), (64, 48), (7, 3)]:
+        im = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        im.save(tmp_path / "x.png")
+        scale = 224 / min(w, h)
+        nw, nh = max(224, round(w * scale)), max(224, round(h * scale))
+        whole = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        x0, y0 = (nw - 224) // 2, (nh - 224) // 2
+        ref = np.asarray(whole.crop((x0, y0, x0 + 224, y0 + 224)), dtype=np.int16)
+        assert np.abs(decode_image(tmp_path / "x.png", 224).astype(np.int16) - ref).max() <= 1, (w, h)
 
 
 def test_decoders_share_a_pixel_budget():
