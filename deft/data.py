@@ -19,6 +19,7 @@ pixel counts are checked from the header before decoding.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import pandas as pd
 from .imageio import PixelBudget, RealPaths, check_image, check_image_chunk, regular_file_problem
 from .parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # line breaks, tabs, NUL...: never part of a class name
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -216,6 +218,10 @@ def _finish(
     source: str,
     pre_issues: list[dict[str, str]] | None = None,
 ) -> Dataset:
+    bad = [c for c in classes if CONTROL.search(c)]
+    if bad:  # a line break splits the class list in the review store and the exports: ['cat', 'dog', 'dog']
+        raise DataError(f"{source}: class name(s) {bad[:5]} contain a line break or another control character; "
+                        "a class name must be one line of text. Fix those labels (or folder names).")
     issues = list(pre_issues or [])
     if verify and len(rows):
         problems = check_images(joined_paths(root, rows["id"]), root=root)

@@ -94,10 +94,30 @@ def _parquet_null(column: str):
     return build
 
 
+def _csv(rows: list[str]):
+    """A label table written verbatim (header first) over the usual cat/dog folder."""
+    def build(tmp: Path):
+        make_folder(tmp)
+        (tmp / "t.csv").write_text("\n".join(rows) + "\n")
+        return tmp / "t.csv", {}
+    return build
+
+
+def _folder_named(name: str):
+    def build(tmp: Path):
+        root = make_folder(tmp / "d")
+        make_folder(root, classes={name: (9, 9, 9)})
+        return root, {}
+    return build
+
+
 REFUSED = {
     "one-class dataset": (_one_class, "one class only"),
-    "parquet null path": (_parquet_null("path"), r"missing \(null\) path or label in row\(s\) \[2\]"),
-    "parquet null label": (_parquet_null("label"), r"missing \(null\) path or label in row\(s\) \[2\]"),
+    # issue 19 item 7: the review store split the class list on the line break (['cat', 'dog', 'dog'])
+    "CSV label with a line break": (_csv(['path,label', 'cat/000.png,"cat\ndog"', "dog/000.png,dog"]),
+                                    r"\['cat\\ndog'\] contain a line break"),
+    "class folder with a line break": (_folder_named("cat\ndog"), r"\['cat\\ndog'\] contain a line break"),
+    "CSV label with a tab": (_csv(['path,label', 'cat/000.png,"cat\tx"', "dog/000.png,dog"]), "control character"),
 }
 
 
