@@ -139,6 +139,9 @@ def load_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
         key, text = (s.strip() for s in line.split(sep, 1))
         if key.lower() == "class" and text.lower() in {"prompt", "description"}:
             continue
+        if not key or not text:
+            raise DataError(f"{p}:{n}: {'the class name' if not key else f'the prompt text for {key!r}'} is empty; "
+                            "write 'class -> prompt text' or drop the line.")
         out[key] = text
     return out
 

@@ -111,6 +111,13 @@ def _folder_named(name: str):
     return build
 
 
+def _descriptions(text: str):
+    def build(tmp: Path):
+        (tmp / "desc.txt").write_text(text)
+        return make_folder(tmp / "d"), {"descriptions": tmp / "desc.txt"}
+    return build
+
+
 REFUSED = {
     "one-class dataset": (_one_class, "one class only"),
     # issue 19 item 7: the review store split the class list on the line break (['cat', 'dog', 'dog'])
@@ -118,6 +125,10 @@ REFUSED = {
                                     r"\['cat\\ndog'\] contain a line break"),
     "class folder with a line break": (_folder_named("cat\ndog"), r"\['cat\\ndog'\] contain a line break"),
     "CSV label with a tab": (_csv(['path,label', 'cat/000.png,"cat\tx"', "dog/000.png,dog"]), "control character"),
+    # item 9: `dog -> ` gave the empty prompt ""
+    "description with an empty prompt": (_descriptions("cat -> a cat\ndog -> \n"),
+                                         r"desc.txt:2: the prompt text for 'dog' is empty"),
+    "description with an empty class": (_descriptions(" -> a cat\n"), r"desc.txt:1: the class name is empty"),
 }
 
 
