@@ -18,6 +18,7 @@ pixel counts are checked from the header before decoding.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -356,9 +357,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
             df = pd.read_parquet(path)
         else:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                header = next(csv.reader(f), [])  # the names as written: pandas renames a repeated one
     except Exception as exc:
         kind = "Parquet" if path.suffix.lower() in {".parquet", ".pq"} else "CSV"
         raise DataError(f"Could not read {path} as a {kind} table: {exc}") from None
+    names = header if path.suffix.lower() not in {".parquet", ".pq"} else [str(c) for c in df.columns]
+    dup = sorted({n.strip() for n in names if [m.strip() for m in names].count(n.strip()) > 1})
+    if dup:  # pandas renames the second 'label' to 'label.1' and the first one would silently win
+        raise DataError(f"{path}: column(s) {dup} appear more than once in the header; keep one of each.")
     return df
 
 

@@ -129,6 +129,13 @@ REFUSED = {
     "description with an empty prompt": (_descriptions("cat -> a cat\ndog -> \n"),
                                          r"desc.txt:2: the prompt text for 'dog' is empty"),
     "description with an empty class": (_descriptions(" -> a cat\n"), r"desc.txt:1: the class name is empty"),
+    # item 10: pandas read `label.1` and the first `label` silently won
+    "CSV header path,label,label": (_csv(["path,label,label", "cat/000.png,cat,dog", "dog/000.png,dog,cat"]),
+                                    r"column\(s\) \['label'\] appear more than once"),
+    "CSV header path,path,label": (_csv(["path,path,label", "cat/000.png,dog/000.png,cat"]),
+                                   r"\['path'\] appear more than once"),
+    "parquet null path": (_parquet_null("path"), r"missing \(null\) path or label in row\(s\) \[2\]"),
+    "parquet null label": (_parquet_null("label"), r"missing \(null\) path or label in row\(s\) \[2\]"),
 }
 
 
