@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,8 +70,8 @@ def suggestions(item: dict, limit: int = 3) -> list[Suggestion]:
     cands = [(item.get("suggestion"), item.get("suggestion_conf"), "learned prompts")]
     cands += [(item.get(f"zs{k}"), item.get(f"zs{k}_conf"), "zero-shot CLIP") for k in (1, 2, 3)]
     for name, conf, source in cands:
-        if name is None or str(name) in ("", "nan", "None") or str(name) in seen:
-            continue
+        if name is None or (isinstance(name, float) and math.isnan(name)) or str(name) in ("", *seen):
+            continue  # a missing value (None, NaN): not the class names "None" or "nan", which are offered
         seen.add(str(name))
         action = "accept" if str(name) == str(item.get("suggestion")) else "relabel"
         out.append(Suggestion(str(name), float(conf or 0.0), source, action))

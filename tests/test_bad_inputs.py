@@ -243,6 +243,30 @@ def test_near_collision_labels_are_warned(tmp_path, capsys):
     assert "warning: Labels ' ship ', 'Ship', 'ship' differ only by case" in capsys.readouterr().out
 
 
+def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
+    """Issue 19 item 8: class folders named `None` and `nan` imported fine but were never offered as suggestions
+    (the strings were taken for missing values); a missing suggestion (NULL in the store) still is not."""
+    from deft.review import suggestions
+
+    root = make_folder(tmp_path / "d", classes={"None": (1, 2, 3), "nan": (200, 9, 9), "cat": (9, 200, 9)})
+    ds = load_within(root)
+    assert sorted(ds.classes) == ["None", "cat", "nan"] and ds.N == 12
+    ids = ds.samples["id"].tolist()
+    n = len(ids)
+    scores = pd.DataFrame({"id": ids, "label": ds.samples["label"].tolist(), "sim_pos": 0.1, "sim_neg": 0.2,
+                           "margin": -0.1, "p_clean": 0.4, "is_clean": False, "pred": "nan", "pred_conf": 0.6,
+                           "zs1": "None", "zs1_conf": 0.5, "zs2": "cat", "zs2_conf": 0.3, "zs3": None,
+                           "zs3_conf": None, "suggestion": ["nan"] * (n - 1) + [None], "suggestion_conf": 0.6})
+    store = ReviewStore(tmp_path / "review.sqlite")
+    store.load_scores(scores, ds.classes)
+    cat = next(i for i in ids if i.startswith("cat/"))
+    offered = [(s.label, s.action) for s in suggestions(store.sample(cat))]
+    assert offered == [("nan", "accept"), ("None", "relabel")], offered
+    assert store.decide(cat, "accept", client="a").label == "nan"
+    last = store.sample(ids[-1])  # suggestion NULL: the zero-shot ones only
+    assert [s.label for s in suggestions(last)] == [c for c in ("None", "cat") if c != last["label"]]
+
+
 # ============================================================================ decoding: right pixels, bounded memory
 def _png16(path: Path) -> tuple[Path, int]:
     Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16)).save(path)  # mid-grey in 16 bits
