@@ -267,6 +267,15 @@ def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
     assert [s.label for s in suggestions(last)] == [c for c in ("None", "cat") if c != last["label"]]
 
 
+def test_auth_file_line_is_one_entry_whose_password_may_hold_commas(tmp_path):
+    """Issue 19 item 12: the --auth-file line `alice:a,b:c` made alice's password `a` and created a user `b`."""
+    from ui.security import load_credentials
+
+    (tmp_path / "auth").write_text("alice:a,b:c\nbob:x\n")
+    assert load_credentials(None, str(tmp_path / "auth"), {}) == [("alice", "a,b:c"), ("bob", "x")]
+    assert load_credentials(None, None, {"DEFT_AUTH": "alice:a,bob:x"}) == [("alice", "a"), ("bob", "x")]
+
+
 # ============================================================================ decoding: right pixels, bounded memory
 def _png16(path: Path) -> tuple[Path, int]:
     Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16)).save(path)  # mid-grey in 16 bits

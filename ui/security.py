@@ -60,10 +60,12 @@ class AuthConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------- credentials
-def parse_credentials(text: str, source: str) -> list[tuple[str, str]]:
-    """``user:password`` entries, one per line (or comma-separated); ``#`` comments and blank lines skipped."""
+def parse_credentials(text: str, source: str, commas: bool = True) -> list[tuple[str, str]]:
+    """``user:password`` entries, one per line (and, with ``commas``, comma-separated: ``--auth`` and
+    ``$DEFT_AUTH``; a file's line is one entry, its password may hold commas); ``#`` comments and blank lines
+    skipped."""
     out = []
-    for n, line in enumerate(re.split(r"[\n,]", text), 1):
+    for n, line in enumerate(re.split(r"[\n,]" if commas else r"\n", text), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -83,7 +85,7 @@ def load_credentials(auth: str | None, auth_file: str | None,
     if auth_file:
         p = Path(auth_file)
         try:
-            return parse_credentials(p.read_text(encoding="utf-8"), str(p))
+            return parse_credentials(p.read_text(encoding="utf-8"), str(p), commas=False)
         except (OSError, UnicodeDecodeError) as exc:
             raise AuthConfigError(f"cannot read --auth-file {p}: {getattr(exc, 'strerror', None) or exc}.") from None
     if env.get("DEFT_AUTH"):
