@@ -117,7 +117,7 @@ def detect(
     loop = train_epochs(stage=Stage.PHASE1, n=len(train_rows), step_fn=step, module=model,
                         params=model.trainable_parameters(), cfg=cfg.optim, seed=cfg.seed, device=dev,
                         precision=cfg.precision, checkpoint=run.checkpoint_path, on_epoch_end=epoch_end,
-                        progress=progress, cancel=cancel, ddp=ddp, loss_parts=2)
+                        progress=progress, cancel=cancel, ddp=ddp, loss_parts=2, owner=run.owner)
     if ddp.is_main:
         save_safetensors(run.weights_path, model.prompt_state())
     scores = _score_run(run, model, bundle, images, cfg, progress, cancel, ddp=ddp, features=feats,

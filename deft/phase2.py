@@ -295,7 +295,8 @@ def train_classifier(
     step = phase2_step(model, images, rows, row_labels, bundle.normalizer, cfg.augment)
 
     out_dir = Path(out) if out is not None else run.phase2_dir
-    best: dict = {"acc": resume_point(out_dir, fingerprint(cfg.to_dict(), curated[["id", "label"]]),
+    fp = fingerprint(cfg.to_dict(), curated[["id", "label"]])  # also the stamp of this folder's checkpoints
+    best: dict = {"acc": resume_point(out_dir, fp,
                                       {"config": cfg.to_dict(), "tags": tags or {}, "heldout": eval_desc},
                                       ddp.is_main),
                   "last_pred": None}
@@ -323,7 +324,7 @@ def train_classifier(
                         params=model.trainable_parameters(),
                         cfg=cfg.optim, seed=cfg.seed, device=dev, precision=cfg.precision,
                         checkpoint=out_dir / CHECKPOINT, on_epoch_end=epoch_end, progress=progress,
-                        cancel=cancel, ddp=ddp, loss_parts=1)
+                        cancel=cancel, ddp=ddp, loss_parts=1, owner=f"phase2:{fp}")
     trained.meta["history"] = loop.history
     if not ddp.is_main:  # one writer: rank 0 evaluates and saves
         ddp.barrier()

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,7 @@ class Run:
             "prompts": dataset.prompts,
             "ids_hash": ids_hash(dataset.samples["id"]),
             "phase1": config.to_dict(),
+            "run_id": uuid.uuid4().hex,  # stamps this run's checkpoints (a copied-in one is refused)
         }
         write_parquet(path / "manifest.parquet", dataset.samples)
         write_csv(path / "import_issues.csv", dataset.issues)
@@ -101,6 +103,16 @@ class Run:
     @property
     def config(self) -> Phase1Config:
         return Phase1Config.from_dict(self.meta["phase1"])
+
+    @property
+    def owner(self) -> str:
+        """The stamp of this run's Phase 1 checkpoints: its ``run_id`` (a run made before it existed: a hash of
+        its creation time, data and settings)."""
+        if self.meta.get("run_id"):
+            return f"phase1:{self.meta['run_id']}"
+        key = json.dumps([self.meta.get("created"), self.meta.get("ids_hash"), self.meta.get("phase1")],
+                         sort_keys=True, default=str)
+        return "phase1:" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
     @property
     def checkpoint_path(self) -> Path:

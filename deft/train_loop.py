@@ -67,13 +67,15 @@ def train_epochs(
     cancel: CancelToken | None = None,
     ddp: Dist | None = None,
     loss_parts: int = 0,
+    owner: str | None = None,
 ) -> LoopResult:
     """Train ``params`` for ``cfg.epochs`` epochs over ``n`` samples in shuffled batches.
 
     ``step_fn(batch_idx, epoch, generator)`` returns a dict with a scalar ``loss``
     and any other scalars to average per epoch. ``checkpoint`` (if given) is written
     after every epoch (trainable state of ``module``, optimizer, scheduler, history)
-    and, if it exists, the loop resumes from it.
+    and, if it exists, the loop resumes from it; with ``owner`` (the run's stamp) the checkpoint is stamped
+    with it and one stamped otherwise (another run's, copied in) is refused.
 
     Under ``ddp`` every rank draws the same global batch and trains on its slice;
     gradients are averaged across ranks; only rank 0 reports, checkpoints and runs
@@ -93,7 +95,7 @@ def train_epochs(
     per_step = cfg.lr_schedule == "step"
     result, start_epoch = LoopResult(), 0
     if checkpoint is not None and checkpoint.is_file():
-        result.history, start_epoch = load_checkpoint(checkpoint, module, opt, sched, device)
+        result.history, start_epoch = load_checkpoint(checkpoint, module, opt, sched, device, owner)
     total = steps_per_epoch * cfg.epochs
     t0, done_images = time.perf_counter(), 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -135,26 +137,37 @@ def train_epochs(
                                metrics=summary, epoch_end=True))
         if checkpoint_out is not None:
             save_torch(checkpoint, {"module": trainable_state(module), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "history": result.history, "epoch": epoch})
+                                    "scheduler": sched.state_dict(), "history": result.history, "epoch": epoch,
+                                    "owner": owner})
     return result
 
 
 def load_checkpoint(checkpoint: Path, module: torch.nn.Module, opt: torch.optim.Optimizer, sched,
-                    device: torch.device) -> tuple[list[dict[str, float]], int]:
+                    device: torch.device, owner: str | None = None) -> tuple[list[dict[str, float]], int]:
     """Restore ``module``'s trainable state, ``opt`` and ``sched`` from ``checkpoint``; its history and next epoch.
 
     Raises
     ------
     RunError
         The file is not a checkpoint this program wrote (``weights_only``: a run folder is untrusted,
-        shared or downloaded, so unpickling code must never run).
+        shared or downloaded, so unpickling code must never run), or not one of this run (its ``owner``
+        stamp differs, or its trainable tensors are not exactly this model's): another run's checkpoint
+        copied in was loaded with ``strict=False`` and silently skipped the training.
     """
     try:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is one user error
         raise RunError(f"{checkpoint}: not a checkpoint this program wrote ({type(e).__name__}); "
                        f"delete it to train from the start") from e
-    module.load_state_dict(state["module"], strict=False)
+    if not isinstance(state, dict) or {"module", "optimizer", "scheduler", "history", "epoch"} - set(state):
+        raise RunError(f"{checkpoint}: not a checkpoint this program wrote; delete it to train from the start")
+    mine = trainable_state(module)
+    theirs = state["module"]
+    if (owner is not None and state.get("owner") != owner) or set(theirs) != set(mine) or any(
+            tuple(theirs[k].shape) != tuple(v.shape) for k, v in mine.items()):
+        raise RunError(f"{checkpoint} was written by another run (copied in?), not by this one; delete it to "
+                       "train this run from the start.")
+    module.load_state_dict(theirs, strict=False)  # the trainable tensors only: the frozen CLIP is not saved
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     return state["history"], state["epoch"] + 1

@@ -27,7 +27,7 @@ from deft.data import DataError, load_dataset
 from deft.imageio import MAX_PIXELS, PixelBudget, check_image
 from deft.images import decode_image, decode_images
 from deft.phase1 import detect
-from deft.run import Run
+from deft.run import Run, RunError
 from deft.run_images import load_run_images
 from deft.store import ReviewStore
 
@@ -413,6 +413,25 @@ def test_damaged_run_file_gives_one_sentence_naming_file_and_fix(case, finished_
     fix = next(v for k, v in FIXES.items() if case.startswith(k))
     assert fix in err, err
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_another_runs_checkpoint_copied_into_an_unfinished_run_is_refused(finished_run, tmp_path, tiny_clip_dir):
+    """Issue 19 item 11: another run's checkpoint.pt copied into an unfinished run was loaded (strict=False, no
+    ownership check): rc 0, no training (its epoch was the last), 56 of 240 predictions differed. Now refused
+    with a sentence naming the file and the fix; the run's own checkpoint still resumes."""
+    ds = Run.open(finished_run).dataset
+    cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=8))
+    Run.create(tmp_path / "other", ds, cfg)  # created, interrupted before its first epoch ended
+    shutil.copy(finished_run / "checkpoint.pt", tmp_path / "other" / "checkpoint.pt")
+    with pytest.raises(RunError, match=r"checkpoint.pt was written by another run .* delete it"):
+        detect(ds, tmp_path / "other", cfg, device="cpu")
+    assert not (tmp_path / "other" / "scores.parquet").exists()
+    (tmp_path / "other" / "checkpoint.pt").unlink()
+    detect(ds, tmp_path / "other", cfg, device="cpu")  # trains from the start
+    again = tmp_path / "again"
+    shutil.copytree(tmp_path / "other", again)  # the same run moved: its own checkpoint, its own stamp
+    (again / "scores.parquet").unlink()
+    detect(ds, again, cfg, device="cpu")
 
 
 @pytest.mark.parametrize("cache", ["shards", "raw"])
