@@ -113,6 +113,50 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
 
 
+def store_error(path: Path, exc: sqlite3.Error) -> RunError:
+    """What is wrong, in one sentence: only a file that is not (or no longer) a database is advised to be moved
+    aside; a read-only folder or file, a full disk or a file-size limit leave the decisions intact, and moving
+    the database aside would lose them."""
+    code, folder = getattr(exc, "sqlite_errorcode", 0) & 0xFF, path.parent
+    if code in {SQLITE_NOTADB, SQLITE_CORRUPT}:
+        return RunError(f"{path} is not a readable review database ({exc}); move it aside to start a fresh "
+                        "one (its decisions are lost) or restore it from a backup.")
+    intact = "the decisions in it are intact: do not move it aside."
+    limit = resource_file_limit()
+    try:
+        full = os.statvfs(folder).f_bavail == 0
+    except OSError:
+        full = False
+    if code == SQLITE_FULL or (code == SQLITE_IOERR and (full or limit is not None)):
+        why = (f"this process may not write files over {limit} bytes (ulimit -f); raise the limit" if limit
+               is not None and not full else f"the disk holding {folder} is full; free some space")
+        return RunError(f"cannot write {path}: {why} and run again; {intact}")
+    if code in {SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM} or not os.access(folder, os.W_OK):
+        return RunError(f"cannot write {path} ({exc}): the folder {folder} or the file is read-only (no write "
+                        "permission for this user, or a read-only file system; SQLite writes review.sqlite-wal and "
+                        f"-shm beside it); give write permission, or copy the run folder somewhere writable; {intact}")
+    return RunError(f"cannot use {path} ({exc}): check the disk and the permissions of {folder} and run again; "
+                    f"{intact}")
+
+
+def resource_file_limit() -> int | None:
+    """The soft file-size limit of this process in bytes (``ulimit -f``), None if unlimited."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+# SQLite's primary result codes (https://sqlite.org/rescode.html)
+SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = (
+    3, 8, 10, 11, 13, 14, 26)
+
+
+WRITE_FAILURES = {SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN}
+
+
 class ReviewStore:
     """One SQLite file per run. Safe to use from many threads and processes."""
 
@@ -131,9 +175,8 @@ class ReviewStore:
                         con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
             finally:
                 con.close()
-        except sqlite3.DatabaseError as exc:  # not a database, or damaged
-            raise RunError(f"{self.path} is not a readable review database ({exc}); move it aside to start a fresh "
-                           "one (its decisions are lost) or restore it from a backup.") from None
+        except sqlite3.DatabaseError as exc:  # damaged, or a folder / disk that cannot be written
+            raise store_error(self.path, exc) from None
         self.classes: list[str] = self.get_meta("classes", "").split("\n") if self.get_meta("classes") else []
 
     # -- plumbing -----------------------------------------------------------
@@ -161,9 +204,11 @@ class ReviewStore:
             try:
                 yield con
                 con.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if con.in_transaction:
                     con.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in WRITE_FAILURES:
+                    raise store_error(self.path, exc) from None  # disk full, read-only: a sentence, not a trace
                 raise
 
     @contextlib.contextmanager

@@ -6,8 +6,11 @@ exit code 2), a listed import problem, or the right pixels: never a traceback, a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -413,6 +416,66 @@ def test_damaged_run_file_gives_one_sentence_naming_file_and_fix(case, finished_
     fix = next(v for k, v in FIXES.items() if case.startswith(k))
     assert fix in err, err
     assert not (tmp_path / "out.csv").exists()
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` made read-only for the CLI: chmod for a normal user; root ignores modes, so a read-only bind
+    mount (skipped where root may not mount)."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
+        for p in modes:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            for p, m in modes.items():
+                p.chmod(m)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root without the right to mount: cannot make a read-only folder")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _file_size_limit(limit: int):
+    def set_limit():  # a full disk, as the process sees it: writes past `limit` bytes fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+@pytest.mark.parametrize("command", ["export", "train"])
+@pytest.mark.parametrize("case", ["read-only folder", "full disk"])
+def test_unwritable_run_folder_says_what_is_wrong_and_never_advises_moving_the_database(
+        case, command, finished_run, tmp_path):
+    """Issue 19 item 14: on a read-only run folder or a full disk, `export` and `train` said "review.sqlite is
+    not a readable review database ... move it aside ... (its decisions are lost)": advice that destroys a good
+    database. Now they name the actual problem, say the decisions are intact, and the database is unchanged."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    ReviewStore.for_run(Run.open(run)).decide(Run.open(run).dataset.samples["id"][0], "keep", client="t")
+    with contextlib.closing(sqlite3.connect(run / "review.sqlite")) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the decision in review.sqlite itself, the WAL empty
+    for extra in run.glob("review.sqlite-*"):
+        extra.unlink()  # as a cleanly closed database leaves it (the last connection's close removes them)
+    before = (run / "review.sqlite").read_bytes()
+    args = [sys.executable, "-m", "deft", command, str(run),
+            *(["--out", str(tmp_path / "out.csv")] if command == "export" else ["--device", "cpu", "--epochs", "1"])]
+    if case == "full disk":
+        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             preexec_fn=_file_size_limit(4096))
+        expected = "ulimit -f"
+    else:
+        with read_only(run):
+            out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        expected = "read-only"
+    assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stdout, out.stderr[-3000:])
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: cannot write") and expected in err and "intact" in err, err
+    assert "move it aside to start" not in err and "lost" not in err, err
+    assert (run / "review.sqlite").read_bytes() == before
 
 
 def test_another_runs_checkpoint_copied_into_an_unfinished_run_is_refused(finished_run, tmp_path, tiny_clip_dir):
