@@ -1,0 +1,153 @@
+"""The review simulator: an oracle reviewer replayed through the app's own queue, store and learner.
+
+``deft simulate RUN`` copies the run's scores and audit orders into a fresh review store (the run's own
+``review.sqlite`` is never touched) and reviews card after card with the real
+:class:`~deft.review.ReviewQueue` (the same filter, order, version-checked actions and suggestions the
+app uses) and, with learning on, the real :class:`~deft.learning.QueueLearner`. At each card the oracle
+knows the true label (``true_label`` column or ``PLANTED.csv``): a wrong label is fixed with suggestion 1
+when that is the true class (one key), else relabelled to the truth; a right label is kept.
+
+Per budget (cards reviewed) it reports ``errors_found``, ``precision`` (errors per card), ``one_key_rate``
+(share of the errors fixed by suggestion 1), ``top3_rate`` (share whose true class was among the three
+suggestions) and the stopping rule's ``estimated_remaining`` next to the ``true_remaining``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DeftError
+from .ranking import RankConfig, estimate_remaining
+
+ORDER_NAMES = ("combined", "margin", "agreement", "zeroshot", "cleanlab")
+
+
+class SimulationError(DeftError):
+    """The run cannot be simulated (no ground truth, no such order)."""
+
+
+@dataclass
+class SimConfig:
+    """``budgets``: cards after which to report; ``order``: a review order (:data:`ORDER_NAMES`);
+    ``learn``: refit and re-rank every ``rank.every`` decisions (the ``combined`` order only)."""
+
+    budgets: tuple[int, ...] = (250, 500, 1000)
+    order: str = "combined"
+    learn: bool = True
+    rank: RankConfig = field(default_factory=RankConfig)
+
+
+def _truth(run) -> dict[str, str]:
+    from .audit import true_labels
+
+    truth = true_labels(run)
+    if truth is None:
+        raise SimulationError(f"{run.path} has no ground truth: simulate needs a true_label column "
+                              "(`deft noise`) or a PLANTED.csv in the data root")
+    return dict(zip(run.dataset.samples["id"].astype(str), truth, strict=True))
+
+
+def _store(run, path: Path, order: str):
+    from .audit import audit_columns
+    from .audit_view import issue_rows, order_rows
+    from .store import ReviewStore
+
+    store = ReviewStore(path)
+    store.load_scores(run.scores(), run.dataset.classes)
+    table = audit_columns(run)
+    orders = order_rows(table) if table is not None else []
+    if order != "margin" and not any(o[0] == order for o in orders):
+        raise SimulationError(f"{run.path} has no {order!r} order: run `deft audit` on it first "
+                              f"(orders here: {sorted({o[0] for o in orders} | {'margin'})})")
+    store.load_issues(issue_rows(table) if table is not None else [], "", orders)
+    return store
+
+
+@dataclass
+class _Tally:
+    cards: int = 0
+    errors: int = 0
+    one_key: int = 0
+    top3: int = 0
+    reviewed: set = field(default_factory=set)
+
+
+def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
+    """The oracle's decision on the card on screen, through the queue's version-checked actions."""
+    sugg = q.suggestions(item)
+    t.cards += 1
+    t.reviewed.add(str(item["id"]))
+    if truth == str(item["label"]):
+        q.act(item["id"], int(item["version"]), "keep")
+        return
+    t.errors += 1
+    labels = [s.label for s in sugg]
+    t.top3 += truth in labels[:3]
+    if labels and labels[0] == truth:
+        t.one_key += 1
+        q.act(item["id"], int(item["version"]), sugg[0].action, sugg[0].label)
+    else:
+        q.act(item["id"], int(item["version"]), "relabel", truth)
+
+
+def _row(t: _Tally, errors_total: int, remaining: float | None) -> dict:
+    return {"cards": t.cards, "errors_found": t.errors, "precision": round(t.errors / max(1, t.cards), 4),
+            "one_key_rate": round(t.one_key / max(1, t.errors), 4), "top3_rate": round(t.top3 / max(1, t.errors), 4),
+            "estimated_remaining": None if remaining is None else round(remaining, 1),
+            "true_remaining": errors_total - t.errors}
+
+
+def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
+             workdir: str | os.PathLike | None = None) -> dict:
+    """Replay an oracle reviewer on a run; see the module docstring. Returns the JSON-ready result."""
+    from .learning import load_learner
+    from .review import ReviewFilter, ReviewQueue
+    from .run import Run
+
+    cfg = config or SimConfig()
+    if cfg.order not in ORDER_NAMES:
+        raise SimulationError(f"unknown order {cfg.order!r}; choose one of {list(ORDER_NAMES)}")
+    run = Run.open(run_path)
+    truth = _truth(run)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        store = _store(run, Path(tmp) / "review.sqlite", cfg.order)
+        ids = store.sample_ids()
+        given = dict(zip(ids, store.scores()["label"].astype(str), strict=True))
+        errors_total = sum(truth[i] != given[i] for i in ids)
+        learner = load_learner(store, run.path, cfg.rank) if cfg.order == "combined" else None
+        if cfg.order == "combined" and learner is None:
+            raise SimulationError(f"{run.path} has no signals.safetensors: run `deft audit` on it first")
+        q = ReviewQueue(store, ReviewFilter(suspects=None, order=cfg.order), client="simulator", user="oracle")
+        t, rows = _Tally(), []
+        pos = {sid: i for i, sid in enumerate(ids)}
+        for budget in sorted(cfg.budgets):
+            while t.cards < budget:
+                item = q.current()
+                if item is None or str(item["id"]) in t.reviewed:
+                    break  # every sample reviewed
+                q.save_place()
+                _review_one(q, item, truth[str(item["id"])], t)
+                if learner is not None and cfg.learn and learner.due():
+                    learner.refit()
+            remaining = None
+            if learner is not None:
+                unreviewed = np.ones(len(ids), dtype=bool)
+                unreviewed[[pos[i] for i in t.reviewed]] = False
+                remaining = estimate_remaining(learner.model.p_wrong, unreviewed)
+            rows.append({"budget": budget, **_row(t, errors_total, remaining)})
+        report = learner.last.line() if learner is not None and learner.last is not None else ""
+    return {"run": str(run.path), "order": cfg.order, "learn": bool(cfg.learn and learner is not None),
+            "samples": len(ids), "errors_total": int(errors_total), "every": cfg.rank.every,
+            "last_rerank": report, "budgets": rows}
+
+
+def table(results: list[dict]) -> pd.DataFrame:
+    """One line per (order, budget) of several :func:`simulate` results."""
+    out = [{"order": r["order"] + (" + learning" if r["learn"] else ""), **b} for r in results for b in r["budgets"]]
+    return pd.DataFrame(out)
