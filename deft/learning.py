@@ -142,7 +142,13 @@ def rank_columns(sig: Signals, model: rk.WrongLabelModel, sugg: rk.Suggestions) 
 def initial_ranking(sig: Signals, config: rk.RankConfig | None = None) -> tuple[pd.DataFrame, rk.WrongLabelModel]:
     """The columns and model before any decision (what ``deft audit`` saves)."""
     model = unsupervised(sig, config)
-    return rank_columns(sig, model, rk.pool_suggestions(sig.sources, sig.labels, model.p_wrong)), model
+    sources = with_mixups(sig, rk.prior_mixups(sig.sources, sig.labels, model.p_wrong, len(sig.classes)))
+    return rank_columns(sig, model, rk.pool_suggestions(sources, sig.labels, model.p_wrong)), model
+
+
+def with_mixups(sig: Signals, counts: np.ndarray, sources: dict[str, rk.TopK] | None = None) -> dict[str, rk.TopK]:
+    """``sources`` (default: the signals') plus the label mix-up source from ``counts`` (given x true)."""
+    return {**(sources if sources is not None else sig.sources), "mixups": rk.mixup_topk(counts, sig.labels)}
 
 
 def order_rows(ranked: pd.DataFrame) -> list[tuple[str, str, float]]:
@@ -181,6 +187,7 @@ class QueueLearner:
         self.store, self.signals, self.config = store, signals, config or rk.RankConfig()
         self.prior = unsupervised(signals, self.config)
         self.model = self.prior
+        self.prior_mixups = rk.prior_mixups(signals.sources, signals.labels, self.prior.p_wrong, len(signals.classes))
         self.pos = {sid: i for i, sid in enumerate(signals.ids)}
         self._lock = threading.Lock()
         self.last: RerankReport | None = None
@@ -215,6 +222,8 @@ class QueueLearner:
             sources["neighbours"] = rk.neighbour_topk(sig.nn_idx, sig.nn_sim, labels, len(sig.classes), trust,
                                                       cfg.top_k)
             fix = (wrong == 1) & (final >= 0)
+            counts = self.prior_mixups + rk.mixup_counts(sig.labels[rows[fix]], final[fix], len(sig.classes))
+            sources = with_mixups(sig, counts, sources)
             weights = (rk.fit_source_weights(sources, sig.labels, rows[fix], final[fix])
                        if fix.sum() >= cfg.min_decisions else {})
             # the neighbour vote of a sample uses its neighbours' trusted labels, but its own given label stays

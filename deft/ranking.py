@@ -29,14 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["SOURCES", "SOURCE_NAMES", "TopK", "topk", "prompt_topk", "neighbour_topk", "given_prob",
+__all__ = ["SOURCES", "SOURCE_NAMES", "TopK", "topk", "prompt_topk", "neighbour_topk", "given_prob", "mixup_counts",
+           "mixup_topk", "prior_mixups",
            "neighbour_text_agreement", "signal_features", "WrongLabelModel", "RankConfig", "pool_suggestions",
            "fit_source_weights", "Suggestions", "estimate_remaining"]
 
 # suggestion sources, in the order their names are listed on a card
-SOURCES = ("prompts", "zeroshot", "probe", "neighbours")
+SOURCES = ("prompts", "zeroshot", "probe", "neighbours", "mixups")
 SOURCE_NAMES = {"prompts": "learned prompts", "zeroshot": "zero-shot CLIP", "probe": "linear probe",
-                "neighbours": "nearest neighbours"}
+                "neighbours": "nearest neighbours", "mixups": "label mix-ups"}
+MIXUP_PRIOR = 10.0  # pseudo-corrections per class that the unsupervised mix-up estimate is worth
 EPS = 1e-6
 MIN_PER_OUTCOME = 5  # decisions of each kind (label wrong / right) before the reviewer's model is fitted
 
@@ -104,6 +106,39 @@ def neighbour_topk(nn_idx: np.ndarray, nn_sim: np.ndarray, labels: np.ndarray, K
     np.add.at(votes, (rows, labels[np.where(ok, nn_idx, 0)].ravel()), w.ravel())
     votes /= votes.sum(axis=1, keepdims=True)
     return topk(votes, labels if trust is None else labels, k)
+
+
+def mixup_counts(labels: np.ndarray, targets: np.ndarray, K: int, weights: np.ndarray | None = None  # noqa: N803
+                 ) -> np.ndarray:
+    """(K, K) counts of (given label, true class) pairs: a reviewer's corrections, or estimated ones
+    (``targets`` = suggestion 1, ``weights`` = ``p_wrong``). Pairs with a negative target are skipped."""
+    ok = np.asarray(targets) >= 0
+    c = np.zeros((K, K), dtype=np.float64)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
+    np.add.at(c, (np.asarray(labels)[ok], np.asarray(targets)[ok]), w[ok])
+    return c
+
+
+def mixup_topk(counts: np.ndarray, labels: np.ndarray, k: int = 5, alpha: float = 1.0) -> TopK:
+    """Which classes a given label is mistaken for: ``P(true c | given y)`` from (K, K) ``counts`` (rows: given
+    label) plus ``alpha`` per cell, the given label itself excluded. Information the images do not carry:
+    human and instance-dependent noise confuses a class with a few others (cat <-> dog)."""
+    K = counts.shape[0]  # noqa: N806
+    t = counts.astype(np.float64) + alpha
+    np.fill_diagonal(t, 0.0)
+    t /= np.maximum(t.sum(axis=1, keepdims=True), EPS)
+    per = topk(t, np.arange(K), k)  # each class's top-k mix-ups, looked up by label
+    labels = np.asarray(labels, dtype=np.int64)
+    return TopK(per.idx[labels], per.prob[labels], np.zeros(len(labels), np.float32), K)
+
+
+def prior_mixups(sources: dict[str, TopK], labels: np.ndarray, p_wrong: np.ndarray, K: int,  # noqa: N803
+                 strength: float = MIXUP_PRIOR) -> np.ndarray:
+    """The unsupervised mix-up counts: suggestion 1 of the image sources, weighted by ``p_wrong``, scaled to
+    ``strength`` pseudo-corrections per class (a reviewer's corrections soon outweigh it)."""
+    first = pool_suggestions(sources, labels, np.ones(len(labels)), n=1).label[:, 0]
+    c = mixup_counts(labels, first, K, p_wrong)
+    return c * (strength * K / max(c.sum(), EPS))
 
 
 def given_prob(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -76,6 +76,7 @@ class _Tally:
     one_key: int = 0
     top3: int = 0
     reviewed: set = field(default_factory=set)
+    found: list = field(default_factory=list)  # ids of the wrong labels found, in order
 
 
 def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
@@ -87,6 +88,7 @@ def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
         q.act(item["id"], int(item["version"]), "keep")
         return
     t.errors += 1
+    t.found.append(str(item["id"]))
     labels = [s.label for s in sugg]
     t.top3 += truth in labels[:3]
     if labels and labels[0] == truth:
@@ -125,6 +127,7 @@ def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
             raise SimulationError(f"{run.path} has no signals.safetensors: run `deft audit` on it first")
         q = ReviewQueue(store, ReviewFilter(suspects=None, order=cfg.order), client="simulator", user="oracle")
         t, rows = _Tally(), []
+        best = SourceBest(run, truth)
         pos = {sid: i for i, sid in enumerate(ids)}
         for budget in sorted(cfg.budgets):
             while t.cards < budget:
@@ -140,14 +143,60 @@ def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
                 unreviewed = np.ones(len(ids), dtype=bool)
                 unreviewed[[pos[i] for i in t.reviewed]] = False
                 remaining = estimate_remaining(learner.model.p_wrong, unreviewed)
-            rows.append({"budget": budget, **_row(t, errors_total, remaining)})
+            rows.append({"budget": budget, **_row(t, errors_total, remaining),
+                         "source_one_key_rate": best.rate(t.found)})
         report = learner.last.line() if learner is not None and learner.last is not None else ""
     return {"run": str(run.path), "order": cfg.order, "learn": bool(cfg.learn and learner is not None),
             "samples": len(ids), "errors_total": int(errors_total), "every": cfg.rank.every,
-            "last_rerank": report, "budgets": rows}
+            "last_rerank": report, "budgets": rows, "suggestion_1_accuracy": suggestion_accuracy(run, truth)}
+
+
+class SourceBest:
+    """Each suggestion source's best class other than the given label, per sample (from the run's signals),
+    to compare the one-key rate of the combined list with each source alone on the same errors."""
+
+    def __init__(self, run, truth: dict[str, str]) -> None:
+        from .learning import Signals, signals_path
+
+        scores = run.scores()
+        self.ids = scores["id"].astype(str).to_numpy()
+        self.pos = {sid: i for i, sid in enumerate(self.ids)}
+        self.truth = np.array([truth[i] for i in self.ids], dtype=object)
+        self.wrong = self.truth != scores["label"].astype(str).to_numpy()
+        self.best: dict[str, np.ndarray] = {}
+        if signals_path(run.path).is_file():
+            sig = Signals.load(signals_path(run.path), self.ids)
+            names = np.asarray([*sig.classes, ""], dtype=object)
+            for name, src in sig.sources.items():
+                second = src.idx[:, 1] if src.idx.shape[1] > 1 else np.full(len(self.ids), -1)
+                self.best[name] = names[np.where(src.idx[:, 0] == sig.labels, second, src.idx[:, 0])]
+            from .learning import unsupervised
+            from .ranking import prior_mixups
+
+            mix = prior_mixups(sig.sources, sig.labels, unsupervised(sig).p_wrong, len(sig.classes))
+            np.fill_diagonal(mix, -1.0)
+            self.best["label mix-ups"] = names[mix.argmax(axis=1)[sig.labels]]
+        if "s1" in scores:
+            self.best["combined (before any decision)"] = scores["s1"].astype(str).to_numpy()
+
+    def rate(self, ids: list[str]) -> dict[str, float]:
+        """Share of the samples ``ids`` whose true class each source suggests first."""
+        rows = np.array([self.pos[i] for i in ids], dtype=np.int64)
+        if not len(rows):
+            return {}
+        return {k: round(float((v[rows] == self.truth[rows]).mean()), 4) for k, v in self.best.items()}
+
+
+def suggestion_accuracy(run, truth: dict[str, str]) -> dict[str, float]:
+    """Share of all wrong labels whose true class is suggestion 1: each source alone (its best class other
+    than the given label) and the combined list before any decision (``s1`` of the audited scores)."""
+    sb = SourceBest(run, truth)
+    return sb.rate(list(sb.ids[sb.wrong]))
 
 
 def table(results: list[dict]) -> pd.DataFrame:
     """One line per (order, budget) of several :func:`simulate` results."""
-    out = [{"order": r["order"] + (" + learning" if r["learn"] else ""), **b} for r in results for b in r["budgets"]]
+    out = [{"order": r["order"] + (" + learning" if r["learn"] else ""), **{k: v for k, v in b.items()
+                                                                             if k != "source_one_key_rate"}}
+           for r in results for b in r["budgets"]]
     return pd.DataFrame(out)
