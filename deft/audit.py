@@ -51,6 +51,7 @@ class AuditConfig:
     seed: int = 0
     data_issues: bool = True
     projection: bool = True
+    ranking: bool = True  # signals + combined order and suggestions (deft.learning), saved as RUN/signals.safetensors
     issues: di.DataIssueConfig = field(default_factory=di.DataIssueConfig)
 
 
@@ -63,19 +64,26 @@ class AuditResult:
     projection: pd.DataFrame | None
 
 
-def ground_truth(run: Run) -> np.ndarray | None:
-    """Which samples are truly clean, when known: a ``true_label`` column (``deft noise``), or a
-    ``PLANTED.csv`` (``path,true_label,...``, the demo's list of planted errors) in the data root."""
+def true_labels(run: Run) -> np.ndarray | None:
+    """Every sample's true label (str), when known: a ``true_label`` column (``deft noise``), or a
+    ``PLANTED.csv`` (``path,true_label,...``, the demo's list of planted errors) in the data root, whose
+    unlisted samples keep their given label."""
     s = run.dataset.samples
     if "true_label" in s:
-        return (s["true_label"].astype(str).to_numpy() == s["label"].astype(str).to_numpy())
+        return s["true_label"].astype(str).to_numpy()
     planted = Path(run.dataset.root) / "PLANTED.csv"
     if planted.is_file():
         p = pd.read_csv(planted, dtype=str)
         if {"path", "true_label"} <= set(p.columns):
             truth = s["id"].map(dict(zip(p["path"], p["true_label"], strict=True)))
-            return truth.isna().to_numpy() | (truth.to_numpy() == s["label"].astype(str).to_numpy())
+            return truth.fillna(s["label"].astype(str)).astype(str).to_numpy()
     return None
+
+
+def ground_truth(run: Run) -> np.ndarray | None:
+    """Which samples are truly clean, when known (see :func:`true_labels`)."""
+    truth = true_labels(run)
+    return None if truth is None else truth == run.dataset.samples["label"].astype(str).to_numpy()
 
 
 def _timed(timings: dict[str, float], name: str):
@@ -90,21 +98,24 @@ def _timed(timings: dict[str, float], name: str):
 
 
 def method_frames(labels: np.ndarray, emb: Embeddings, methods: tuple[str, ...], n_classes: int,
-                  n_folds: int = 5, seed: int = 0, timings: dict[str, float] | None = None) -> pd.DataFrame:
-    """The baselines' columns (``<method>_issue/_score/_pred``) for ``methods`` on the embeddings."""
+                  n_folds: int = 5, seed: int = 0, timings: dict[str, float] | None = None,
+                  probs: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The baselines' columns (``<method>_issue/_score/_pred``) for ``methods`` on the embeddings; each
+    method's class probabilities go into ``probs`` when given (the ranking's sources)."""
     timings = timings if timings is not None else {}
+    probs = probs if probs is not None else {}
     unknown = sorted(set(methods) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(bl.METHODS)}")
     parts = []
     if "zeroshot" in methods:
         with _timed(timings, "zeroshot"):
-            parts.append(bl.find_zero_shot_issues(labels, bl.zero_shot_pred_probs(
-                emb.image, emb.text_zs, emb.logit_scale)))
+            probs["zeroshot"] = bl.zero_shot_pred_probs(emb.image, emb.text_zs, emb.logit_scale)
+            parts.append(bl.find_zero_shot_issues(labels, probs["zeroshot"]))
     if "cleanlab" in methods:
         with _timed(timings, "cleanlab"):
-            probs = bl.cross_val_pred_probs(emb.image, labels, n_classes, n_folds=n_folds, seed=seed)
-            parts.append(bl.find_confident_learning_issues(labels, probs))
+            probs["cleanlab"] = bl.cross_val_pred_probs(emb.image, labels, n_classes, n_folds=n_folds, seed=seed)
+            parts.append(bl.find_confident_learning_issues(labels, probs["cleanlab"]))
     return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=range(len(labels)))
 
 
@@ -165,8 +176,9 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
             and run.meta.get("method", "deft") == "deft":
         deft = bl.deft_issues(scores, ds.classes).set_axis(scores["id"].astype(str).to_numpy())
         table = pd.concat([table, deft.reindex(table["id"]).reset_index(drop=True)], axis=1)  # join on id
+    probs: dict[str, np.ndarray] = {}
     base = method_frames(labels, emb.subset(rows), tuple(m for m in cfg.methods if m != "deft"), ds.K,
-                         cfg.n_folds, cfg.seed, timings)
+                         cfg.n_folds, cfg.seed, timings, probs)
     table = pd.concat([table, base], axis=1)
     table = pd.concat([table, bl.agreement(table)], axis=1)
     summary: dict = {}
@@ -175,6 +187,9 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
         table = pd.concat([table, issues.iloc[rows].reset_index(drop=True)], axis=1)
         summary["near_duplicate_cos"] = round(1.0 - thr, 6)
         summary["issues"] = di.summarize(table)
+    if cfg.ranking and scores is not None:
+        with _timed(timings, "ranking"):
+            table, summary["ranking"] = _rank(run, scores, table, emb.subset(rows), labels, probs, save)
     truth = ground_truth(run)
     truth = truth[rows] if truth is not None else None
     metrics = bl.methods_metrics(table, truth) if truth is not None else None
@@ -193,6 +208,23 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
     if save:
         _save(run, table, report, metrics, summary, scores)
     return AuditResult(table=table, metrics=metrics, class_report=report, summary=summary, projection=proj)
+
+
+def _rank(run: Run, scores: pd.DataFrame, table: pd.DataFrame, emb: Embeddings, labels: np.ndarray,
+          probs: dict[str, np.ndarray], save: bool) -> tuple[pd.DataFrame, dict]:
+    """The learning queue's signals (saved beside the run) and its columns added to the audit table."""
+    from . import learning
+
+    s = scores.set_index(scores["id"].astype(str)).reindex(table["id"].astype(str)).reset_index(drop=True)
+    sig = learning.build_signals(s.assign(id=table["id"].to_numpy()), labels, run.dataset.classes, emb.image,
+                                 emb.text_zs, emb.logit_scale, probs, table)
+    if save:
+        sig.save(learning.signals_path(run.path))
+    ranked, model = learning.initial_ranking(sig)
+    table = pd.concat([table.drop(columns=[c for c in ranked.columns if c in table and c != "id"]),
+                       ranked.drop(columns="id")], axis=1)
+    return table, {"model": model.source, "expected_wrong": round(float(model.p_wrong.sum()), 1),
+                   "weights": model.coef}
 
 
 def _save(run: Run, table: pd.DataFrame, report: pd.DataFrame, metrics: dict | None, summary: dict,

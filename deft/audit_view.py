@@ -47,7 +47,8 @@ def issue_rows(table: pd.DataFrame) -> list[tuple[str, str]]:
     return [(name, sid) for name in ISSUES for sid in ids[issue_mask(table, name)]]
 
 
-ORDERS = {"DEFT margin": "margin", "agreement (flagged by most methods first)": "agreement",
+ORDERS = {"most likely wrong (all signals, learns)": "combined",
+          "DEFT margin": "margin", "agreement (flagged by most methods first)": "agreement",
           "zero-shot": "zeroshot", "confident learning (cleanlab)": "cleanlab", "DEFT flags": "deft"}
 
 
@@ -57,8 +58,12 @@ def order_rows(table: pd.DataFrame) -> list[tuple[str, str, float]]:
     from .audit import review_order  # loads torch: only once a run was audited
 
     out: list[tuple[str, str, float]] = []
+    if "p_wrong" in table:
+        from .learning import order_rows as combined_rows
+
+        out += combined_rows(table)
     for by in ORDERS.values():
-        if by == "margin" or (by != "agreement" and f"{by}_score" not in table):
+        if by in ("margin", "combined") or (by != "agreement" and f"{by}_score" not in table):
             continue
         try:
             ids = review_order(table, by)["id"].astype(str)

@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("simulate", help="replay an oracle reviewer through the review queue (needs ground truth)")
+    p.add_argument("run")
+    p.add_argument("--budget", default="250,500,1000", help="cards after which to report (default: %(default)s)")
+    p.add_argument("--order", default="combined", help="combined (default), margin, agreement, zeroshot, cleanlab")
+    p.add_argument("--learn", action=argparse.BooleanOptionalAction, default=True,
+                   help="refit on the decisions and re-rank the unseen queue (combined order; default: on)")
+    p.add_argument("--every", type=int, default=None, help="decisions between refits (default: 25)")
+    p.add_argument("--json", help="write the result as JSON here")
+
     p = sub.add_parser("score", help="re-open a run and score every sample again with its saved prompts")
     _image_cache_arg(p)
     p.add_argument("run")
@@ -243,6 +252,30 @@ def cmd_audit(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from .ranking import RankConfig
+    from .simulate import SimConfig, simulate
+
+    try:
+        budgets = tuple(int(b) for b in a.budget.split(",") if b.strip())
+    except ValueError:
+        raise SystemExit(f"--budget takes card counts separated by commas, e.g. 250,500,1000 (got {a.budget!r})") \
+            from None
+    rank = RankConfig(**({"every": a.every} if a.every else {}))
+    res = simulate(a.run, SimConfig(budgets=budgets, order=a.order, learn=a.learn, rank=rank))
+    say(f"{res['order']}{' + learning' if res['learn'] else ''}: {res['errors_total']} wrong labels "
+        f"among {res['samples']} samples")
+    say(f"{'cards':>6} {'found':>6} {'precision':>9} {'1-key':>6} {'top-3':>6} {'est. left':>9} {'true left':>9}")
+    for b in res["budgets"]:
+        est = "-" if b["estimated_remaining"] is None else f"{b['estimated_remaining']:.0f}"
+        say(f"{b['cards']:>6} {b['errors_found']:>6} {b['precision']:>9.3f} {b['one_key_rate']:>6.3f} "
+            f"{b['top3_rate']:>6.3f} {est:>9} {b['true_remaining']:>9}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
 def cmd_score(a: argparse.Namespace) -> int:
     from .phase1 import rescore
 
@@ -303,7 +336,7 @@ def _main_rank() -> bool:
 
 
 COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score": cmd_score, "train": cmd_train,
-            "export": cmd_export, "noise": cmd_noise}
+            "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from .store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
 
-__all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title", "dataset_key"]
+__all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title", "dataset_key",
+           "BATCH_SOURCES"]
 
 
 def dataset_key(source: str) -> str:
@@ -27,7 +31,7 @@ def dataset_key(source: str) -> str:
 
 @dataclass
 class ReviewFilter:
-    suspects: bool = True  # False: spot-check the clean samples, lowest margin first
+    suspects: bool | None = True  # False: spot-check the clean samples; None: every sample (the combined order)
     label: str | None = None
     status: str | None = None  # pending / accepted / relabelled / kept / excluded
     margin_min: float | None = None
@@ -56,26 +60,44 @@ class ReviewFilter:
 class Suggestion:
     label: str
     conf: float
-    source: str  # "learned prompts" or "zero-shot CLIP"
+    source: str  # who proposes it: "learned prompts", "zero-shot CLIP", "zero-shot CLIP + nearest neighbours", ...
     action: str  # "accept" (the sample's suggestion) or "relabel"
 
 
-def suggestions(item: dict, limit: int = 3) -> list[Suggestion]:
-    """Up to ``limit`` distinct labels other than the given one, best first: learned prediction, then zero-shot.
+def _usable(name) -> bool:
+    return name is not None and not (isinstance(name, float) and name != name)
 
-    A suggestion equal to the given label is never offered (pressing it would "relabel" to the same label).
+
+def suggestions(item: dict, limit: int = 3) -> list[Suggestion]:
+    """Up to ``limit`` distinct labels other than the given one, best first.
+
+    After ``deft audit``: the combined list ``s1..s3`` (every source pooled, each named with the sources
+    that rank it first, confidence = the probability that relabelling to it is right). Before: the
+    sample's ``suggestion`` (named by the source it came from), the learned-prompt prediction, then
+    zero-shot CLIP's top 3, each with its own source's confidence. A suggestion equal to the given label
+    is never offered (pressing it would "relabel" to the same label).
     """
-    given = str(item.get("label"))
+    given, sugg = str(item.get("label")), item.get("suggestion")
+    if _usable(item.get("s1")):
+        cands = [(item.get(f"s{k}"), item.get(f"s{k}_conf"), item.get(f"s{k}_src") or "combined") for k in (1, 2, 3)]
+    else:
+        own = [(item.get("pred"), item.get("pred_conf"), "learned prompts"),
+               (item.get("zs1"), item.get("zs1_conf"), "zero-shot CLIP")]
+        first = [c for c in own if _usable(sugg) and str(c[0]) == str(sugg)][:1]
+        cands = first + own + [(item.get(f"zs{k}"), item.get(f"zs{k}_conf"), "zero-shot CLIP") for k in (2, 3)]
     seen, out = {given}, []
-    cands = [(item.get("suggestion"), item.get("suggestion_conf"), "learned prompts")]
-    cands += [(item.get(f"zs{k}"), item.get(f"zs{k}_conf"), "zero-shot CLIP") for k in (1, 2, 3)]
     for name, conf, source in cands:
-        if name is None or (isinstance(name, float) and math.isnan(name)) or str(name) in ("", *seen):
+        if not _usable(name) or str(name) in ("", *seen):
             continue  # a missing value (None, NaN): not the class names "None" or "nan", which are offered
         seen.add(str(name))
-        action = "accept" if str(name) == str(item.get("suggestion")) else "relabel"
-        out.append(Suggestion(str(name), float(conf or 0.0), source, action))
+        action = "accept" if str(name) == str(sugg) else "relabel"
+        out.append(Suggestion(str(name), float(conf or 0.0), str(source), action))
     return out[:limit]
+
+
+# batch accept: source -> (label column, confidence column)
+BATCH_SOURCES = {"combined": ("s1", "s1_conf"), "learned prompts": ("pred", "pred_conf"),
+                 "zero-shot CLIP": ("zs1", "zs1_conf")}
 
 
 def group_title(item: dict) -> str:
@@ -156,7 +178,7 @@ class ReviewQueue:
         if k < 1 or k > len(sugg):
             raise ReviewError(f"{sample_id} has no suggestion {k}")
         s = sugg[k - 1]
-        return self.act(sample_id, version, s.action, None if s.action == "accept" else s.label)
+        return self.act(sample_id, version, s.action, s.label)
 
     def undo(self) -> list[Decision]:
         """Undo this client's last step (a decision or a whole batch) and show that sample again."""
@@ -166,19 +188,25 @@ class ReviewQueue:
         return done
 
     # -- batch ---------------------------------------------------------------
-    def batch_candidates(self, min_conf: float, source: str = "learned prompts") -> list[tuple[str, int]]:
-        """``(id, version)`` of pending samples in the filter whose top suggestion of ``source`` has
-        confidence >= ``min_conf`` and differs from the given label (what batch accept would touch)."""
+    def batch_candidates(self, min_conf: float, source: str = "combined") -> list[tuple[str, int, str, str]]:
+        """``(id, version, action, label)`` of pending samples in the filter whose ``source`` (a key of
+        :data:`BATCH_SOURCES`) proposes a label other than the given one with confidence >= ``min_conf``:
+        what batch accept would apply, each with that source's own label (accept when it is the sample's
+        suggestion, else relabel)."""
+        if source not in BATCH_SOURCES:
+            raise ReviewError(f"unknown suggestion source {source!r}; choose one of {list(BATCH_SOURCES)}")
+        col, conf = BATCH_SOURCES[source]
         rows = self.store.query(**(self.filter.kwargs() | {"status": "pending"}), limit=-1)
-        if source == "zero-shot CLIP":
-            ok = (rows["zs1"] == rows["suggestion"]) & (rows["zs1_conf"] >= min_conf)
-        else:
-            ok = rows["suggestion_conf"] >= min_conf
-        ok &= rows["suggestion"].notna() & (rows["suggestion"] != rows["label"])
-        return list(zip(rows.loc[ok, "id"].astype(str), rows.loc[ok, "version"].astype(int), strict=True))
+        ok = rows[col].notna() & (rows[col].astype(str) != rows["label"].astype(str))
+        ok &= pd.to_numeric(rows[conf], errors="coerce").fillna(-1.0) >= min_conf
+        rows = rows[ok]
+        act = np.where(rows[col].astype(str) == rows["suggestion"].astype(str), "accept", "relabel")
+        return list(zip(rows["id"].astype(str), rows["version"].astype(int), act.tolist(),
+                        rows[col].astype(str), strict=True))
 
-    def apply_many(self, items: list[tuple[str, int]], action: str, label: str | None = None) -> BatchResult:
-        """One action on many ``(id, version seen)`` samples, one batch in the log (one undo step)."""
+    def apply_many(self, items: list[tuple], action: str, label: str | None = None) -> BatchResult:
+        """One action on many ``(id, version seen)`` samples (or each its own: ``(id, version, action, label)``),
+        one batch in the log (one undo step)."""
         return self.store.decide_many(items, action, label, client=self.client, by=self.user)
 
     def page(self, limit: int = 36) -> list[dict]:

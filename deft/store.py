@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS samples (
     idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, label TEXT NOT NULL, is_clean INTEGER NOT NULL,
     sim_pos REAL, sim_neg REAL, margin REAL, p_clean REAL, pred TEXT, pred_conf REAL,
     zs1 TEXT, zs1_conf REAL, zs2 TEXT, zs2_conf REAL, zs3 TEXT, zs3_conf REAL,
-    suggestion TEXT, suggestion_conf REAL
+    suggestion TEXT, suggestion_conf REAL, p_wrong REAL,
+    s1 TEXT, s1_conf REAL, s1_src TEXT, s2 TEXT, s2_conf REAL, s2_src TEXT, s3 TEXT, s3_conf REAL, s3_src TEXT
 );
 CREATE INDEX IF NOT EXISTS samples_review ON samples(is_clean, margin);
 CREATE INDEX IF NOT EXISTS samples_label ON samples(label, is_clean, margin);
@@ -55,10 +56,15 @@ CREATE TABLE IF NOT EXISTS orders (name TEXT NOT NULL, sample_id TEXT NOT NULL, 
 """
 # columns added after the first release: (table, column, declaration) -- old databases are migrated on open
 MIGRATIONS = [("decisions", "decided_by", "TEXT NOT NULL DEFAULT ''"), ("decisions", "batch", "INTEGER"),
-              ("state", "decided_by", "TEXT NOT NULL DEFAULT ''")]
+              ("state", "decided_by", "TEXT NOT NULL DEFAULT ''"), ("samples", "p_wrong", "REAL"),
+              *[("samples", f"s{j}{c}", t) for j in (1, 2, 3) for c, t in (("", "TEXT"), ("_conf", "REAL"),
+                                                                           ("_src", "TEXT"))]]
 VERSION_SQL = "(SELECT COUNT(*) FROM decisions d WHERE d.sample_id = s.id)"
 SAMPLE_COLUMNS = ["id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "p_clean", "pred", "pred_conf",
-                  "zs1", "zs1_conf", "zs2", "zs2_conf", "zs3", "zs3_conf", "suggestion", "suggestion_conf"]
+                  "zs1", "zs1_conf", "zs2", "zs2_conf", "zs3", "zs3_conf", "suggestion", "suggestion_conf", "p_wrong",
+                  "s1", "s1_conf", "s1_src", "s2", "s2_conf", "s2_src", "s3", "s3_conf", "s3_src"]
+RANKED_COLUMNS = ("p_wrong", "suggestion", "suggestion_conf", "s1", "s1_conf", "s1_src", "s2", "s2_conf", "s2_src",
+                  "s3", "s3_conf", "s3_src")  # what a re-rank may change of a sample nobody has seen
 ACTIONS = tuple(DECISION_STATUS)
 
 
@@ -311,9 +317,10 @@ class ReviewStore:
         return " LEFT JOIN orders o ON o.sample_id = s.id AND o.name = ?", [order], "COALESCE(o.key, 1e300)"
 
     @staticmethod
-    def _sample_filter(suspects: bool, label: str | None, margin_min: float | None,
+    def _sample_filter(suspects: bool | None, label: str | None, margin_min: float | None,
                        margin_max: float | None, issue: str | None = None) -> tuple[str, list]:
-        where, args = ["s.is_clean = ?"], [0 if suspects else 1]
+        """``suspects``: True DEFT's suspects, False its clean samples, None every sample."""
+        where, args = (["s.is_clean = ?"], [0 if suspects else 1]) if suspects is not None else (["1"], [])
         if issue:
             where.append("s.id IN (SELECT sample_id FROM issues WHERE issue = ?)")
             args.append(issue)
@@ -462,6 +469,9 @@ class ReviewStore:
             raise ReviewError(f"{sample_id} is already labelled {given!r}; use keep to confirm a label")
         if action == "accept" and (not suggestion or suggestion == given):
             raise ReviewError(f"{sample_id} has no suggestion other than its label {given!r}; use keep instead")
+        if action == "accept" and label and label != suggestion:  # the suggestion on screen was re-ranked since
+            raise StaleError(f"{sample_id}'s suggestion changed since you saw it (now {suggestion!r}); "
+                             "nothing was applied", "")
         final = {"accept": suggestion, "relabel": label, "keep": given, "exclude": None}[action]
         cur = con.execute("INSERT INTO decisions(sample_id, action, label, client, at, decided_by, batch) "
                           "VALUES (?,?,?,?,?,?,?)", (sample_id, action, final, client, at, by, batch))
@@ -487,7 +497,8 @@ class ReviewStore:
                     client: str = "", by: str = "local") -> BatchResult:
         """Apply one action to many samples in one transaction, logged as one batch (one undo step).
 
-        ``items`` are sample ids or ``(sample id, version seen)`` pairs; a pair whose sample
+        ``items`` are sample ids, ``(sample id, version seen)`` pairs or ``(sample id, version seen, action,
+        label)`` (each its own action, e.g. a batch accept of several sources' labels); a pair whose sample
         changed since is skipped and listed in :attr:`BatchResult.stale`, a sample the action
         does not fit (accept without a different suggestion, ...) in :attr:`BatchResult.refused`.
         """
@@ -497,8 +508,9 @@ class ReviewStore:
             batch = int(con.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM decisions").fetchone()[0])
             for it in items:
                 sid, ver = (it, None) if isinstance(it, str) else (str(it[0]), int(it[1]))
+                act, lab = (str(it[2]), it[3]) if not isinstance(it, str) and len(it) == 4 else (action, label)
                 try:
-                    applied.append(self._apply(con, sid, action, label, client, at, by, ver, batch))
+                    applied.append(self._apply(con, sid, act, lab, client, at, by, ver, batch))
                 except StaleError:
                     stale.append(sid)
                 except ReviewError as exc:  # e.g. accept where the suggestion is the label: skip, say why
@@ -585,6 +597,55 @@ class ReviewStore:
             return pd.read_sql_query(
                 "SELECT sample_id AS id, status, final_label, decided_at, decided_by FROM state ORDER BY sample_id",
                 con)
+
+    def decided(self) -> pd.DataFrame:
+        """``id, status, final_label, seq`` of every decided sample (what the learning queue fits on)."""
+        with self._read() as con:
+            return pd.read_sql_query("SELECT sample_id AS id, status, final_label, seq FROM state", con)
+
+    def n_decisions(self) -> int:
+        """Rows in the decision log (undo included): one indexed lookup."""
+        with self._read() as con:
+            return int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM decisions").fetchone()[0])
+
+    def sample_ids(self) -> list[str]:
+        """Sample ids in the scores table's order."""
+        with self._read() as con:
+            return [r[0] for r in con.execute("SELECT id FROM samples ORDER BY idx")]
+
+    def rerank(self, name: str, order: list[str], values: pd.DataFrame | None = None, slack: int = 20) -> int:
+        """Re-rank the samples of review order ``name`` that nobody has seen, in ``order`` (sample ids, first
+        = reviewed first), and set their :data:`RANKED_COLUMNS` from ``values`` (indexed by sample id).
+
+        Seen (kept in place, values untouched): every decided sample, and every sample up to ``slack``
+        places after the furthest card any reviewer has on screen or has decided in this order (a card
+        rendered but not yet saved as a reviewer's place is within that slack). One transaction; returns the
+        number of samples re-ranked.
+        """
+        with self._tx() as con:
+            far = con.execute(
+                "SELECT MAX(o.key) FROM orders o WHERE o.name = ? AND o.sample_id IN "
+                "(SELECT sample_id FROM cursors WHERE sample_id IS NOT NULL UNION SELECT sample_id FROM state)",
+                (name,)).fetchone()[0]
+            far = -1.0 if far is None else float(far)
+            row = con.execute("SELECT key FROM orders WHERE name = ? AND key > ? ORDER BY key LIMIT 1 OFFSET ?",
+                              (name, far, max(0, slack - 1))).fetchone()
+            if row is None:
+                return 0
+            edge = float(row[0])
+            unseen = {r[0] for r in con.execute(
+                "SELECT o.sample_id FROM orders o LEFT JOIN state st ON st.sample_id = o.sample_id "
+                "WHERE o.name = ? AND o.key > ? AND st.sample_id IS NULL", (name, edge))}
+            ids = [sid for sid in order if sid in unseen]
+            con.executemany("UPDATE orders SET key = ? WHERE name = ? AND sample_id = ?",
+                            [(edge + 1 + i, name, sid) for i, sid in enumerate(ids)])
+            if values is not None and ids:
+                cols = [c for c in RANKED_COLUMNS if c in values.columns]
+                v = values.loc[ids, cols].astype(object).where(values.loc[ids, cols].notna(), None)
+                con.executemany(f"UPDATE samples SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+                                [(*r, sid) for sid, r in zip(ids, v.itertuples(index=False, name=None),
+                                                             strict=True)])
+        return len(ids)
 
     def scores(self) -> pd.DataFrame:
         with self._read() as con:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from deft.audit_view import ISSUES, ORDERS
+from deft.review import BATCH_SOURCES
 
 from .views import GRID_HELP, KEYS_HELP
 
@@ -118,7 +119,7 @@ def _card_mode(c) -> None:
             c.card = gr.HTML("", elem_id="card-box")
             # batch accept under the card, one row: its preview message is above the fold
             with gr.Row(equal_height=True):
-                c.batch_src = gr.Dropdown(["learned prompts", "zero-shot CLIP"],
+                c.batch_src = gr.Dropdown(list(BATCH_SOURCES),
                                           value="learned prompts", label="Batch accept: source",
                                           elem_id="batch-src", scale=2, min_width=150)
                 c.batch_t = gr.Number(0.9, minimum=0, maximum=1, step=0.01, label="confidence ≥",

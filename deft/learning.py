@@ -1,0 +1,271 @@
+"""The learning review queue on a run: its signals on disk, the combined order, and the re-rank.
+
+``deft audit`` computes every signal once (:func:`build_signals`), saves them as
+``RUN/signals.safetensors`` (no code runs on load) and adds to the audit table the columns the review
+store shows: ``p_wrong`` (the probability the label is wrong), the combined suggestions ``s1..s3`` with
+``s1_conf..`` and ``s1_src..``, and ``suggestion`` = ``s1`` (what *accept* applies). The ``combined``
+review order is ``p_wrong`` descending.
+
+While a team reviews, :class:`QueueLearner` refits on their decisions every ``RankConfig.every`` decisions
+and re-ranks the part of the queue nobody has seen (:meth:`deft.store.ReviewStore.rerank`): the card on
+screen, the cards before it and decided samples keep their place and their suggestions. The app runs it
+off the key path (a background thread); ``deft simulate`` runs the same object in line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import ranking as rk
+from .atomic import save_safetensors
+
+SIGNALS_FILE = "signals.safetensors"
+ORDER = "combined"
+SUGGESTION_COLUMNS = ("s1", "s1_conf", "s1_src", "s2", "s2_conf", "s2_src", "s3", "s3_conf", "s3_src")
+RANK_COLUMNS = ("p_wrong", *SUGGESTION_COLUMNS)
+FLAG_METHODS = ("deft", "zeroshot", "cleanlab")
+
+
+@dataclass
+class Signals:
+    """Everything the ranking needs, one row per reviewable sample (the scores table's rows, in order)."""
+
+    ids: np.ndarray  # (N,) str
+    labels: np.ndarray  # (N,) int
+    classes: list[str]
+    features: pd.DataFrame
+    sources: dict[str, rk.TopK]
+    nn_idx: np.ndarray
+    nn_sim: np.ndarray
+    flags: np.ndarray  # (N, M) bool: each method's verdict (for the unsupervised fit)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1("\n".join(map(str, self.ids)).encode()).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> None:
+        import torch
+
+        t = {"features": self.features.to_numpy(np.float32), "labels": self.labels.astype(np.int64),
+             "nn_idx": self.nn_idx.astype(np.int64), "nn_sim": self.nn_sim.astype(np.float32),
+             "flags": self.flags.astype(np.uint8)}
+        for name, s in self.sources.items():
+            t |= {f"{name}.idx": s.idx.astype(np.int64), f"{name}.prob": s.prob.astype(np.float32),
+                  f"{name}.given": s.given.astype(np.float32)}
+        meta = {"key": self.key, "features": json.dumps(list(self.features.columns)),
+                "classes": json.dumps(self.classes), "sources": json.dumps(list(self.sources))}
+        save_safetensors(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in t.items()}, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, ids: np.ndarray) -> Signals:
+        """Read ``path`` (safetensors: loading executes no code) for the samples ``ids``; a file written for
+        other samples is refused with :class:`ValueError`."""
+        from safetensors.numpy import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        classes = json.loads(meta["classes"])
+        sig = cls(np.asarray(ids, dtype=object), t["labels"], classes,
+                  pd.DataFrame(t["features"].astype(np.float64), columns=json.loads(meta["features"])),
+                  {n: rk.TopK(t[f"{n}.idx"], t[f"{n}.prob"], t[f"{n}.given"], len(classes))
+                   for n in json.loads(meta["sources"])}, t["nn_idx"], t["nn_sim"], t["flags"].astype(bool))
+        if sig.key != meta.get("key"):
+            raise ValueError(f"{path} was computed for other samples; run `deft audit` again")
+        return sig
+
+
+def build_signals(scores: pd.DataFrame, labels: np.ndarray, classes: list[str], image: np.ndarray,
+                  text_zs: np.ndarray, logit_scale: float, probs: dict[str, np.ndarray],
+                  table: pd.DataFrame | None = None, config: rk.RankConfig | None = None) -> Signals:
+    """The signals of the scores table's samples.
+
+    Parameters
+    ----------
+    scores : the run's scores (DEFT's columns; a baseline run's have NaN cosines).
+    labels : (N,) int given labels of those rows; ``image`` (N, D) their frozen CLIP embeddings.
+    probs : dense (N, K) class probabilities per method, e.g. ``{"zeroshot": ..., "cleanlab": ...}``.
+    table : the audit table (method flags, data issues), same rows.
+    """
+    from .data_issues import knn
+
+    cfg = config or rk.RankConfig()
+    K = len(classes)  # noqa: N806
+    index = {c: i for i, c in enumerate(classes)}
+    sources: dict[str, rk.TopK] = {}
+    if "pred" in scores and scores["pred"].notna().any() and scores["sim_pos"].notna().any():
+        pred = scores["pred"].map(index).fillna(-1).to_numpy(np.int64)
+        sources["prompts"] = rk.prompt_topk(pred, scores["pred_conf"].to_numpy(np.float64), labels, K)
+    if "zeroshot" in probs:
+        sources["zeroshot"] = rk.topk(probs["zeroshot"], labels, cfg.top_k)
+    if "cleanlab" in probs:
+        sources["probe"] = rk.topk(probs["cleanlab"], labels, cfg.top_k)
+    dist, nn_idx = knn(image, cfg.neighbours)
+    nn_sim = 1.0 - dist
+    sources["neighbours"] = rk.neighbour_topk(nn_idx, nn_sim, labels, K, k=cfg.top_k)
+    extra = {"nn_text": rk._log(rk.neighbour_text_agreement(image, text_zs, logit_scale, labels, nn_idx))}
+    features = rk.signal_features(scores, sources, extra, table)
+    flags = [~scores["is_clean"].to_numpy(bool)] if "is_clean" in scores else []
+    if table is not None:
+        flags += [table[f"{m}_issue"].fillna(False).to_numpy(bool) for m in FLAG_METHODS[1:]
+                  if f"{m}_issue" in table]
+    flags_arr = np.stack(flags, axis=1) if flags else np.zeros((len(labels), 0), dtype=bool)
+    return Signals(scores["id"].astype(str).to_numpy(dtype=object), np.asarray(labels, dtype=np.int64),
+                   list(classes), features, sources, nn_idx, nn_sim.astype(np.float32), flags_arr)
+
+
+def unsupervised(sig: Signals, config: rk.RankConfig | None = None) -> rk.WrongLabelModel:
+    return rk.WrongLabelModel.unsupervised(sig.features, sig.flags, config)
+
+
+def rank_columns(sig: Signals, model: rk.WrongLabelModel, sugg: rk.Suggestions) -> pd.DataFrame:
+    """``id, p_wrong, s1.., suggestion, suggestion_conf`` (class names) for every sample of ``sig``."""
+    names = np.asarray([*sig.classes, None], dtype=object)
+    cols: dict[str, np.ndarray] = {"id": sig.ids, "p_wrong": model.p_wrong.astype(np.float64)}
+    for j in range(3):
+        lab = sugg.label[:, j]
+        cols[f"s{j + 1}"] = names[np.where(lab >= 0, lab, len(sig.classes))]
+        cols[f"s{j + 1}_conf"] = np.where(lab >= 0, sugg.conf[:, j], np.nan)
+        cols[f"s{j + 1}_src"] = np.where(lab >= 0, sugg.sources[:, j], None)
+    cols["suggestion"], cols["suggestion_conf"] = cols["s1"], cols["s1_conf"]
+    return pd.DataFrame(cols)
+
+
+def initial_ranking(sig: Signals, config: rk.RankConfig | None = None) -> tuple[pd.DataFrame, rk.WrongLabelModel]:
+    """The columns and model before any decision (what ``deft audit`` saves)."""
+    model = unsupervised(sig, config)
+    sources = with_mixups(sig, rk.prior_mixups(sig.sources, sig.labels, model.p_wrong, len(sig.classes)))
+    return rank_columns(sig, model, rk.pool_suggestions(sources, sig.labels, model.p_wrong)), model
+
+
+def with_mixups(sig: Signals, counts: np.ndarray, sources: dict[str, rk.TopK] | None = None) -> dict[str, rk.TopK]:
+    """``sources`` (default: the signals') plus the label mix-up source from ``counts`` (given x true)."""
+    return {**(sources if sources is not None else sig.sources), "mixups": rk.mixup_topk(counts, sig.labels)}
+
+
+def order_rows(ranked: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """The ``combined`` review order: highest ``p_wrong`` first (ties: table order)."""
+    o = np.argsort(-ranked["p_wrong"].to_numpy(np.float64), kind="stable")
+    return [(ORDER, sid, float(r)) for r, sid in enumerate(ranked["id"].astype(str).to_numpy()[o])]
+
+
+@dataclass
+class RerankReport:
+    """What one refit did: ``decisions`` it learned from, the model's ``precision`` on ``holdout`` held-out
+    decisions, ``moved`` samples re-keyed, ``remaining`` expected wrong labels among ``unreviewed``."""
+
+    decisions: int
+    source: str
+    precision: float | None
+    holdout: int
+    moved: int
+    remaining: float
+    unreviewed: int
+    weights: dict[str, float]
+
+    def line(self) -> str:
+        prec = (f"; precision {self.precision:.0%} on {self.holdout} held-out decisions"
+                if self.precision is not None else "")
+        return f"queue re-ranked from {self.source}{prec}"
+
+
+class QueueLearner:
+    """Refits the ranking on a review store's decisions and re-ranks its unseen samples.
+
+    Thread-safe: one refit at a time (:meth:`maybe_refit_async` never blocks the caller).
+    """
+
+    def __init__(self, store, signals: Signals, config: rk.RankConfig | None = None) -> None:
+        self.store, self.signals, self.config = store, signals, config or rk.RankConfig()
+        self.prior = unsupervised(signals, self.config)
+        self.model = self.prior
+        self.prior_mixups = rk.prior_mixups(signals.sources, signals.labels, self.prior.p_wrong, len(signals.classes))
+        self.pos = {sid: i for i, sid in enumerate(signals.ids)}
+        self._lock = threading.Lock()
+        self.last: RerankReport | None = None
+
+    def _decided(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, wrong flags, decision seq and final class of the samples decided (kept / changed)."""
+        cur = self.store.decided()
+        cur = cur[cur["status"].isin(["kept", "accepted", "relabelled"]) & cur["id"].isin(self.pos)]
+        rows = cur["id"].map(self.pos).to_numpy(np.int64)
+        wrong = cur["status"].isin(["accepted", "relabelled"]).to_numpy(int)
+        index = {c: i for i, c in enumerate(self.signals.classes)}
+        final = cur["final_label"].map(index).fillna(-1).to_numpy(np.int64)
+        return rows, wrong, cur["seq"].to_numpy(np.int64), final
+
+    def due(self) -> bool:
+        n = self.store.n_decisions()
+        return n - int(self.store.get_meta("rank_at", "0") or 0) >= self.config.every
+
+    def refit(self) -> RerankReport:
+        """Fit on every decision so far, then re-rank and re-suggest the unseen samples."""
+        with self._lock:
+            n_at = self.store.n_decisions()
+            rows, wrong, seq, final = self._decided()
+            sig, cfg = self.signals, self.config
+            self.model = rk.WrongLabelModel.from_decisions(sig.features, rows, wrong, seq, self.prior, cfg)
+            sources = dict(sig.sources)
+            labels = sig.labels.copy()
+            trust = 1.0 - self.model.p_wrong
+            moved = rows[wrong == 1]
+            labels[moved[final[wrong == 1] >= 0]] = final[(wrong == 1) & (final >= 0)]
+            trust[rows] = 1.0
+            sources["neighbours"] = rk.neighbour_topk(sig.nn_idx, sig.nn_sim, labels, len(sig.classes), trust,
+                                                      cfg.top_k)
+            fix = (wrong == 1) & (final >= 0)
+            counts = self.prior_mixups + rk.mixup_counts(sig.labels[rows[fix]], final[fix], len(sig.classes))
+            sources = with_mixups(sig, counts, sources)
+            weights = (rk.fit_source_weights(sources, sig.labels, rows[fix], final[fix])
+                       if fix.sum() >= cfg.min_decisions else {})
+            # the neighbour vote of a sample uses its neighbours' trusted labels, but its own given label stays
+            sugg = rk.pool_suggestions(sources, sig.labels, self.model.p_wrong, weights)
+            ranked = rank_columns(sig, self.model, sugg)
+            order = [sid for _, sid, _ in order_rows(ranked)]
+            moved_n = self.store.rerank(ORDER, order, ranked.set_index("id"))
+            unreviewed = np.ones(len(sig.ids), dtype=bool)
+            unreviewed[rows] = False
+            remaining = rk.estimate_remaining(self.model.p_wrong, unreviewed)
+            self.last = RerankReport(len(rows), self.model.source, self.model.precision, self.model.holdout,
+                                     moved_n, round(remaining, 1), int(unreviewed.sum()), weights)
+            self.store.set_meta("rank_at", str(n_at))
+            self.store.set_meta("rank_report", json.dumps(asdict(self.last)))
+            return self.last
+
+    def maybe_refit_async(self) -> bool:
+        """Start a refit in a background thread when one is due and none is running; True if started."""
+        if self._lock.locked() or not self.due():
+            return False
+        threading.Thread(target=self._refit_quietly, daemon=True, name="deft-rerank").start()
+        return True
+
+    def _refit_quietly(self) -> None:
+        try:
+            self.refit()
+        except Exception as exc:  # noqa: BLE001 (a failed refit must not take the review down)
+            self.store.set_meta("rank_error", f"{type(exc).__name__}: {exc}")
+
+
+def signals_path(run_path: str | os.PathLike) -> Path:
+    return Path(run_path) / SIGNALS_FILE
+
+
+def load_learner(store, run_path: str | os.PathLike, config: rk.RankConfig | None = None) -> QueueLearner | None:
+    """The learner of a run whose audit saved signals (None before ``deft audit``, or when the signals do not
+    match the store's samples)."""
+    p = signals_path(run_path)
+    if not p.is_file():
+        return None
+    ids = store.sample_ids()
+    try:
+        return QueueLearner(store, Signals.load(p, ids), config)
+    except (ValueError, KeyError, OSError):
+        return None
