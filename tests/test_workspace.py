@@ -223,7 +223,7 @@ def test_evidence_rereads_the_store_only_after_a_decision_or_new_scores(tmp_path
     for name in reads:
         monkeypatch.setattr(store, name, counting(name))
     ws = Workspace(AppSettings(runs=tmp_path / "runs"), run=run, store=store)
-    item = {"id": "s5", "label": "cat", "suggestion": "dog"}
+    item = {"id": "s5", "label": "cat", "suggestion": "dog", "pred": "dog", "pred_conf": 0.9}  # a named source
 
     def near(label):
         return [n.sample_id for role, lab, ns in ws.evidence(item, k=5) if lab == label for n in ns]

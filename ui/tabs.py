@@ -78,10 +78,18 @@ def detect_tab(c, s) -> None:
     c.det_summary = gr.Markdown(elem_id="detect-summary")
 
 
+# Review "Show" choice -> ReviewFilter.suspects (None: every sample, the order puts the likely wrong first)
+SHOW = {"suspects": True, "all (most likely wrong first)": None, "clean (spot-check)": False}
+
+
+def show_choice(suspects: bool | None) -> str:
+    return next(k for k, v in SHOW.items() if v is suspects)
+
+
 def review_tab(c) -> None:
     """3 · Review: filters, then the card and grid modes, then the hidden decision plumbing."""
     with gr.Row():
-        c.f_suspects = gr.Radio(["suspects", "clean (spot-check)"], value="suspects", label="Show",
+        c.f_suspects = gr.Radio(list(SHOW), value="suspects", label="Show",
                                 elem_id="f-show", scale=2, min_width=250)
         c.f_class = gr.Dropdown([""], value="", label="Class", interactive=True, elem_id="f-class")
         c.f_status = gr.Dropdown(STATUSES, value="", label="Status", interactive=True, elem_id="f-status")
