@@ -304,7 +304,7 @@ def queue_note(report: dict | None, wrong: tuple[float, int] | None) -> str:
                          "there are enough kept and corrected labels to learn from)")
     if wrong is not None:
         parts.append(f"about {round(wrong[0]):,} wrong labels likely remain among the {wrong[1]:,} unreviewed")
-    return " · ".join(parts)
+    return "<br>".join(parts)
 
 
 def job_curves(epochs: list[dict]) -> pd.DataFrame | None:
