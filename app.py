@@ -27,6 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=10, help="Phase 1 epochs preset in the UI")
     ap.add_argument("--train-epochs", type=int, default=10, help="Phase 2 epochs preset in the UI")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rerank-every", type=int, default=25, metavar="N",
+                    help="refit the review queue's model on the reviewers' decisions after every N new decisions "
+                         "(default: %(default)s; a small N, e.g. 5 for a demo or a test, also lets the model "
+                         "learn from as few as N decisions)")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     ap.add_argument("--port", type=int, default=7860)
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     roots = [*a.data_root] or [str(p) for p in default_roots(a.data, DEMO)] + ([a.root] if a.root else [])
     ws = Workspace(AppSettings(data=a.data, root=a.root, model=a.model, runs=Path(a.runs), device=a.device,
                                epochs=a.epochs, batch_size=a.batch_size, train_epochs=a.train_epochs,
-                               data_roots=tuple(roots)))
+                               data_roots=tuple(roots), rerank_every=a.rerank_every))
     print(f"deft-audit on http://{a.host}:{a.port}  (data: {a.data}; model: {a.model})", flush=True)
     launch(ws, host=a.host, port=a.port, auth=auth, share=a.share,
            app_kwargs=guard_kwargs(a.host, a.port, auth is not None))

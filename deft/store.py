@@ -170,6 +170,7 @@ class ReviewStore:
         self.path = Path(path)
         self._local = threading.local()  # one open connection per thread (and process)
         self._counts: dict[tuple, int] = {}  # count_query results that do not depend on decisions
+        self._wrong: tuple | None = None  # ((samples_gen, rank_gen), (sum of p_wrong, samples) or None)
         try:
             con = self._connect()
             try:
@@ -608,6 +609,25 @@ class ReviewStore:
         with self._read() as con:
             return int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM decisions").fetchone()[0])
 
+    def expected_wrong(self) -> tuple[float, int] | None:
+        """``(expected wrong labels, samples)`` among the samples nobody has decided: the sum of their
+        ``p_wrong`` (the stopping rule); None when the scores carry no ``p_wrong`` (before ``deft audit``).
+
+        The sum over every sample is cached until the scores are reloaded or re-ranked (``samples_gen``,
+        ``rank_gen``); per call it costs what :meth:`count` does (the decided samples, via ``state``)."""
+        with self._read() as con:
+            gen = con.execute("SELECT (SELECT value FROM meta WHERE key = 'samples_gen'), "
+                              "(SELECT value FROM meta WHERE key = 'rank_gen')").fetchone()
+            if self._wrong is None or self._wrong[0] != gen:
+                total, n = con.execute("SELECT SUM(p_wrong), COUNT(*) FROM samples").fetchone()
+                self._wrong = (gen, None if total is None else (float(total), int(n)))
+            if self._wrong[1] is None:
+                return None
+            total, n = self._wrong[1]
+            decided, n_decided = con.execute("SELECT COALESCE(SUM(s.p_wrong), 0), COUNT(*) FROM state st "
+                                             "CROSS JOIN samples s ON s.id = st.sample_id").fetchone()
+        return max(0.0, total - float(decided)), n - int(n_decided)
+
     def sample_ids(self) -> list[str]:
         """Sample ids in the scores table's order."""
         with self._read() as con:
@@ -639,6 +659,8 @@ class ReviewStore:
             ids = [sid for sid in order if sid in unseen]
             con.executemany("UPDATE orders SET key = ? WHERE name = ? AND sample_id = ?",
                             [(edge + 1 + i, name, sid) for i, sid in enumerate(ids)])
+            # p_wrong changed: sums cached over it (expected_wrong) are recomputed, here and in other processes
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rank_gen', ?)", (os.urandom(8).hex(),))
             if values is not None and ids:
                 cols = [c for c in RANKED_COLUMNS if c in values.columns]
                 v = values.loc[ids, cols].astype(object).where(values.loc[ids, cols].notna(), None)

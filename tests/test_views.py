@@ -78,6 +78,20 @@ def test_counter_and_lines():
         "they were shown; 1 refused (no &lt;such&gt; label).")
 
 
+def test_queue_note_reports_the_rerank_and_the_stopping_rule():
+    assert views.queue_note(None, None) == ""  # before an audit
+    assert views.queue_note(None, (12.4, 400)) == "about 12 wrong labels likely remain among the 400 unreviewed"
+    report = {"decisions": 125, "source": "your 125 decisions", "precision": 0.93, "holdout": 25, "moved": 300,
+              "remaining": 40.2, "unreviewed": 9875, "weights": {}}
+    note = views.queue_note(report, (1234.6, 9875))
+    assert note == ("queue re-ranked from your 125 decisions; precision 93% on 25 held-out decisions<br>"
+                    "about 1,235 wrong labels likely remain among the 9,875 unreviewed")
+    early = views.queue_note(report | {"decisions": 5, "source": "methods <agree>", "precision": None}, None)
+    assert early.startswith("queue re-ranked after 5 decisions (ranked by methods &lt;agree&gt;")
+    line = views.counter_html({"reviewed": 3, "suspects": 12}, 4, 10, note)
+    assert line.endswith(f'<br><span id="queue-note">{note}</span>')
+
+
 def test_parse_bound():
     assert views.parse_bound(" 0.25 ") == 0.25 and views.parse_bound("") is None and views.parse_bound(None) is None
     with pytest.raises(ValueError, match="margin bound must be a number"):
@@ -101,6 +115,13 @@ def test_card_html_carries_sample_version_and_suggestions():
     assert '<b id="card-status">pending</b>' in out and "<b>-0.040</b>" in out
     decided = views.card_html(ws, _item(status="relabelled", final_label="fox", decided_by="ann<"))
     assert "→ <b>fox</b>" in decided and 'by <b id="card-by">ann&lt;</b>' in decided
+    assert "card-pwrong" not in out  # no combined probability before an audit
+    combined = views.card_html(ws, _item(p_wrong=0.87, s1="fox", s1_conf=0.6, s1_src="zero-shot CLIP + <x>",
+                                         s2="dog", s2_conf=0.2, s2_src="learned prompts"))
+    assert '<b id="card-pwrong">87%</b>' in combined
+    assert ('data-label="fox">1: relabel <b>fox</b> (60%) <span class="src">zero-shot CLIP + &lt;x&gt;</span>'
+            in combined)
+    assert 'id="btn-s2" data-act="accept" data-label="dog"' in combined  # dog is the sample's suggestion
     assert views.card_html(ws, None) == ('<div id="card" data-sid="" data-ver=""><p>Nothing matches this filter.'
                                          '</p></div>')
 

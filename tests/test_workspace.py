@@ -1,5 +1,7 @@
 """The app's server-side layer without a browser: two tabs on one run, offline model error, export."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -223,7 +225,7 @@ def test_evidence_rereads_the_store_only_after_a_decision_or_new_scores(tmp_path
     for name in reads:
         monkeypatch.setattr(store, name, counting(name))
     ws = Workspace(AppSettings(runs=tmp_path / "runs"), run=run, store=store)
-    item = {"id": "s5", "label": "cat", "suggestion": "dog"}
+    item = {"id": "s5", "label": "cat", "suggestion": "dog", "pred": "dog", "pred_conf": 0.9}  # a named source
 
     def near(label):
         return [n.sample_id for role, lab, ns in ws.evidence(item, k=5) if lab == label for n in ns]
@@ -237,3 +239,44 @@ def test_evidence_rereads_the_store_only_after_a_decision_or_new_scores(tmp_path
     assert near("cat") == ["s0", "s1"] and reads == {"scores": 3, "current": 3}
     store.load_scores(scores.assign(is_clean=[True, True, False, True, False, False]), ["cat", "dog"])
     assert near("dog") == ["s3"] and reads == {"scores": 4, "current": 4}  # new scores: read again
+
+
+def test_sessions_on_an_audited_run_share_one_learning_queue(tmp_path, tiny_clip_dir):
+    """Two sessions on one audited dataset: one QueueLearner (both reviewers feed it), the combined order and
+    every sample by default, a refit started by the decisions (in the background) and the stopping rule."""
+    import threading
+
+    from ui.workspace import Workspaces
+
+    reg = Workspaces(AppSettings(data=str(DEMO), model=str(tiny_clip_dir), runs=tmp_path / "runs", device="cpu",
+                                 batch_size=64, rerank_every=5))
+    a = reg.get("a")
+    a.load(str(DEMO))
+    for start in (lambda: a.start_detect(str(tiny_clip_dir), False, 1), a.start_audit):
+        job = start()
+        job.join(600)
+        assert job.status == "done", job.error
+        if a.learner is None:  # detected, not audited yet: DEFT's suspects by margin
+            assert a.queue_note() == "" and a.queue("before-audit").filter.suspects is True
+            a.queue("before-audit").save_place()
+    b = reg.get("b")
+    b.load(str(DEMO))
+    assert a.learner is not None and a.learner is b.learner
+    qa, qb = a.queue("tab-a", "alice"), b.queue("tab-b", "bob")
+    assert (qa.filter.suspects, qa.filter.order) == (None, "combined") and qa.size() == 400
+    assert a.queue("before-audit").filter.suspects is True  # a reviewer from before the audit keeps its filter
+    assert a.queue_note() == b.queue_note()
+    assert a.queue_note().endswith("among the 400 unreviewed") and "re-ranked" not in a.queue_note()
+    qb.show(a.store.query(suspects=None, order="combined", offset=10, limit=1)["id"].iloc[0])  # bob starts ahead
+    for q, ws in ((qa, a), (qb, b), (qa, a), (qb, b), (qa, a)):  # 5 decisions from two reviewers
+        item = q.current()
+        q.act(item["id"], item["version"], "keep")
+        ws.learn()
+    for t in threading.enumerate():
+        if t.name == "deft-rerank":
+            t.join(60)
+    assert a.store.get_meta("rank_error") is None
+    report = json.loads(a.store.get_meta("rank_report"))
+    assert report["decisions"] == 5 and report["unreviewed"] == 395
+    note = b.queue_note()
+    assert note.startswith("queue re-ranked after 5 decisions") and note.endswith("among the 395 unreviewed")

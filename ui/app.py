@@ -49,7 +49,7 @@ def card_outputs(c) -> list:
 
 def restore_outputs(c) -> list:
     return [*card_outputs(c), c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.recent, c.g_label,
-            c.f_issue, c.f_order]
+            c.f_issue, c.f_order, c.batch_src]
 
 
 def dataset_outputs(c) -> list:

@@ -22,6 +22,7 @@ from deft.thumbs import thumbnail_file
 
 from . import views as v
 from .evidence import evidence_html
+from .tabs import SHOW, show_choice
 from .workspace import Workspace, Workspaces
 
 USER_ERRORS = (DataError, ModelLoadError, ReviewError, RunError, RuntimeError, ValueError, FileNotFoundError)
@@ -65,7 +66,7 @@ def owner_of(cid: str, request: gr.Request | None) -> str:
 def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
     """One page of the grid: the filter's samples, pending only when showing suspects without a status."""
     f = q.filter.kwargs()
-    if f["status"] is None and f["suspects"]:
+    if f["status"] is None and f["suspects"] is not False:  # suspects, or every sample: the pending ones
         f["status"] = "pending"
     return q.store.query(**f, offset=max(0, page) * GRID_PAGE, limit=GRID_PAGE).to_dict("records")
 
@@ -271,7 +272,9 @@ class Handlers:
         try:
             ws, q = self.queue_of(sid, cid, request)
             item = ws.store.sample(str(sample))
-            q.filter = ReviewFilter(suspects=not bool(item["is_clean"]))
+            # a filter that contains it: every sample when this reviewer shows every sample, else its side
+            every = q.filter.suspects is None
+            q.filter = ReviewFilter(suspects=None if every else not bool(item["is_clean"]), order=q.filter.order)
             q.show(str(sample))
             q.save_place()
         except (*USER_ERRORS, KeyError) as exc:
@@ -310,7 +313,8 @@ class ReviewHandlers(Handlers):
         item = item if item is not None else q.current()
         q.save_place()
         pos = q.position(item) + 1 if item is not None else 0
-        out = self.card_outputs(v.card_html(ws, item), v.counter_html(ws.store.count(), pos, q.size()), msg)
+        counter = v.counter_html(ws.store.count(), pos, q.size(), ws.queue_note())
+        out = self.card_outputs(v.card_html(ws, item), counter, msg)
         if dd is not None:
             out[c.relabel_dd] = dd
         return out
@@ -358,9 +362,11 @@ class ReviewHandlers(Handlers):
         except USER_ERRORS as exc:
             return ({res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})}
                     | self.render(ws, q, v.err_html(exc), dd=dd))
-        return ({res: json.dumps({"status": "applied", "sample_id": d.sample_id, "version": d.version,
-                                  "seq": d.seq, "message": v.decision_line(d)})}
-                | self.render(ws, q, html.escape(v.decision_line(d)), dd=dd))
+        out = ({res: json.dumps({"status": "applied", "sample_id": d.sample_id, "version": d.version,
+                                 "seq": d.seq, "message": v.decision_line(d)})}
+               | self.render(ws, q, html.escape(v.decision_line(d)), dd=dd))
+        ws.learn()  # after the answer is computed: a due refit starts in the background, nothing waits for it
+        return out
 
     def nav(self, fn):
         """A card handler that applies ``fn(queue) -> message`` (move, undo, next pending), then renders."""
@@ -404,7 +410,7 @@ class ReviewHandlers(Handlers):
     def set_filter(self, sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
         try:
             ws, q = self.queue_of(sid, cid, request)
-            q.filter = ReviewFilter(suspects=shown == "suspects", label=cls or None, status=status or None,
+            q.filter = ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
                                     margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
                                     issue=issue or None, order=ORDERS.get(order or ""))
         except USER_ERRORS as exc:
@@ -420,7 +426,7 @@ class ReviewHandlers(Handlers):
             return self.empty(exc) | {c.recent: "", c.g_label: gr.update()}
         f = q.filter
         return self.render(ws, q, dd=gr.update(choices=ws.store.classes, value=None)) | {
-            c.f_suspects: "suspects" if f.suspects else "clean (spot-check)",
+            c.f_suspects: show_choice(f.suspects), c.batch_src: "combined" if ws.ranked else "learned prompts",
             c.f_class: gr.update(choices=[""] + ws.store.classes, value=f.label or ""), c.f_status: f.status or "",
             c.f_min: "" if f.margin_min is None else str(f.margin_min),
             c.f_max: "" if f.margin_max is None else str(f.margin_max), c.recent: v.recent_html(ws.store, q.client),
@@ -475,6 +481,7 @@ class ReviewHandlers(Handlers):
             return {c.batch_msg: v.err_md(exc), c.batch_items: [],
                     c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
         line = v.batch_line(res, "Accepted")
+        ws.learn()
         return {c.batch_msg: line, c.batch_items: [],
                 c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.render(ws, q, line)
 
@@ -491,7 +498,7 @@ class ReviewHandlers(Handlers):
     def grid_apply(self, sid: str, cid: str, selection: str, action: str, label: str, page: int,
                    request: gr.Request):
         try:
-            _, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(sid, cid, request)
             items = json.loads(selection or "[]")
             if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 2 for i in items):
                 raise ReviewError("The selection must be a list of [sample id, version] pairs.")
@@ -499,6 +506,7 @@ class ReviewHandlers(Handlers):
             if not items:
                 raise ReviewError("select one or more tiles first (click, or arrows + space)")
             res = q.apply_many(items, action, label or None)
+            ws.learn()
             verb = f"Relabelled to {label}:" if action == "relabel" else GRID_VERBS.get(action, action)
             msg = html.escape(v.batch_line(res, verb))
         except (*USER_ERRORS, json.JSONDecodeError) as exc:

@@ -78,19 +78,29 @@ def detect_tab(c, s) -> None:
     c.det_summary = gr.Markdown(elem_id="detect-summary")
 
 
+# Review "Show" choice -> ReviewFilter.suspects (None: every sample, the order puts the likely wrong first)
+SHOW = {"suspects": True, "all (most likely wrong first)": None, "clean (spot-check)": False}
+
+
+def show_choice(suspects: bool | None) -> str:
+    return next(k for k, v in SHOW.items() if v is suspects)
+
+
 def review_tab(c) -> None:
     """3 · Review: filters, then the card and grid modes, then the hidden decision plumbing."""
     with gr.Row():
-        c.f_suspects = gr.Radio(["suspects", "clean (spot-check)"], value="suspects", label="Show",
-                                elem_id="f-show", scale=2, min_width=250)
-        c.f_class = gr.Dropdown([""], value="", label="Class", interactive=True, elem_id="f-class")
-        c.f_status = gr.Dropdown(STATUSES, value="", label="Status", interactive=True, elem_id="f-status")
-        c.f_min = gr.Textbox("", label="Margin ≥ (Enter)", placeholder="no bound", elem_id="f-min")
-        c.f_max = gr.Textbox("", label="Margin ≤ (Enter)", placeholder="no bound", elem_id="f-max")
+        # one row at 1440 px (the card stays above the fold): widths sum to the row, the radio takes two lines
+        c.f_suspects = gr.Radio(list(SHOW), value="suspects", label="Show", elem_id="f-show", scale=3,
+                                min_width=330)
+        c.f_class = gr.Dropdown([""], value="", label="Class", interactive=True, elem_id="f-class", min_width=110)
+        c.f_status = gr.Dropdown(STATUSES, value="", label="Status", interactive=True, elem_id="f-status",
+                                 min_width=110)
+        c.f_min = gr.Textbox("", label="Margin ≥ (Enter)", placeholder="no bound", elem_id="f-min", min_width=90)
+        c.f_max = gr.Textbox("", label="Margin ≤ (Enter)", placeholder="no bound", elem_id="f-max", min_width=90)
         c.f_issue = gr.Dropdown(["", *ISSUES], value="", label="Data issue (after Audit)",
-                                interactive=True, elem_id="f-issue")
+                                interactive=True, elem_id="f-issue", min_width=130)
         c.f_order = gr.Dropdown(list(ORDERS), value="DEFT margin", label="Order (others after Audit)",
-                                interactive=True, elem_id="f-order")
+                                interactive=True, elem_id="f-order", scale=2, min_width=170)
     with gr.Row():
         c.counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
         c.review_msg = gr.HTML(elem_id="review-msg")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
 from deft.errors import DataError
+from deft.learning import RerankReport
 from deft.monitor import planted_line
 from deft.review import group_title, suggestions
 from deft.store import BatchResult, Decision
@@ -154,7 +155,7 @@ def card_html(ws, item: dict | None) -> str:
             g = sugg[k]
             btns.append(f'<button class="deft-act" id="btn-s{k + 1}" data-act="{g.action}" '
                         f'data-label="{html.escape(g.label)}">{k + 1}: {g.action} <b>{html.escape(g.label)}</b> '
-                        f'({g.conf:.0%}) <span class="src">{g.source}</span></button>')
+                        f'({g.conf:.0%}) <span class="src">{html.escape(g.source)}</span></button>')
     if not btns:
         btns.append("<p>No suggestion differs from the given label: keep (k), exclude (x) or relabel (r).</p>")
     status = str(item.get("status") or "pending")
@@ -165,7 +166,7 @@ def card_html(ws, item: dict | None) -> str:
 <h3 id="card-id">{html.escape(sid)}</h3>
 <table>
 <tr><td>Given label</td><td><b id="card-label">{html.escape(str(item['label']))}</b></td></tr>
-<tr><td>Status</td><td><b id="card-status">{status}</b>{final}{by}</td></tr>
+<tr><td>Status</td><td><b id="card-status">{status}</b>{final}{by}</td></tr>{p_wrong_row(item)}
 <tr><td>sim+ / sim− / margin</td><td>{item['sim_pos']:.3f} / {item['sim_neg']:.3f} /
  <b>{item['margin']:+.3f}</b></td></tr>
 <tr><td>Learned prompts</td><td>{html.escape(str(item['pred']))} ({item['pred_conf']:.0%})</td></tr>
@@ -175,6 +176,14 @@ def card_html(ws, item: dict | None) -> str:
 </table>
 <div class="sugg">{''.join(btns)}</div>
 </div></div></div>"""
+
+
+def p_wrong_row(item: dict) -> str:
+    """The card's "label wrong" probability (all signals combined, after an audit), or ''."""
+    p = item.get("p_wrong")
+    if p is None or p != p:
+        return ""
+    return f'\n<tr><td>Label wrong (all signals)</td><td><b id="card-pwrong">{float(p):.0%}</b></td></tr>'
 
 
 def map_html(points: pd.DataFrame, total: int, classes: list[str], size: int = 600) -> str:
@@ -275,10 +284,28 @@ def class_counts_frame(ds) -> pd.DataFrame:
     return pd.DataFrame({"class": ds.classes, "images": ds.class_counts().to_numpy()})
 
 
-def counter_html(count: dict, pos: int, n: int) -> str:
-    """``Reviewed 3 / 12 suspects · item 4 of 12 in this view``."""
-    return (f"<b>Reviewed {count['reviewed']} / {count['suspects']} suspects</b> · "
+def counter_html(count: dict, pos: int, n: int, note: str = "") -> str:
+    """``Reviewed 3 / 12 suspects · item 4 of 12 in this view``, then ``note`` (:func:`queue_note`, HTML)."""
+    line = (f"<b>Reviewed {count['reviewed']} / {count['suspects']} suspects</b> · "
             f"item {pos} of {n} in this view")
+    return line + (f'<br><span id="queue-note">{note}</span>' if note else "")
+
+
+def queue_note(report: dict | None, wrong: tuple[float, int] | None) -> str:
+    """What the learning queue says under the counter (HTML): the last re-rank (``report``, a
+    :class:`deft.learning.RerankReport` as a dict) and the stopping rule from ``wrong`` = (expected wrong
+    labels, samples) among the undecided ones; '' before an audit."""
+    parts = []
+    if report:
+        r = RerankReport(**report)
+        if r.source.startswith("your"):
+            parts.append(html.escape(r.line()))
+        else:  # the refit still ran on the unsupervised model: too few kept and changed labels to learn from
+            parts.append(f"queue re-ranked after {r.decisions} decisions (ranked by {html.escape(r.source)} until "
+                         "there are enough kept and corrected labels to learn from)")
+    if wrong is not None:
+        parts.append(f"about {round(wrong[0]):,} wrong labels likely remain among the {wrong[1]:,} unreviewed")
+    return "<br>".join(parts)
 
 
 def job_curves(epochs: list[dict]) -> pd.DataFrame | None:

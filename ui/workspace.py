@@ -33,12 +33,16 @@ from deft.errors import ReviewError
 from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
+from deft.learning import ORDER, QueueLearner, load_learner, signals_path
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
+from deft.ranking import RankConfig
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
 from deft.train_runs import fingerprint, folder_for, list_training_runs, runs_table
+
+from .views import queue_note
 
 
 @dataclass
@@ -52,6 +56,35 @@ class AppSettings:
     batch_size: int = 64
     train_epochs: int = 10
     data_roots: tuple[str, ...] = ()  # folders datasets may be read from (empty: no restriction, library use)
+    rerank_every: int = RankConfig.every  # the review queue's model is refit after this many new decisions
+
+    def rank_config(self) -> RankConfig:
+        """How the review queue learns; a small ``rerank_every`` (tests, demos) also lowers the decisions the
+        reviewer's model needs before it replaces the unsupervised ranking."""
+        n = max(1, int(self.rerank_every))
+        return RankConfig(every=n, min_decisions=min(RankConfig.min_decisions, n))
+
+
+class Learners:
+    """One :class:`~deft.learning.QueueLearner` per review store and audited run, shared by every session on
+    that dataset (two reviewers feed one model). Created when a session attaches the run (loading the
+    signals and the unsupervised fit happen then, never on a key press)."""
+
+    def __init__(self, config: RankConfig) -> None:
+        self.config = config
+        self._items: dict[tuple, QueueLearner | None] = {}
+        self._lock = threading.Lock()
+
+    def get(self, store: ReviewStore, run: Run) -> QueueLearner | None:
+        p = signals_path(run.path)
+        if not p.is_file():
+            return None
+        key = (str(Path(store.path).resolve()), str(p.resolve()), p.stat().st_mtime_ns)
+        with self._lock:
+            if key not in self._items:  # a new audit (or run) of this store replaces its learner
+                self._items = {k: v for k, v in self._items.items() if k[0] != key[0]}
+                self._items[key] = load_learner(store, run.path, self.config)
+            return self._items[key]
 
 
 @dataclass
@@ -63,10 +96,13 @@ class Workspace:
     job: Job | None = None
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
     datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
+    learners: Learners | None = None  # shared by Workspaces: one learning queue per dataset store
+    learner: QueueLearner | None = None  # the current run's (None before an audit with signals)
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
     _ids: tuple[Dataset, frozenset[str]] | None = None  # (dataset, its sample ids): what a client may name
+    _note: tuple | None = None  # ((store, stamp, rank report), the counter's queue note)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- dataset --------------------------------------------------------------
@@ -83,7 +119,7 @@ class Workspace:
             source, root = str(roots.check(source)), root and str(roots.check(root))
         ds = self._import(source, root or None)
         with self._lock:
-            self.dataset, self.run, self.store = ds, None, None
+            self.dataset, self.run, self.store, self.learner = ds, None, None, None
             self.queues.clear()
             self.home.mkdir(parents=True, exist_ok=True)
             runs = sorted((p for p in self.home.glob("detect-*") if (p / "scores.parquet").is_file()),
@@ -123,9 +159,45 @@ class Workspace:
         if store.get_meta("issues_stamp", "") != stamp:
             table = pd.read_parquet(audit_file) if stamp else None
             store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
+            store.set_meta("rank_report", "")  # a fresh combined order: the last re-rank's report is void,
+            store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
+        if self.learners is None:
+            self.learners = Learners(self.settings.rank_config())
+        learner = self.learners.get(store, run)
         with self._lock:
-            self.run, self.store = run, store
+            self.run, self.store, self.learner = run, store, learner
             self.queues.clear()
+        self.learn()
+
+    def learn(self) -> None:
+        """After a decision: refit the queue's model in a background thread when one is due. The caller never
+        waits for the refit (two indexed lookups decide whether one is due)."""
+        learner = self.learner
+        if learner is not None:
+            learner.maybe_refit_async()
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the review store has the combined ranking (``p_wrong``, suggestions ``s1..s3``: an audit)."""
+        return self.store is not None and self.store.expected_wrong() is not None
+
+    def default_filter(self) -> ReviewFilter:
+        """A new reviewer's filter: every sample, most likely wrong first, once the run has the combined
+        order (an audit); DEFT's suspects by margin before."""
+        return ReviewFilter(suspects=None, order=ORDER) if self.ranked else ReviewFilter()
+
+    def queue_note(self) -> str:
+        """The Review counter's second line: the last re-rank and the stopping rule (cached per store stamp)."""
+        store = self.store
+        if store is None:
+            return ""
+        key = (str(store.path), store.stamp(), store.get_meta("rank_report", ""))
+        cached = self._note
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        note = queue_note(json.loads(key[2]) if key[2] else None, store.expected_wrong())
+        self._note = (key, note)
+        return note
 
     # -- jobs -----------------------------------------------------------------
     def _start(self, name: str, fn) -> Job:
@@ -287,7 +359,7 @@ class Workspace:
         with self._lock:
             q = self.queues.get(client)
             if q is None or q.store is not self.store:
-                q = self.queues[client] = ReviewQueue(self.store, ReviewFilter(), None, client, user)
+                q = self.queues[client] = ReviewQueue(self.store, self.default_filter(), None, client, user)
                 q.restore_place()
             q.user = user
             return q
@@ -319,13 +391,18 @@ class Workspaces:
     cap: int = 64
     _sessions: OrderedDict = field(default_factory=OrderedDict)
     _datasets: dict = field(default_factory=dict)
+    _learners: Learners | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._learners = self._learners or Learners(self.settings.rank_config())
 
     def get(self, session: str) -> Workspace:
         with self._lock:
             ws = self._sessions.get(session)
             if ws is None:
-                ws = self._sessions[session] = Workspace(self.settings, datasets=self._datasets)
+                ws = self._sessions[session] = Workspace(self.settings, datasets=self._datasets,
+                                                         learners=self._learners)
                 while len(self._sessions) > self.cap:
                     old_key = next(iter(self._sessions))
                     old = self._sessions[old_key]
