@@ -20,7 +20,7 @@ from ui.workspace import AppSettings, Workspace, dataset_key
 
 from ..conftest import ROOT
 from .conftest import Server
-from .test_review import RECORD_SHOWN, assert_only_shown, card, open_review, set_class, wait_card, wait_msg
+from .test_review import assert_only_shown, card, open_reviewers, set_class, wait_card, wait_msg
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 DEMO = ROOT / "assets" / "demo"
@@ -63,14 +63,7 @@ def rerender(page, sid: str) -> None:
 
 def test_rerank_with_two_reviewers_never_moves_the_cards_on_screen(audited, browser, artifacts):
     server, store = audited
-    pages = []
-    for _ in range(2):
-        ctx = browser.new_context(viewport={"width": 1440, "height": 900})
-        ctx.add_init_script(RECORD_SHOWN)
-        page = ctx.new_page()
-        page.goto(server.url)
-        open_review(page)
-        pages.append(page)
+    pages = open_reviewers(browser, server.url)
     a, b = pages
     try:
         for p in pages:  # after an audit a new reviewer sees every sample, most likely wrong first

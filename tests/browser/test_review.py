@@ -57,18 +57,25 @@ def app(tmp_path_factory, tiny_clip_dir, cifar_small):
         server.stop()
 
 
-@pytest.fixture
-def two(app, browser):
-    """Two reviewers: separate browser contexts (own storage, own client id) on the Review tab."""
-    server, store = app
+def open_reviewers(browser, url: str, n: int = 2) -> list:
+    """``n`` reviewers: separate browser contexts (own storage, own client id) on the Review tab at 1440x900,
+    each recording the cards it was shown."""
     pages = []
-    for _ in range(2):
+    for _ in range(n):
         ctx = browser.new_context(viewport={"width": 1440, "height": 900})
         ctx.add_init_script(RECORD_SHOWN)
         page = ctx.new_page()
-        page.goto(server.url)
+        page.goto(url)
         open_review(page)
         pages.append(page)
+    return pages
+
+
+@pytest.fixture
+def two(app, browser):
+    """Two reviewers on the Review tab (:func:`open_reviewers`)."""
+    server, store = app
+    pages = open_reviewers(browser, server.url)
     yield pages
     for p in pages:
         p.context.close()
