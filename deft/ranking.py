@@ -206,14 +206,16 @@ class RankConfig:
     """How the queue learns.
 
     ``every``: refit after this many new decisions; ``min_decisions``: decisions (with both outcomes) needed
-    before the reviewer's model replaces the unsupervised one; ``holdout_every``: every n-th decision is
-    held out to measure the model's precision; ``C``: inverse L2 strength of the logistic models.
+    before the reviewer's model is fitted (then blended with the unsupervised one by ``trust_after``);
+    ``holdout_every``: every n-th decision is held out to measure the model's precision; ``C``: inverse L2
+    strength of the logistic models.
     """
 
     every: int = 25
     min_decisions: int = 20
     holdout_every: int = 5
     C: float = 1.0  # noqa: N815
+    trust_after: float = 10.0  # the fit's weight against the prior is r / (r + this), r = the rarer outcome's count
     neighbours: int = 10
     top_k: int = 5
     seed: int = 0
@@ -295,8 +297,12 @@ class WrongLabelModel:
             said = m.predict_proba(x[rows[held]])[:, 1] >= 0.5
             precision = float(wrong[held][said].mean()) if said.any() else None
         model = _fit(_logistic(cfg.C, cfg.seed), x[rows], wrong)
-        return cls(model.predict_proba(x)[:, 1], f"your {len(rows)} decisions", len(rows), precision,
-                   int(held.sum()), _coefs(model, features.columns))
+        # trust the fit as the rarer outcome accumulates: with 5 kept labels it is mostly the prior still
+        rare = min(wrong.sum(), len(wrong) - wrong.sum())
+        w = rare / (rare + cfg.trust_after)
+        p = _sigmoid(w * model.decision_function(x) + (1 - w) * _logit(prior.p_wrong))
+        return cls(p, f"your {len(rows)} decisions", len(rows), precision, int(held.sum()),
+                   _coefs(model, features.columns))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
