@@ -7,6 +7,9 @@ A key press is timed inside the page: from the ``keydown`` event to the first an
 after the card's sample id or version changed (what the reviewer sees). The key sequence mixes
 keep, exclude, accept (1), next (j) and undo (u), all committed to SQLite (WAL, synchronous=FULL).
 Keys travel the app's lean route (``POST /deft/act``, :mod:`ui.lean`), as they do for a reviewer.
+By default the run also holds synthetic learning-queue signals (as ``deft audit`` leaves them), so the
+server refits and re-ranks the queue every 25 decisions in the background while the keys are timed
+(``--no-learning``: the app before an audit).
 
     python bench/review_latency.py [--sizes 1000 100000] [--presses 120] [--out bench/results/review_latency.json]
 """
@@ -95,16 +98,44 @@ def fake_scores(ids: pd.Series, labels: pd.Series, classes: list[str], seed: int
         "zs2": other(1), "zs2_conf": rng.random(n), "zs3": other(2), "zs3_conf": rng.random(n),
         "suggestion": other(0), "suggestion_conf": rng.random(n),
     })
-    return df[SAMPLE_COLUMNS]
+    return df.reindex(columns=SAMPLE_COLUMNS)  # no audit: p_wrong and the combined suggestions are empty
 
 
-def prepare(n: int, work: Path) -> tuple[Path, Path]:
-    """An image folder of ``n`` samples and a runs folder holding one finished detection on it."""
+def fake_signals(scores: pd.DataFrame, classes: list[str], seed: int = 0):
+    """Synthetic learning-queue signals of the real shapes (14 features, four top-5 sources, 10 neighbours,
+    three methods' flags), so the app's QueueLearner refits and re-ranks during the bench as after an audit."""
+    from deft import ranking as rk
+    from deft.learning import Signals
+
+    rng = np.random.default_rng(seed + 1)
+    n, k = len(scores), len(classes)
+    labels = np.searchsorted(np.asarray(classes, dtype=object), scores["label"].to_numpy())
+    features = pd.DataFrame(rng.normal(size=(n, 14)), columns=[f"f{j}" for j in range(14)])
+    sources = {name: rk.topk(rng.dirichlet(np.ones(k), n), labels, 5)
+               for name in ("prompts", "zeroshot", "probe", "neighbours")}
+    nn_idx = rng.integers(0, n, (n, 10))
+    return Signals(scores["id"].astype(str).to_numpy(dtype=object), labels.astype(np.int64), list(classes),
+                   features, sources, nn_idx, rng.random((n, 10)).astype(np.float32), rng.random((n, 3)) < 0.3)
+
+
+def prepare(n: int, work: Path, learning: bool = False) -> tuple[Path, Path]:
+    """An image folder of ``n`` samples and a runs folder holding one finished detection on it; with
+    ``learning``, also what ``deft audit`` leaves for the learning queue (signals, the combined order)."""
     data = make_folder(n, work / f"n{n}")
     ds = load_dataset(data, verify=False)
     runs = work / f"runs{n}"
     run = Run.create(runs / dataset_key(str(data)) / "detect-bench", ds, Phase1Config(model="bench"))
-    run.save_scores(fake_scores(ds.samples["id"], ds.samples["label"], ds.classes))
+    scores = fake_scores(ds.samples["id"], ds.samples["label"], ds.classes)
+    if learning:
+        from deft.atomic import write_parquet
+        from deft.learning import initial_ranking, signals_path
+
+        sig = fake_signals(scores, ds.classes)
+        sig.save(signals_path(run.path))
+        ranked, _ = initial_ranking(sig)
+        scores = scores.drop(columns=[c for c in ranked if c != "id"]).merge(ranked, on="id")[SAMPLE_COLUMNS]
+        write_parquet(run.path / "audit.parquet", ranked.assign(label=scores["label"].to_numpy()))
+    run.save_scores(scores)
     return data, runs
 
 
@@ -114,11 +145,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(data: Path, runs: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def serve(data: Path, runs: Path, log: Path, rerank_every: int = 25) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data", str(data), "--runs", str(runs),
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "w"),  # noqa: SIM115
+    cmd = [sys.executable, str(ROOT / "app.py"), "--data", str(data), "--runs", str(runs), "--port", str(port),
+           "--rerank-every", str(rerank_every)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 600
@@ -159,28 +191,49 @@ def measure(url: str, presses: int, chromium: str) -> dict:
             "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "first_card_s": first_card_s}
 
 
+def rerank_report(runs: Path) -> dict | None:
+    """The last re-rank the server recorded (decisions learned from, samples moved), None if none ran."""
+    import sqlite3
+
+    for db in runs.glob("*/review.sqlite"):
+        con = sqlite3.connect(db)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='rank_report'").fetchone()
+        finally:
+            con.close()
+        if row and row[0]:
+            rep = json.loads(row[0])
+            return {k: rep.get(k) for k in ("decisions", "moved", "unreviewed")}
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     ap.add_argument("--presses", type=int, default=120)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "review_latency.json"))
+    ap.add_argument("--no-learning", dest="learning", action="store_false",
+                    help="no audit signals: the queue does not learn (the app before `deft audit`)")
+    ap.add_argument("--rerank-every", type=int, default=25, help="app.py --rerank-every (default: %(default)s)")
     a = ap.parse_args()
     rows, load_start = [], os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         for n in a.sizes:
             t = time.perf_counter()
-            data, runs = prepare(n, Path(d))
+            data, runs = prepare(n, Path(d), a.learning)
             prep_s = time.perf_counter() - t
-            proc, url = serve(data, runs, Path(d) / f"server{n}.log")
+            proc, url = serve(data, runs, Path(d) / f"server{n}.log", a.rerank_every)
             try:
                 r = measure(url, a.presses, a.chromium)
             finally:
                 proc.terminate()
                 proc.wait(20)
-            rows.append({"samples": n, **r, "prepare_s": prep_s})
+            r["reranks"] = rerank_report(runs)
+            rows.append({"samples": n, **r, "prepare_s": prep_s, "learning": a.learning})
             print(f"{n:>8} samples: median {r['median_ms']:.1f} ms, p90 {r['p90_ms']:.1f}, p99 {r['p99_ms']:.1f}, "
-                  f"max {r['max_ms']:.1f} ({r['presses']} key presses; first card after {r['first_card_s']:.1f} s)",
+                  f"max {r['max_ms']:.1f} ({r['presses']} key presses; first card after {r['first_card_s']:.1f} s; "
+                  f"last re-rank {r['reranks']})",
                   flush=True)
     info = {"machine": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "what": "key press -> next card rendered (keydown to the animation frame after "
