@@ -214,7 +214,7 @@ class RankConfig:
     every: int = 25
     min_decisions: int = 20
     holdout_every: int = 5
-    C: float = 1.0  # noqa: N815
+    C: float = 0.1  # noqa: N815  (1.0 overfits the top of the queue: sym 0.4 preview found 961 vs 983 at 1,000 cards)
     trust_after: float = 10.0  # the fit's weight against the prior is r / (r + this), r = the rarer outcome's count
     neighbours: int = 10
     top_k: int = 5
