@@ -528,3 +528,44 @@ def test_run_scores_follow_the_runs_real_world_mode(noise_folder, tiny_clip_dir,
     assert np.array_equal(res.scores["is_clean"].to_numpy(), ref["real_world"].numpy())
     assert np.array_equal(rescore(tmp_path / "run", save=False)["is_clean"].to_numpy(), ref["real_world"].numpy())
 
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_scoring_pass_uses_the_text_features_training_saw(oracle_setup, precision):
+    """Issue 20 item 4: training computes the prompts' text features under the step's autocast (bf16 on GPUs
+    and bf16 CPUs); the scoring pass computed them in fp32, so borderline decisions could differ. Both must
+    compute them under the same autocast (checked as state, not as bf16 values, which vary by CPU)."""
+    import numpy as np
+
+    from deft.config import OptimConfig
+    from deft.detector import deft_scores
+    from deft.models import encode_image
+    from deft.phase1 import DeftModel, phase1_step, score_samples, zero_shot_text
+
+    bundle, images, labels, cfg_cls = oracle_setup
+    classes = ["cat", "dog", "bird", "maple tree"]
+    cfg = cfg_cls(model="tiny", augment=False, precision=precision, optim=OptimConfig(lr=1e-6, epochs=1, batch_size=8))
+    model = DeftModel(bundle, classes, cfg)
+    seen: list[tuple[bool, torch.dtype | None]] = []
+    text_features = model.text_features
+
+    def spy():
+        on = torch.is_autocast_enabled("cpu")
+        seen.append((on, torch.get_autocast_dtype("cpu") if on else None))
+        return text_features()
+
+    model.text_features = spy
+    train_epochs(stage="t", n=8, step_fn=phase1_step(model, images, labels, cfg, bundle.normalizer), module=model,
+                 params=model.trainable_parameters(), cfg=cfg.optim, seed=0, device=torch.device("cpu"),
+                 precision=precision)
+    training, seen[:] = seen[:], []
+    zs = zero_shot_text(bundle, classes, "a photo of a {}.")
+    got = score_samples(model, images, labels.numpy(), classes, zs, bundle.normalizer, precision=precision)
+    want = (True, torch.bfloat16) if precision == "bf16" else (False, None)
+    assert training == [want] and seen == [want]
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        t_pos, t_neg = text_features()
+        v = encode_image(model.clip, ref_pixels(images, slice(None), bundle.normalizer), model.vpt)
+    sc = deft_scores(v, t_pos, t_neg, model.tau)
+    rows = torch.arange(len(labels))
+    np.testing.assert_allclose(got["sim_pos"], (sc.s_pos / model.tau)[rows, labels].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["sim_neg"], (sc.s_neg / model.tau)[rows, labels].numpy(), rtol=1e-5, atol=1e-6)
