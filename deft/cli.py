@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["clean", "relabels", "pseudo"], default="relabels",
                    help="without --labels: which samples train (default: %(default)s)")
     _optim_args(p, P2.optim)
-    p.add_argument("--val-fraction", type=float, default=P2.val_fraction)
+    p.add_argument("--val-fraction", type=float, default=P2.val_fraction,
+                   help="without a test/val split column: share of the curated rows held out to measure accuracy "
+                        "(default: %(default)s; 0 trains on every curated row, as the official code)")
     p.add_argument("--batching", choices=["masked", "curated"], default=P2.batching,
                    help="masked: iterate all samples, loss on the curated ones (official); "
                         "curated: batches of curated samples only")

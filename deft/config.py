@@ -135,7 +135,7 @@ class Phase2Config:
 
     model: str = DEFAULT_MODEL
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # without a test/val split: curated rows held out (0: none, as the official code)
     augment: bool = True
     trainable: str = "blocks"  # blocks (official: transformer blocks + head) | all
     # masked (official): each epoch iterates all samples, loss over the curated ones in the batch;

@@ -243,6 +243,9 @@ def curated_rows(ds: Dataset, curated: pd.DataFrame) -> tuple[np.ndarray, torch.
 
 def curated_holdout_description(n_val: int, val_fraction: float) -> str:
     """In words, what held-out accuracy means when the data has no test/val split."""
+    if n_val == 0:
+        return (f"nothing: val_fraction {val_fraction} trains on every curated row, as the official code, and "
+                f"reports no held-out accuracy (add a split column with test rows to measure one)")
     return (f"{n_val} curated rows held out at random (val_fraction {val_fraction}), scored against their "
             f"curated labels: possibly noisy, and pseudo-labels where the curated set has them; the data has no "
             f"test split (add a split column with test rows for a clean measure)")
@@ -327,6 +330,8 @@ def train_classifier(
                         checkpoint=out_dir / CHECKPOINT, on_epoch_end=epoch_end, progress=progress,
                         cancel=cancel, ddp=ddp, loss_parts=1, owner=f"phase2:{fp}")
     trained.meta["history"] = loop.history
+    if not len(eval_idx):  # nothing held out (val_fraction 0 without a test split): no accuracy to report
+        best["acc"] = float("nan")
     if not ddp.is_main:  # one writer: rank 0 evaluates and saves
         ddp.barrier()
         return Phase2Result(trained, loop.history, best["acc"], float("nan"), np.zeros((ds.K, ds.K), int), out_dir,

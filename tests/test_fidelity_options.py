@@ -84,3 +84,15 @@ def test_a_run_made_before_a_setting_existed_resumes(folder, tiny_clip_dir, tmp_
     (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
     assert Run.create(tmp_path / "run", ds, _p1(tiny_clip_dir)).config.pixel_stats == "clip"
 
+
+def test_val_fraction_zero_trains_on_every_curated_row(folder, tiny_clip_dir, tmp_path):
+    # official Phase 2 trains on all clean rows; without a split column ours holds 10% out unless val_fraction 0
+    ds = load_dataset(folder)
+    run = detect(ds, tmp_path / "run", _p1(tiny_clip_dir)).run
+    curated = ds.samples[["id", "label"]]
+    cfg = Phase2Config(model=str(tiny_clip_dir), val_fraction=0, optim=OptimConfig(lr=5e-4, epochs=1, batch_size=12))
+    res = train_classifier(run, curated, cfg, out=tmp_path / "p2")
+    assert res.classifier.meta["n_train"] == len(curated) and res.classifier.meta["n_val"] == 0
+    assert np.isnan(res.best_val_acc) and np.isnan(res.last_val_acc)
+    assert res.heldout.startswith("nothing") and "official" in res.heldout
+    assert np.isfinite(res.history[-1]["loss"])
