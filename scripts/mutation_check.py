@@ -9,7 +9,7 @@ mutation -> caught / NOT CAUGHT with the first failing test.
 Exit status: 0 when every mutation is caught; 1 when one is not; 2 when the unmutated tests fail or a
 mutation no longer applies (its source text is gone: update it here along with the code it mutates).
 
-    python scripts/mutation_check.py            # all mutations (about 3 minutes on a 2-core box)
+    python scripts/mutation_check.py            # all mutations (3 to 6 minutes on a shared 2-core box)
     python scripts/mutation_check.py --list     # their names
     python scripts/mutation_check.py --only a,d # some of them, by key
 """
