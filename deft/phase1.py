@@ -159,9 +159,10 @@ def _ground_truth_metrics(run: Run, scores: pd.DataFrame) -> dict[str, float] | 
 
 
 def load_detector(run: Run, bundle: ClipBundle) -> DeftModel:
-    """Rebuild the trained detector of a finished run."""
+    """Rebuild the trained detector of a finished run (its ``bundle`` normalises pixels as the run did)."""
     if not run.weights_path.is_file():
         raise FileNotFoundError(f"{run.path} has no learned prompts yet; finish `deft detect` first.")
+    bundle = replace(bundle, normalizer=run_normalizer(run, bundle.normalizer))
     model = DeftModel(bundle, class_texts(run.dataset), run.config)
     try:
         model.load_prompt_state(load_file(str(run.weights_path)))
@@ -178,7 +179,6 @@ def rescore(run_path: str | os.PathLike, *, device: str = "auto", bundle: ClipBu
     cfg = run.config
     ddp, dev = init_distributed(pick_device(device))
     bundle = bundle or load_clip(cfg.model, dev, cfg.attn_implementation)
+    model = load_detector(run, bundle)  # before decoding: a damaged weights file is reported at once
     images = load_run_images(run, bundle.image_size, progress, None, ddp)
-    bundle = replace(bundle, normalizer=run_normalizer(run, bundle.normalizer, images, save=ddp.is_main))
-    model = load_detector(run, bundle)
-    return _score_run(run, model, bundle, images, cfg, progress, None, save=save, ddp=ddp)
+    return _score_run(run, model, model.bundle, images, cfg, progress, None, save=save, ddp=ddp)

@@ -47,7 +47,7 @@ def test_pixel_stats_setting_and_flag():
 def test_dataset_pixel_stats_normalise_both_phases(folder, tiny_clip_dir, tmp_path, monkeypatch):
     from deft.models import load_clip
     from deft.run import Run
-    from deft.run_images import load_run_images, run_normalizer
+    from deft.run_images import dataset_pixel_stats, load_run_images, run_normalizer
 
     monkeypatch.setenv("DEFT_IMAGE_CACHE", "raw")
     ds = load_dataset(folder)
@@ -57,6 +57,9 @@ def test_dataset_pixel_stats_normalise_both_phases(folder, tiny_clip_dir, tmp_pa
     np.testing.assert_allclose(stats["mean"], x.mean(axis=(0, 2, 3)), atol=1e-5)
     np.testing.assert_allclose(stats["std"], x.std(axis=(0, 2, 3)), atol=1e-5)
     assert stats["mean"][0] > stats["mean"][2] + 0.2  # the images' own statistics, not CLIP's
+    shards = load_run_images(res.run, 32, cache="shards")  # the default store decodes JPEGs: the same up to loss
+    mean, std = dataset_pixel_stats(shards, res.run.dataset.train_rows)
+    np.testing.assert_allclose(np.array([mean, std]), np.array([stats["mean"], stats["std"]]), atol=0.02)
     # the scoring pass used them: a re-score reads the stored numbers and agrees; CLIP's stats score otherwise
     pd.testing.assert_frame_equal(rescore(tmp_path / "run", save=False), res.scores)
     clip_run = detect(ds, tmp_path / "clip_run", _p1(tiny_clip_dir))
