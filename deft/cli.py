@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import LR_SCHEDULES, PRESETS, PSEUDO_SOURCES, OptimConfig, Phase1Config, Phase2Config, phase1_preset
+from .config import (
+    LR_SCHEDULES,
+    PIXEL_STATS,
+    PRESETS,
+    PSEUDO_SOURCES,
+    OptimConfig,
+    Phase1Config,
+    Phase2Config,
+    phase1_preset,
+)
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
 from .errors import USER_ERRORS
@@ -58,7 +67,7 @@ OPTIM_FLAGS = ("lr", "batch_size", "epochs", "lr_schedule")
 def phase1_config(a: argparse.Namespace) -> Phase1Config:
     """``deft detect``'s config: the ``--preset``, with the flags given on the command line overriding it."""
     return phase1_preset(a.preset, optim=_given(a, *OPTIM_FLAGS),
-                         **_given(a, "model", "real_world", "feature_cache", "pseudo_source", "seed"))
+                         **_given(a, "model", "real_world", "feature_cache", "pseudo_source", "pixel_stats", "seed"))
 
 
 def phase2_config(a: argparse.Namespace, model: str) -> Phase2Config:
@@ -87,6 +96,9 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pseudo-source", choices=list(PSEUDO_SOURCES),
                    help="suggested label for suspects: frozen zero-shot CLIP (the seed method, default) "
                         "or the learned positive-prompt prediction")
+    p.add_argument("--pixel-stats", choices=list(PIXEL_STATS),
+                   help="pixel mean/std of both phases: clip (the checkpoint's own, default), dataset (the training "
+                        "images', as the official code normalises), or the official code's constants by name")
     _optim_args(p, P1.optim, "with --preset deft")
     p.add_argument("--seed", type=int, help=f"default: {P1.seed}")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
@@ -134,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["clean", "relabels", "pseudo"], default="relabels",
                    help="without --labels: which samples train (default: %(default)s)")
     _optim_args(p, P2.optim)
-    p.add_argument("--val-fraction", type=float, default=P2.val_fraction)
+    p.add_argument("--val-fraction", type=float, default=P2.val_fraction,
+                   help="without a test/val split column: share of the curated rows held out to measure accuracy "
+                        "(default: %(default)s; 0 trains on every curated row, as the official code)")
     p.add_argument("--batching", choices=["masked", "curated"], default=P2.batching,
                    help="masked: iterate all samples, loss on the curated ones (official); "
                         "curated: batches of curated samples only")

@@ -10,6 +10,16 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 DEFAULT_TEMPLATE = "a photo of a {}."
 LR_SCHEDULES = ("epoch", "step", "constant")
 PSEUDO_SOURCES = ("zeroshot", "prompts")
+#: The official code's per-dataset pixel normalisation (HotanLee/DeFT dataloaders), by name: ``(mean, std)``.
+OFFICIAL_PIXEL_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
+    "clothing1m": ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # the official WebVision loader
+}
+#: ``Phase1Config.pixel_stats``: the checkpoint's own (CLIP's) mean/std, the run's training images' mean/std,
+#: or one of the official code's named constants.
+PIXEL_STATS = ("clip", "dataset", *OFFICIAL_PIXEL_STATS)
 
 
 class ImageEncoder(StrEnum):
@@ -86,6 +96,9 @@ class Phase1Config:
     # Pseudo-label (suggestion) for suspects: "zeroshot" = frozen zero-shot CLIP, as the seed method whose
     # Phase 2 gain is measured (METHOD.md, Table 4); "prompts" = the learned positive-prompt prediction.
     pseudo_source: str = "zeroshot"
+    # Pixel normalisation of both phases on this run (see PIXEL_STATS): "clip" (default) is what the checkpoint
+    # was pre-trained with; the official code normalises with per-dataset statistics ("dataset", or its constants).
+    pixel_stats: str = "clip"
     precision: str = "auto"  # auto (bf16 autocast on CUDA and native-bf16 CPUs) | fp32 | bf16
     attn_implementation: str = "sdpa"
     seed: int = 0
@@ -99,6 +112,8 @@ class Phase1Config:
         if self.pseudo_source not in PSEUDO_SOURCES:
             raise ValueError(f"unknown pseudo-label source {self.pseudo_source!r}; "
                              f"choose one of {list(PSEUDO_SOURCES)}")
+        if self.pixel_stats not in PIXEL_STATS:
+            raise ValueError(f"unknown pixel stats {self.pixel_stats!r}; choose one of {list(PIXEL_STATS)}")
 
     @property
     def warmup(self) -> int:
@@ -120,7 +135,7 @@ class Phase2Config:
 
     model: str = DEFAULT_MODEL
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # without a test/val split: curated rows held out (0: none, as the official code)
     augment: bool = True
     trainable: str = "blocks"  # blocks (official: transformer blocks + head) | all
     # masked (official): each epoch iterates all samples, loss over the curated ones in the batch;

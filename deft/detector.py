@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DEFAULT_TEMPLATE, ImageEncoder, InferenceConfig, Phase1Config
+from .device import autocast
 from .images import Normalizer, make_batch
 from .inference import run_batches
 from .losses import DeftScores, clean_mask, deft_losses, deft_scores
@@ -255,12 +256,15 @@ def score_samples(
     ``pred_conf``, and the zero-shot top-3 ``zs1..zs3`` with ``zs1_conf..zs3_conf``.
     With ``index``, only those samples are scored (one row each, in that order).
     ``features`` (frozen image embeddings of all samples) selects :class:`FrozenFeatures`
-    when the model has no visual prompts.
+    when the model has no visual prompts. The prompts' text features are computed under the
+    autocast of ``precision``, as each training step computed them (bf16 on CUDA and native-bf16
+    CPUs with ``auto``): in fp32 here, borderline decisions could differ from what training saw.
     """
     model.eval()
     encoder = image_encoding(model, images, normalizer, features, augment=False)
-    t_pos, t_neg = model.text_features()
     tau = model.tau
+    with autocast(tau.device, precision):  # as training computed them (under its autocast), so no decision moves
+        t_pos, t_neg = model.text_features()
     y_all = torch.as_tensor(labels, dtype=torch.long)
     index = np.arange(len(labels)) if index is None else np.asarray(index)
 

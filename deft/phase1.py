@@ -9,7 +9,7 @@ names are re-exported here, so ``from deft.phase1 import DeftModel, phase1_step`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from .metrics import detection_metrics
 from .models import ClipBundle, load_clip
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run, RunError
-from .run_images import load_run_images
+from .run_images import load_run_images, run_normalizer
 from .stages import RunStatus, Stage
 from .train_loop import train_epochs
 
@@ -98,6 +98,7 @@ def detect(
     cfg = run.config  # a resumed run keeps the config it started with
     bundle = bundle or load_clip(cfg.model, dev, cfg.attn_implementation)
     images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
+    bundle = replace(bundle, normalizer=run_normalizer(run, bundle.normalizer, images, save=ddp.is_main))
     model = DeftModel(bundle, class_texts(dataset), cfg)
     labels = torch.as_tensor(dataset.labels, dtype=torch.long)
     if ddp.is_main:
@@ -158,9 +159,10 @@ def _ground_truth_metrics(run: Run, scores: pd.DataFrame) -> dict[str, float] | 
 
 
 def load_detector(run: Run, bundle: ClipBundle) -> DeftModel:
-    """Rebuild the trained detector of a finished run."""
+    """Rebuild the trained detector of a finished run (its ``bundle`` normalises pixels as the run did)."""
     if not run.weights_path.is_file():
         raise FileNotFoundError(f"{run.path} has no learned prompts yet; finish `deft detect` first.")
+    bundle = replace(bundle, normalizer=run_normalizer(run, bundle.normalizer))
     model = DeftModel(bundle, class_texts(run.dataset), run.config)
     try:
         model.load_prompt_state(load_file(str(run.weights_path)))
@@ -177,6 +179,6 @@ def rescore(run_path: str | os.PathLike, *, device: str = "auto", bundle: ClipBu
     cfg = run.config
     ddp, dev = init_distributed(pick_device(device))
     bundle = bundle or load_clip(cfg.model, dev, cfg.attn_implementation)
-    model = load_detector(run, bundle)
+    model = load_detector(run, bundle)  # before decoding: a damaged weights file is reported at once
     images = load_run_images(run, bundle.image_size, progress, None, ddp)
-    return _score_run(run, model, bundle, images, cfg, progress, None, save=save, ddp=ddp)
+    return _score_run(run, model, model.bundle, images, cfg, progress, None, save=save, ddp=ddp)

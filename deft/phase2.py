@@ -29,7 +29,7 @@ from .models import ClipBundle, load_clip
 from .models.vpt import vision_tokens
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
-from .run_images import load_run_images
+from .run_images import load_run_images, run_normalizer
 from .stages import Stage
 from .train_loop import train_epochs
 from .train_runs import CHECKPOINT, SUMMARY, TRAIN_META, fingerprint
@@ -243,6 +243,9 @@ def curated_rows(ds: Dataset, curated: pd.DataFrame) -> tuple[np.ndarray, torch.
 
 def curated_holdout_description(n_val: int, val_fraction: float) -> str:
     """In words, what held-out accuracy means when the data has no test/val split."""
+    if n_val == 0:
+        return (f"nothing: val_fraction {val_fraction} trains on every curated row, as the official code, and "
+                f"reports no held-out accuracy (add a split column with test rows to measure one)")
     return (f"{n_val} curated rows held out at random (val_fraction {val_fraction}), scored against their "
             f"curated labels: possibly noisy, and pseudo-labels where the curated set has them; the data has no "
             f"test split (add a split column with test rows for a clean measure)")
@@ -287,12 +290,13 @@ def train_classifier(
 
     bundle = bundle or load_clip(cfg.model, "cpu", cfg.attn_implementation)
     images = load_run_images(run, bundle.image_size, progress, cancel, ddp)
+    normalizer = run_normalizer(run, bundle.normalizer, images, save=ddp.is_main)  # as Phase 1 saw the pixels
     torch.manual_seed(cfg.seed)
     model = Classifier.from_clip(bundle, ds.K, cfg.trainable).to(dev)
 
     rows, row_labels = training_rows(ds.N, sample_idx[tr], y_all[tr], cfg.batching,
                                      exclude=np.union1d(np.flatnonzero(heldout), sample_idx[va]))
-    step = phase2_step(model, images, rows, row_labels, bundle.normalizer, cfg.augment)
+    step = phase2_step(model, images, rows, row_labels, normalizer, cfg.augment)
 
     out_dir = Path(out) if out is not None else run.phase2_dir
     fp = fingerprint(cfg.to_dict(), curated[["id", "label"]])  # also the stamp of this folder's checkpoints
@@ -300,14 +304,14 @@ def train_classifier(
                                       {"config": cfg.to_dict(), "tags": tags or {}, "heldout": eval_desc},
                                       ddp.is_main),
                   "last_pred": None}
-    trained = TrainedClassifier(model, ds.classes, bundle.normalizer, bundle.image_size,
+    trained = TrainedClassifier(model, ds.classes, normalizer, bundle.image_size,
                                 {"base_model": cfg.model, "config": cfg.to_dict(), "n_train": int(len(tr)),
                                  "n_iterated": int(len(rows)), "n_val": int(len(eval_idx)),
                                  "heldout": eval_desc})
     acc_keys = ("test_acc", "val_acc") if ev is not None else ("val_acc",)  # val_acc: the UI's name
 
     def val_pred() -> np.ndarray:
-        return predict_proba(model, images, bundle.normalizer, index=eval_idx, precision=cfg.precision).argmax(1)
+        return predict_proba(model, images, normalizer, index=eval_idx, precision=cfg.precision).argmax(1)
 
     def epoch_end(epoch: int, summary: dict[str, float]) -> dict[str, float]:
         best["last_pred"] = val_pred() if len(eval_idx) else None
@@ -326,6 +330,8 @@ def train_classifier(
                         checkpoint=out_dir / CHECKPOINT, on_epoch_end=epoch_end, progress=progress,
                         cancel=cancel, ddp=ddp, loss_parts=1, owner=f"phase2:{fp}")
     trained.meta["history"] = loop.history
+    if not len(eval_idx):  # nothing held out (val_fraction 0 without a test split): no accuracy to report
+        best["acc"] = float("nan")
     if not ddp.is_main:  # one writer: rank 0 evaluates and saves
         ddp.barrier()
         return Phase2Result(trained, loop.history, best["acc"], float("nan"), np.zeros((ds.K, ds.K), int), out_dir,

@@ -63,7 +63,8 @@ class Run:
             run = cls.open(path)
             if run.meta["ids_hash"] != ids_hash(dataset.samples["id"]) or run.dataset.classes != dataset.classes:
                 raise RunError(f"{path} already holds a run on different data; choose another --out.")
-            changed = config_changes(run.meta.get("phase1", {}), config.to_dict())
+            # a setting added since the run was made counts as its default, not as a change
+            changed = config_changes(Phase1Config.from_dict(run.meta.get("phase1", {})).to_dict(), config.to_dict())
             if changed:
                 raise RunError(f"{path} already holds a run made with other settings ({changed}); re-run with "
                                "its settings to resume it, or choose another --out for a new run.")

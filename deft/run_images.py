@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
+from .config import OFFICIAL_PIXEL_STATS
 from .distributed import Dist
-from .images import decode_images
+from .errors import RunError
+from .images import Normalizer, decode_images, make_batch
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
 from .shards import ShardImages, build_shards
@@ -67,3 +70,50 @@ def load_run_images(
     images = load(True) if ddp.is_main else None
     ddp.barrier()
     return images if images is not None else load(False)
+
+
+#: At most this many training images (evenly spaced) estimate ``pixel_stats="dataset"``: the channel means and
+#: standard deviations are settled to ~1e-3 long before, and a full pass over a 1M-image set would cost minutes.
+PIXEL_STATS_SAMPLE = 10_000
+
+
+def dataset_pixel_stats(images: np.ndarray | ShardImages, rows: np.ndarray, max_rows: int = PIXEL_STATS_SAMPLE,
+                        chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of pixel values in [0, 1] over ``rows`` (evenly subsampled)."""
+    rows = np.asarray(rows)
+    if len(rows) > max_rows:
+        rows = rows[np.linspace(0, len(rows) - 1, max_rows).round().astype(np.int64)]
+    unit = Normalizer((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    total, sq, n = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    for start in range(0, len(rows), chunk):
+        x = make_batch(images, torch.as_tensor(rows[start : start + chunk]), torch.device("cpu"), unit).double()
+        total += x.sum(dim=(0, 2, 3))
+        sq += x.pow(2).sum(dim=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / max(n, 1)
+    std = (sq / max(n, 1) - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3)  # a constant image: no division by 0
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def run_normalizer(run: Run, clip: Normalizer, images: np.ndarray | ShardImages | None = None,
+                   save: bool = True) -> Normalizer:
+    """The pixel normalisation of ``run`` (its ``pixel_stats`` setting), for Phase 1, its scoring pass and Phase 2.
+
+    ``clip``: the checkpoint's own normaliser, passed in. A named official constant: that. ``dataset``: the
+    mean/std of the run's training images, computed from ``images`` on first use and kept in ``run.json``
+    (written when ``save``: rank 0), so a re-score and Phase 2 use the same numbers.
+    """
+    kind = run.config.pixel_stats
+    if kind == "clip":
+        return clip
+    if kind in OFFICIAL_PIXEL_STATS:
+        return Normalizer(*OFFICIAL_PIXEL_STATS[kind])
+    stored = run.meta.get("pixel_stats")
+    if stored:
+        return Normalizer(tuple(stored["mean"]), tuple(stored["std"]))
+    if images is None:
+        raise RunError(f"{run.path} has no pixel statistics yet; run `deft detect` on it first")
+    mean, std = dataset_pixel_stats(images, run.dataset.train_rows)
+    if save:
+        run.set(pixel_stats={"mean": list(mean), "std": list(std)})
+    return Normalizer(mean, std)
