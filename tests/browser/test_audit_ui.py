@@ -11,7 +11,7 @@ from deft.audit_view import issue_mask
 from ..conftest import ROOT
 from .conftest import Server
 from .test_e2e import open_tab, text, wait_text
-from .test_review import choose
+from .test_review import set_filter
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 DEMO = ROOT / "assets" / "demo"
@@ -79,13 +79,13 @@ def test_audit_methods_table_map_and_point_into_review(tmp_path, tiny_clip_dir, 
         suspects = set(scores.loc[~scores["is_clean"], "id"])
         outliers = {i for i in table.loc[issue_mask(table, "outlier"), "id"] if i in suspects}
         assert outliers
-        choose(page, "f-issue", "outlier")
+        set_filter(page, "f-issue", "outlier")
         wait_text(page, "#review-counter", f"of {len(outliers)} in this view")
         assert text(page, "#card-id") in outliers
         # ordered by agreement of the methods: the card on screen stays, at its place in the audit's order
         cur = text(page, "#card-id")
         want = [i for i in review_order(table, "agreement")["id"] if i in outliers]
-        choose(page, "f-order", "agreement (flagged by most methods first)")
+        set_filter(page, "f-order", "agreement (flagged by most methods first)")
         wait_text(page, "#review-counter", f"item {want.index(cur) + 1} of {len(outliers)} in this view")
         assert text(page, "#card-id") == cur
     finally:

@@ -110,17 +110,24 @@ def wait_card(page, pred_js, arg, timeout=20_000):
                            arg=arg, timeout=timeout)
 
 
+# the serial comment (``<!--r<n>-->``) that ends every Gradio render of the card outputs (ui/handlers.py
+# ReviewHandlers): a new one per render; key presses take the lean route and leave it as it is
+SERIAL_JS = ("(() => { const e = document.querySelector('#review-counter'); "
+             "const m = e ? e.innerHTML.match(/<!--r\\d+-->/g) : null; return m ? m.pop() : ''; })()")
+# no event that renders the card outputs is queued or running: Gradio's status tracker in the counter is hidden
+IDLE_JS = "!Array.from(document.querySelectorAll('#review-counter .wrap')).some(w => !w.classList.contains('hide'))"
+
+
 def last_render(page) -> str:
-    """The serial comment (``<!--r<n>-->``) of the last Gradio render of the card outputs: each render has a new
-    one (key presses take the lean route and leave it as it is)."""
-    return page.evaluate("() => (document.querySelector('#review-counter').innerHTML.match(/<!--r\\d+-->/g) "
-                         "|| ['']).pop()")
+    """The serial of the last Gradio render of the card outputs ('' before the first)."""
+    return page.evaluate(f"() => {SERIAL_JS}")
 
 
 def wait_render(page, before: str, timeout=20_000):
-    """Wait for a Gradio render of the card outputs after the one whose serial was ``before``."""
-    page.wait_for_function("(s) => { const m = document.querySelector('#review-counter').innerHTML"
-                           ".match(/<!--r\\d+-->/g); return m && m.pop() !== s; }", arg=before, timeout=timeout)
+    """Wait for a Gradio render of the card outputs after the one whose serial was ``before``, with none
+    still queued or running (a render already on its way when ``before`` was read does not count alone)."""
+    page.wait_for_function(f"(s) => {{ const r = {SERIAL_JS}; return r !== '' && r !== s && {IDLE_JS}; }}",
+                           arg=before, timeout=timeout)
 
 
 def position(page) -> tuple[int, int]:
@@ -145,8 +152,16 @@ def choose(page, elem_id, value):
     inp.press("Enter")
 
 
+def set_filter(page, elem_id, value):
+    """Choose a Review filter (:func:`choose`) and wait until the server rendered the filtered view: the card on
+    screen before may well match the filter too, so no check on the card alone tells that it was applied."""
+    before = last_render(page)
+    choose(page, elem_id, value)
+    wait_render(page, before)
+
+
 def set_class(page, cls):
-    choose(page, "f-class", cls)
+    set_filter(page, "f-class", cls)
     wait_card(page, "document.getElementById('card-label') && "
                     "document.getElementById('card-label').innerText === a", cls)
 
@@ -256,9 +271,7 @@ def test_place_filters_and_last_decisions_survive_reload(two, app):
     _, store = app
     a = two[0]
     set_class(a, "dog")
-    before = last_render(a)
-    choose(a, "f-status", "pending")
-    wait_render(a, before)  # the filter is applied: the card on screen is the filtered view's
+    set_filter(a, "f-status", "pending")
     sid, _ = card(a)
     a.keyboard.press("k")
     wait_msg(a, "#review-msg", f"kept for {sid} (u to undo)")  # one-line feedback
