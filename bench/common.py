@@ -29,7 +29,7 @@ from deft.models import load_clip  # noqa: E402
 from deft.testing import save_tiny_clip  # noqa: E402
 
 SHARED = Path(os.environ.get("DEFT_SHARED", ROOT.parent / "shared"))
-CIFAR_ZIP = SHARED / "data" / "cifar10-jpeg.zip"  # real CIFAR-10 JPEGs (as tests/conftest.py)
+CIFAR_ZIP = SHARED / "data" / "cifar10-jpeg.zip"  # real CIFAR-10 JPEGs (tests use tests/data/cifar10-train-1000.zip)
 
 # ViT-B/16 CLIP shapes (openai/clip-vit-base-patch16), random weights when no checkpoint is reachable
 VITB16 = {"image_size": 224, "patch_size": 16, "width": 768, "layers": 12}

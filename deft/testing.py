@@ -120,7 +120,7 @@ def extract_cifar(zip_path: str | os.PathLike, out: Path, per_class: int, split:
         Images ``offset .. offset + per_class`` (sorted by name) of each class of ``split``.
     """
     if not Path(zip_path).is_file():
-        raise FileNotFoundError(f"{zip_path} is missing: tests need ../shared/data/cifar10-jpeg.zip")
+        raise FileNotFoundError(f"{zip_path} is missing (a CIFAR-10 JPEG zip: train/<class>/*.jpg)")
     with zipfile.ZipFile(zip_path) as z:
         by_class: dict[str, list[str]] = defaultdict(list)
         for n in sorted(z.namelist()):

@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny CLIP saved to disk, real CIFAR-10 images from ../shared."""
+"""Shared fixtures: a tiny CLIP saved to disk, real CIFAR-10 images committed in ``tests/data``.
+
+Tests never read ``../shared`` (a plain clone has none): ``tests/data/cifar10-train-1000.zip`` holds the first
+100 training JPEGs of each CIFAR-10 class (sorted by name, 1 MB), with the layout of the full
+``cifar10-jpeg.zip`` (``train/<class>/NNNN.jpg``), so the same images are used with or without ``../shared``.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,12 +15,13 @@ from deft.testing import extract_cifar as _extract_cifar
 from deft.testing import save_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DEFT_SHARED", ROOT.parent / "shared"))
-CIFAR_ZIP = SHARED / "data" / "cifar10-jpeg.zip"
+CIFAR_ZIP = ROOT / "tests" / "data" / "cifar10-train-1000.zip"
+CIFAR_PER_CLASS = 100  # training images per class in CIFAR_ZIP
 
 
 def extract_cifar(out: Path, per_class: int, split: str = "train", offset: int = 0) -> Path:
     """``per_class`` real CIFAR-10 JPEGs per class into ``out/<class>/`` (:func:`deft.testing.extract_cifar`)."""
+    assert split == "train" and offset + per_class <= CIFAR_PER_CLASS, "tests/data holds train images 0-99 only"
     return _extract_cifar(CIFAR_ZIP, out, per_class, split, offset)
 
 

@@ -59,7 +59,7 @@ def test_confusion_matrix():
 
 
 def _cifar_arrays(per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """``per_class`` real CIFAR-10 training images per class as uint8 (N, 3, 32, 32), straight from the zip."""
+    """``per_class`` real CIFAR-10 training images per class as uint8 (N, 3, 32, 32), from the committed zip."""
     import io
     import zipfile
 
@@ -90,11 +90,13 @@ def top_target_share(y: np.ndarray, noisy: np.ndarray, k: int) -> float:
 
 def test_instance_noise_on_raw_pixels_concentrates_flips_like_the_official_code():
     # issue 8 item 1: on raw 0-255 pixels the official code sends ~69% of a class's flips to one class
-    # (CIFAR-10, r=0.2); the old unit-normalised images spread them (~36%)
-    x, y = _cifar_arrays(200)
+    # (CIFAR-10, r=0.2); the old unit-normalised images spread them (~36%). On the 1,000 committed images a
+    # class has ~20 flips, so one seed's share varies by +-0.1: the shares are averaged over 5 seeds (raw pixels
+    # 0.58-0.78 per seed, mean 0.69; unit-normalised 0.28-0.41, mean 0.34).
+    x, y = _cifar_arrays(100)
     flat = x.reshape(len(x), -1)
-    noisy = instance_noise(y, 10, 0.2, flat, seed=0)
-    assert (noisy != y).mean() == pytest.approx(0.2, abs=0.02)
-    assert top_target_share(y, noisy, 10) > 0.55
     unit = flat / np.linalg.norm(flat.astype(np.float64), axis=1, keepdims=True)
-    assert top_target_share(y, instance_noise(y, 10, 0.2, unit, seed=0), 10) < 0.5
+    raw_noisy = [instance_noise(y, 10, 0.2, flat, seed=s) for s in range(5)]
+    assert np.mean([(n != y).mean() for n in raw_noisy]) == pytest.approx(0.2, abs=0.02)
+    assert np.mean([top_target_share(y, n, 10) for n in raw_noisy]) > 0.6
+    assert np.mean([top_target_share(y, instance_noise(y, 10, 0.2, unit, seed=s), 10) for s in range(5)]) < 0.45

@@ -76,7 +76,10 @@ def test_rerank_with_two_reviewers_never_moves_the_cards_on_screen(audited, brow
         # through the re-rank, a decides until it is reported
         set_class(a, "airplane")
         set_class(b, "truck")
-        wait_msg(b, "#review-counter", "item 1 of 40")
+        trucks = store.count_query(suspects=None, label="truck")  # "all": every truck-labelled sample (41)
+        assert trucks == len(list((DEMO / "truck").iterdir()))
+        # with " in this view": the former "item 1 of 40" also matched the unfiltered "item 1 of 400"
+        wait_msg(b, "#review-counter", f"item 1 of {trucks} in this view")
         b_sid = card(b)[0]
         b_sugg, b_s1 = suggestions_on(b), store.sample(b_sid)["s1"]
         # each suggestion button names its sources and its confidence

@@ -110,6 +110,40 @@ def wait_card(page, pred_js, arg, timeout=20_000):
                            arg=arg, timeout=timeout)
 
 
+# the serial comment (``<!--r<n>-->``) that ends every Gradio render of the card outputs (ui/handlers.py
+# ReviewHandlers): a new one per render; key presses take the lean route and leave it as it is
+SERIAL_JS = ("(() => { const e = document.querySelector('#review-counter'); "
+             "const m = e ? e.innerHTML.match(/<!--r\\d+-->/g) : null; return m ? m.pop() : ''; })()")
+# no event that renders the card outputs is queued or running: Gradio's status tracker in the counter is hidden
+IDLE_JS = "!Array.from(document.querySelectorAll('#review-counter .wrap')).some(w => !w.classList.contains('hide'))"
+
+
+def last_render(page) -> str:
+    """The serial of the last Gradio render of the card outputs ('' before the first)."""
+    return page.evaluate(f"() => {SERIAL_JS}")
+
+
+def wait_render(page, before: str, timeout=20_000):
+    """Wait for a Gradio render of the card outputs after the one whose serial was ``before``, with none
+    still queued or running (a render already on its way when ``before`` was read does not count alone)."""
+    page.wait_for_function(f"(s) => {{ const r = {SERIAL_JS}; return r !== '' && r !== s && {IDLE_JS}; }}",
+                           arg=before, timeout=timeout)
+
+
+def position(page) -> tuple[int, int]:
+    """``(item, of)`` from the counter's ``item 4 of 12 in this view``."""
+    words = page.inner_text("#review-counter").split("item ")[1].split()
+    return int(words[0]), int(words[2])
+
+
+def wait_until(page, cond, timeout: float = 20) -> None:
+    """Poll a Python-side ``cond()`` (Playwright delivers page events while the page waits)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        page.wait_for_timeout(50)
+
+
 def choose(page, elem_id, value):
     """Pick ``value`` in a Gradio dropdown as a user does (type, Enter)."""
     inp = page.locator(f"#{elem_id} input")
@@ -118,8 +152,16 @@ def choose(page, elem_id, value):
     inp.press("Enter")
 
 
+def set_filter(page, elem_id, value):
+    """Choose a Review filter (:func:`choose`) and wait until the server rendered the filtered view: the card on
+    screen before may well match the filter too, so no check on the card alone tells that it was applied."""
+    before = last_render(page)
+    choose(page, elem_id, value)
+    wait_render(page, before)
+
+
 def set_class(page, cls):
-    choose(page, "f-class", cls)
+    set_filter(page, "f-class", cls)
     wait_card(page, "document.getElementById('card-label') && "
                     "document.getElementById('card-label').innerText === a", cls)
 
@@ -229,14 +271,15 @@ def test_place_filters_and_last_decisions_survive_reload(two, app):
     _, store = app
     a = two[0]
     set_class(a, "dog")
-    choose(a, "f-status", "pending")
-    time.sleep(0.5)
+    set_filter(a, "f-status", "pending")
     sid, _ = card(a)
     a.keyboard.press("k")
     wait_msg(a, "#review-msg", f"kept for {sid} (u to undo)")  # one-line feedback
+    pos, n = position(a)
+    assert pos + 2 <= n
     a.keyboard.press("j")
     a.keyboard.press("j")
-    time.sleep(1.0)
+    wait_msg(a, "#review-counter", f"item {pos + 2} of {n} in this view")  # both moves landed
     here, _ = card(a)
     a.reload()
     open_review(a)
@@ -277,16 +320,17 @@ def test_keys_relabel_typeahead_radios_and_bursts(two, app):
     assert a.locator("#relabel-dd input").input_value() == ""  # cleared for the next card
     a.locator("#f-show label").first.click()
     before = len(log_of(store, a))
+    answered = []  # every key press is one POST deft/act, answered after the server applied or refused it
+    a.on("requestfinished", lambda r: answered.append(r) if r.url.endswith("/deft/act") else None)
+    a.on("requestfailed", lambda r: answered.append(r) if r.url.endswith("/deft/act") else None)
     for _ in range(4):  # a burst faster than the server answers
         a.keyboard.press("k")
-    a.wait_for_function(
-        "() => document.querySelector('#review-msg').innerText.includes('kept for') || "
-        "document.querySelector('#review-msg').innerText.includes('ignored a key press')", timeout=20_000)
-    time.sleep(2.0)  # let the queued presses land
+    wait_until(a, lambda: len(answered) == 4)  # all four presses landed
+    assert all(r.failure is None for r in answered)
     burst = log_of(store, a).iloc[before:]
     assert 1 <= len(burst) <= 4 and burst["sample_id"].is_unique  # never two decisions from one stale card
     if len(burst) < 4:  # a press that arrived for a card already decided was reported, not silently dropped
-        assert any("ignored a key press" in m for m in a.evaluate("() => window.__msgs"))
+        a.wait_for_function("() => window.__msgs.some(m => m.includes('ignored a key press'))", timeout=20_000)
     assert_only_shown(store, [a])
 
 
