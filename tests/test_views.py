@@ -67,6 +67,10 @@ def test_detect_summary_counts_and_warns_when_almost_all_flagged():
 def test_counter_and_lines():
     assert views.counter_html({"reviewed": 3, "suspects": 12}, 4, 10) == (
         "<b>Reviewed 3 / 12 suspects</b> · item 4 of 10 in this view")
+    assert views.map_open_line("a/1.png", []) == "Opened a/1.png from the Map; your filters are unchanged."
+    assert views.map_open_line("a/1.png", [("Class", "cat", "any"), ("Status", "pending", "any")]) == (
+        "Opened a/1.png from the Map. It is outside your filters, so this changed: Class cat → any; "
+        "Status pending → any.")
     d = Decision(seq=7, sample_id="truck/img_028", action="accept", label="ship", at="t")
     assert views.decision_line(d) == "accepted -> ship for truck/img_028 (u to undo)"
     assert views.undo_line([]) == "Nothing to undo."

@@ -132,9 +132,9 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
     c.audit_btn.click(h.on_audit, c.session, c.audit_msg)
     c.audit_timer.tick(h.on_audit_tick, c.session, [c.audit_prog, *audit_outputs(c)])
     c.map_tab.select(h.map_view, c.session, [c.map_msg, c.map_box])
-    c.map_btn.click(h.map_open, [c.session, c.client, c.map_sid], [c.map_msg, c.tabs],
-                    js="(...a) => window.deftMapTake(...a)", api_visibility="private").then(
-        h.restore_view, [c.session, c.client], restore_outputs(c))
+    c.map_btn.click(h.map_open, [c.session, c.client, c.map_sid], [c.map_msg, c.tabs, c.review_modes,
+                                                                   *restore_outputs(c)],
+                    js="(...a) => window.deftMapTake(...a)", api_visibility="private")
     c.thumb_class.change(lambda sid, cls: h.class_thumbs_of(reg.get(sid), cls), [c.session, c.thumb_class],
                          c.gallery)
 

@@ -28,6 +28,9 @@ from .workspace import Workspace, Workspaces
 USER_ERRORS = (DataError, ModelLoadError, ReviewError, RunError, RuntimeError, ValueError, FileNotFoundError)
 GRID_PAGE = 36
 GRID_VERBS = {"accept": "Accepted", "keep": "Kept", "exclude": "Excluded"}
+# a filter field (deft.review.FILTER_FIELDS) -> its control in the Review tab
+FILTER_NAMES = {"suspects": "Show", "label": "Class", "status": "Status", "margin_min": "Margin ≥",
+                "margin_max": "Margin ≤", "issue": "Data issue"}
 
 
 def version_of(value) -> int:
@@ -267,19 +270,28 @@ class Handlers:
         return {c.map_msg: v.map_note(len(pts), total), c.map_box: v.map_html(pts, total, ws.dataset.classes)}
 
     def map_open(self, sid, cid, sample, request: gr.Request):
-        """Open the clicked point in Review: a filter that contains it, then its card."""
+        """Open the clicked point in Review (its card, in card mode) under this reviewer's filters: only a
+        filter that leaves it out is cleared, and the message under the counter says which."""
         c = self.c
         try:
             ws, q = self.queue_of(sid, cid, request)
-            item = ws.store.sample(str(sample))
-            # a filter that contains it: every sample when this reviewer shows every sample, else its side
-            every = q.filter.suspects is None
-            q.filter = ReviewFilter(suspects=None if every else not bool(item["is_clean"]), order=q.filter.order)
-            q.show(str(sample))
-            q.save_place()
-        except (*USER_ERRORS, KeyError) as exc:
+            sample = str(sample or "")
+            ws.sample_path(sample)  # an id of this dataset, or one neutral sentence
+            before = q.filter
+            dropped = q.open(sample)
+        except USER_ERRORS as exc:
             return {c.map_msg: v.err_md(exc)}
-        return {c.map_msg: "", c.tabs: gr.Tabs(selected="review")}
+        changes = [(FILTER_NAMES[k], self.filter_text(k, getattr(before, k)), self.filter_text(k, None))
+                   for k in dropped]
+        return (self.restore_view(sid, cid, request, html.escape(v.map_open_line(sample, changes)))
+                | {c.map_msg: "", c.tabs: gr.Tabs(selected="review"), c.review_modes: gr.Tabs(selected="card-mode")})
+
+    @staticmethod
+    def filter_text(name: str, value) -> str:
+        """A filter's value as its control shows it (``Show``'s choice; "any" for no constraint)."""
+        if name == "suspects":
+            return show_choice(value)
+        return "any" if value is None or value == "" else str(value)
 
     # ------------------------------------------------------------------ train / export
     def on_train(self, sid, mode, epochs):
@@ -417,7 +429,7 @@ class ReviewHandlers(Handlers):
             return self.empty(exc)
         return self.render(ws, q)
 
-    def restore_view(self, sid, cid, request: gr.Request):
+    def restore_view(self, sid, cid, request: gr.Request, msg: str = ""):
         """After a (re)connect: this reviewer's filters, card, and the last decisions recorded."""
         c = self.c
         try:
@@ -425,7 +437,7 @@ class ReviewHandlers(Handlers):
         except USER_ERRORS as exc:
             return self.empty(exc) | {c.recent: "", c.g_label: gr.update()}
         f = q.filter
-        return self.render(ws, q, dd=gr.update(choices=ws.store.classes, value=None)) | {
+        return self.render(ws, q, msg, dd=gr.update(choices=ws.store.classes, value=None)) | {
             c.f_suspects: show_choice(f.suspects), c.batch_src: "combined" if ws.ranked else "learned prompts",
             c.f_class: gr.update(choices=[""] + ws.store.classes, value=f.label or ""), c.f_status: f.status or "",
             c.f_min: "" if f.margin_min is None else str(f.margin_min),

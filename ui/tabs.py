@@ -104,7 +104,7 @@ def review_tab(c) -> None:
     with gr.Row():
         c.counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
         c.review_msg = gr.HTML(elem_id="review-msg")
-    with gr.Tabs(elem_id="review-modes"):
+    with gr.Tabs(elem_id="review-modes") as c.review_modes:
         with gr.Tab("Card", id="card-mode"):
             _card_mode(c)
         with gr.Tab("Grid", id="grid-mode") as c.grid_tab:

@@ -347,6 +347,14 @@ def map_note(shown: int, total: int) -> str:
     return f"**Embeddings map** (t-SNE of the CLIP image embeddings), coloured by label.{note}"
 
 
+def map_open_line(sample: str, changes: list[tuple[str, str, str]]) -> str:
+    """What a click on the map did to the Review filters: ``changes`` are (control, was, now)."""
+    if not changes:
+        return f"Opened {sample} from the Map; your filters are unchanged."
+    what = "; ".join(f"{name} {was} → {now}" for name, was, now in changes)
+    return f"Opened {sample} from the Map. It is outside your filters, so this changed: {what}."
+
+
 def zoom_html(src: str, sample: str, w: int, h: int) -> str:
     """The full-size view of the card's image."""
     return (f'<div id="zoom"><img src="{src}" alt="{html.escape(sample)}" style="max-width:100%">'

@@ -1,0 +1,95 @@
+"""The Review cockpit's rough edges (issue 19, items 17, 18, 21, 22), in a real browser at 1440x900.
+
+One audited demo run (tiny random CLIP: the map, the combined order) and one ``python app.py`` serve every
+test; each test reviews its own classes, so they don't see each other's decisions. The jobs test loads a
+small copy of the demo in its own session, so its detections never touch the reviewed run.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from .conftest import DEMO, audited_server
+from .test_review import card, choose, open_reviewers, set_class, wait_msg
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+SHOW_ALL = "all (most likely wrong first)"
+
+
+@pytest.fixture(scope="module")
+def cockpit(tmp_path_factory, tiny_clip_dir):
+    """``(server, store, mini)``: the audited demo served with ``mini`` (8 demo images per class) also loadable."""
+    tmp = tmp_path_factory.mktemp("cockpit")
+    mini = tmp / "mini"
+    for cls in sorted(p for p in DEMO.iterdir() if p.is_dir()):
+        (mini / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:8]:
+            shutil.copy(f, mini / cls.name / f.name)
+    server, store = audited_server(tmp, tiny_clip_dir, "--data-root", str(DEMO), "--data-root", str(mini))
+    try:
+        yield server, store, mini
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def reviewer(cockpit, browser):
+    """One reviewer on the Review tab, once the page load's restore has filled the filters (the audited run's
+    order): a filter chosen before it lands could be reset by it."""
+    page = open_reviewers(browser, cockpit[0].url, 1)[0]
+    page.wait_for_function("() => document.querySelector('#f-order input').value.startsWith('most likely wrong')",
+                           timeout=30_000)
+    yield page
+    page.context.close()
+
+
+def shown_filters(page) -> dict:
+    return page.evaluate("""() => ({
+        show: document.querySelector('#f-show input[type=radio]:checked').value,
+        cls: document.querySelector('#f-class input').value,
+        status: document.querySelector('#f-status input').value})""")
+
+
+def open_from_map(page, sid: str) -> None:
+    """Click the point of ``sid`` on the Map (dispatched on the point itself: another may be drawn over it)
+    and wait until Review shows its card."""
+    page.get_by_role("tab", name="Map").click()
+    point = page.locator(f'#map .pt[data-sid="{sid}"]')
+    point.wait_for(state="attached", timeout=30_000)
+    point.dispatch_event("click")
+    page.wait_for_function("(s) => { const e = document.getElementById('card-id'); "
+                           "return e && e.offsetParent !== null && e.innerText.trim() === s; }", arg=sid,
+                           timeout=30_000)
+
+
+def test_map_click_keeps_the_reviewers_filters(cockpit, reviewer, artifacts):
+    """Item 17: a point inside the reviewer's filters opens under them unchanged; one outside clears only
+    what leaves it out (the class, Show), keeps the rest (Status), and says what it changed."""
+    _, store, _ = cockpit
+    a = reviewer
+    set_class(a, "horse")
+    choose(a, "f-status", "pending")
+    pending = store.query(suspects=None, label="horse", status="pending", limit=-1)["id"].tolist()
+    wait_msg(a, "#review-counter", f"of {len(pending)} in this view")
+    before = shown_filters(a)
+    assert before == {"show": SHOW_ALL, "cls": "horse", "status": "pending"}
+    target = next(s for s in pending[3:] if s != card(a)[0])
+    open_from_map(a, target)
+    assert shown_filters(a) == before  # Review rendered the card and its filters at once
+    wait_msg(a, "#review-msg", "your filters are unchanged")
+    assert f"of {len(pending)} in this view" in a.inner_text("#review-counter")
+    a.screenshot(path=str(artifacts / "cockpit-1-map-click-review.png"))
+    # Show the clean samples, then a suspect of another class: Class and Show widen, Status stays
+    a.locator("#f-show label").nth(2).click()
+    wait_msg(a, "#review-counter", f"of {store.count_query(suspects=False, label='horse', status='pending')} in")
+    other = store.query(suspects=True, label="ship", status="pending", limit=1)["id"].iloc[0]
+    open_from_map(a, other)
+    wait_msg(a, "#review-msg", "outside your filters")
+    msg = a.inner_text("#review-msg")
+    assert "Show clean (spot-check) → all (most likely wrong first)" in msg and "Class horse → any" in msg, msg
+    assert "Status" not in msg, msg
+    a.wait_for_function("() => document.querySelector('#f-class input').value === ''", timeout=20_000)
+    assert shown_filters(a) == {"show": SHOW_ALL, "cls": "", "status": "pending"}
+    a.screenshot(path=str(artifacts / "cockpit-2-map-click-widened.png"))
