@@ -67,6 +67,7 @@ def test_detect_summary_counts_and_warns_when_almost_all_flagged():
 def test_counter_and_lines():
     assert views.counter_html({"reviewed": 3, "suspects": 12}, 4, 10) == (
         "<b>Reviewed 3 / 12 suspects</b> · item 4 of 10 in this view")
+    assert "item – of 10 in this view" in views.counter_html({"reviewed": 3, "suspects": 12}, None, 10)
     assert views.map_open_line("a/1.png", []) == "Opened a/1.png from the Map; your filters are unchanged."
     assert views.map_open_line("a/1.png", [("Class", "cat", "any"), ("Status", "pending", "any")]) == (
         "Opened a/1.png from the Map. It is outside your filters, so this changed: Class cat → any; "

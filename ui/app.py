@@ -100,7 +100,7 @@ def wire_card(h: ReviewHandlers) -> None:
 def wire_grid(h: ReviewHandlers) -> None:
     """Grid mode: selection actions (``/grid_decide``), undo, paging."""
     c = h.c
-    grid_outputs = [c.grid, c.grid_msg, c.g_label]
+    grid_outputs = [c.grid, c.grid_msg, c.g_label, c.counter]
     c.g_btn.click(h.grid_apply, [c.session, c.client, c.g_sel, c.g_what, c.g_label, c.grid_page], grid_outputs,
                   js="(...a) => window.deftGridTake(...a)", trigger_mode="multiple", concurrency_limit=1,
                   concurrency_id="review", api_name="grid_decide")

@@ -499,13 +499,21 @@ class ReviewHandlers(Handlers):
 
     # ---- grid
     def grid_view(self, sid, cid, page, request: gr.Request, msg: str = ""):
+        """A page of the grid, its message, and the counter (a grid action changes what is reviewed)."""
         c = self.c
         try:
             ws, q = self.queue_of(sid, cid, request)
             return {c.grid: v.grid_html(ws, grid_rows(q, int(page or 0))), c.grid_msg: msg,
-                    c.g_label: gr.update(choices=ws.store.classes)}
+                    c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
             return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
+
+    def counter_of(self, ws: Workspace, q: ReviewQueue) -> str:
+        """The counter for the card this reviewer has (its anchor, which is not moved: the card is not
+        rendered again), for renders that change the counts but not the card."""
+        pos = ws.store.position(q.anchor, **q.filter.kwargs()) if q.anchor else None
+        counter = v.counter_html(ws.store.count(), None if pos is None else pos + 1, q.size(), ws.queue_note())
+        return v.live("counter-live", counter) + self.serial()
 
     def grid_apply(self, sid: str, cid: str, selection: str, action: str, label: str, page: int,
                    request: gr.Request):

@@ -284,10 +284,11 @@ def class_counts_frame(ds) -> pd.DataFrame:
     return pd.DataFrame({"class": ds.classes, "images": ds.class_counts().to_numpy()})
 
 
-def counter_html(count: dict, pos: int, n: int, note: str = "") -> str:
-    """``Reviewed 3 / 12 suspects · item 4 of 12 in this view``, then ``note`` (:func:`queue_note`, HTML)."""
+def counter_html(count: dict, pos: int | None, n: int, note: str = "") -> str:
+    """``Reviewed 3 / 12 suspects · item 4 of 12 in this view``, then ``note`` (:func:`queue_note`, HTML);
+    ``pos`` None: the card is no longer in the view (``item – of 12``)."""
     line = (f"<b>Reviewed {count['reviewed']} / {count['suspects']} suspects</b> · "
-            f"item {pos} of {n} in this view")
+            f"item {'–' if pos is None else pos} of {n} in this view")
     return line + (f'<br><span id="queue-note">{note}</span>' if note else "")
 
 

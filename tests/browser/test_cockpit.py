@@ -93,3 +93,45 @@ def test_map_click_keeps_the_reviewers_filters(cockpit, reviewer, artifacts):
     a.wait_for_function("() => document.querySelector('#f-class input').value === ''", timeout=20_000)
     assert shown_filters(a) == {"show": SHOW_ALL, "cls": "", "status": "pending"}
     a.screenshot(path=str(artifacts / "cockpit-2-map-click-widened.png"))
+
+
+def counted(page, store) -> None:
+    """Wait until the counter shows the store's count of reviewed suspects (without a key press)."""
+    wait_msg(page, "#review-counter", f"Reviewed {store.count()['reviewed']} / ")
+
+
+def test_counter_follows_grid_and_batch_actions(cockpit, reviewer):
+    """Item 18: the counter after grid and batch actions (and their undo), without a key press."""
+    _, store, _ = cockpit
+    a = reviewer
+    set_class(a, "deer")
+    a.locator("#f-show label").first.click()  # suspects: each decision counts
+    wait_msg(a, "#review-counter", f"of {store.count_query(suspects=True, label='deer')} in this view")
+    counted(a, store)
+    a.get_by_role("tab", name="Grid").click()
+    a.wait_for_selector("#grid .tile")
+    tiles = a.locator("#grid .tile")
+    tiles.nth(0).click()
+    tiles.nth(1).click()
+    before = store.count()["reviewed"]
+    a.click("#btn-grid-keep")
+    wait_msg(a, "#grid-msg", "Kept 2 sample(s) as one batch")
+    assert store.count()["reviewed"] == before + 2
+    counted(a, store)
+    a.click("#btn-grid-undo")
+    wait_msg(a, "#grid-msg", "Undid a batch of 2")
+    counted(a, store)
+    # batch accept in card mode, then u: the counter follows
+    a.get_by_role("tab", name="Card").click()
+    a.wait_for_selector("#card-id")
+    a.locator("#batch-t input[type=number]").fill("0")
+    a.locator("#batch-t input[type=number]").press("Enter")
+    a.click("#btn-batch")
+    wait_msg(a, "#batch-msg", "Will accept")
+    a.click("#btn-batch-confirm")
+    wait_msg(a, "#batch-msg", "Accepted ")
+    counted(a, store)
+    a.locator("#card-id").click()  # focus out of the number field: keys go to the card
+    a.keyboard.press("u")
+    wait_msg(a, "#review-msg", "Undid a batch of")
+    counted(a, store)
