@@ -357,9 +357,13 @@ def map_open_line(sample: str, changes: list[tuple[str, str, str]]) -> str:
 
 
 def zoom_html(src: str, sample: str, w: int, h: int) -> str:
-    """The full-size view of the card's image."""
-    return (f'<div id="zoom"><img src="{src}" alt="{html.escape(sample)}" style="max-width:100%">'
-            f"<p>{html.escape(sample)} · {w}×{h} px (full resolution)</p></div>")
+    """The card's image large, over the page: upscaled to ~80% of the viewport's height (pixelated when
+    that enlarges it, so a 32 px image shows its pixels rather than a blur); Esc, z or a click closes it."""
+    name = html.escape(sample)
+    sharp = " pixelated" if max(w, h) <= 512 else ""
+    return (f'<div id="zoom" role="dialog" aria-label="{name}, full size" title="Esc, z or a click closes">'
+            f'<figure><img class="zoom-img{sharp}" src="{src}" alt="{name}">'
+            f"<figcaption>{name} · {w}×{h} px (full resolution) · Esc or z closes</figcaption></figure></div>")
 
 
 def export_line(df: pd.DataFrame, csv) -> str:

@@ -135,3 +135,29 @@ def test_counter_follows_grid_and_batch_actions(cockpit, reviewer):
     a.keyboard.press("u")
     wait_msg(a, "#review-msg", "Undid a batch of")
     counted(a, store)
+
+
+def test_z_shows_the_image_large_in_view_and_esc_or_z_closes_it(cockpit, reviewer, artifacts):
+    """Item 21: the 64 px original fills ~80% of the viewport's height, pixelated, over the page."""
+    a = reviewer
+    set_class(a, "frog")
+    sid = card(a)[0]
+    a.keyboard.press("z")
+    a.wait_for_function("() => { const i = document.querySelector('#zoom img'); "
+                        "return i && i.complete && i.naturalWidth === 64; }", timeout=20_000)
+    assert f"{sid} · 64×64 px" in a.inner_text("#zoom")
+    box = a.locator("#zoom img").bounding_box()
+    assert 0.7 * 900 <= box["height"] <= 900 and box["y"] >= 0 and box["y"] + box["height"] <= 900, box
+    assert 0 <= box["x"] and box["x"] + box["width"] <= 1440, box
+    assert a.evaluate("() => getComputedStyle(document.querySelector('#zoom img')).imageRendering") == "pixelated"
+    centre = a.evaluate(f"() => document.elementFromPoint({box['x'] + box['width'] / 2}, "
+                        f"{box['y'] + box['height'] / 2}).closest('#zoom') !== null")
+    assert centre  # on top of the page, not under it
+    a.screenshot(path=str(artifacts / "cockpit-3-zoom.png"))
+    a.keyboard.press("Escape")
+    a.wait_for_function("() => !document.getElementById('zoom')", timeout=5_000)
+    a.keyboard.press("z")
+    a.wait_for_selector("#zoom img", state="visible", timeout=20_000)
+    a.keyboard.press("z")
+    a.wait_for_function("() => !document.getElementById('zoom')", timeout=5_000)
+    assert card(a)[0] == sid
