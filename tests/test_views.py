@@ -38,6 +38,14 @@ def test_progress_line_running_done_failed_cancelled_and_starting():
     assert views.progress_html(None) == ""
 
 
+def test_job_outcome_replaces_started_and_cancelling():
+    def job(status, name="detection", took=3.24):
+        return SimpleNamespace(name=name, status=status, started=100.0, finished=100.0 + took)
+    assert views.job_outcome(job("done")) == "Detection finished after 3.2 s."
+    assert views.job_outcome(job("cancelled", "training", 58.4)) == "Training cancelled after 58 s."
+    assert views.job_outcome(job("error", "audit")) == "**⚠ Audit failed** (the reason is below)."
+
+
 def test_suspect_rates_per_class():
     rate = views.suspect_rates(_scores())
     assert list(rate.columns) == ["class", "suspect_rate"]

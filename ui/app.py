@@ -130,7 +130,8 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c))
     c.audit_btn.click(h.on_audit, c.session, c.audit_msg)
-    c.audit_timer.tick(h.on_audit_tick, c.session, [c.audit_prog, *audit_outputs(c)])
+    c.audit_timer.tick(h.on_audit_tick, c.session, [c.audit_prog, c.audit_msg, c.det_msg, c.train_msg,
+                                                    *audit_outputs(c)], show_progress="hidden")
     c.map_tab.select(h.map_view, c.session, [c.map_msg, c.map_box])
     c.map_btn.click(h.map_open, [c.session, c.client, c.map_sid], [c.map_msg, c.tabs, c.review_modes,
                                                                    *restore_outputs(c)],
@@ -142,20 +143,21 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
 def wire_jobs(h: ReviewHandlers) -> None:
     """Detect, Train and Export buttons, the job timer, and the card refresh on a tab change."""
     c, reg = h.c, h.reg
-    c.run_btn.click(h.on_detect, [c.session, c.model_in, c.rw_in, c.ep_in, c.pv_in, c.det_method], c.det_msg)
-    c.cancel_btn.click(h.on_cancel, c.session, c.det_msg)
+    c.run_btn.click(h.on_detect, [c.session, c.model_in, c.rw_in, c.ep_in, c.pv_in, c.det_method],
+                    [c.det_msg, c.det_summary])
+    c.cancel_btn.click(h.cancel_into(c.det_msg), c.session, c.det_msg)
     for ev in (c.model_in.blur, c.model_in.submit):
         ev(h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], api_visibility="private")
     c.est_btn.click(h.estimate, [c.session, c.model_in, c.ep_in], c.det_note, concurrency_limit=1,
                     concurrency_id="estimate", api_visibility="private")
     c.train_btn.click(h.on_train, [c.session, c.mode_in, c.tep_in], c.train_msg)
-    c.tcancel_btn.click(h.on_cancel, c.session, c.train_msg)
+    c.tcancel_btn.click(h.cancel_into(c.train_msg), c.session, c.train_msg)
     for ev in (c.train_tab.select, c.train_summary.change):
         ev(lambda sid: reg.get(sid).training_runs(), c.session, c.train_runs, api_visibility="private")
     c.export_btn.click(h.on_export, [c.session, c.pseudo_in], [c.export_msg, c.export_files, c.export_preview])
     c.timer.tick(h.on_tick, c.session, [c.det_prog, c.loss_plot, c.det_summary, c.rate_plot, c.hist_plot,
                                         c.train_prog, c.curve_plot, c.train_summary, c.confusion, c.f_class,
-                                        c.clean_plot])
+                                        c.clean_plot, c.det_msg, c.train_msg], show_progress="hidden")
     c.tabs.select(h.show_card, [c.session, c.client], card_outputs(c))
 
 

@@ -86,6 +86,7 @@ class Handlers:
         self.seen: dict[str, tuple[int, str]] = {}
         self.audit_seen: dict[str, tuple[int, str]] = {}
         self.renders = itertools.count(1)  # serials of Gradio renders (next() is atomic: handlers run on threads)
+        self.cancels: dict[int, object] = {}  # id(job) -> the message line that said "Cancelling…" for it
 
     # ------------------------------------------------------------------ sessions
     def session_ws(self, sid: str) -> Workspace:
@@ -156,18 +157,33 @@ class Handlers:
 
     # ------------------------------------------------------------------ detect
     def on_detect(self, sid, model, rw, epochs, preview, method="deft"):
+        """Start detection; the previous run's summary gives way to a line saying it is still the one in Review."""
+        c, ws = self.c, self.reg.get(sid)
         try:
-            self.reg.get(sid).start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
+            ws.start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
         except USER_ERRORS as exc:
-            return v.err_md(exc)
-        return "Detection started."
+            return {c.det_msg: v.err_md(exc)}
+        return {c.det_msg: "Detection started.", c.det_summary: v.RUNNING_SUMMARY if ws.store is not None else ""}
 
-    def on_cancel(self, sid):
-        ws = self.reg.get(sid)
-        if ws.job is not None and ws.job.running:
-            ws.job.cancel()
-            return "Cancelling…"
-        return "Nothing is running."
+    def cancel_into(self, msg):
+        """The Cancel handler of the tab whose message line is ``msg``: that line says "Cancelling…" until the
+        job ends, then its outcome (:meth:`job_end`)."""
+        def on_cancel(sid):
+            ws = self.reg.get(sid)
+            if ws.job is not None and ws.job.running:
+                ws.job.cancel()
+                self.cancels[id(ws.job)] = msg
+                return "Cancelling…"
+            return "Nothing is running."
+        return on_cancel
+
+    def job_end(self, job: Job) -> dict:
+        """A finished job's outcome, in place of its "… started." line and of any "Cancelling…" it caused."""
+        c = self.c
+        line = v.job_outcome(job)
+        out = {{"detection": c.det_msg, "audit": c.audit_msg, "training": c.train_msg}[job.name]: line}
+        where = self.cancels.pop(id(job), None)
+        return out | ({where: line} if where is not None else {})
 
     def advise(self, sid, model):
         pre, why = self.reg.get(sid).preview_advice((model or "").strip())
@@ -212,14 +228,16 @@ class Handlers:
         if job is None or job.name == "audit":  # the audit is shown by on_audit_tick
             return gr.skip()
         prog = v.progress_html(job)
+        end = self.job_end(job) if not job.running else {}
         if job.name == "detection":
             loss, clean = v.plot_frames(ws.detect_curves(job))
-            out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean}
-            if job.status == "done":
+            out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean} | end
+            if end:  # done: the new run's results; else the previous run's, still the one in Review
                 out |= self.detect_results(ws)
+            if job.status == "done":
                 out[c.f_class] = gr.update(choices=[""] + ws.dataset.classes)
             return out
-        out = {c.train_prog: prog, c.curve_plot: v.job_curves(job.snapshot()[2])}
+        out = {c.train_prog: prog, c.curve_plot: v.job_curves(job.snapshot()[2])} | end
         if job.status == "done":
             res = job.result
             out[c.train_summary] = v.train_summary_md(res)
@@ -255,6 +273,8 @@ class Handlers:
         if job.name == "audit" and job.status == "done":
             prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
         out = {self.c.audit_prog: prog}
+        if job.name == "audit" and not job.running:
+            out |= self.job_end(job)
         if job.running or job.status != "done":
             return out
         return out | self.audit_views(ws)

@@ -51,7 +51,7 @@ def detect_tab(c, s) -> None:
                                 elem_id="model")
         c.rw_in = gr.Checkbox(False, label="Real-world (human) noise")
         c.pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
-        c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1)
+        c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1, elem_id="det-epochs")
     c.det_method = gr.Radio(["deft", "zeroshot", "cleanlab", "all"], value="deft", label="Method "
                             "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
                             "then every baseline and the data-issue audit)", elem_id="det-method")
@@ -193,7 +193,7 @@ def train_tab(c, s) -> None:
         c.mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
                               ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                              value="relabels", label="Training set")
-        c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1)
+        c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
     c.train_btn, c.tcancel_btn, c.train_msg, c.train_prog = job_controls("Train classifier", "train")
     c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy",
                                height=260)

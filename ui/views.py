@@ -123,6 +123,24 @@ def progress_html(job) -> str:
     return f'<div class="pbar"><div style="width:{pct:.1f}%"></div></div><p id="job-status">{" · ".join(parts)}</p>'
 
 
+JOB_TITLES = {"detection": "Detection", "audit": "Audit", "training": "Training"}
+RUNNING_SUMMARY = "*Detection running: Review shows the previous run's results until this one finishes.*"
+
+
+def job_outcome(job) -> str:
+    """The message line of a finished job (in place of "Detection started.", "Cancelling…")."""
+    name = JOB_TITLES.get(job.name, job.name.capitalize())
+    dt = job.finished - job.started if job.finished and job.started else None
+    took = "" if dt is None else f" after {dt:.1f} s" if dt < 10 else f" after {dt:.0f} s"
+    if job.status == "done":
+        return f"{name} finished{took}."
+    if job.status == "cancelled":
+        return f"{name} cancelled{took}."
+    if job.status == "error":
+        return f"**⚠ {name} failed** (the reason is below)."
+    return f"{name}: {job.status}"
+
+
 def plot_frames(frames) -> tuple:
     """Frames for plots; an empty one clears its plot."""
     return tuple(None if f is None or f.empty else f for f in frames)

@@ -161,3 +161,46 @@ def test_z_shows_the_image_large_in_view_and_esc_or_z_closes_it(cockpit, reviewe
     a.keyboard.press("z")
     a.wait_for_function("() => !document.getElementById('zoom')", timeout=5_000)
     assert card(a)[0] == sid
+
+
+def test_job_messages_give_way_to_the_outcome(cockpit, browser, tiny_clip_dir, artifacts):
+    """Item 22: "Detection started.", "Cancelling…", "Audit started.", "Training started." are replaced by the
+    job's outcome when it ends; while a detection runs, the previous run's summary says it is the previous."""
+    server, _, mini = cockpit
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    try:
+        page.goto(server.url)
+        wait_msg(page, "#data-msg", "400 images")
+        page.locator("#data-path textarea").fill(str(mini))
+        page.click("#btn-load")
+        wait_msg(page, "#data-msg", "80 images")
+        page.get_by_role("tab", name="2 · Detect").click()
+        page.locator("#model textarea").fill(str(tiny_clip_dir))
+        page.click("#btn-detect")
+        wait_msg(page, "#detect-msg", "Detection started.")
+        wait_msg(page, "#detect-msg", "Detection finished", timeout=120_000)
+        wait_msg(page, "#detect-summary", "suspects of 80 samples")
+        # a long one, cancelled: the summary says the previous run is still the one in Review meanwhile
+        page.locator("#det-epochs input").fill("5000")
+        page.click("#btn-detect")
+        wait_msg(page, "#detect-msg", "Detection started.")
+        wait_msg(page, "#detect-summary", "Review shows the previous run's results")
+        page.click("#btn-cancel-detect")
+        wait_msg(page, "#detect-msg", "Cancelling…")
+        wait_msg(page, "#detect-msg", "Detection cancelled", timeout=120_000)
+        wait_msg(page, "#detect-summary", "suspects of 80 samples")
+        page.click("#btn-audit")
+        wait_msg(page, "#audit-msg", "Audit started.")
+        wait_msg(page, "#audit-msg", "Audit finished", timeout=120_000)
+        page.screenshot(path=str(artifacts / "cockpit-4-detect-messages.png"))
+        page.get_by_role("tab", name="4 · Train").click()
+        page.locator("#train-epochs input").fill("1")
+        page.get_by_label("+ pseudo-labels for unreviewed suspects").check()  # a random CLIP flags them all
+        page.click("#btn-train")
+        wait_msg(page, "#train-msg", "Training started.")
+        wait_msg(page, "#train-msg", "Training finished", timeout=120_000)
+        for sel in ("#detect-msg", "#audit-msg", "#train-msg"):
+            text = page.inner_text(sel)
+            assert "started" not in text and "Cancelling" not in text, (sel, text)
+    finally:
+        page.close()
