@@ -75,8 +75,12 @@ def wire_card(h: ReviewHandlers) -> None:
                         api_visibility="private")  # Relabel only once there is a label to relabel to
     for btn, fn in ((c.next_btn, NAV_OPS["next"]), (c.prev_btn, NAV_OPS["prev"]), (c.undo_btn, NAV_OPS["undo"]),
                     (c.pend_btn, NAV_OPS["pending"])):
-        btn.click(h.nav(fn), [c.session, c.client], card_outputs(c), trigger_mode="multiple", queue=False,
-                  api_visibility="private")
+        ev = btn.click(h.nav(fn), [c.session, c.client], card_outputs(c), trigger_mode="multiple", queue=False,
+                       api_visibility="private")
+        if btn is c.undo_btn:
+            ev.then(None, js="() => window.deftUndone()")
+    # an undone batch: its "Accepted 12 sample(s) as one batch" (card or grid) is no longer true
+    c.batch_clear.click(None, None, [c.batch_msg, c.grid_msg], js="() => ['', '']", queue=False)
     filter_inputs = [c.session, c.client, c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.f_issue,
                      c.f_order]
     for comp, ev in ((c.f_suspects, "input"), (c.f_class, "input"), (c.f_status, "input"), (c.f_issue, "input"),
@@ -106,7 +110,7 @@ def wire_grid(h: ReviewHandlers) -> None:
                   concurrency_id="review", api_name="grid_decide")
     for btn, what in ((c.g_accept, "accept"), (c.g_keep, "keep"), (c.g_excl, "exclude"), (c.g_relabel, "relabel")):
         btn.click(None, js=f"() => window.deftGrid('{what}')")
-    c.g_undo.click(h.grid_undo, [c.session, c.client, c.grid_page], grid_outputs, concurrency_limit=1,
+    c.g_undo.click(h.grid_undo, [c.session, c.client, c.grid_page], [*grid_outputs, c.batch_msg], concurrency_limit=1,
                    concurrency_id="review", api_visibility="private")
     for btn, d in ((c.g_prev, -1), (c.g_next, 1)):
         btn.click(lambda p, d=d: max(0, int(p or 0) + d), c.grid_page, c.grid_page).then(

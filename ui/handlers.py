@@ -66,6 +66,11 @@ def owner_of(cid: str, request: gr.Request | None) -> str:
     return f"user:{user}" if user else (cid or "anonymous")
 
 
+def undid_batch(done: list) -> bool:
+    """Whether the decisions an undo took back were a batch (batch accept, or a grid action)."""
+    return any(d.batch is not None for d in done)
+
+
 def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
     """One page of the grid: the filter's samples, pending only when showing suspects without a status."""
     f = q.filter.kwargs()
@@ -433,7 +438,11 @@ class ReviewHandlers(Handlers):
 
     @staticmethod
     def do_undo(q: ReviewQueue) -> str:
-        return html.escape(v.undo_line(q.undo()))
+        """Undo, and say so; an undone batch is marked (``undid-batch``): the page script then clears the
+        batch's own message ("Accepted 12 sample(s)…", now untrue)."""
+        done = q.undo()
+        line = html.escape(v.undo_line(done))
+        return f'<span class="undid-batch">{line}</span>' if undid_batch(done) else line
 
     @staticmethod
     def do_pending(q: ReviewQueue) -> str:
@@ -554,12 +563,15 @@ class ReviewHandlers(Handlers):
         return self.grid_view(sid, cid, page, request, msg)
 
     def grid_undo(self, sid, cid, page, request: gr.Request):
+        """Undo this reviewer's last step; a batch taken back also clears the batch accept's message."""
+        batch = False
         try:
             _, q = self.queue_of(sid, cid, request)
-            msg = html.escape(v.undo_line(q.undo()))
+            done = q.undo()
+            msg, batch = html.escape(v.undo_line(done)), undid_batch(done)
         except USER_ERRORS as exc:
             msg = v.err_md(exc)
-        return self.grid_view(sid, cid, page, request, msg)
+        return self.grid_view(sid, cid, page, request, msg) | ({self.c.batch_msg: ""} if batch else {})
 
 
 def _move(step: int):

@@ -36,6 +36,14 @@ KEYBOARD_JS = """
     const z = document.getElementById('zoom');
     if (z) { z.hidden = true; z.removeAttribute('id'); }
   };
+  // an undo that took a batch back (#msg-live .undid-batch): the batch's "Accepted 12 sample(s)" is untrue now
+  window.deftUndone = () => {
+    const m = document.querySelector('#msg-live .undid-batch');
+    if (!m) return;
+    m.classList.remove('undid-batch');
+    const b = document.getElementById('btn-batch-clear');
+    if (b) b.click();
+  };
   const say = (msg) => swap('msg-live', '<span id="msg-live"><b class="err">⚠ ' + esc(msg) + '</b></span>');
   const pump = async () => {
     if (leanBusy) return;
@@ -56,6 +64,7 @@ KEYBOARD_JS = """
         swap('counter-live', d.counter);
         swap('msg-live', d.msg);
         zoomClose();
+        if (p.op === 'undo') window.deftUndone();
       }
     } finally { leanBusy = false; }
   };

@@ -121,6 +121,7 @@ def review_tab(c) -> None:
         c.g_what = gr.Textbox(elem_id="grid-action")
         c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
         c.ev_btn = gr.Button("evidence", elem_id="btn-evidence")  # clicked by the page script, after a pause
+        c.batch_clear = gr.Button("clear", elem_id="btn-batch-clear")  # by the page script, after a batch undo
 
 
 def _card_mode(c) -> None:

@@ -100,8 +100,8 @@ def counted(page, store) -> None:
     wait_msg(page, "#review-counter", f"Reviewed {store.count()['reviewed']} / ")
 
 
-def test_counter_follows_grid_and_batch_actions(cockpit, reviewer):
-    """Item 18: the counter after grid and batch actions (and their undo), without a key press."""
+def test_counter_follows_grid_and_batch_and_undo_clears_the_batch_message(cockpit, reviewer):
+    """Item 18: the counter after grid and batch actions; item 22: "Accepted N…" goes when that batch is undone."""
     _, store, _ = cockpit
     a = reviewer
     set_class(a, "deer")
@@ -121,7 +121,7 @@ def test_counter_follows_grid_and_batch_actions(cockpit, reviewer):
     a.click("#btn-grid-undo")
     wait_msg(a, "#grid-msg", "Undid a batch of 2")
     counted(a, store)
-    # batch accept in card mode, then u: the counter follows
+    # batch accept in card mode, then u: the counter follows, the batch's message goes
     a.get_by_role("tab", name="Card").click()
     a.wait_for_selector("#card-id")
     a.locator("#batch-t input[type=number]").fill("0")
@@ -134,6 +134,16 @@ def test_counter_follows_grid_and_batch_actions(cockpit, reviewer):
     a.locator("#card-id").click()  # focus out of the number field: keys go to the card
     a.keyboard.press("u")
     wait_msg(a, "#review-msg", "Undid a batch of")
+    a.wait_for_function("() => document.querySelector('#batch-msg').innerText.trim() === ''", timeout=20_000)
+    counted(a, store)
+    # a batch undone with the Undo button (Gradio's route) clears it too
+    a.click("#btn-batch")
+    wait_msg(a, "#batch-msg", "Will accept")
+    a.click("#btn-batch-confirm")
+    wait_msg(a, "#batch-msg", "Accepted ")
+    a.click("#btn-undo")
+    wait_msg(a, "#review-msg", "Undid a batch of")
+    a.wait_for_function("() => document.querySelector('#batch-msg').innerText.trim() === ''", timeout=20_000)
     counted(a, store)
 
 
