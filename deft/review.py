@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,10 @@ class ReviewFilter:
             return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         except (ValueError, TypeError):
             return cls()
+
+
+# the constraints of a ReviewFilter (all but the order), each of which can leave a sample out
+FILTER_FIELDS = ("suspects", "label", "status", "margin_min", "margin_max", "issue")
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,27 @@ class ReviewQueue:
         """Put ``sample_id`` on screen (when it matches the filter)."""
         self.anchor = sample_id
         return self.current()
+
+    def open(self, sample_id: str) -> dict[str, object]:
+        """Put ``sample_id`` on screen (a click on the map) under this reviewer's filter, dropping only the
+        constraints that leave it out (the order is kept; Show widens to every sample). Returns
+        ``{field: value}`` of the constraints dropped: empty when the filter already contains it."""
+        f = self.filter
+        dropped: dict[str, object] = {}
+        if self.store.position(sample_id, **f.kwargs()) is None:
+            loose = ReviewFilter(suspects=None, order=f.order)
+            for name in FILTER_FIELDS:
+                value = getattr(f, name)
+                if value is None or value == "":
+                    continue
+                if self.store.position(sample_id, **replace(loose, **{name: value}).kwargs()) is None:
+                    dropped[name] = value
+            f = replace(f, **dict.fromkeys(dropped))
+            if self.store.position(sample_id, **f.kwargs()) is None:
+                raise ReviewError("That sample is not in this review.")
+        self.filter = f
+        self.show(sample_id)
+        return dropped
 
     def next_pending(self) -> dict | None:
         """The next undecided sample after the card on screen (wrapping to the first); None when all are done."""

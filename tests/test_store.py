@@ -151,6 +151,20 @@ def test_queue_acts_on_the_named_sample_and_keeps_place(store):
     assert a.next_pending()["status"] == "pending"
 
 
+def test_open_keeps_the_filters_that_contain_the_sample_and_drops_only_the_others(store):
+    """A click on the map: the reviewer's filters stay unless they leave the sample out (issue 19, item 17)."""
+    q = ReviewQueue(store, ReviewFilter(label="cat", status="pending", margin_max=0.0, order="margin"), client="t")
+    assert q.open("cat/003.jpg") == {}  # a pending cat suspect below the bound: nothing changes
+    assert q.filter == ReviewFilter(label="cat", status="pending", margin_max=0.0, order="margin")
+    assert q.current()["id"] == "cat/003.jpg"
+    # a clean dog above the bound: Show widens to every sample, the class and the bound go, Status stays
+    assert q.open("dog/010.jpg") == {"suspects": True, "label": "cat", "margin_max": 0.0}
+    assert q.filter == ReviewFilter(suspects=None, status="pending", order="margin")
+    assert q.current()["id"] == "dog/010.jpg"
+    with pytest.raises(ReviewError, match="not in this review"):
+        q.open("cat/999.jpg")
+
+
 def test_resume_after_reopen(tmp_path):
     s = ReviewStore(tmp_path / "r.sqlite")
     s.load_scores(fake_scores(), CLASSES)

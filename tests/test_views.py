@@ -38,6 +38,14 @@ def test_progress_line_running_done_failed_cancelled_and_starting():
     assert views.progress_html(None) == ""
 
 
+def test_job_outcome_replaces_started_and_cancelling():
+    def job(status, name="detection", took=3.24):
+        return SimpleNamespace(name=name, status=status, started=100.0, finished=100.0 + took)
+    assert views.job_outcome(job("done")) == "Detection finished after 3.2 s."
+    assert views.job_outcome(job("cancelled", "training", 58.4)) == "Training cancelled after 58 s."
+    assert views.job_outcome(job("error", "audit")) == "**⚠ Audit failed** (the reason is below)."
+
+
 def test_suspect_rates_per_class():
     rate = views.suspect_rates(_scores())
     assert list(rate.columns) == ["class", "suspect_rate"]
@@ -67,6 +75,11 @@ def test_detect_summary_counts_and_warns_when_almost_all_flagged():
 def test_counter_and_lines():
     assert views.counter_html({"reviewed": 3, "suspects": 12}, 4, 10) == (
         "<b>Reviewed 3 / 12 suspects</b> · item 4 of 10 in this view")
+    assert "item – of 10 in this view" in views.counter_html({"reviewed": 3, "suspects": 12}, None, 10)
+    assert views.map_open_line("a/1.png", []) == "Opened a/1.png from the Map; your filters are unchanged."
+    assert views.map_open_line("a/1.png", [("Class", "cat", "any"), ("Status", "pending", "any")]) == (
+        "Opened a/1.png from the Map. It is outside your filters, so this changed: Class cat → any; "
+        "Status pending → any.")
     d = Decision(seq=7, sample_id="truck/img_028", action="accept", label="ship", at="t")
     assert views.decision_line(d) == "accepted -> ship for truck/img_028 (u to undo)"
     assert views.undo_line([]) == "Nothing to undo."

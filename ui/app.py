@@ -75,8 +75,12 @@ def wire_card(h: ReviewHandlers) -> None:
                         api_visibility="private")  # Relabel only once there is a label to relabel to
     for btn, fn in ((c.next_btn, NAV_OPS["next"]), (c.prev_btn, NAV_OPS["prev"]), (c.undo_btn, NAV_OPS["undo"]),
                     (c.pend_btn, NAV_OPS["pending"])):
-        btn.click(h.nav(fn), [c.session, c.client], card_outputs(c), trigger_mode="multiple", queue=False,
-                  api_visibility="private")
+        ev = btn.click(h.nav(fn), [c.session, c.client], card_outputs(c), trigger_mode="multiple", queue=False,
+                       api_visibility="private")
+        if btn is c.undo_btn:
+            ev.then(None, js="() => window.deftUndone()")
+    # an undone batch: its "Accepted 12 sample(s) as one batch" (card or grid) is no longer true
+    c.batch_clear.click(None, None, [c.batch_msg, c.grid_msg], js="() => ['', '']", queue=False)
     filter_inputs = [c.session, c.client, c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.f_issue,
                      c.f_order]
     for comp, ev in ((c.f_suspects, "input"), (c.f_class, "input"), (c.f_status, "input"), (c.f_issue, "input"),
@@ -100,13 +104,13 @@ def wire_card(h: ReviewHandlers) -> None:
 def wire_grid(h: ReviewHandlers) -> None:
     """Grid mode: selection actions (``/grid_decide``), undo, paging."""
     c = h.c
-    grid_outputs = [c.grid, c.grid_msg, c.g_label]
+    grid_outputs = [c.grid, c.grid_msg, c.g_label, c.counter]
     c.g_btn.click(h.grid_apply, [c.session, c.client, c.g_sel, c.g_what, c.g_label, c.grid_page], grid_outputs,
                   js="(...a) => window.deftGridTake(...a)", trigger_mode="multiple", concurrency_limit=1,
                   concurrency_id="review", api_name="grid_decide")
     for btn, what in ((c.g_accept, "accept"), (c.g_keep, "keep"), (c.g_excl, "exclude"), (c.g_relabel, "relabel")):
         btn.click(None, js=f"() => window.deftGrid('{what}')")
-    c.g_undo.click(h.grid_undo, [c.session, c.client, c.grid_page], grid_outputs, concurrency_limit=1,
+    c.g_undo.click(h.grid_undo, [c.session, c.client, c.grid_page], [*grid_outputs, c.batch_msg], concurrency_limit=1,
                    concurrency_id="review", api_visibility="private")
     for btn, d in ((c.g_prev, -1), (c.g_next, 1)):
         btn.click(lambda p, d=d: max(0, int(p or 0) + d), c.grid_page, c.grid_page).then(
@@ -130,11 +134,12 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c))
     c.audit_btn.click(h.on_audit, c.session, c.audit_msg)
-    c.audit_timer.tick(h.on_audit_tick, c.session, [c.audit_prog, *audit_outputs(c)])
+    c.audit_timer.tick(h.on_audit_tick, c.session, [c.audit_prog, c.audit_msg, c.det_msg, c.train_msg,
+                                                    *audit_outputs(c)], show_progress="hidden")
     c.map_tab.select(h.map_view, c.session, [c.map_msg, c.map_box])
-    c.map_btn.click(h.map_open, [c.session, c.client, c.map_sid], [c.map_msg, c.tabs],
-                    js="(...a) => window.deftMapTake(...a)", api_visibility="private").then(
-        h.restore_view, [c.session, c.client], restore_outputs(c))
+    c.map_btn.click(h.map_open, [c.session, c.client, c.map_sid], [c.map_msg, c.tabs, c.review_modes,
+                                                                   *restore_outputs(c)],
+                    js="(...a) => window.deftMapTake(...a)", api_visibility="private")
     c.thumb_class.change(lambda sid, cls: h.class_thumbs_of(reg.get(sid), cls), [c.session, c.thumb_class],
                          c.gallery)
 
@@ -142,20 +147,21 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
 def wire_jobs(h: ReviewHandlers) -> None:
     """Detect, Train and Export buttons, the job timer, and the card refresh on a tab change."""
     c, reg = h.c, h.reg
-    c.run_btn.click(h.on_detect, [c.session, c.model_in, c.rw_in, c.ep_in, c.pv_in, c.det_method], c.det_msg)
-    c.cancel_btn.click(h.on_cancel, c.session, c.det_msg)
+    c.run_btn.click(h.on_detect, [c.session, c.model_in, c.rw_in, c.ep_in, c.pv_in, c.det_method],
+                    [c.det_msg, c.det_summary])
+    c.cancel_btn.click(h.cancel_into(c.det_msg), c.session, c.det_msg)
     for ev in (c.model_in.blur, c.model_in.submit):
         ev(h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], api_visibility="private")
     c.est_btn.click(h.estimate, [c.session, c.model_in, c.ep_in], c.det_note, concurrency_limit=1,
                     concurrency_id="estimate", api_visibility="private")
     c.train_btn.click(h.on_train, [c.session, c.mode_in, c.tep_in], c.train_msg)
-    c.tcancel_btn.click(h.on_cancel, c.session, c.train_msg)
+    c.tcancel_btn.click(h.cancel_into(c.train_msg), c.session, c.train_msg)
     for ev in (c.train_tab.select, c.train_summary.change):
         ev(lambda sid: reg.get(sid).training_runs(), c.session, c.train_runs, api_visibility="private")
     c.export_btn.click(h.on_export, [c.session, c.pseudo_in], [c.export_msg, c.export_files, c.export_preview])
     c.timer.tick(h.on_tick, c.session, [c.det_prog, c.loss_plot, c.det_summary, c.rate_plot, c.hist_plot,
                                         c.train_prog, c.curve_plot, c.train_summary, c.confusion, c.f_class,
-                                        c.clean_plot])
+                                        c.clean_plot, c.det_msg, c.train_msg], show_progress="hidden")
     c.tabs.select(h.show_card, [c.session, c.client], card_outputs(c))
 
 

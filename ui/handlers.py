@@ -28,6 +28,9 @@ from .workspace import Workspace, Workspaces
 USER_ERRORS = (DataError, ModelLoadError, ReviewError, RunError, RuntimeError, ValueError, FileNotFoundError)
 GRID_PAGE = 36
 GRID_VERBS = {"accept": "Accepted", "keep": "Kept", "exclude": "Excluded"}
+# a filter field (deft.review.FILTER_FIELDS) -> its control in the Review tab
+FILTER_NAMES = {"suspects": "Show", "label": "Class", "status": "Status", "margin_min": "Margin ≥",
+                "margin_max": "Margin ≤", "issue": "Data issue"}
 
 
 def version_of(value) -> int:
@@ -63,6 +66,11 @@ def owner_of(cid: str, request: gr.Request | None) -> str:
     return f"user:{user}" if user else (cid or "anonymous")
 
 
+def undid_batch(done: list) -> bool:
+    """Whether the decisions an undo took back were a batch (batch accept, or a grid action)."""
+    return any(d.batch is not None for d in done)
+
+
 def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
     """One page of the grid: the filter's samples, pending only when showing suspects without a status."""
     f = q.filter.kwargs()
@@ -83,6 +91,7 @@ class Handlers:
         self.seen: dict[str, tuple[int, str]] = {}
         self.audit_seen: dict[str, tuple[int, str]] = {}
         self.renders = itertools.count(1)  # serials of Gradio renders (next() is atomic: handlers run on threads)
+        self.cancels: dict[int, object] = {}  # id(job) -> the message line that said "Cancelling…" for it
 
     # ------------------------------------------------------------------ sessions
     def session_ws(self, sid: str) -> Workspace:
@@ -153,18 +162,33 @@ class Handlers:
 
     # ------------------------------------------------------------------ detect
     def on_detect(self, sid, model, rw, epochs, preview, method="deft"):
+        """Start detection; the previous run's summary gives way to a line saying it is still the one in Review."""
+        c, ws = self.c, self.reg.get(sid)
         try:
-            self.reg.get(sid).start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
+            ws.start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
         except USER_ERRORS as exc:
-            return v.err_md(exc)
-        return "Detection started."
+            return {c.det_msg: v.err_md(exc)}
+        return {c.det_msg: "Detection started.", c.det_summary: v.RUNNING_SUMMARY if ws.store is not None else ""}
 
-    def on_cancel(self, sid):
-        ws = self.reg.get(sid)
-        if ws.job is not None and ws.job.running:
-            ws.job.cancel()
-            return "Cancelling…"
-        return "Nothing is running."
+    def cancel_into(self, msg):
+        """The Cancel handler of the tab whose message line is ``msg``: that line says "Cancelling…" until the
+        job ends, then its outcome (:meth:`job_end`)."""
+        def on_cancel(sid):
+            ws = self.reg.get(sid)
+            if ws.job is not None and ws.job.running:
+                ws.job.cancel()
+                self.cancels[id(ws.job)] = msg
+                return "Cancelling…"
+            return "Nothing is running."
+        return on_cancel
+
+    def job_end(self, job: Job) -> dict:
+        """A finished job's outcome, in place of its "… started." line and of any "Cancelling…" it caused."""
+        c = self.c
+        line = v.job_outcome(job)
+        out = {{"detection": c.det_msg, "audit": c.audit_msg, "training": c.train_msg}[job.name]: line}
+        where = self.cancels.pop(id(job), None)
+        return out | ({where: line} if where is not None else {})
 
     def advise(self, sid, model):
         pre, why = self.reg.get(sid).preview_advice((model or "").strip())
@@ -209,14 +233,16 @@ class Handlers:
         if job is None or job.name == "audit":  # the audit is shown by on_audit_tick
             return gr.skip()
         prog = v.progress_html(job)
+        end = self.job_end(job) if not job.running else {}
         if job.name == "detection":
             loss, clean = v.plot_frames(ws.detect_curves(job))
-            out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean}
-            if job.status == "done":
+            out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean} | end
+            if end:  # done: the new run's results; else the previous run's, still the one in Review
                 out |= self.detect_results(ws)
+            if job.status == "done":
                 out[c.f_class] = gr.update(choices=[""] + ws.dataset.classes)
             return out
-        out = {c.train_prog: prog, c.curve_plot: v.job_curves(job.snapshot()[2])}
+        out = {c.train_prog: prog, c.curve_plot: v.job_curves(job.snapshot()[2])} | end
         if job.status == "done":
             res = job.result
             out[c.train_summary] = v.train_summary_md(res)
@@ -252,6 +278,8 @@ class Handlers:
         if job.name == "audit" and job.status == "done":
             prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
         out = {self.c.audit_prog: prog}
+        if job.name == "audit" and not job.running:
+            out |= self.job_end(job)
         if job.running or job.status != "done":
             return out
         return out | self.audit_views(ws)
@@ -267,19 +295,28 @@ class Handlers:
         return {c.map_msg: v.map_note(len(pts), total), c.map_box: v.map_html(pts, total, ws.dataset.classes)}
 
     def map_open(self, sid, cid, sample, request: gr.Request):
-        """Open the clicked point in Review: a filter that contains it, then its card."""
+        """Open the clicked point in Review (its card, in card mode) under this reviewer's filters: only a
+        filter that leaves it out is cleared, and the message under the counter says which."""
         c = self.c
         try:
             ws, q = self.queue_of(sid, cid, request)
-            item = ws.store.sample(str(sample))
-            # a filter that contains it: every sample when this reviewer shows every sample, else its side
-            every = q.filter.suspects is None
-            q.filter = ReviewFilter(suspects=None if every else not bool(item["is_clean"]), order=q.filter.order)
-            q.show(str(sample))
-            q.save_place()
-        except (*USER_ERRORS, KeyError) as exc:
+            sample = str(sample or "")
+            ws.sample_path(sample)  # an id of this dataset, or one neutral sentence
+            before = q.filter
+            dropped = q.open(sample)
+        except USER_ERRORS as exc:
             return {c.map_msg: v.err_md(exc)}
-        return {c.map_msg: "", c.tabs: gr.Tabs(selected="review")}
+        changes = [(FILTER_NAMES[k], self.filter_text(k, getattr(before, k)), self.filter_text(k, None))
+                   for k in dropped]
+        return (self.restore_view(sid, cid, request, html.escape(v.map_open_line(sample, changes)))
+                | {c.map_msg: "", c.tabs: gr.Tabs(selected="review"), c.review_modes: gr.Tabs(selected="card-mode")})
+
+    @staticmethod
+    def filter_text(name: str, value) -> str:
+        """A filter's value as its control shows it (``Show``'s choice; "any" for no constraint)."""
+        if name == "suspects":
+            return show_choice(value)
+        return "any" if value is None or value == "" else str(value)
 
     # ------------------------------------------------------------------ train / export
     def on_train(self, sid, mode, epochs):
@@ -401,7 +438,11 @@ class ReviewHandlers(Handlers):
 
     @staticmethod
     def do_undo(q: ReviewQueue) -> str:
-        return html.escape(v.undo_line(q.undo()))
+        """Undo, and say so; an undone batch is marked (``undid-batch``): the page script then clears the
+        batch's own message ("Accepted 12 sample(s)…", now untrue)."""
+        done = q.undo()
+        line = html.escape(v.undo_line(done))
+        return f'<span class="undid-batch">{line}</span>' if undid_batch(done) else line
 
     @staticmethod
     def do_pending(q: ReviewQueue) -> str:
@@ -417,7 +458,7 @@ class ReviewHandlers(Handlers):
             return self.empty(exc)
         return self.render(ws, q)
 
-    def restore_view(self, sid, cid, request: gr.Request):
+    def restore_view(self, sid, cid, request: gr.Request, msg: str = ""):
         """After a (re)connect: this reviewer's filters, card, and the last decisions recorded."""
         c = self.c
         try:
@@ -425,7 +466,7 @@ class ReviewHandlers(Handlers):
         except USER_ERRORS as exc:
             return self.empty(exc) | {c.recent: "", c.g_label: gr.update()}
         f = q.filter
-        return self.render(ws, q, dd=gr.update(choices=ws.store.classes, value=None)) | {
+        return self.render(ws, q, msg, dd=gr.update(choices=ws.store.classes, value=None)) | {
             c.f_suspects: show_choice(f.suspects), c.batch_src: "combined" if ws.ranked else "learned prompts",
             c.f_class: gr.update(choices=[""] + ws.store.classes, value=f.label or ""), c.f_status: f.status or "",
             c.f_min: "" if f.margin_min is None else str(f.margin_min),
@@ -487,13 +528,21 @@ class ReviewHandlers(Handlers):
 
     # ---- grid
     def grid_view(self, sid, cid, page, request: gr.Request, msg: str = ""):
+        """A page of the grid, its message, and the counter (a grid action changes what is reviewed)."""
         c = self.c
         try:
             ws, q = self.queue_of(sid, cid, request)
             return {c.grid: v.grid_html(ws, grid_rows(q, int(page or 0))), c.grid_msg: msg,
-                    c.g_label: gr.update(choices=ws.store.classes)}
+                    c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
             return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
+
+    def counter_of(self, ws: Workspace, q: ReviewQueue) -> str:
+        """The counter for the card this reviewer has (its anchor, which is not moved: the card is not
+        rendered again), for renders that change the counts but not the card."""
+        pos = ws.store.position(q.anchor, **q.filter.kwargs()) if q.anchor else None
+        counter = v.counter_html(ws.store.count(), None if pos is None else pos + 1, q.size(), ws.queue_note())
+        return v.live("counter-live", counter) + self.serial()
 
     def grid_apply(self, sid: str, cid: str, selection: str, action: str, label: str, page: int,
                    request: gr.Request):
@@ -514,12 +563,15 @@ class ReviewHandlers(Handlers):
         return self.grid_view(sid, cid, page, request, msg)
 
     def grid_undo(self, sid, cid, page, request: gr.Request):
+        """Undo this reviewer's last step; a batch taken back also clears the batch accept's message."""
+        batch = False
         try:
             _, q = self.queue_of(sid, cid, request)
-            msg = html.escape(v.undo_line(q.undo()))
+            done = q.undo()
+            msg, batch = html.escape(v.undo_line(done)), undid_batch(done)
         except USER_ERRORS as exc:
             msg = v.err_md(exc)
-        return self.grid_view(sid, cid, page, request, msg)
+        return self.grid_view(sid, cid, page, request, msg) | ({self.c.batch_msg: ""} if batch else {})
 
 
 def _move(step: int):

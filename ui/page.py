@@ -30,6 +30,20 @@ KEYBOARD_JS = """
     el.innerHTML = n.innerHTML;
     for (const a of Array.from(n.attributes)) el.setAttribute(a.name, a.value);
   };
+  // the large view of the card's image (z): an overlay, closed by Esc, z, a click, or any review action
+  const zoomOpen = () => { const z = document.getElementById('zoom'); return z && !z.hidden ? z : null; };
+  const zoomClose = () => {
+    const z = document.getElementById('zoom');
+    if (z) { z.hidden = true; z.removeAttribute('id'); }
+  };
+  // an undo that took a batch back (#msg-live .undid-batch): the batch's "Accepted 12 sample(s)" is untrue now
+  window.deftUndone = () => {
+    const m = document.querySelector('#msg-live .undid-batch');
+    if (!m) return;
+    m.classList.remove('undid-batch');
+    const b = document.getElementById('btn-batch-clear');
+    if (b) b.click();
+  };
   const say = (msg) => swap('msg-live', '<span id="msg-live"><b class="err">⚠ ' + esc(msg) + '</b></span>');
   const pump = async () => {
     if (leanBusy) return;
@@ -49,8 +63,8 @@ KEYBOARD_JS = """
         swap('card', d.card);
         swap('counter-live', d.counter);
         swap('msg-live', d.msg);
-        const z = document.getElementById('zoom');
-        if (z) { z.hidden = true; z.removeAttribute('id'); }
+        zoomClose();
+        if (p.op === 'undo') window.deftUndone();
       }
     } finally { leanBusy = false; }
   };
@@ -95,6 +109,7 @@ KEYBOARD_JS = """
     if (m) m.textContent = n + ' selected';
   };
   document.addEventListener('click', (e) => {
+    if (e.target.closest('#zoom')) { zoomClose(); return; }
     const b = e.target.closest('.deft-act');
     if (b && !b.disabled) { e.preventDefault(); deftAct(b.dataset.act, b.dataset.label); return; }
     const t = e.target.closest('#grid .tile');
@@ -135,6 +150,10 @@ KEYBOARD_JS = """
       return;
     }
     if (!visible('card')) return;
+    if (zoomOpen()) {  // z and Esc close the large image; any other key closes it and does what it does
+      zoomClose();
+      if (e.key === 'Escape' || e.key === 'z') { e.preventDefault(); return; }
+    }
     if (e.key === 'r') {
       const inp = document.querySelector('#relabel-dd input');
       if (inp) { e.preventDefault(); inp.focus(); inp.select && inp.select(); }
@@ -203,6 +222,14 @@ CSS = """
 #map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
 #map .pt {cursor: pointer;}
 #map-plumbing, #review-plumbing {display: none !important;}
+#zoom {position: fixed; inset: 0; z-index: 1000; display: flex; align-items: center; justify-content: center;
+  background: rgba(17, 24, 39, .88); cursor: zoom-out;}
+#zoom[hidden] {display: none;}
+#zoom figure {margin: 0; text-align: center;}
+#zoom img.zoom-img {height: 80vh; width: auto; max-width: 94vw; object-fit: contain; background: #f3f4f6;
+  border-radius: 4px;}
+#zoom img.pixelated {image-rendering: pixelated;}
+#zoom figcaption {color: #f9fafb; margin-top: 8px; font-size: 0.95em;}
 #map .legend span {display: inline-block; margin-right: 10px; font-size: 0.85em;}
 body:has(#card[data-sid=""]) :is(#btn-keep, #btn-exclude, #btn-zoom, #btn-batch) {opacity: .45; pointer-events: none;}
 """

@@ -51,7 +51,7 @@ def detect_tab(c, s) -> None:
                                 elem_id="model")
         c.rw_in = gr.Checkbox(False, label="Real-world (human) noise")
         c.pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
-        c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1)
+        c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1, elem_id="det-epochs")
     c.det_method = gr.Radio(["deft", "zeroshot", "cleanlab", "all"], value="deft", label="Method "
                             "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
                             "then every baseline and the data-issue audit)", elem_id="det-method")
@@ -104,7 +104,7 @@ def review_tab(c) -> None:
     with gr.Row():
         c.counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
         c.review_msg = gr.HTML(elem_id="review-msg")
-    with gr.Tabs(elem_id="review-modes"):
+    with gr.Tabs(elem_id="review-modes") as c.review_modes:
         with gr.Tab("Card", id="card-mode"):
             _card_mode(c)
         with gr.Tab("Grid", id="grid-mode") as c.grid_tab:
@@ -121,6 +121,7 @@ def review_tab(c) -> None:
         c.g_what = gr.Textbox(elem_id="grid-action")
         c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
         c.ev_btn = gr.Button("evidence", elem_id="btn-evidence")  # clicked by the page script, after a pause
+        c.batch_clear = gr.Button("clear", elem_id="btn-batch-clear")  # by the page script, after a batch undo
 
 
 def _card_mode(c) -> None:
@@ -193,7 +194,7 @@ def train_tab(c, s) -> None:
         c.mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
                               ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                              value="relabels", label="Training set")
-        c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1)
+        c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
     c.train_btn, c.tcancel_btn, c.train_msg, c.train_prog = job_controls("Train classifier", "train")
     c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy",
                                height=260)

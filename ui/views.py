@@ -123,6 +123,24 @@ def progress_html(job) -> str:
     return f'<div class="pbar"><div style="width:{pct:.1f}%"></div></div><p id="job-status">{" · ".join(parts)}</p>'
 
 
+JOB_TITLES = {"detection": "Detection", "audit": "Audit", "training": "Training"}
+RUNNING_SUMMARY = "*Detection running: Review shows the previous run's results until this one finishes.*"
+
+
+def job_outcome(job) -> str:
+    """The message line of a finished job (in place of "Detection started.", "Cancelling…")."""
+    name = JOB_TITLES.get(job.name, job.name.capitalize())
+    dt = job.finished - job.started if job.finished and job.started else None
+    took = "" if dt is None else f" after {dt:.1f} s" if dt < 10 else f" after {dt:.0f} s"
+    if job.status == "done":
+        return f"{name} finished{took}."
+    if job.status == "cancelled":
+        return f"{name} cancelled{took}."
+    if job.status == "error":
+        return f"**⚠ {name} failed** (the reason is below)."
+    return f"{name}: {job.status}"
+
+
 def plot_frames(frames) -> tuple:
     """Frames for plots; an empty one clears its plot."""
     return tuple(None if f is None or f.empty else f for f in frames)
@@ -284,10 +302,11 @@ def class_counts_frame(ds) -> pd.DataFrame:
     return pd.DataFrame({"class": ds.classes, "images": ds.class_counts().to_numpy()})
 
 
-def counter_html(count: dict, pos: int, n: int, note: str = "") -> str:
-    """``Reviewed 3 / 12 suspects · item 4 of 12 in this view``, then ``note`` (:func:`queue_note`, HTML)."""
+def counter_html(count: dict, pos: int | None, n: int, note: str = "") -> str:
+    """``Reviewed 3 / 12 suspects · item 4 of 12 in this view``, then ``note`` (:func:`queue_note`, HTML);
+    ``pos`` None: the card is no longer in the view (``item – of 12``)."""
     line = (f"<b>Reviewed {count['reviewed']} / {count['suspects']} suspects</b> · "
-            f"item {pos} of {n} in this view")
+            f"item {'–' if pos is None else pos} of {n} in this view")
     return line + (f'<br><span id="queue-note">{note}</span>' if note else "")
 
 
@@ -347,10 +366,22 @@ def map_note(shown: int, total: int) -> str:
     return f"**Embeddings map** (t-SNE of the CLIP image embeddings), coloured by label.{note}"
 
 
+def map_open_line(sample: str, changes: list[tuple[str, str, str]]) -> str:
+    """What a click on the map did to the Review filters: ``changes`` are (control, was, now)."""
+    if not changes:
+        return f"Opened {sample} from the Map; your filters are unchanged."
+    what = "; ".join(f"{name} {was} → {now}" for name, was, now in changes)
+    return f"Opened {sample} from the Map. It is outside your filters, so this changed: {what}."
+
+
 def zoom_html(src: str, sample: str, w: int, h: int) -> str:
-    """The full-size view of the card's image."""
-    return (f'<div id="zoom"><img src="{src}" alt="{html.escape(sample)}" style="max-width:100%">'
-            f"<p>{html.escape(sample)} · {w}×{h} px (full resolution)</p></div>")
+    """The card's image large, over the page: upscaled to ~80% of the viewport's height (pixelated when
+    that enlarges it, so a 32 px image shows its pixels rather than a blur); Esc, z or a click closes it."""
+    name = html.escape(sample)
+    sharp = " pixelated" if max(w, h) <= 512 else ""
+    return (f'<div id="zoom" role="dialog" aria-label="{name}, full size" title="Esc, z or a click closes">'
+            f'<figure><img class="zoom-img{sharp}" src="{src}" alt="{name}">'
+            f"<figcaption>{name} · {w}×{h} px (full resolution) · Esc or z closes</figcaption></figure></div>")
 
 
 def export_line(df: pd.DataFrame, csv) -> str:

@@ -15,6 +15,7 @@ import pytest
 
 from ..conftest import ROOT
 
+DEMO = ROOT / "assets" / "demo"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -90,3 +91,21 @@ def browser():
         b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
         yield b
         b.close()
+
+
+def audited_server(tmp: Path, clip: Path, *args: str):
+    """The bundled demo detected and audited (DEFT, then every baseline: the combined order, the map) with the
+    tiny CLIP under ``tmp/runs``, and ``python app.py`` serving it with ``args``: ``(server, review store)``.
+    The caller stops the server."""
+    from deft.store import ReviewStore
+    from ui.workspace import AppSettings, Workspace, dataset_key
+
+    runs = tmp / "runs"
+    ws = Workspace(AppSettings(data=str(DEMO), model=str(clip), runs=runs, device="cpu"))
+    ws.load(str(DEMO))
+    job = ws.start_detect(str(clip), False, 1, method="all")
+    job.join(600)
+    assert job.status == "done", job.error
+    server = Server(["--data", str(DEMO), "--model", str(clip), "--runs", str(runs), *args],
+                    tmp / "server.log").start()
+    return server, ReviewStore(runs / dataset_key(str(DEMO)) / "review.sqlite")

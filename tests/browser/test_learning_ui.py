@@ -15,32 +15,20 @@ import json
 import pytest
 
 from deft.ranking import SOURCE_NAMES
-from deft.store import ReviewStore
-from ui.workspace import AppSettings, Workspace, dataset_key
 
-from ..conftest import ROOT
-from .conftest import Server
+from .conftest import audited_server
 from .test_review import assert_only_shown, card, open_reviewers, set_class, wait_card, wait_msg
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-DEMO = ROOT / "assets" / "demo"
 REPORT = "queue re-ranked from your"
 
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory, tiny_clip_dir):
     """A detected and audited demo run, served with a small refit interval: ``(server, store)``."""
-    tmp = tmp_path_factory.mktemp("learning-app")
-    runs = tmp / "runs"
-    ws = Workspace(AppSettings(data=str(DEMO), model=str(tiny_clip_dir), runs=runs, device="cpu"))
-    ws.load(str(DEMO))
-    job = ws.start_detect(str(tiny_clip_dir), False, 1, method="all")  # DEFT, then the audit (signals)
-    job.join(600)
-    assert job.status == "done", job.error
-    server = Server(["--data", str(DEMO), "--model", str(tiny_clip_dir), "--runs", str(runs),
-                     "--rerank-every", "5"], tmp / "server.log").start()
+    server, store = audited_server(tmp_path_factory.mktemp("learning-app"), tiny_clip_dir, "--rerank-every", "5")
     try:
-        yield server, ReviewStore(runs / dataset_key(str(DEMO)) / "review.sqlite")
+        yield server, store
     finally:
         server.stop()
 

@@ -1,0 +1,216 @@
+"""The Review cockpit's rough edges (issue 19, items 17, 18, 21, 22), in a real browser at 1440x900.
+
+One audited demo run (tiny random CLIP: the map, the combined order) and one ``python app.py`` serve every
+test; each test reviews its own classes, so they don't see each other's decisions. The jobs test loads a
+small copy of the demo in its own session, so its detections never touch the reviewed run.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from .conftest import DEMO, audited_server
+from .test_review import card, choose, open_reviewers, set_class, wait_msg
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+SHOW_ALL = "all (most likely wrong first)"
+
+
+@pytest.fixture(scope="module")
+def cockpit(tmp_path_factory, tiny_clip_dir):
+    """``(server, store, mini)``: the audited demo served with ``mini`` (8 demo images per class) also loadable."""
+    tmp = tmp_path_factory.mktemp("cockpit")
+    mini = tmp / "mini"
+    for cls in sorted(p for p in DEMO.iterdir() if p.is_dir()):
+        (mini / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:8]:
+            shutil.copy(f, mini / cls.name / f.name)
+    server, store = audited_server(tmp, tiny_clip_dir, "--data-root", str(DEMO), "--data-root", str(mini))
+    try:
+        yield server, store, mini
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def reviewer(cockpit, browser):
+    """One reviewer on the Review tab, once the page load's restore has filled the filters (the audited run's
+    order): a filter chosen before it lands could be reset by it."""
+    page = open_reviewers(browser, cockpit[0].url, 1)[0]
+    page.wait_for_function("() => document.querySelector('#f-order input').value.startsWith('most likely wrong')",
+                           timeout=30_000)
+    yield page
+    page.context.close()
+
+
+def shown_filters(page) -> dict:
+    return page.evaluate("""() => ({
+        show: document.querySelector('#f-show input[type=radio]:checked').value,
+        cls: document.querySelector('#f-class input').value,
+        status: document.querySelector('#f-status input').value})""")
+
+
+def open_from_map(page, sid: str) -> None:
+    """Click the point of ``sid`` on the Map (dispatched on the point itself: another may be drawn over it)
+    and wait until Review shows its card."""
+    page.get_by_role("tab", name="Map").click()
+    point = page.locator(f'#map .pt[data-sid="{sid}"]')
+    point.wait_for(state="attached", timeout=30_000)
+    point.dispatch_event("click")
+    page.wait_for_function("(s) => { const e = document.getElementById('card-id'); "
+                           "return e && e.offsetParent !== null && e.innerText.trim() === s; }", arg=sid,
+                           timeout=30_000)
+
+
+def test_map_click_keeps_the_reviewers_filters(cockpit, reviewer, artifacts):
+    """Item 17: a point inside the reviewer's filters opens under them unchanged; one outside clears only
+    what leaves it out (the class, Show), keeps the rest (Status), and says what it changed."""
+    _, store, _ = cockpit
+    a = reviewer
+    set_class(a, "horse")
+    choose(a, "f-status", "pending")
+    pending = store.query(suspects=None, label="horse", status="pending", limit=-1)["id"].tolist()
+    wait_msg(a, "#review-counter", f"of {len(pending)} in this view")
+    before = shown_filters(a)
+    assert before == {"show": SHOW_ALL, "cls": "horse", "status": "pending"}
+    target = next(s for s in pending[3:] if s != card(a)[0])
+    open_from_map(a, target)
+    assert shown_filters(a) == before  # Review rendered the card and its filters at once
+    wait_msg(a, "#review-msg", "your filters are unchanged")
+    assert f"of {len(pending)} in this view" in a.inner_text("#review-counter")
+    a.screenshot(path=str(artifacts / "cockpit-1-map-click-review.png"))
+    # Show the clean samples, then a suspect of another class: Class and Show widen, Status stays
+    a.locator("#f-show label").nth(2).click()
+    wait_msg(a, "#review-counter", f"of {store.count_query(suspects=False, label='horse', status='pending')} in")
+    other = store.query(suspects=True, label="ship", status="pending", limit=1)["id"].iloc[0]
+    open_from_map(a, other)
+    wait_msg(a, "#review-msg", "outside your filters")
+    msg = a.inner_text("#review-msg")
+    assert "Show clean (spot-check) → all (most likely wrong first)" in msg and "Class horse → any" in msg, msg
+    assert "Status" not in msg, msg
+    a.wait_for_function("() => document.querySelector('#f-class input').value === ''", timeout=20_000)
+    assert shown_filters(a) == {"show": SHOW_ALL, "cls": "", "status": "pending"}
+    a.screenshot(path=str(artifacts / "cockpit-2-map-click-widened.png"))
+
+
+def counted(page, store) -> None:
+    """Wait until the counter shows the store's count of reviewed suspects (without a key press)."""
+    wait_msg(page, "#review-counter", f"Reviewed {store.count()['reviewed']} / ")
+
+
+def test_counter_follows_grid_and_batch_and_undo_clears_the_batch_message(cockpit, reviewer):
+    """Item 18: the counter after grid and batch actions; item 22: "Accepted N…" goes when that batch is undone."""
+    _, store, _ = cockpit
+    a = reviewer
+    set_class(a, "deer")
+    a.locator("#f-show label").first.click()  # suspects: each decision counts
+    wait_msg(a, "#review-counter", f"of {store.count_query(suspects=True, label='deer')} in this view")
+    counted(a, store)
+    a.get_by_role("tab", name="Grid").click()
+    a.wait_for_selector("#grid .tile")
+    tiles = a.locator("#grid .tile")
+    tiles.nth(0).click()
+    tiles.nth(1).click()
+    before = store.count()["reviewed"]
+    a.click("#btn-grid-keep")
+    wait_msg(a, "#grid-msg", "Kept 2 sample(s) as one batch")
+    assert store.count()["reviewed"] == before + 2
+    counted(a, store)
+    a.click("#btn-grid-undo")
+    wait_msg(a, "#grid-msg", "Undid a batch of 2")
+    counted(a, store)
+    # batch accept in card mode, then u: the counter follows, the batch's message goes
+    a.get_by_role("tab", name="Card").click()
+    a.wait_for_selector("#card-id")
+    a.locator("#batch-t input[type=number]").fill("0")
+    a.locator("#batch-t input[type=number]").press("Enter")
+    a.click("#btn-batch")
+    wait_msg(a, "#batch-msg", "Will accept")
+    a.click("#btn-batch-confirm")
+    wait_msg(a, "#batch-msg", "Accepted ")
+    counted(a, store)
+    a.locator("#card-id").click()  # focus out of the number field: keys go to the card
+    a.keyboard.press("u")
+    wait_msg(a, "#review-msg", "Undid a batch of")
+    a.wait_for_function("() => document.querySelector('#batch-msg').innerText.trim() === ''", timeout=20_000)
+    counted(a, store)
+    # a batch undone with the Undo button (Gradio's route) clears it too
+    a.click("#btn-batch")
+    wait_msg(a, "#batch-msg", "Will accept")
+    a.click("#btn-batch-confirm")
+    wait_msg(a, "#batch-msg", "Accepted ")
+    a.click("#btn-undo")
+    wait_msg(a, "#review-msg", "Undid a batch of")
+    a.wait_for_function("() => document.querySelector('#batch-msg').innerText.trim() === ''", timeout=20_000)
+    counted(a, store)
+
+
+def test_z_shows_the_image_large_in_view_and_esc_or_z_closes_it(cockpit, reviewer, artifacts):
+    """Item 21: the 64 px original fills ~80% of the viewport's height, pixelated, over the page."""
+    a = reviewer
+    set_class(a, "frog")
+    sid = card(a)[0]
+    a.keyboard.press("z")
+    a.wait_for_function("() => { const i = document.querySelector('#zoom img'); "
+                        "return i && i.complete && i.naturalWidth === 64; }", timeout=20_000)
+    assert f"{sid} · 64×64 px" in a.inner_text("#zoom")
+    box = a.locator("#zoom img").bounding_box()
+    assert 0.7 * 900 <= box["height"] <= 900 and box["y"] >= 0 and box["y"] + box["height"] <= 900, box
+    assert 0 <= box["x"] and box["x"] + box["width"] <= 1440, box
+    assert a.evaluate("() => getComputedStyle(document.querySelector('#zoom img')).imageRendering") == "pixelated"
+    centre = a.evaluate(f"() => document.elementFromPoint({box['x'] + box['width'] / 2}, "
+                        f"{box['y'] + box['height'] / 2}).closest('#zoom') !== null")
+    assert centre  # on top of the page, not under it
+    a.screenshot(path=str(artifacts / "cockpit-3-zoom.png"))
+    a.keyboard.press("Escape")
+    a.wait_for_function("() => !document.getElementById('zoom')", timeout=5_000)
+    a.keyboard.press("z")
+    a.wait_for_selector("#zoom img", state="visible", timeout=20_000)
+    a.keyboard.press("z")
+    a.wait_for_function("() => !document.getElementById('zoom')", timeout=5_000)
+    assert card(a)[0] == sid
+
+
+def test_job_messages_give_way_to_the_outcome(cockpit, browser, tiny_clip_dir, artifacts):
+    """Item 22: "Detection started.", "Cancelling…", "Audit started.", "Training started." are replaced by the
+    job's outcome when it ends; while a detection runs, the previous run's summary says it is the previous."""
+    server, _, mini = cockpit
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    try:
+        page.goto(server.url)
+        wait_msg(page, "#data-msg", "400 images")
+        page.locator("#data-path textarea").fill(str(mini))
+        page.click("#btn-load")
+        wait_msg(page, "#data-msg", "80 images")
+        page.get_by_role("tab", name="2 · Detect").click()
+        page.locator("#model textarea").fill(str(tiny_clip_dir))
+        page.click("#btn-detect")
+        wait_msg(page, "#detect-msg", "Detection started.")
+        wait_msg(page, "#detect-msg", "Detection finished", timeout=120_000)
+        wait_msg(page, "#detect-summary", "suspects of 80 samples")
+        # a long one, cancelled: the summary says the previous run is still the one in Review meanwhile
+        page.locator("#det-epochs input").fill("5000")
+        page.click("#btn-detect")
+        wait_msg(page, "#detect-msg", "Detection started.")
+        wait_msg(page, "#detect-summary", "Review shows the previous run's results")
+        page.click("#btn-cancel-detect")
+        wait_msg(page, "#detect-msg", "Cancelling…")
+        wait_msg(page, "#detect-msg", "Detection cancelled", timeout=120_000)
+        wait_msg(page, "#detect-summary", "suspects of 80 samples")
+        page.click("#btn-audit")
+        wait_msg(page, "#audit-msg", "Audit started.")
+        wait_msg(page, "#audit-msg", "Audit finished", timeout=120_000)
+        page.screenshot(path=str(artifacts / "cockpit-4-detect-messages.png"))
+        page.get_by_role("tab", name="4 · Train").click()
+        page.locator("#train-epochs input").fill("1")
+        page.get_by_label("+ pseudo-labels for unreviewed suspects").check()  # a random CLIP flags them all
+        page.click("#btn-train")
+        wait_msg(page, "#train-msg", "Training started.")
+        wait_msg(page, "#train-msg", "Training finished", timeout=120_000)
+        for sel in ("#detect-msg", "#audit-msg", "#train-msg"):
+            text = page.inner_text(sel)
+            assert "started" not in text and "Cancelling" not in text, (sel, text)
+    finally:
+        page.close()
