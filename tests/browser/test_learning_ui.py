@@ -16,7 +16,7 @@ import pytest
 
 from deft.ranking import SOURCE_NAMES
 
-from .conftest import audited_server
+from .conftest import DEMO, audited_server
 from .test_review import assert_only_shown, card, open_reviewers, set_class, wait_card, wait_msg
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
