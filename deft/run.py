@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,14 @@ from .atomic import write_csv, write_json, write_parquet
 from .config import Phase1Config
 from .data import Dataset, dataset_from_manifest
 from .errors import RunError  # noqa: E402  (re-exported)
+
+
+def with_resolved_model(config: Phase1Config) -> Phase1Config:
+    """``config`` with a local model folder as an absolute path (a hub id, or a path that does not exist, is
+    kept as given): a relative ``--model clip`` stored in run.json broke `score` run from another folder."""
+    if config.model and Path(config.model).exists():
+        return replace(config, model=str(Path(config.model).resolve()))
+    return config
 
 
 def config_changes(stored: dict, requested: dict) -> str:
@@ -59,11 +67,15 @@ class Run:
     def create(cls, path: str | os.PathLike, dataset: Dataset, config: Phase1Config) -> Run:
         """Create ``path`` for a new detection, or re-open it if it holds the same data (resume)."""
         path = Path(path)
+        config = with_resolved_model(config)  # `score` from another folder still finds a --model given relative
         if (path / "run.json").is_file():
             run = cls.open(path)
             if run.meta["ids_hash"] != ids_hash(dataset.samples["id"]) or run.dataset.classes != dataset.classes:
                 raise RunError(f"{path} already holds a run on different data; choose another --out.")
-            changed = config_changes(run.meta.get("phase1", {}), config.to_dict())
+            stored = dict(run.meta.get("phase1", {}))
+            if with_resolved_model(Phase1Config(model=str(stored.get("model", "")))).model == config.model:
+                stored["model"] = config.model  # a run made before models were stored resolved: the same folder
+            changed = config_changes(stored, config.to_dict())
             if changed:
                 raise RunError(f"{path} already holds a run made with other settings ({changed}); re-run with "
                                "its settings to resume it, or choose another --out for a new run.")

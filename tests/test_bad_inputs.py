@@ -7,6 +7,7 @@ exit code 2), a listed import problem, or the right pixels: never a traceback, a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -121,8 +122,28 @@ def _descriptions(text: str):
     return build
 
 
+def _table_is(kind: str):
+    def build(tmp: Path):
+        make_folder(tmp)
+        (tmp / "t.csv").mkdir() if kind == "folder" else os.mkfifo(tmp / "t.csv")
+        return tmp / "t.csv", {}
+    return build
+
+
+def _descriptions_folder(tmp: Path):
+    (tmp / "desc.txt").mkdir()
+    return make_folder(tmp / "d"), {"descriptions": tmp / "desc.txt"}
+
+
 REFUSED = {
     "one-class dataset": (_one_class, "one class only"),
+    # issue 19 item 16: each said something untrue ("not found", "every file was unreadable", "outside the root")
+    "table path is a folder": (_table_is("folder"), r"Label table .*t.csv is a folder, not a file"),
+    "table path is a FIFO": (_table_is("fifo"), r"Label table .*t.csv is not a regular file \(a FIFO"),
+    "descriptions path is a folder": (_descriptions_folder, r"Class descriptions file .*desc.txt is a folder"),
+    "header-only CSV": (_csv(["path,label"]), r"t.csv lists no images \(a header and no rows\)"),
+    "CSV path .": (_csv(["path,label", ".,cat", "dog/000.png,dog"]), r"Path '.' names the dataset root .* itself"),
+    "CSV path cat/..": (_csv(["path,label", "cat/..,cat", "dog/000.png,dog"]), r"Path 'cat/..' names the dataset"),
     # issue 19 item 7: the review store split the class list on the line break (['cat', 'dog', 'dog'])
     "CSV label with a line break": (_csv(['path,label', 'cat/000.png,"cat\ndog"', "dog/000.png,dog"]),
                                     r"\['cat\\ndog'\] contain a line break"),
@@ -225,6 +246,41 @@ def test_import_lists_the_file_and_continues(case, tmp_path):
     assert expected in problems(ds).get(shown + ("/" if case.endswith("folder name") else ""), "") or \
         expected in problems(ds).get(shown, ""), problems(ds)
     ds.issues.to_csv(tmp_path / "issues.csv")  # the report itself can be written (no codec error)
+
+
+def _unreadable(monkeypatch, folder: Path) -> None:
+    """``folder`` cannot be listed: chmod for a normal user; root ignores modes, so os.scandir refuses it."""
+    if os.geteuid() != 0:
+        folder.chmod(0)  # restored by the test
+        return
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fsdecode(path)) == folder:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("where", ["class folder", "subfolder"])
+def test_unreadable_folder_says_it_cannot_be_read(where, tmp_path, monkeypatch):
+    """Issue 19 item 16: a class folder that cannot be listed said "has no images" (os.walk skipped it silently);
+    a subfolder that cannot be listed was left out of the import without a word."""
+    root = make_folder(tmp_path / "d")
+    folder = root / "cat" if where == "class folder" else root / "dog" / "more"
+    if where == "subfolder":
+        make_folder(root / "dog" / "more", per_class=1, classes={"x": (1, 2, 3)})
+    _unreadable(monkeypatch, folder)
+    try:
+        if where == "class folder":
+            with pytest.raises(DataError, match=r"Class folder 'cat' cannot be read \(Permission denied\); give "
+                                                r"this user read access"):
+                load_within(root)
+        else:
+            ds = load_within(root)
+            assert ds.N == 8 and problems(ds)["dog/more/"].startswith("folder cannot be read (Permission denied")
+    finally:
+        folder.chmod(0o755)
 
 
 def test_csv_row_pointing_at_a_fifo_is_listed_not_opened(tmp_path):
@@ -476,6 +532,22 @@ def test_unwritable_run_folder_says_what_is_wrong_and_never_advises_moving_the_d
     assert err.startswith("error: cannot write") and expected in err and "intact" in err, err
     assert "move it aside to start" not in err and "lost" not in err, err
     assert (run / "review.sqlite").read_bytes() == before
+
+
+def test_relative_model_is_stored_resolved_so_score_works_from_another_folder(tmp_path, tiny_clip_dir,
+                                                                               monkeypatch):
+    """Issue 19 item 16: `detect --model clip` (a folder relative to the working directory) stored "clip" in
+    run.json, and `score` run from any other folder failed to find the model."""
+    data = make_folder(tmp_path / "d", per_class=3)
+    monkeypatch.chdir(tiny_clip_dir.parent)
+    assert cli.main(["detect", str(data), "--model", tiny_clip_dir.name, "--out", str(tmp_path / "run"), "--epochs",
+                     "1", "--batch-size", "8", "--device", "cpu"]) == 0
+    stored = json.loads((tmp_path / "run" / "run.json").read_text())["phase1"]["model"]
+    assert stored == str(tiny_clip_dir.resolve())
+    assert cli.main(["detect", str(data), "--model", tiny_clip_dir.name, "--out", str(tmp_path / "run"), "--epochs",
+                     "1", "--batch-size", "8", "--device", "cpu"]) == 0  # the same settings: it resumes
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["score", str(tmp_path / "run"), "--device", "cpu"]) == 0
 
 
 def test_another_runs_checkpoint_copied_into_an_unfinished_run_is_refused(finished_run, tmp_path, tiny_clip_dir):
