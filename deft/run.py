@@ -33,7 +33,7 @@ import pandas as pd
 from .atomic import write_csv, write_json, write_parquet
 from .config import Phase1Config
 from .data import Dataset, dataset_from_manifest
-from .errors import RunError  # noqa: E402  (re-exported)
+from .errors import RunError, writing  # noqa: E402  (RunError re-exported)
 
 
 def with_resolved_model(config: Phase1Config) -> Phase1Config:
@@ -80,7 +80,8 @@ class Run:
                 raise RunError(f"{path} already holds a run made with other settings ({changed}); re-run with "
                                "its settings to resume it, or choose another --out for a new run.")
             return run
-        path.mkdir(parents=True, exist_ok=True)
+        with writing(path):
+            path.mkdir(parents=True, exist_ok=True)
         meta = {
             "version": 1,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -105,6 +106,11 @@ class Run:
             raise RunError(f"{path} is not a deft run folder (no run.json). Create one with `python -m deft detect`.")
         meta = read_meta(path)
         manifest = read_parquet(path / "manifest.parquet", MANIFEST_COLUMNS, "re-run `deft detect` into a new --out")
+        stray = sorted(set(manifest["label"].astype(str)) - set(meta["classes"]))
+        if stray:
+            raise RunError(f"{path / 'manifest.parquet'} holds labels {stray[:5]} that {path / 'run.json'} does not "
+                           "list as classes (one of them is damaged or from another run); re-run `deft detect` into a "
+                           "new --out.")
         ds = dataset_from_manifest(Path(meta["root"]), manifest, meta["classes"], meta["prompts"], meta["source"])
         issues = path / "import_issues.csv"
         if issues.is_file():
@@ -178,7 +184,7 @@ class Run:
         write_json(self.path / "run.json", self.meta, default=str)
 
     def log(self, event: dict[str, Any]) -> None:
-        with open(self.path / "log.jsonl", "a", encoding="utf-8") as f:
+        with writing(self.path / "log.jsonl"), open(self.path / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"t": time.time(), **event}, default=float) + "\n")
 
 
@@ -199,7 +205,33 @@ def read_meta(path: Path) -> dict[str, Any]:
     missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise RunError(f"{f} lacks {missing}; the run cannot be reopened: re-run `deft detect` into a new --out.")
+    wrong = meta_problem(meta)
+    if wrong:
+        raise RunError(f"{f} is damaged ({wrong}); the run cannot be reopened: re-run `deft detect` into a new "
+                       "--out folder.")
     return meta
+
+
+def meta_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with the values of a ``run.json`` (a key of the wrong type), '' when nothing is: a
+    ``"classes": "cat"`` was read as the classes c, a, t and failed later with a KeyError."""
+    for key in ("root", "source", "ids_hash"):
+        if not isinstance(meta[key], str):
+            return f"{key!r} is not text"
+    classes, prompts = meta["classes"], meta["prompts"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a list of class names"
+    if len(set(classes)) != len(classes):
+        return "'classes' names a class twice"
+    if not isinstance(prompts, dict) or not all(isinstance(prompts.get(c), str) for c in classes):
+        return "'prompts' lacks the text of a class"
+    if not isinstance(meta["phase1"], dict):
+        return "'phase1' is not a table of settings"
+    try:
+        Phase1Config.from_dict(meta["phase1"])
+    except (TypeError, ValueError):
+        return "'phase1' holds unknown settings"
+    return ""
 
 
 def read_parquet(path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
@@ -224,8 +256,12 @@ def run_folder_lock(path: str | os.PathLike) -> Iterator[None]:
     training and logging the same epochs twice. The lock dies with the process (kill -9 too).
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = path / ".lock"
+    if lock.is_dir():
+        raise RunError(f"{lock} is a folder, not the run's lock file; delete it and run again.")
+    with writing(lock):  # a read-only folder: a sentence before any work
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -25,13 +25,14 @@ import pytest
 from PIL import Image
 
 from deft import cli
+from deft.audit import AuditConfig, audit
 from deft.config import OptimConfig, Phase1Config
 from deft.curation import read_curated, write_export
 from deft.data import DataError, load_dataset
 from deft.imageio import MAX_PIXELS, PixelBudget, check_image
 from deft.images import decode_image, decode_images
 from deft.phase1 import detect
-from deft.run import Run, RunError
+from deft.run import Run, RunError, run_folder_lock
 from deft.run_images import load_run_images
 from deft.store import ReviewStore
 
@@ -420,20 +421,77 @@ def test_decoders_share_a_pixel_budget():
 # ============================================================================ damaged run folders
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_clip_dir):
+    """A run folder holding every file a finished run gets: detected on a table with ground truth (metrics.json,
+    two labels flipped), audited (embeddings, signals, audit tables, map), its review store made (RUN/review.sqlite,
+    as the CLI and app make it), locked once (.lock, as `deft detect` and `deft score` do) and trained (phase2/)."""
     tmp = tmp_path_factory.mktemp("bad_runs")
-    ds = load_dataset(make_folder(tmp / "data", per_class=6))
+    root = make_folder(tmp / "data", per_class=6)
+    ids = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    truth = [i.split("/")[0] for i in ids]
+    given = ["dog" if i == ids[0] else "cat" if i == ids[-1] else t for i, t in zip(ids, truth, strict=True)]
+    pd.DataFrame({"path": ids, "label": given, "true_label": truth}).to_csv(root / "labels.csv", index=False)
+    ds = load_dataset(root / "labels.csv")
     cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=8))
-    detect(ds, tmp / "run", cfg, device="cpu")
-    ReviewStore.for_run(Run.open(tmp / "run"))  # RUN/review.sqlite, as the CLI and app make it
-    return tmp / "run"
+    run = tmp / "run"
+    detect(ds, run, cfg, device="cpu")
+    audit(run, AuditConfig(), device="cpu")
+    ReviewStore.for_run(Run.open(run))
+    with run_folder_lock(run):
+        pass
+    assert cli.main(["train", str(run), "--labels", str(root / "labels.csv"), "--epochs", "1", "--batch-size", "8",
+                     "--device", "cpu"]) == 0
+    FINISHED.update(source=root / "labels.csv", model=str(tiny_clip_dir))
+    return run
+
+
+FINISHED: dict = {}  # the finished run's data table and model (set by the fixture)
+
+
+def cli_args(command: str, run: Path, tmp: Path) -> list[str]:
+    """``deft <command>`` on ``run`` (a copy of :func:`finished_run`, maybe damaged) with the settings it was made
+    with (detect and train resume it)."""
+    labels = str(FINISHED["source"])
+    model = FINISHED["model"]
+    return {"export": ["export", str(run), "--out", str(tmp / "out.csv")],
+            "score": ["score", str(run), "--device", "cpu"],
+            "audit": ["audit", str(run), "--device", "cpu"],
+            "simulate": ["simulate", str(run), "--budget", "5"],
+            "train": ["train", str(run), "--labels", labels, "--epochs", "1", "--batch-size", "8", "--device", "cpu"],
+            "detect": ["detect", labels, "--model", model, "--out", str(run), "--epochs", "1", "--lr", "0.03",
+                       "--batch-size", "8", "--device", "cpu"]}[command]
+
+
+def leftovers(run: Path) -> list[Path]:
+    """Half-written files a failed write left behind (shard ``.part``, atomic writer ``.tmp``)."""
+    return [p for p in run.rglob("*") if p.name.endswith(".part") or ".tmp" in p.name]
 
 
 def _garbage(name: str):
-    return lambda run: (run / name).write_bytes(b"this is not what you think it is" * 3)
+    def damage(run: Path) -> None:
+        for f in sorted(run.glob(name)) if any(c in name for c in "*?[") else [run / name]:
+            if f.is_file():
+                f.write_bytes(b"this is not what you think it is" * 3)
+    return damage
 
 
 def _truncate(name: str, keep: int = 40):
     return lambda run: (run / name).write_bytes((run / name).read_bytes()[:keep])
+
+
+def _folder_instead(name: str):
+    def damage(run: Path) -> None:
+        (f,) = run.glob(name)
+        f.unlink()
+        f.mkdir()
+    return damage
+
+
+def _json_value(name: str, key: str, value):
+    def damage(run: Path) -> None:
+        obj = json.loads((run / name).read_text())
+        obj[key] = value
+        (run / name).write_text(json.dumps(obj))
+    return damage
 
 
 def _scores_wrong_columns(run: Path):
@@ -444,6 +502,14 @@ def _scores_fewer_rows(run: Path):
     pd.read_parquet(run / "scores.parquet").head(5).to_parquet(run / "scores.parquet")
 
 
+def _manifest_unknown_label(run: Path):
+    m = pd.read_parquet(run / "manifest.parquet")
+    m.loc[0, "label"] = "bird"
+    m.to_parquet(run / "manifest.parquet")
+
+
+SHARD = "cache/shards_*/*.arrow"
+# refused: `error: <the file> ...<what to do>`, exit code 2, nothing written
 DAMAGED = {
     "scores.parquet wrong columns": (_scores_wrong_columns, "export", "scores.parquet lacks column"),
     "scores.parquet fewer rows": (_scores_fewer_rows, "export", "scores.parquet has 5 rows that do not match"),
@@ -451,10 +517,22 @@ DAMAGED = {
     "prompts.safetensors garbage": (_garbage("prompts.safetensors"), "score", "prompts.safetensors is damaged"),
     "review.sqlite garbage": (_garbage("review.sqlite"), "export", "review.sqlite is not a readable review database"),
     "run.json truncated": (_truncate("run.json"), "export", "run.json is damaged"),
-    "manifest missing": (lambda run: (run / "manifest.parquet").unlink(), "export", "manifest.parquet is missing"),
+    # issue 19 item 13: "classes": "cat" was read as the classes c, a, t (score, audit: KeyError traceback)
+    "run.json classes is a text": (_json_value("run.json", "classes", "cat"), "score",
+                                   "run.json is damaged ('classes' is not a list of class names)"),
+    "run.json phase1 is a text": (_json_value("run.json", "phase1", "fast"), "export",
+                                  "run.json is damaged ('phase1' is not a table of settings)"),
+    "manifest.parquet missing": (lambda run: (run / "manifest.parquet").unlink(), "export",
+                                 "manifest.parquet is missing"),
+    "manifest.parquet label not in run.json": (_manifest_unknown_label, "export", "holds labels ['bird']"),
+    "checkpoint.pt garbage": (_garbage("checkpoint.pt"), "detect", "checkpoint.pt: not a checkpoint this program"),
+    # item 13: a shard replaced by a folder gave a traceback and left a .part shard
+    "cache shard replaced by a folder": (_folder_instead(SHARD), "score", "is a folder, not a shard file"),
+    ".lock replaced by a folder": (_folder_instead(".lock"), "score", ".lock is a folder"),
 }
 FIXES = {"scores": "deft score", "prompts": "re-run `deft detect`", "review": "move it aside",
-         "run.json": "re-run `deft detect`", "manifest": "re-run `deft detect`"}
+         "run.json": "re-run `deft detect`", "manifest": "re-run `deft detect`", "checkpoint": "delete it",
+         "cache": "delete it", ".lock": "delete it"}
 
 
 @pytest.mark.parametrize("case", list(DAMAGED))
@@ -463,15 +541,14 @@ def test_damaged_run_file_gives_one_sentence_naming_file_and_fix(case, finished_
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     damage(run)
-    args = [command, str(run), *(["--out", str(tmp_path / "out.csv")] if command == "export" else ["--device", "cpu"])]
-    assert cli.main(args) == 2
+    assert cli.main(cli_args(command, run, tmp_path)) == 2
     full = capsys.readouterr().err
     err = full.strip().splitlines()[-1]  # earlier lines: transformers' weight-loading progress bar
     assert err.startswith("error: ") and "Traceback" not in full, full
     assert expected in err and str(run) in err, err
     fix = next(v for k, v in FIXES.items() if case.startswith(k))
     assert fix in err, err
-    assert not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "out.csv").exists() and not leftovers(run)
 
 
 @contextlib.contextmanager
@@ -532,6 +609,33 @@ def test_unwritable_run_folder_says_what_is_wrong_and_never_advises_moving_the_d
     assert err.startswith("error: cannot write") and expected in err and "intact" in err, err
     assert "move it aside to start" not in err and "lost" not in err, err
     assert (run / "review.sqlite").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["score", "audit", "detect", "score, no image cache"])
+@pytest.mark.parametrize("case", ["read-only folder", "full disk"])
+def test_unwritable_run_folder_gives_one_sentence_and_leaves_no_half_written_file(case, command, finished_run,
+                                                                                    tmp_path):
+    """Issue 19 item 13: `score`, `audit` and `detect` on a read-only run folder or a full disk (a file-size limit,
+    as the process sees it) gave tracebacks, and a shard build cut short left a .part file in the image store. Now:
+    one sentence naming the file and what to do, exit code 2, no .part or .tmp file, the scores unchanged."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    if command.endswith("no image cache"):
+        shutil.rmtree(run / "cache")  # the store is built (and cut short) first
+    scores = (run / "scores.parquet").read_bytes()
+    args = [sys.executable, "-m", "deft", *cli_args(command.split(",")[0], run, tmp_path)]
+    if case == "full disk":
+        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             preexec_fn=_file_size_limit(4096))
+        expected = "may not write files over 4096 bytes (ulimit -f); raise the limit and run again"
+    else:
+        with read_only(run):
+            out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        expected = "is read-only (no write permission for this user, or a read-only file system)"
+    assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stdout, out.stderr[-3000:])
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"error: cannot write {run}/") and expected in err, err
+    assert not leftovers(run) and (run / "scores.parquet").read_bytes() == scores
 
 
 def test_relative_model_is_stored_resolved_so_score_works_from_another_folder(tmp_path, tiny_clip_dir,
