@@ -9,6 +9,8 @@ import json
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pandas as pd
 from .config import LR_SCHEDULES, PRESETS, PSEUDO_SOURCES, OptimConfig, Phase1Config, Phase2Config, phase1_preset
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
-from .errors import USER_ERRORS, write_error
+from .errors import USER_ERRORS, DamagedFileWarning, write_error
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
@@ -354,6 +356,24 @@ def _close_bars() -> None:
         _BARS.pop().close()
 
 
+@contextlib.contextmanager
+def _damaged_files_as_warnings() -> Iterator[None]:
+    """Print each :class:`DamagedFileWarning` (a derived run file ignored) once, as one ``warning: ...`` line."""
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, DamagedFileWarning):
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, under any open progress bar
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning after the command
+        shown = warnings.showwarning
+        warnings.simplefilter("default", DamagedFileWarning)
+        warnings.showwarning = show
+        yield
+
+
 def os_error_line(exc: OSError) -> str | None:
     """The sentence for an ``OSError`` no library code turned into one: a write refused by a read-only folder,
     a full disk or a file-size limit; a permission refused; None for anything else (a real bug: traceback)."""
@@ -369,25 +389,26 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
-    try:
-        return COMMANDS[a.cmd](a)
-    except USER_ERRORS as exc:
-        _close_bars()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a write the library did not wrap: a sentence when the cause is known
-        line = os_error_line(exc)
-        if line is None:
-            raise
-        _close_bars()
-        print(f"error: {line}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        _close_bars()
-        print("interrupted; re-run the same command to resume from the last finished epoch", file=sys.stderr)
-        return 130
-    finally:
-        _close_bars()
+    with _damaged_files_as_warnings():
+        try:
+            return COMMANDS[a.cmd](a)
+        except USER_ERRORS as exc:
+            _close_bars()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a write the library did not wrap: a sentence when the cause is known
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            _close_bars()
+            print(f"error: {line}", file=sys.stderr)
+            return 2
+        except (Cancelled, KeyboardInterrupt):
+            _close_bars()
+            print("interrupted; re-run the same command to resume from the last finished epoch", file=sys.stderr)
+            return 130
+        finally:
+            _close_bars()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,12 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class DeftError(Exception):
@@ -38,6 +42,36 @@ class ReviewError(DeftError, ValueError):
 #: What a front end reports as a one-line message (exit code 2 in the CLI) instead of a traceback:
 #: every :class:`DeftError`, plus the built-ins the library raises for bad arguments and missing files.
 USER_ERRORS: tuple[type[Exception], ...] = (DeftError, FileNotFoundError, ValueError)
+
+
+class DamagedFileWarning(UserWarning):
+    """A file of a run folder that is derived from the others (and rebuilt by a command the message names)
+    could not be read and was ignored. The CLI prints it as one ``warning: ...`` line."""
+
+
+def read_derived(path: str | os.PathLike, read: Callable[[Path], T], redo: str,
+                 notes: list[str] | None = None) -> T | None:
+    """``read(path)`` for a run file derived from the others, None when it does not exist.
+
+    A damaged one (garbage, truncated, a folder in its place, unreadable) is ignored: None, and a
+    :class:`DamagedFileWarning` naming it and ``redo`` (how it is rebuilt), also appended to ``notes``.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder in place of the file", str(path))
+        return read(path)
+    except Exception as exc:  # noqa: BLE001 - json, codecs, pandas and pyarrow raise many types for damaged files
+        what = ("is a folder instead of a file" if isinstance(exc, IsADirectoryError) else
+                f"cannot be read ({type(exc).__name__})" if isinstance(exc, OSError) else
+                f"is damaged ({type(exc).__name__})")
+        msg = f"{path} {what} and was ignored; {redo}."
+        warnings.warn(msg, DamagedFileWarning, stacklevel=2)
+        if notes is not None and msg not in notes:
+            notes.append(msg)
+        return None
 
 
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})

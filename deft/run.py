@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import pandas as pd
 from .atomic import write_csv, write_json, write_parquet
 from .config import Phase1Config
 from .data import Dataset, dataset_from_manifest
-from .errors import RunError, writing  # noqa: E402  (RunError re-exported)
+from .errors import RunError, read_derived, writing  # noqa: E402  (RunError re-exported)
 
 
 def with_resolved_model(config: Phase1Config) -> Phase1Config:
@@ -61,6 +61,7 @@ class Run:
     path: Path
     meta: dict[str, Any]
     dataset: Dataset
+    notes: list[str] = field(default_factory=list)  # derived files found damaged and ignored (one sentence each)
 
     # -- creation / opening -------------------------------------------------
     @classmethod
@@ -112,10 +113,13 @@ class Run:
                            "list as classes (one of them is damaged or from another run); re-run `deft detect` into a "
                            "new --out.")
         ds = dataset_from_manifest(Path(meta["root"]), manifest, meta["classes"], meta["prompts"], meta["source"])
-        issues = path / "import_issues.csv"
-        if issues.is_file():
-            ds.issues = pd.read_csv(issues)
-        return cls(path=path, meta=meta, dataset=ds)
+        notes: list[str] = []
+        issues = read_derived(path / "import_issues.csv", _read_issues,
+                              f"the files excluded at import are not listed; `python -m deft check {meta['source']}` "
+                              "lists them again", notes)
+        if issues is not None:
+            ds.issues = issues
+        return cls(path=path, meta=meta, dataset=ds, notes=notes)
 
     # -- accessors ----------------------------------------------------------
     @property
@@ -172,8 +176,10 @@ class Run:
         write_parquet(self.scores_path, scores)
 
     def metrics(self) -> dict[str, Any]:
-        """``RUN/metrics.json`` (detection metrics against ground truth), empty when there is none."""
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+        """``RUN/metrics.json`` (detection metrics against ground truth), empty when there is none or it is
+        damaged (then ignored with a warning: the next detect or audit writes it again)."""
+        return read_derived(self.metrics_path, read_json_object,
+                            f"`python -m deft audit {self.path}` writes it again", self.notes) or {}
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         """Replace ``RUN/metrics.json`` atomically."""
@@ -189,6 +195,22 @@ class Run:
 
 
 MANIFEST_COLUMNS = ("id", "label", "label_idx")
+ISSUE_COLUMNS = ("path", "problem")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object (a damaged one raises ``ValueError``)."""
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds no JSON object")
+    return obj
+
+
+def _read_issues(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not set(ISSUE_COLUMNS) <= set(df.columns):
+        raise ValueError(f"{path} lacks the columns {list(ISSUE_COLUMNS)}")
+    return df
 SCORE_COLUMNS = ("id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "pred", "pred_conf",
                  "suggestion", "suggestion_conf")
 META_KEYS = ("root", "classes", "prompts", "source", "ids_hash", "phase1")

@@ -7,6 +7,7 @@ exit code 2), a listed import problem, or the right pixels: never a traceback, a
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import resource
@@ -21,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
+from safetensors import safe_open
 
 from deft import cli
 from deft.audit import AuditConfig, audit
@@ -528,11 +531,12 @@ DAMAGED = {
     "checkpoint.pt garbage": (_garbage("checkpoint.pt"), "detect", "checkpoint.pt: not a checkpoint this program"),
     # item 13: a shard replaced by a folder gave a traceback and left a .part shard
     "cache shard replaced by a folder": (_folder_instead(SHARD), "score", "is a folder, not a shard file"),
+    "signals.safetensors garbage": (_garbage("signals.safetensors"), "simulate", "signals.safetensors is damaged"),
     ".lock replaced by a folder": (_folder_instead(".lock"), "score", ".lock is a folder"),
 }
 FIXES = {"scores": "deft score", "prompts": "re-run `deft detect`", "review": "move it aside",
          "run.json": "re-run `deft detect`", "manifest": "re-run `deft detect`", "checkpoint": "delete it",
-         "cache": "delete it", ".lock": "delete it"}
+         "cache": "delete it", "signals": "deft audit", ".lock": "delete it"}
 
 
 @pytest.mark.parametrize("case", list(DAMAGED))
@@ -549,6 +553,117 @@ def test_damaged_run_file_gives_one_sentence_naming_file_and_fix(case, finished_
     fix = next(v for k, v in FIXES.items() if case.startswith(k))
     assert fix in err, err
     assert not (tmp_path / "out.csv").exists() and not leftovers(run)
+
+
+def _phase2_garbage(run: Path) -> None:
+    for f in (run / "phase2").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\xff\xfe garbage")
+
+
+# derived files (issue 19 item 15): rebuilt by the command, or ignored with `warning: <file> ... was ignored; <how it
+# is rebuilt>`; exit code 0. (case: damage, command, the warning's words or None, the command rebuilds the file)
+DERIVED = {
+    "import_issues.csv garbage": (_garbage("import_issues.csv"), "export", "import_issues.csv is damaged (", False),
+    "import_issues.csv replaced by a folder": (_folder_instead("import_issues.csv"), "export",
+                                               "import_issues.csv is a folder instead of a file and was ignored",
+                                               False),
+    "metrics.json garbage": (_garbage("metrics.json"), "audit", "metrics.json is damaged", True),
+    "audit.parquet garbage, export": (_garbage("audit.parquet"), "export",
+                                      "audit.parquet is damaged (ArrowInvalid) and was ignored", False),
+    "audit.parquet garbage, audit": (_garbage("audit.parquet"), "audit", None, True),
+    "audit.json garbage": (_garbage("audit.json"), "audit", None, True),
+    "class_report.csv garbage": (_garbage("class_report.csv"), "audit", None, True),
+    "projection.parquet garbage": (_garbage("projection.parquet"), "audit", "projection.parquet is damaged", True),
+    # item 13: garbage embeddings gave a traceback in `deft audit` (and in the app's evidence strip)
+    "embeddings.safetensors garbage": (_garbage("embeddings.safetensors"), "audit",
+                                       "embeddings.safetensors is damaged", True),
+    "signals.safetensors garbage, audit": (_garbage("signals.safetensors"), "audit", None, True),
+    "scores.parquet garbage, detect": (_garbage("scores.parquet"), "detect", None, True),
+    "log.jsonl garbage": (_garbage("log.jsonl"), "detect", None, False),
+    "cache shard garbage": (_garbage(SHARD), "score", None, True),
+    "phase2/ every file garbage": (_phase2_garbage, "train", None, True),
+}
+READERS = {  # how to check that a rebuilt file reads again
+    ".parquet": pd.read_parquet, ".csv": pd.read_csv, ".json": lambda p: json.loads(p.read_text()),
+    ".safetensors": lambda p: safe_open(str(p), framework="np").keys(),
+    ".arrow": lambda p: pa.ipc.open_file(pa.memory_map(str(p))).get_batch(0),
+}
+
+
+@pytest.mark.parametrize("case", list(DERIVED))
+def test_damaged_derived_run_file_is_rebuilt_or_ignored_with_a_warning(case, finished_run, tmp_path, capsys):
+    """Issue 19 item 15: a damaged import_issues.csv, metrics.json, audit.parquet or projection.parquet gave a raw
+    codec / JSON / Arrow message without the file or a fix. They are derived from the run: the command rebuilds them
+    or goes on without them, saying which file it ignored and how to get it back."""
+    damage, command, warned, rebuilt = DERIVED[case]
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    damage(run)
+    assert cli.main(cli_args(command, run, tmp_path)) == 0
+    full = capsys.readouterr().err
+    assert "Traceback" not in full and "error:" not in full, full
+    if warned is not None:
+        line = next((x for x in full.splitlines() if warned in x), "")
+        assert line.startswith(f"warning: {run}/") and " was ignored; " in line and "deft " in line, full
+    if rebuilt:
+        name = case.split(",")[0].split(" ")[0]
+        files = [p for p in run.glob(SHARD if name == "cache" else "phase2/**/*" if name == "phase2/" else name)
+                 if p.is_file()]
+        assert files, case
+        for f in files:
+            if f.suffix in READERS:
+                READERS[f.suffix](f)  # reads again
+    assert not leftovers(run)
+    if command == "export":
+        assert (tmp_path / "out.csv").is_file()
+
+
+class _Components:
+    """The app's components as names (the handlers key their results by component)."""
+
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+def _strings(out) -> str:
+    vals = out.values() if isinstance(out, dict) else [out]
+    return "\n".join(str(v) for v in vals if isinstance(v, str))
+
+
+APP_CASES = {**{c: v[0] for c, v in DAMAGED.items()}, **{c: v[0] for c, v in DERIVED.items()}}
+APP_NAMES = ("run.json", "manifest.parquet", "scores.parquet", "import_issues.csv", "metrics.json", "audit.parquet",
+             "audit.json", "class_report.csv", "projection.parquet", "embeddings.safetensors", "signals.safetensors")
+
+
+@pytest.mark.parametrize("case", sorted(APP_CASES))
+def test_damaged_run_file_never_stops_the_app_loading_the_dataset(case, finished_run, tmp_path):
+    """Issue 19 items 13 and 15: in the app a damaged metrics.json or audit.parquet stopped the whole dataset from
+    loading, and garbage embeddings raised in the evidence strip. The app's loading code (Load, then what the
+    page shows: detect results, curves, audit tables, map, evidence, training runs), called directly: the dataset
+    loads, nothing raises, and a damaged file the app reads is named in what it shows."""
+    from deft.review import dataset_key
+    from ui.handlers import ReviewHandlers
+    from ui.workspace import AppSettings, Workspaces
+
+    source = json.loads((finished_run / "run.json").read_text())["source"]
+    run = tmp_path / "runs" / dataset_key(source) / "detect-0"
+    shutil.copytree(finished_run, run)
+    (run / "review.sqlite").unlink()  # the app keeps its decisions in runs/<dataset>/review.sqlite
+    APP_CASES[case](run)
+    reg = Workspaces(AppSettings(data=source, runs=tmp_path / "runs", device="cpu"))
+    h = ReviewHandlers(reg, _Components())
+    loaded = h.on_load("s", source, "", {})
+    shown = [_strings(loaded)]
+    ws = reg.get("s")
+    assert ws.dataset is not None and ws.dataset.N == 12, shown
+    assert loaded["data_msg"].startswith("**12 images, 2 classes**") and loaded["counts_plot"] is not None, shown
+    shown += [_strings(h.detect_results(ws)), _strings(h.detect_curves("s")), _strings(h.audit_views(ws)),
+              _strings(h.map_view("s")), _strings(h.evidence("s", "c", None))]
+    ws.training_runs()
+    name = next((n for n in APP_NAMES if case.startswith(n)), None)  # None: a file the app does not read
+    if name is not None:
+        assert name in "\n".join(shown), shown
 
 
 @contextlib.contextmanager
@@ -636,6 +751,25 @@ def test_unwritable_run_folder_gives_one_sentence_and_leaves_no_half_written_fil
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith(f"error: cannot write {run}/") and expected in err, err
     assert not leftovers(run) and (run / "scores.parquet").read_bytes() == scores
+
+
+def case_file(case: str) -> str:
+    """The run file (a glob) a corpus case damages: the first word of its name."""
+    first = case.split(",")[0].split(" ")[0]
+    return {"cache": SHARD, "phase2/": "phase2/*"}.get(first, first)
+
+
+def test_the_damaged_run_corpus_covers_every_file_of_a_run_folder(finished_run):
+    """Issue 19: the damaged-run corpus damages every file a finished run folder holds, each in a CLI command that
+    reads it (DAMAGED, DERIVED) and in the app's loading code (APP_CASES); a file a later change adds to the run
+    folder fails here until a case damages it."""
+    held = sorted(p.relative_to(finished_run).as_posix() for p in finished_run.rglob("*") if p.is_file())
+    held = [f for f in held if not f.startswith("review.sqlite-")]  # SQLite's own journal files, if left open
+    patterns = {case_file(c) for c in [*DAMAGED, *DERIVED]}
+    missing = [f for f in held if not any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert not missing, f"no damaged-run case for {missing}"
+    for name in ("metrics.json", "projection.parquet", "signals.safetensors", ".lock", "phase2/summary.json"):
+        assert name in held, held  # the fixture really holds a complete run
 
 
 def test_relative_model_is_stored_resolved_so_score_works_from_another_folder(tmp_path, tiny_clip_dir,
