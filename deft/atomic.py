@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import write_error, writing
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -24,7 +26,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary name keeps the suffix (``scores.tmp.parquet``) so writers that infer the
     format from it still work. On an exception the temporary file is removed and ``path``
-    is left as it was.
+    is left as it was. A write that fails because the folder is read-only, the disk is full or the
+    process may not write files that large raises :func:`deft.errors.write_error`'s sentence.
 
     Parameters
     ----------
@@ -39,8 +42,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path):  # a read-only folder, a full disk: one sentence naming the file
+            yield tmp
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -84,4 +88,10 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch hides a failed write's errno ("unexpected pos 1664 vs 1558")
+            err = write_error(path, exc, io=True)
+            if err is None:
+                raise
+            raise err from None

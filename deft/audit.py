@@ -26,6 +26,7 @@ from . import baselines as bl
 from . import data_issues as di
 from .atomic import write_csv, write_json, write_parquet
 from .embeddings import Embeddings, run_embeddings
+from .errors import read_derived
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
 from .stages import RunStatus
@@ -238,10 +239,20 @@ def _save(run: Run, table: pd.DataFrame, report: pd.DataFrame, metrics: dict | N
         run.save_scores(merge_audit_columns(scores, table, key="id"))
 
 
-def audit_columns(run: Run) -> pd.DataFrame | None:
-    """The run's saved audit table (``id`` + columns), or None before ``deft audit``."""
-    p = run.path / AUDIT_FILE
-    return pd.read_parquet(p) if p.is_file() else None
+def read_audit_table(path: Path) -> pd.DataFrame:
+    """``RUN/audit.parquet`` (a damaged one, or one without ``id``, raises)."""
+    df = pd.read_parquet(path)
+    if "id" not in df.columns:
+        raise ValueError(f"{path} has no id column")
+    return df
+
+
+def audit_columns(run: Run, notes: list[str] | None = None) -> pd.DataFrame | None:
+    """The run's saved audit table (``id`` + columns), or None before ``deft audit``; a damaged one is ignored
+    with a warning (the export then lacks its columns) that says how to rebuild it."""
+    return read_derived(run.path / AUDIT_FILE, read_audit_table,
+                        f"the audit columns are left out until `python -m deft audit {run.path}` rebuilds it",
+                        notes if notes is not None else run.notes)
 
 
 def merge_audit_columns(frame: pd.DataFrame, table: pd.DataFrame, key: str) -> pd.DataFrame:

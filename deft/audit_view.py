@@ -6,11 +6,14 @@ Pure functions over the audit outputs (:mod:`deft.audit`), so the UI only lays t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .errors import RunError, read_derived
 
 # the names of deft.baselines.METHODS and deft.data_issues.IMAGE_PROBLEMS (a test keeps them equal); not
 # imported from there, since those modules load torch and the app must not pay for that at start-up
@@ -135,24 +138,53 @@ def map_points(proj: pd.DataFrame, table: pd.DataFrame | None, labels: pd.Series
 
 @dataclass
 class AuditView:
-    """The saved outputs of ``deft audit`` in a run folder (any may be missing)."""
+    """The saved outputs of ``deft audit`` in a run folder (any may be missing); ``notes``: one sentence per
+    output found damaged and left out."""
 
     table: pd.DataFrame
     metrics: dict | None
     class_report: pd.DataFrame | None
     summary: dict
     projection: pd.DataFrame | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _json_object(path: Path) -> dict:
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
+def _table(*columns: str):
+    def read(path: Path) -> pd.DataFrame:
+        df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        if not set(columns) <= set(df.columns):
+            raise ValueError(f"lacks the columns {sorted(set(columns) - set(df.columns))}")
+        return df
+    return read
 
 
 def load_audit(run_path: str | Path) -> AuditView | None:
-    """Read a run folder's audit outputs; None before the run was audited."""
+    """Read a run folder's audit outputs; None before the run was audited.
+
+    Each is derived from the run (``deft audit`` or the app's Audit writes it again): a damaged
+    ``audit.parquet`` is a :class:`~deft.errors.RunError` saying so; any other damaged output is left out,
+    with a sentence in :attr:`AuditView.notes`.
+    """
     p = Path(run_path)
-    if not (p / "audit.parquet").is_file():
+    if not os.path.lexists(p / "audit.parquet"):
         return None
-    metrics = json.loads((p / "metrics.json").read_text()).get("methods") if (p / "metrics.json").is_file() else None
+    redo = f"run Audit again (Detect tab, or `python -m deft audit {p}`) to rebuild it"
+    notes: list[str] = []
+    table = read_derived(p / "audit.parquet", _table("id"), redo, notes)
+    if table is None:
+        raise RunError(notes[0])
+    metrics = read_derived(p / "metrics.json", _json_object, redo, notes)
     return AuditView(
-        table=pd.read_parquet(p / "audit.parquet"),
-        metrics=metrics or None,
-        class_report=pd.read_csv(p / "class_report.csv") if (p / "class_report.csv").is_file() else None,
-        summary=json.loads((p / "audit.json").read_text()) if (p / "audit.json").is_file() else {},
-        projection=pd.read_parquet(p / "projection.parquet") if (p / "projection.parquet").is_file() else None)
+        table=table,
+        metrics=(metrics or {}).get("methods") or None,
+        class_report=read_derived(p / "class_report.csv", _table("class"), redo, notes),
+        summary=read_derived(p / "audit.json", _json_object, redo, notes) or {},
+        projection=read_derived(p / "projection.parquet", _table("id", "x", "y"), redo, notes),
+        notes=notes)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from .config import (
 )
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, DamagedFileWarning, write_error
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
@@ -211,7 +214,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     for w in ds.warnings:
         say(f"warning: {w}")
     cfg = phase1_config(a)
-    bar = TqdmProgress() if _main_rank() else None
+    bar = _bar() if _main_rank() else None
     t0 = time.perf_counter()
     with run_folder_lock(a.out) if _main_rank() else contextlib.nullcontext():  # a second detect is refused
         if a.method in ("zeroshot", "cleanlab"):
@@ -249,7 +252,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip() and m.strip() != "deft")
     cfg = AuditConfig(methods=methods, n_folds=a.folds, seed=a.seed, data_issues=not a.no_data_issues,
                       projection=not a.no_projection)
-    bar = TqdmProgress()
+    bar = _bar()
     res = audit(a.run, cfg, device=a.device, progress=bar)
     bar.close()
     say(f"audited {len(res.table)} samples -> {a.run}/audit.parquet, class_report.csv"
@@ -295,7 +298,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 
     Run.open(a.run)  # a clear error for a damaged run folder before the lock file is created
     with run_folder_lock(a.run) if _main_rank() else contextlib.nullcontext():
-        scores = rescore(a.run, device=a.device, progress=TqdmProgress() if _main_rank() else (lambda ev: None))
+        scores = rescore(a.run, device=a.device, progress=_bar() if _main_rank() else (lambda ev: None))
     say(f"re-scored {len(scores)} samples; {int((~scores['is_clean']).sum())} suspects")
     return 0
 
@@ -306,7 +309,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     run = Run.open(a.run)
     curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
     cfg = phase2_config(a, run.config.model)
-    bar = TqdmProgress() if _main_rank() else None
+    bar = _bar() if _main_rank() else None
     res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None))
     if bar:
         bar.close()
@@ -353,18 +356,73 @@ COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score
             "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate}
 
 
+_BARS: list[TqdmProgress] = []  # the progress bars of this command, closed before an error is printed
+
+
+def _bar() -> TqdmProgress:
+    bar = TqdmProgress()
+    _BARS.append(bar)
+    return bar
+
+
+def _close_bars() -> None:
+    while _BARS:
+        _BARS.pop().close()
+
+
+@contextlib.contextmanager
+def _damaged_files_as_warnings() -> Iterator[None]:
+    """Print each :class:`DamagedFileWarning` (a derived run file ignored) once, as one ``warning: ...`` line."""
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, DamagedFileWarning):
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, under any open progress bar
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning after the command
+        shown = warnings.showwarning
+        warnings.simplefilter("default", DamagedFileWarning)
+        warnings.showwarning = show
+        yield
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """The sentence for an ``OSError`` no library code turned into one: a write refused by a read-only folder,
+    a full disk or a file-size limit; a permission refused; None for anything else (a real bug: traceback)."""
+    if not exc.filename:
+        return None
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {exc.filename}; give this user access to it and run again."
+    err = write_error(exc.filename, exc)
+    return None if err is None else str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
-    try:
-        return COMMANDS[a.cmd](a)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("interrupted; re-run the same command to resume from the last finished epoch", file=sys.stderr)
-        return 130
+    with _damaged_files_as_warnings():
+        try:
+            return COMMANDS[a.cmd](a)
+        except USER_ERRORS as exc:
+            _close_bars()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a write the library did not wrap: a sentence when the cause is known
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            _close_bars()
+            print(f"error: {line}", file=sys.stderr)
+            return 2
+        except (Cancelled, KeyboardInterrupt):
+            _close_bars()
+            print("interrupted; re-run the same command to resume from the last finished epoch", file=sys.stderr)
+            return 130
+        finally:
+            _close_bars()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .atomic import write_csv, write_parquet
 from .data import DataError, read_table
+from .errors import WriteError
 
 EXPORT_COLUMNS = ["path", "original_label", "final_label", "status", "sim_pos", "sim_neg", "margin",
                   "suggestion", "suggestion_conf", "decided_at", "decided_by"]
@@ -113,6 +114,8 @@ def write_export(df: pd.DataFrame, out: str | os.PathLike) -> Path:
             write_parquet(out, df)
         else:
             write_csv(out, escape_formulas(df))
+    except WriteError as exc:  # a read-only folder, a full disk: said as such
+        raise DataError(f"Cannot write {out}: {exc.reason}; choose another --out.") from None
     except OSError as exc:
         raise DataError(f"Cannot write {out}: {exc.strerror or exc}; choose another --out.") from None
     return out

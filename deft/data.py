@@ -128,7 +128,7 @@ def load_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
     """Read ``class -> prompt text`` lines (``maple_tree -> maple tree``) or a ``class,prompt`` CSV."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"Class descriptions file not found: {p}.")
+        raise DataError(f"Class descriptions file {not_a_file(p)}.")
     out: dict[str, str] = {}
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
@@ -204,6 +204,9 @@ def relative_ids(root: Path, raw: pd.Series) -> list[str]:
     ids = []
     for p in raw:
         full = os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+        if full == base:  # ".", "cat/..": inside, but the root folder is no image
+            raise DataError(f"Path {p!r} names the dataset root {root} itself, not an image; each row needs "
+                            "the path of one image file.")
         if not full.startswith(prefix):
             raise DataError(
                 f"Path {p!r} points outside the dataset root {root}. "
@@ -327,7 +330,15 @@ def scan_class_folder(root: Path, folder: Path) -> tuple[list[str], list[dict[st
     def note(path: Path, problem: str) -> None:
         issues.append({"path": shown_name(path.relative_to(root).as_posix()), "problem": problem})
 
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    def unreadable(exc: OSError) -> None:  # os.walk skips a folder it cannot list: say so, never "no images"
+        where = Path(exc.filename) if exc.filename else folder
+        if where == folder:
+            raise DataError(f"Class folder '{folder.name}' cannot be read ({exc.strerror or type(exc).__name__}); "
+                            f"give this user read access to {folder} or remove the folder.")
+        issues.append({"path": shown_name(where.relative_to(root).as_posix()) + "/",
+                       "problem": f"folder cannot be read ({exc.strerror or type(exc).__name__}; skipped)"})
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=False):
         here = Path(dirpath)
         rel = here.relative_to(root).as_posix()
         for name in sorted(dirnames):
@@ -347,11 +358,20 @@ def scan_class_folder(root: Path, folder: Path) -> tuple[list[str], list[dict[st
     return sorted(images), issues
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a file, for "Label table ...": not found, a folder, a FIFO or device."""
+    if not os.path.lexists(path):
+        return f"not found: {path}"
+    if path.is_dir():
+        return f"{path} is a folder, not a file; pass the file itself"
+    return f"{path} is not a regular file (a FIFO, socket, device or broken symlink); pass a regular file"
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV or Parquet label table; raise :class:`DataError` on corrupt input."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Label table not found: {path}.")
+        raise DataError(f"Label table {not_a_file(path)}.")
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             df = pd.read_parquet(path)
@@ -389,6 +409,8 @@ def load_table(
             f"{table} is missing column(s) {sorted(missing)}; a label table needs 'path' and 'label' "
             f"(found: {list(df.columns)})."
         )
+    if len(df) == 0:  # not "every file was unreadable": there was no file to read
+        raise DataError(f"{table} lists no images (a header and no rows); add one 'path,label' row per image.")
     root = Path(root) if root is not None else table.parent
     if not root.is_dir():
         raise DataError(f"Dataset root not found: {root}. Pass --root <folder the paths are relative to>.")

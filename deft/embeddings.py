@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 
 from .atomic import save_safetensors
+from .errors import read_derived
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
 
@@ -108,12 +109,23 @@ def save_embeddings(path: Path, emb: Embeddings) -> None:
                      metadata={"key": emb.key, "image_size": str(emb.image_size)})
 
 
-def _cached_meta(path: Path) -> dict[str, str]:
-    """Metadata of a cached embeddings file (header only), empty when there is none."""
-    if not path.is_file():
-        return {}
+def _read_meta(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
+
+
+REBUILD = "`deft audit` computes the embeddings again"
+
+
+def _cached_meta(path: Path, notes: list[str] | None = None) -> dict[str, str]:
+    """Metadata of a cached embeddings file (header only), empty when there is none or it is damaged (then
+    ignored with a warning: the file is recomputed)."""
+    return read_derived(path, _read_meta, REBUILD, notes) or {}
+
+
+def _cached(path: Path, notes: list[str] | None = None) -> Embeddings | None:
+    """The cached embeddings, None when a damaged body (a sound header) makes them unreadable."""
+    return read_derived(path, load_embeddings, REBUILD, notes)
 
 
 def run_embeddings(run: Run, *, bundle: ClipBundle | None = None, device: str | torch.device = "auto",
@@ -141,13 +153,18 @@ def run_embeddings(run: Run, *, bundle: ClipBundle | None = None, device: str | 
     meta = _cached_meta(p)
     if bundle is None and not recompute and meta.get("image_size", "").isdigit() \
             and meta.get("key") == content_key(run, int(meta["image_size"])):
-        return load_embeddings(p)  # no model load when nothing changed
+        cached = _cached(p, run.notes)  # no model load when nothing changed
+        if cached is not None:
+            return cached
+        meta = {}
     if bundle is None:
         dev = pick_device(device) if isinstance(device, str) else device
         bundle = load_clip(cfg.model, dev, cfg.attn_implementation)
     key = content_key(run, bundle.image_size)
     if not recompute and meta.get("key") == key:
-        return load_embeddings(p)
+        cached = _cached(p, run.notes)
+        if cached is not None:
+            return cached
     if meta.get("key") and meta["key"] != key:
         # the files changed since the last pass; the decode cache is keyed on sample ids only, so drop it
         run.cache_file(bundle.image_size).unlink(missing_ok=True)

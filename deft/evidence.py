@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .embeddings import _cached_meta, content_key, embeddings_path, load_embeddings
-from .run import Run
+from .embeddings import _cached, _cached_meta, content_key, embeddings_path
+from .run import Run, RunError
 
 
 @dataclass(frozen=True)
@@ -114,13 +114,19 @@ class EvidenceIndex:
     @classmethod
     def for_run(cls, run: Run) -> EvidenceIndex | None:
         """The run's embeddings as an index (call :meth:`trust` next), or None when the run has no
-        embeddings file or it no longer matches the images (run the audit again)."""
+        embeddings file or it no longer matches the images (run the audit again). A damaged file is a
+        :class:`RunError` that names it and says the audit rebuilds it."""
         path = embeddings_path(run)
-        meta = _cached_meta(path)
+        damaged: list[str] = []
+        meta = _cached_meta(path, damaged)
         size = meta.get("image_size", "")
-        if not size.isdigit() or meta.get("key") != content_key(run, int(size)):
+        if not damaged and (not size.isdigit() or meta.get("key") != content_key(run, int(size))):
             return None
-        return cls(run.dataset.samples["id"], load_embeddings(path).image)
+        emb = None if damaged else _cached(path, damaged)
+        if emb is None or emb.image.shape[0] != run.dataset.N:
+            raise RunError(f"{path} is damaged; run Audit (Detect tab, or `python -m deft audit {run.path}`) to "
+                           "compute it again.")
+        return cls(run.dataset.samples["id"], emb.image)
 
     def nearest(self, sample_id: str, label: str, k: int = 4) -> list[Neighbour]:
         """The ``k`` trusted samples of ``label`` nearest to ``sample_id`` (empty if none or unknown)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import writing
 from .imageio import PixelBudget, decode_image  # noqa: F401  (decode_image: re-exported)
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
@@ -73,9 +75,15 @@ def decode_images(
         arr = _cached(cache_file, shape, key)
         if arr is not None:
             return arr
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(cache_file.name + ".part")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            with writing(cache_file):  # a read-only folder, a full disk: a sentence, no .part left behind
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
     else:
         out = np.empty(shape, dtype=np.uint8)
     budget = PixelBudget()
@@ -91,8 +99,9 @@ def decode_images(
         return out
     out.flush()
     del out
-    tmp.replace(cache_file)
-    cache_file.with_name(cache_file.name + ".key").write_text(key)
+    with writing(cache_file):
+        tmp.replace(cache_file)
+        cache_file.with_name(cache_file.name + ".key").write_text(key)
     return np.load(cache_file, mmap_mode="r")
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import ranking as rk
 from .atomic import save_safetensors
+from .errors import RunError
 
 SIGNALS_FILE = "signals.safetensors"
 ORDER = "combined"
@@ -67,19 +68,23 @@ class Signals:
     @classmethod
     def load(cls, path: str | os.PathLike, ids: np.ndarray) -> Signals:
         """Read ``path`` (safetensors: loading executes no code) for the samples ``ids``; a file written for
-        other samples is refused with :class:`ValueError`."""
+        other samples, or a damaged one, is refused with a :class:`RunError` (a ``ValueError``) naming it."""
         from safetensors.numpy import safe_open
 
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        classes = json.loads(meta["classes"])
-        sig = cls(np.asarray(ids, dtype=object), t["labels"], classes,
-                  pd.DataFrame(t["features"].astype(np.float64), columns=json.loads(meta["features"])),
-                  {n: rk.TopK(t[f"{n}.idx"], t[f"{n}.prob"], t[f"{n}.given"], len(classes))
-                   for n in json.loads(meta["sources"])}, t["nn_idx"], t["nn_sim"], t["flags"].astype(bool))
+        try:
+            with safe_open(str(path), framework="np") as f:
+                meta = f.metadata() or {}
+                t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            classes = json.loads(meta["classes"])
+            sig = cls(np.asarray(ids, dtype=object), t["labels"], classes,
+                      pd.DataFrame(t["features"].astype(np.float64), columns=json.loads(meta["features"])),
+                      {n: rk.TopK(t[f"{n}.idx"], t[f"{n}.prob"], t[f"{n}.given"], len(classes))
+                       for n in json.loads(meta["sources"])}, t["nn_idx"], t["nn_sim"], t["flags"].astype(bool))
+        except Exception as exc:  # noqa: BLE001 - safetensors, json and a missing key: all a damaged file
+            raise RunError(f"{path} is damaged ({type(exc).__name__}); run `python -m deft audit` on its run "
+                           "folder to compute it again.") from None
         if sig.key != meta.get("key"):
-            raise ValueError(f"{path} was computed for other samples; run `deft audit` again")
+            raise RunError(f"{path} was computed for other samples; run `deft audit` again")
         return sig
 
 
@@ -258,14 +263,17 @@ def signals_path(run_path: str | os.PathLike) -> Path:
     return Path(run_path) / SIGNALS_FILE
 
 
-def load_learner(store, run_path: str | os.PathLike, config: rk.RankConfig | None = None) -> QueueLearner | None:
-    """The learner of a run whose audit saved signals (None before ``deft audit``, or when the signals do not
-    match the store's samples)."""
+def load_learner(store, run_path: str | os.PathLike, config: rk.RankConfig | None = None,
+                 notes: list[str] | None = None) -> QueueLearner | None:
+    """The learner of a run whose audit saved signals (None before ``deft audit``, or when the signals are
+    damaged or do not match the store's samples: then why, in one sentence, is appended to ``notes``)."""
     p = signals_path(run_path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         return None
     ids = store.sample_ids()
     try:
         return QueueLearner(store, Signals.load(p, ids), config)
-    except (ValueError, KeyError, OSError):
+    except (ValueError, KeyError, OSError) as exc:
+        if notes is not None:
+            notes.append(str(exc))
         return None

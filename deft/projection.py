@@ -10,10 +10,13 @@ mislabelled points sitting inside another class's cluster.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from .atomic import write_parquet
+from .errors import read_derived
 from .run import Run
 
 PROJECTION_FILE = "projection.parquet"
@@ -50,10 +53,18 @@ def save_projection(run: Run, xy: np.ndarray, key: str = "") -> pd.DataFrame:
     return df
 
 
+def read_projection(path: Path) -> pd.DataFrame:
+    """A saved map (``id, x, y``; a damaged one raises)."""
+    df = pd.read_parquet(path)
+    missing = {"id", "x", "y"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} lacks the columns {sorted(missing)}")
+    return df
+
+
 def load_projection(run: Run) -> pd.DataFrame | None:
-    """The run's saved map, or None."""
-    p = run.path / PROJECTION_FILE
-    return pd.read_parquet(p) if p.is_file() else None
+    """The run's saved map, or None (also when it is damaged: ignored with a warning, then recomputed)."""
+    return read_derived(run.path / PROJECTION_FILE, read_projection, "`deft audit` computes the map again", run.notes)
 
 
 def run_projection(run: Run, embeddings: np.ndarray, key: str = "", seed: int = 0) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,15 @@ import pandas as pd
 from .atomic import write_csv, write_json, write_parquet
 from .config import Phase1Config
 from .data import Dataset, dataset_from_manifest
-from .errors import RunError  # noqa: E402  (re-exported)
+from .errors import RunError, read_derived, writing  # noqa: E402  (RunError re-exported)
+
+
+def with_resolved_model(config: Phase1Config) -> Phase1Config:
+    """``config`` with a local model folder as an absolute path (a hub id, or a path that does not exist, is
+    kept as given): a relative ``--model clip`` stored in run.json broke `score` run from another folder."""
+    if config.model and Path(config.model).exists():
+        return replace(config, model=str(Path(config.model).resolve()))
+    return config
 
 
 def config_changes(stored: dict, requested: dict) -> str:
@@ -53,23 +61,29 @@ class Run:
     path: Path
     meta: dict[str, Any]
     dataset: Dataset
+    notes: list[str] = field(default_factory=list)  # derived files found damaged and ignored (one sentence each)
 
     # -- creation / opening -------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, dataset: Dataset, config: Phase1Config) -> Run:
         """Create ``path`` for a new detection, or re-open it if it holds the same data (resume)."""
         path = Path(path)
+        config = with_resolved_model(config)  # `score` from another folder still finds a --model given relative
         if (path / "run.json").is_file():
             run = cls.open(path)
             if run.meta["ids_hash"] != ids_hash(dataset.samples["id"]) or run.dataset.classes != dataset.classes:
                 raise RunError(f"{path} already holds a run on different data; choose another --out.")
+            stored = dict(run.meta.get("phase1", {}))
+            if with_resolved_model(Phase1Config(model=str(stored.get("model", "")))).model == config.model:
+                stored["model"] = config.model  # a run made before models were stored resolved: the same folder
             # a setting added since the run was made counts as its default, not as a change
-            changed = config_changes(Phase1Config.from_dict(run.meta.get("phase1", {})).to_dict(), config.to_dict())
+            changed = config_changes(Phase1Config.from_dict(stored).to_dict(), config.to_dict())
             if changed:
                 raise RunError(f"{path} already holds a run made with other settings ({changed}); re-run with "
                                "its settings to resume it, or choose another --out for a new run.")
             return run
-        path.mkdir(parents=True, exist_ok=True)
+        with writing(path):
+            path.mkdir(parents=True, exist_ok=True)
         meta = {
             "version": 1,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -94,11 +108,19 @@ class Run:
             raise RunError(f"{path} is not a deft run folder (no run.json). Create one with `python -m deft detect`.")
         meta = read_meta(path)
         manifest = read_parquet(path / "manifest.parquet", MANIFEST_COLUMNS, "re-run `deft detect` into a new --out")
+        stray = sorted(set(manifest["label"].astype(str)) - set(meta["classes"]))
+        if stray:
+            raise RunError(f"{path / 'manifest.parquet'} holds labels {stray[:5]} that {path / 'run.json'} does not "
+                           "list as classes (one of them is damaged or from another run); re-run `deft detect` into a "
+                           "new --out.")
         ds = dataset_from_manifest(Path(meta["root"]), manifest, meta["classes"], meta["prompts"], meta["source"])
-        issues = path / "import_issues.csv"
-        if issues.is_file():
-            ds.issues = pd.read_csv(issues)
-        return cls(path=path, meta=meta, dataset=ds)
+        notes: list[str] = []
+        issues = read_derived(path / "import_issues.csv", _read_issues,
+                              f"the files excluded at import are not listed; `python -m deft check {meta['source']}` "
+                              "lists them again", notes)
+        if issues is not None:
+            ds.issues = issues
+        return cls(path=path, meta=meta, dataset=ds, notes=notes)
 
     # -- accessors ----------------------------------------------------------
     @property
@@ -155,8 +177,10 @@ class Run:
         write_parquet(self.scores_path, scores)
 
     def metrics(self) -> dict[str, Any]:
-        """``RUN/metrics.json`` (detection metrics against ground truth), empty when there is none."""
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+        """``RUN/metrics.json`` (detection metrics against ground truth), empty when there is none or it is
+        damaged (then ignored with a warning: the next detect or audit writes it again)."""
+        return read_derived(self.metrics_path, read_json_object,
+                            f"`python -m deft audit {self.path}` writes it again", self.notes) or {}
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         """Replace ``RUN/metrics.json`` atomically."""
@@ -167,11 +191,27 @@ class Run:
         write_json(self.path / "run.json", self.meta, default=str)
 
     def log(self, event: dict[str, Any]) -> None:
-        with open(self.path / "log.jsonl", "a", encoding="utf-8") as f:
+        with writing(self.path / "log.jsonl"), open(self.path / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"t": time.time(), **event}, default=float) + "\n")
 
 
 MANIFEST_COLUMNS = ("id", "label", "label_idx")
+ISSUE_COLUMNS = ("path", "problem")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object (a damaged one raises ``ValueError``)."""
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds no JSON object")
+    return obj
+
+
+def _read_issues(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not set(ISSUE_COLUMNS) <= set(df.columns):
+        raise ValueError(f"{path} lacks the columns {list(ISSUE_COLUMNS)}")
+    return df
 SCORE_COLUMNS = ("id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "pred", "pred_conf",
                  "suggestion", "suggestion_conf")
 META_KEYS = ("root", "classes", "prompts", "source", "ids_hash", "phase1")
@@ -188,7 +228,33 @@ def read_meta(path: Path) -> dict[str, Any]:
     missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise RunError(f"{f} lacks {missing}; the run cannot be reopened: re-run `deft detect` into a new --out.")
+    wrong = meta_problem(meta)
+    if wrong:
+        raise RunError(f"{f} is damaged ({wrong}); the run cannot be reopened: re-run `deft detect` into a new "
+                       "--out folder.")
     return meta
+
+
+def meta_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with the values of a ``run.json`` (a key of the wrong type), '' when nothing is: a
+    ``"classes": "cat"`` was read as the classes c, a, t and failed later with a KeyError."""
+    for key in ("root", "source", "ids_hash"):
+        if not isinstance(meta[key], str):
+            return f"{key!r} is not text"
+    classes, prompts = meta["classes"], meta["prompts"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a list of class names"
+    if len(set(classes)) != len(classes):
+        return "'classes' names a class twice"
+    if not isinstance(prompts, dict) or not all(isinstance(prompts.get(c), str) for c in classes):
+        return "'prompts' lacks the text of a class"
+    if not isinstance(meta["phase1"], dict):
+        return "'phase1' is not a table of settings"
+    try:
+        Phase1Config.from_dict(meta["phase1"])
+    except (TypeError, ValueError):
+        return "'phase1' holds unknown settings"
+    return ""
 
 
 def read_parquet(path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
@@ -213,8 +279,12 @@ def run_folder_lock(path: str | os.PathLike) -> Iterator[None]:
     training and logging the same epochs twice. The lock dies with the process (kill -9 too).
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = path / ".lock"
+    if lock.is_dir():
+        raise RunError(f"{lock} is a folder, not the run's lock file; delete it and run again.")
+    with writing(lock):  # a read-only folder: a sentence before any work
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -50,6 +50,7 @@ mapped at once, so resident memory does not grow with the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -65,7 +66,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from .errors import DataError
+from .errors import DataError, writing
 from .imageio import PixelBudget
 from .images import content_key
 from .jpeg import JPEG_QUALITY, encode_chunk, encode_image, reencode  # noqa: F401  (encode_image: re-exported)
@@ -147,13 +148,20 @@ def build_shards(
     missing = [
         s for s, name in enumerate(names) if not _valid_shard(directory / name, min(shard_size, n - s * shard_size))
     ]
+    for s in missing:  # checked before any work: a shard could not be written over it
+        f = directory / names[s]
+        if os.path.lexists(f) and not f.is_file():
+            what = "a folder" if f.is_dir() else "not a regular file"
+            raise DataError(f"image store shard {f} is {what}, not a shard file; delete it and run again to "
+                            "rebuild it.")
     if missing and not build:
         raise DataError(
             f"image store {directory} lacks shard {names[missing[0]]}; the building rank did not "
             "finish it (see its error)."
         )
     if missing:
-        directory.mkdir(parents=True, exist_ok=True)
+        with writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
         done = n - sum(min(shard_size, n - s * shard_size) for s in missing)
         parts = [  # (shard, start, stop) of each chunk to encode, shard by shard
             (s, start, min(start + CHUNK, s * shard_size + shard_size, n))
@@ -243,13 +251,21 @@ def _verified(
 
 
 def _write_shard(path: Path, keys: list[str], blobs: list[bytes]) -> None:
+    """Write ``path`` through ``path.part`` (renamed when complete; removed when the write fails: a full disk
+    or a read-only folder leaves no ``.part`` behind, and says so in one sentence)."""
     tmp = path.with_name(path.name + ".part")
     batch = pa.record_batch([pa.array(keys, pa.string()), pa.array(blobs, pa.binary())], schema=SCHEMA)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-        writer.write_batch(batch)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with writing(path):
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+                writer.write_batch(batch)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class ShardImages:

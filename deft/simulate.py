@@ -122,9 +122,11 @@ def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
         ids = store.sample_ids()
         given = dict(zip(ids, store.scores()["label"].astype(str), strict=True))
         errors_total = sum(truth[i] != given[i] for i in ids)
-        learner = load_learner(store, run.path, cfg.rank) if cfg.order == "combined" else None
+        why: list[str] = []
+        learner = load_learner(store, run.path, cfg.rank, why) if cfg.order == "combined" else None
         if cfg.order == "combined" and learner is None:
-            raise SimulationError(f"{run.path} has no signals.safetensors: run `deft audit` on it first")
+            raise SimulationError(why[0] if why else f"{run.path} has no signals.safetensors: run `deft audit` on "
+                                  "it first")
         q = ReviewQueue(store, ReviewFilter(suspects=None, order=cfg.order), client="simulator", user="oracle")
         t, rows = _Tally(), []
         best = SourceBest(run, truth)

@@ -7,6 +7,8 @@ exit code 2), a listed import problem, or the right pixels: never a traceback, a
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import json
 import os
 import resource
 import shutil
@@ -20,17 +22,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
+from safetensors import safe_open
 
 from deft import cli
+from deft.audit import AuditConfig, audit
 from deft.config import OptimConfig, Phase1Config
 from deft.curation import read_curated, write_export
 from deft.data import DataError, load_dataset
 from deft.imageio import MAX_PIXELS, PixelBudget, check_image
 from deft.images import decode_image, decode_images
 from deft.phase1 import detect
-from deft.run import Run, RunError
+from deft.run import Run, RunError, run_folder_lock
 from deft.run_images import load_run_images
 from deft.store import ReviewStore
 
@@ -121,8 +126,28 @@ def _descriptions(text: str):
     return build
 
 
+def _table_is(kind: str):
+    def build(tmp: Path):
+        make_folder(tmp)
+        (tmp / "t.csv").mkdir() if kind == "folder" else os.mkfifo(tmp / "t.csv")
+        return tmp / "t.csv", {}
+    return build
+
+
+def _descriptions_folder(tmp: Path):
+    (tmp / "desc.txt").mkdir()
+    return make_folder(tmp / "d"), {"descriptions": tmp / "desc.txt"}
+
+
 REFUSED = {
     "one-class dataset": (_one_class, "one class only"),
+    # issue 19 item 16: each said something untrue ("not found", "every file was unreadable", "outside the root")
+    "table path is a folder": (_table_is("folder"), r"Label table .*t.csv is a folder, not a file"),
+    "table path is a FIFO": (_table_is("fifo"), r"Label table .*t.csv is not a regular file \(a FIFO"),
+    "descriptions path is a folder": (_descriptions_folder, r"Class descriptions file .*desc.txt is a folder"),
+    "header-only CSV": (_csv(["path,label"]), r"t.csv lists no images \(a header and no rows\)"),
+    "CSV path .": (_csv(["path,label", ".,cat", "dog/000.png,dog"]), r"Path '.' names the dataset root .* itself"),
+    "CSV path cat/..": (_csv(["path,label", "cat/..,cat", "dog/000.png,dog"]), r"Path 'cat/..' names the dataset"),
     # issue 19 item 7: the review store split the class list on the line break (['cat', 'dog', 'dog'])
     "CSV label with a line break": (_csv(['path,label', 'cat/000.png,"cat\ndog"', "dog/000.png,dog"]),
                                     r"\['cat\\ndog'\] contain a line break"),
@@ -225,6 +250,41 @@ def test_import_lists_the_file_and_continues(case, tmp_path):
     assert expected in problems(ds).get(shown + ("/" if case.endswith("folder name") else ""), "") or \
         expected in problems(ds).get(shown, ""), problems(ds)
     ds.issues.to_csv(tmp_path / "issues.csv")  # the report itself can be written (no codec error)
+
+
+def _unreadable(monkeypatch, folder: Path) -> None:
+    """``folder`` cannot be listed: chmod for a normal user; root ignores modes, so os.scandir refuses it."""
+    if os.geteuid() != 0:
+        folder.chmod(0)  # restored by the test
+        return
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fsdecode(path)) == folder:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("where", ["class folder", "subfolder"])
+def test_unreadable_folder_says_it_cannot_be_read(where, tmp_path, monkeypatch):
+    """Issue 19 item 16: a class folder that cannot be listed said "has no images" (os.walk skipped it silently);
+    a subfolder that cannot be listed was left out of the import without a word."""
+    root = make_folder(tmp_path / "d")
+    folder = root / "cat" if where == "class folder" else root / "dog" / "more"
+    if where == "subfolder":
+        make_folder(root / "dog" / "more", per_class=1, classes={"x": (1, 2, 3)})
+    _unreadable(monkeypatch, folder)
+    try:
+        if where == "class folder":
+            with pytest.raises(DataError, match=r"Class folder 'cat' cannot be read \(Permission denied\); give "
+                                                r"this user read access"):
+                load_within(root)
+        else:
+            ds = load_within(root)
+            assert ds.N == 8 and problems(ds)["dog/more/"].startswith("folder cannot be read (Permission denied")
+    finally:
+        folder.chmod(0o755)
 
 
 def test_csv_row_pointing_at_a_fifo_is_listed_not_opened(tmp_path):
@@ -364,20 +424,77 @@ def test_decoders_share_a_pixel_budget():
 # ============================================================================ damaged run folders
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_clip_dir):
+    """A run folder holding every file a finished run gets: detected on a table with ground truth (metrics.json,
+    two labels flipped), audited (embeddings, signals, audit tables, map), its review store made (RUN/review.sqlite,
+    as the CLI and app make it), locked once (.lock, as `deft detect` and `deft score` do) and trained (phase2/)."""
     tmp = tmp_path_factory.mktemp("bad_runs")
-    ds = load_dataset(make_folder(tmp / "data", per_class=6))
+    root = make_folder(tmp / "data", per_class=6)
+    ids = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    truth = [i.split("/")[0] for i in ids]
+    given = ["dog" if i == ids[0] else "cat" if i == ids[-1] else t for i, t in zip(ids, truth, strict=True)]
+    pd.DataFrame({"path": ids, "label": given, "true_label": truth}).to_csv(root / "labels.csv", index=False)
+    ds = load_dataset(root / "labels.csv")
     cfg = Phase1Config(model=str(tiny_clip_dir), optim=OptimConfig(lr=0.03, epochs=1, batch_size=8))
-    detect(ds, tmp / "run", cfg, device="cpu")
-    ReviewStore.for_run(Run.open(tmp / "run"))  # RUN/review.sqlite, as the CLI and app make it
-    return tmp / "run"
+    run = tmp / "run"
+    detect(ds, run, cfg, device="cpu")
+    audit(run, AuditConfig(), device="cpu")
+    ReviewStore.for_run(Run.open(run))
+    with run_folder_lock(run):
+        pass
+    assert cli.main(["train", str(run), "--labels", str(root / "labels.csv"), "--epochs", "1", "--batch-size", "8",
+                     "--device", "cpu"]) == 0
+    FINISHED.update(source=root / "labels.csv", model=str(tiny_clip_dir))
+    return run
+
+
+FINISHED: dict = {}  # the finished run's data table and model (set by the fixture)
+
+
+def cli_args(command: str, run: Path, tmp: Path) -> list[str]:
+    """``deft <command>`` on ``run`` (a copy of :func:`finished_run`, maybe damaged) with the settings it was made
+    with (detect and train resume it)."""
+    labels = str(FINISHED["source"])
+    model = FINISHED["model"]
+    return {"export": ["export", str(run), "--out", str(tmp / "out.csv")],
+            "score": ["score", str(run), "--device", "cpu"],
+            "audit": ["audit", str(run), "--device", "cpu"],
+            "simulate": ["simulate", str(run), "--budget", "5"],
+            "train": ["train", str(run), "--labels", labels, "--epochs", "1", "--batch-size", "8", "--device", "cpu"],
+            "detect": ["detect", labels, "--model", model, "--out", str(run), "--epochs", "1", "--lr", "0.03",
+                       "--batch-size", "8", "--device", "cpu"]}[command]
+
+
+def leftovers(run: Path) -> list[Path]:
+    """Half-written files a failed write left behind (shard ``.part``, atomic writer ``.tmp``)."""
+    return [p for p in run.rglob("*") if p.name.endswith(".part") or ".tmp" in p.name]
 
 
 def _garbage(name: str):
-    return lambda run: (run / name).write_bytes(b"this is not what you think it is" * 3)
+    def damage(run: Path) -> None:
+        for f in sorted(run.glob(name)) if any(c in name for c in "*?[") else [run / name]:
+            if f.is_file():
+                f.write_bytes(b"this is not what you think it is" * 3)
+    return damage
 
 
 def _truncate(name: str, keep: int = 40):
     return lambda run: (run / name).write_bytes((run / name).read_bytes()[:keep])
+
+
+def _folder_instead(name: str):
+    def damage(run: Path) -> None:
+        (f,) = run.glob(name)
+        f.unlink()
+        f.mkdir()
+    return damage
+
+
+def _json_value(name: str, key: str, value):
+    def damage(run: Path) -> None:
+        obj = json.loads((run / name).read_text())
+        obj[key] = value
+        (run / name).write_text(json.dumps(obj))
+    return damage
 
 
 def _scores_wrong_columns(run: Path):
@@ -388,6 +505,14 @@ def _scores_fewer_rows(run: Path):
     pd.read_parquet(run / "scores.parquet").head(5).to_parquet(run / "scores.parquet")
 
 
+def _manifest_unknown_label(run: Path):
+    m = pd.read_parquet(run / "manifest.parquet")
+    m.loc[0, "label"] = "bird"
+    m.to_parquet(run / "manifest.parquet")
+
+
+SHARD = "cache/shards_*/*.arrow"
+# refused: `error: <the file> ...<what to do>`, exit code 2, nothing written
 DAMAGED = {
     "scores.parquet wrong columns": (_scores_wrong_columns, "export", "scores.parquet lacks column"),
     "scores.parquet fewer rows": (_scores_fewer_rows, "export", "scores.parquet has 5 rows that do not match"),
@@ -395,10 +520,23 @@ DAMAGED = {
     "prompts.safetensors garbage": (_garbage("prompts.safetensors"), "score", "prompts.safetensors is damaged"),
     "review.sqlite garbage": (_garbage("review.sqlite"), "export", "review.sqlite is not a readable review database"),
     "run.json truncated": (_truncate("run.json"), "export", "run.json is damaged"),
-    "manifest missing": (lambda run: (run / "manifest.parquet").unlink(), "export", "manifest.parquet is missing"),
+    # issue 19 item 13: "classes": "cat" was read as the classes c, a, t (score, audit: KeyError traceback)
+    "run.json classes is a text": (_json_value("run.json", "classes", "cat"), "score",
+                                   "run.json is damaged ('classes' is not a list of class names)"),
+    "run.json phase1 is a text": (_json_value("run.json", "phase1", "fast"), "export",
+                                  "run.json is damaged ('phase1' is not a table of settings)"),
+    "manifest.parquet missing": (lambda run: (run / "manifest.parquet").unlink(), "export",
+                                 "manifest.parquet is missing"),
+    "manifest.parquet label not in run.json": (_manifest_unknown_label, "export", "holds labels ['bird']"),
+    "checkpoint.pt garbage": (_garbage("checkpoint.pt"), "detect", "checkpoint.pt: not a checkpoint this program"),
+    # item 13: a shard replaced by a folder gave a traceback and left a .part shard
+    "cache shard replaced by a folder": (_folder_instead(SHARD), "score", "is a folder, not a shard file"),
+    "signals.safetensors garbage": (_garbage("signals.safetensors"), "simulate", "signals.safetensors is damaged"),
+    ".lock replaced by a folder": (_folder_instead(".lock"), "score", ".lock is a folder"),
 }
 FIXES = {"scores": "deft score", "prompts": "re-run `deft detect`", "review": "move it aside",
-         "run.json": "re-run `deft detect`", "manifest": "re-run `deft detect`"}
+         "run.json": "re-run `deft detect`", "manifest": "re-run `deft detect`", "checkpoint": "delete it",
+         "cache": "delete it", "signals": "deft audit", ".lock": "delete it"}
 
 
 @pytest.mark.parametrize("case", list(DAMAGED))
@@ -407,15 +545,125 @@ def test_damaged_run_file_gives_one_sentence_naming_file_and_fix(case, finished_
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     damage(run)
-    args = [command, str(run), *(["--out", str(tmp_path / "out.csv")] if command == "export" else ["--device", "cpu"])]
-    assert cli.main(args) == 2
+    assert cli.main(cli_args(command, run, tmp_path)) == 2
     full = capsys.readouterr().err
     err = full.strip().splitlines()[-1]  # earlier lines: transformers' weight-loading progress bar
     assert err.startswith("error: ") and "Traceback" not in full, full
     assert expected in err and str(run) in err, err
     fix = next(v for k, v in FIXES.items() if case.startswith(k))
     assert fix in err, err
-    assert not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "out.csv").exists() and not leftovers(run)
+
+
+def _phase2_garbage(run: Path) -> None:
+    for f in (run / "phase2").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\xff\xfe garbage")
+
+
+# derived files (issue 19 item 15): rebuilt by the command, or ignored with `warning: <file> ... was ignored; <how it
+# is rebuilt>`; exit code 0. (case: damage, command, the warning's words or None, the command rebuilds the file)
+DERIVED = {
+    "import_issues.csv garbage": (_garbage("import_issues.csv"), "export", "import_issues.csv is damaged (", False),
+    "import_issues.csv replaced by a folder": (_folder_instead("import_issues.csv"), "export",
+                                               "import_issues.csv is a folder instead of a file and was ignored",
+                                               False),
+    "metrics.json garbage": (_garbage("metrics.json"), "audit", "metrics.json is damaged", True),
+    "audit.parquet garbage, export": (_garbage("audit.parquet"), "export",
+                                      "audit.parquet is damaged (ArrowInvalid) and was ignored", False),
+    "audit.parquet garbage, audit": (_garbage("audit.parquet"), "audit", None, True),
+    "audit.json garbage": (_garbage("audit.json"), "audit", None, True),
+    "class_report.csv garbage": (_garbage("class_report.csv"), "audit", None, True),
+    "projection.parquet garbage": (_garbage("projection.parquet"), "audit", "projection.parquet is damaged", True),
+    # item 13: garbage embeddings gave a traceback in `deft audit` (and in the app's evidence strip)
+    "embeddings.safetensors garbage": (_garbage("embeddings.safetensors"), "audit",
+                                       "embeddings.safetensors is damaged", True),
+    "signals.safetensors garbage, audit": (_garbage("signals.safetensors"), "audit", None, True),
+    "scores.parquet garbage, detect": (_garbage("scores.parquet"), "detect", None, True),
+    "log.jsonl garbage": (_garbage("log.jsonl"), "detect", None, False),
+    "cache shard garbage": (_garbage(SHARD), "score", None, True),
+    "phase2/ every file garbage": (_phase2_garbage, "train", None, True),
+}
+READERS = {  # how to check that a rebuilt file reads again
+    ".parquet": pd.read_parquet, ".csv": pd.read_csv, ".json": lambda p: json.loads(p.read_text()),
+    ".safetensors": lambda p: safe_open(str(p), framework="np").keys(),
+    ".arrow": lambda p: pa.ipc.open_file(pa.memory_map(str(p))).get_batch(0),
+}
+
+
+@pytest.mark.parametrize("case", list(DERIVED))
+def test_damaged_derived_run_file_is_rebuilt_or_ignored_with_a_warning(case, finished_run, tmp_path, capsys):
+    """Issue 19 item 15: a damaged import_issues.csv, metrics.json, audit.parquet or projection.parquet gave a raw
+    codec / JSON / Arrow message without the file or a fix. They are derived from the run: the command rebuilds them
+    or goes on without them, saying which file it ignored and how to get it back."""
+    damage, command, warned, rebuilt = DERIVED[case]
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    damage(run)
+    assert cli.main(cli_args(command, run, tmp_path)) == 0
+    full = capsys.readouterr().err
+    assert "Traceback" not in full and "error:" not in full, full
+    if warned is not None:
+        line = next((x for x in full.splitlines() if warned in x), "")
+        assert line.startswith(f"warning: {run}/") and " was ignored; " in line and "deft " in line, full
+    if rebuilt:
+        name = case.split(",")[0].split(" ")[0]
+        files = [p for p in run.glob(SHARD if name == "cache" else "phase2/**/*" if name == "phase2/" else name)
+                 if p.is_file()]
+        assert files, case
+        for f in files:
+            if f.suffix in READERS:
+                READERS[f.suffix](f)  # reads again
+    assert not leftovers(run)
+    if command == "export":
+        assert (tmp_path / "out.csv").is_file()
+
+
+class _Components:
+    """The app's components as names (the handlers key their results by component)."""
+
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+def _strings(out) -> str:
+    vals = out.values() if isinstance(out, dict) else [out]
+    return "\n".join(str(v) for v in vals if isinstance(v, str))
+
+
+APP_CASES = {**{c: v[0] for c, v in DAMAGED.items()}, **{c: v[0] for c, v in DERIVED.items()}}
+APP_NAMES = ("run.json", "manifest.parquet", "scores.parquet", "import_issues.csv", "metrics.json", "audit.parquet",
+             "audit.json", "class_report.csv", "projection.parquet", "embeddings.safetensors", "signals.safetensors")
+
+
+@pytest.mark.parametrize("case", sorted(APP_CASES))
+def test_damaged_run_file_never_stops_the_app_loading_the_dataset(case, finished_run, tmp_path):
+    """Issue 19 items 13 and 15: in the app a damaged metrics.json or audit.parquet stopped the whole dataset from
+    loading, and garbage embeddings raised in the evidence strip. The app's loading code (Load, then what the
+    page shows: detect results, curves, audit tables, map, evidence, training runs), called directly: the dataset
+    loads, nothing raises, and a damaged file the app reads is named in what it shows."""
+    from deft.review import dataset_key
+    from ui.handlers import ReviewHandlers
+    from ui.workspace import AppSettings, Workspaces
+
+    source = json.loads((finished_run / "run.json").read_text())["source"]
+    run = tmp_path / "runs" / dataset_key(source) / "detect-0"
+    shutil.copytree(finished_run, run)
+    (run / "review.sqlite").unlink()  # the app keeps its decisions in runs/<dataset>/review.sqlite
+    APP_CASES[case](run)
+    reg = Workspaces(AppSettings(data=source, runs=tmp_path / "runs", device="cpu"))
+    h = ReviewHandlers(reg, _Components())
+    loaded = h.on_load("s", source, "", {})
+    shown = [_strings(loaded)]
+    ws = reg.get("s")
+    assert ws.dataset is not None and ws.dataset.N == 12, shown
+    assert loaded["data_msg"].startswith("**12 images, 2 classes**") and loaded["counts_plot"] is not None, shown
+    shown += [_strings(h.detect_results(ws)), _strings(h.detect_curves("s")), _strings(h.audit_views(ws)),
+              _strings(h.map_view("s")), _strings(h.evidence("s", "c", None))]
+    ws.training_runs()
+    name = next((n for n in APP_NAMES if case.startswith(n)), None)  # None: a file the app does not read
+    if name is not None:
+        assert name in "\n".join(shown), shown
 
 
 @contextlib.contextmanager
@@ -476,6 +724,68 @@ def test_unwritable_run_folder_says_what_is_wrong_and_never_advises_moving_the_d
     assert err.startswith("error: cannot write") and expected in err and "intact" in err, err
     assert "move it aside to start" not in err and "lost" not in err, err
     assert (run / "review.sqlite").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["score", "audit", "detect", "score, no image cache"])
+@pytest.mark.parametrize("case", ["read-only folder", "full disk"])
+def test_unwritable_run_folder_gives_one_sentence_and_leaves_no_half_written_file(case, command, finished_run,
+                                                                                    tmp_path):
+    """Issue 19 item 13: `score`, `audit` and `detect` on a read-only run folder or a full disk (a file-size limit,
+    as the process sees it) gave tracebacks, and a shard build cut short left a .part file in the image store. Now:
+    one sentence naming the file and what to do, exit code 2, no .part or .tmp file, the scores unchanged."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    if command.endswith("no image cache"):
+        shutil.rmtree(run / "cache")  # the store is built (and cut short) first
+    scores = (run / "scores.parquet").read_bytes()
+    args = [sys.executable, "-m", "deft", *cli_args(command.split(",")[0], run, tmp_path)]
+    if case == "full disk":
+        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             preexec_fn=_file_size_limit(4096))
+        expected = "may not write files over 4096 bytes (ulimit -f); raise the limit and run again"
+    else:
+        with read_only(run):
+            out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        expected = "is read-only (no write permission for this user, or a read-only file system)"
+    assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stdout, out.stderr[-3000:])
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"error: cannot write {run}/") and expected in err, err
+    assert not leftovers(run) and (run / "scores.parquet").read_bytes() == scores
+
+
+def case_file(case: str) -> str:
+    """The run file (a glob) a corpus case damages: the first word of its name."""
+    first = case.split(",")[0].split(" ")[0]
+    return {"cache": SHARD, "phase2/": "phase2/*"}.get(first, first)
+
+
+def test_the_damaged_run_corpus_covers_every_file_of_a_run_folder(finished_run):
+    """Issue 19: the damaged-run corpus damages every file a finished run folder holds, each in a CLI command that
+    reads it (DAMAGED, DERIVED) and in the app's loading code (APP_CASES); a file a later change adds to the run
+    folder fails here until a case damages it."""
+    held = sorted(p.relative_to(finished_run).as_posix() for p in finished_run.rglob("*") if p.is_file())
+    held = [f for f in held if not f.startswith("review.sqlite-")]  # SQLite's own journal files, if left open
+    patterns = {case_file(c) for c in [*DAMAGED, *DERIVED]}
+    missing = [f for f in held if not any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert not missing, f"no damaged-run case for {missing}"
+    for name in ("metrics.json", "projection.parquet", "signals.safetensors", ".lock", "phase2/summary.json"):
+        assert name in held, held  # the fixture really holds a complete run
+
+
+def test_relative_model_is_stored_resolved_so_score_works_from_another_folder(tmp_path, tiny_clip_dir,
+                                                                               monkeypatch):
+    """Issue 19 item 16: `detect --model clip` (a folder relative to the working directory) stored "clip" in
+    run.json, and `score` run from any other folder failed to find the model."""
+    data = make_folder(tmp_path / "d", per_class=3)
+    monkeypatch.chdir(tiny_clip_dir.parent)
+    assert cli.main(["detect", str(data), "--model", tiny_clip_dir.name, "--out", str(tmp_path / "run"), "--epochs",
+                     "1", "--batch-size", "8", "--device", "cpu"]) == 0
+    stored = json.loads((tmp_path / "run" / "run.json").read_text())["phase1"]["model"]
+    assert stored == str(tiny_clip_dir.resolve())
+    assert cli.main(["detect", str(data), "--model", tiny_clip_dir.name, "--out", str(tmp_path / "run"), "--epochs",
+                     "1", "--batch-size", "8", "--device", "cpu"]) == 0  # the same settings: it resumes
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["score", str(tmp_path / "run"), "--device", "cpu"]) == 0
 
 
 def test_another_runs_checkpoint_copied_into_an_unfinished_run_is_refused(finished_run, tmp_path, tiny_clip_dir):

@@ -130,7 +130,7 @@ class Handlers:
         c, ds = self.c, ws.dataset
         counts = v.class_counts_frame(ds)
         chart = gr.update(value=counts, y_lim=[0, int(counts["images"].max() * 1.1) + 1])
-        return {c.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None),
+        return {c.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None, ws.notes),
                 c.counts_plot: chart, c.issues_df: ds.issues,
                 c.thumb_class: gr.update(choices=ds.classes, value=ds.classes[0]),
                 c.gallery: self.class_thumbs_of(ws, ds.classes[0])}
@@ -255,7 +255,13 @@ class Handlers:
     def audit_views(self, ws: Workspace) -> dict:
         c = self.c
         run_path = ws.run.path if ws.run is not None else None
-        mmsg, methods, imsg, counts, report = v.audit_texts(audit_of(ws), run_path)
+        try:
+            view = audit_of(ws)
+        except RunError as exc:  # audit.parquet damaged: say so (Audit rebuilds it); the rest of the app works
+            return {c.methods_msg: v.err_md(exc), c.methods_df: gr.update(value=None, visible=False),
+                    c.issues_msg: "", c.issue_counts_df: gr.update(value=None, visible=False),
+                    c.class_report_df: gr.update(value=None, visible=False)}
+        mmsg, methods, imsg, counts, report = v.audit_texts(view, run_path)
 
         def table(df):  # a table only once there is one: an empty Dataframe shows "1 2 3" headers
             return gr.update(value=df, visible=df is not None)
@@ -286,7 +292,13 @@ class Handlers:
 
     def map_view(self, sid):
         c, ws = self.c, self.reg.get(sid)
-        view = audit_of(ws)
+        try:
+            view = audit_of(ws)
+        except RunError as exc:
+            return {c.map_msg: v.err_md(exc), c.map_box: ""}
+        damaged = [n for n in view.notes if "projection.parquet" in n] if view is not None else []
+        if damaged:
+            return {c.map_msg: v.err_md(damaged[0]), c.map_box: ""}
         if view is None or view.projection is None:
             return {c.map_msg: "No map yet: run **Audit** in the Detect tab (it computes the 2-D projection).",
                     c.map_box: ""}

@@ -288,12 +288,14 @@ def detect_summary(scores: pd.DataFrame, run_path, planted: dict | None = None) 
     return msg
 
 
-def dataset_summary(ds, run_path=None) -> str:
-    """The Dataset tab's line: images, classes, source, files excluded, warnings, detection results found."""
+def dataset_summary(ds, run_path=None, notes: list[str] = ()) -> str:
+    """The Dataset tab's line: images, classes, source, files excluded, warnings, detection results found, and
+    ``notes`` (run files found damaged: ignored, or the run not loaded)."""
     msg = f"**{ds.N} images, {ds.K} classes** from `{ds.source}`; {len(ds.issues)} file(s) excluded."
     msg += "".join(f"\n\n⚠ {html.escape(w)}" for w in ds.warnings)  # e.g. 'Ship' vs 'ship'
     if run_path is not None:
         msg += f" Detection results loaded from `{run_path}`: go to **Review**."
+    msg += "".join(f"\n\n⚠ {html.escape(n)}" for n in notes)
     return msg
 
 
@@ -354,6 +356,7 @@ def audit_texts(view: AuditView | None, run_path: Path | None):
             "cannot be scored, only compared by what they flag.")
     counts = issue_counts(view.table)
     imsg = f"**Data issues** among {len(view.table)} reviewable samples (audit of `{run_path.name}`)."
+    imsg += "".join(f"\n\n⚠ {html.escape(n)}" for n in view.notes)  # outputs found damaged and left out
     loud = conflict_line(counts)
     report = view.class_report.round(3) if view.class_report is not None else None
     return mmsg, table, f"{loud}\n\n{imsg}" if loud else imsg, counts, report

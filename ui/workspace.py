@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from deft.audit import ground_truth
+from deft.audit import audit_columns, ground_truth
 from deft.audit_view import issue_rows, order_rows
 from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.device import pick_device
 from deft.embeddings import embeddings_path
-from deft.errors import ReviewError
+from deft.errors import ReviewError, RunError
 from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
@@ -73,18 +73,35 @@ class Learners:
     def __init__(self, config: RankConfig) -> None:
         self.config = config
         self._items: dict[tuple, QueueLearner | None] = {}
+        self._notes: dict[tuple, list[str]] = {}
         self._lock = threading.Lock()
 
     def get(self, store: ReviewStore, run: Run) -> QueueLearner | None:
-        p = signals_path(run.path)
-        if not p.is_file():
+        key = self._key(store, run)
+        if key is None:
             return None
-        key = (str(Path(store.path).resolve()), str(p.resolve()), p.stat().st_mtime_ns)
         with self._lock:
             if key not in self._items:  # a new audit (or run) of this store replaces its learner
                 self._items = {k: v for k, v in self._items.items() if k[0] != key[0]}
-                self._items[key] = load_learner(store, run.path, self.config)
+                self._notes = {k: v for k, v in self._notes.items() if k[0] != key[0]}
+                notes: list[str] = []
+                self._items[key] = load_learner(store, run.path, self.config, notes)
+                self._notes[key] = notes
             return self._items[key]
+
+    def notes(self, store: ReviewStore, run: Run) -> list[str]:
+        """Why the run's learner is missing although its audit saved signals (damaged, other samples), if so."""
+        key = self._key(store, run)
+        with self._lock:
+            return list(self._notes.get(key, [])) if key is not None else []
+
+    @staticmethod
+    def _key(store: ReviewStore, run: Run) -> tuple | None:
+        p = signals_path(run.path)
+        try:
+            return (str(Path(store.path).resolve()), str(p.resolve()), p.stat().st_mtime_ns)
+        except OSError:  # no signals yet
+            return None
 
 
 @dataclass
@@ -99,6 +116,7 @@ class Workspace:
     learners: Learners | None = None  # shared by Workspaces: one learning queue per dataset store
     learner: QueueLearner | None = None  # the current run's (None before an audit with signals)
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
+    notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
     _ids: tuple[Dataset, frozenset[str]] | None = None  # (dataset, its sample ids): what a client may name
@@ -119,13 +137,16 @@ class Workspace:
             source, root = str(roots.check(source)), root and str(roots.check(root))
         ds = self._import(source, root or None)
         with self._lock:
-            self.dataset, self.run, self.store, self.learner = ds, None, None, None
+            self.dataset, self.run, self.store, self.learner, self.notes = ds, None, None, None, []
             self.queues.clear()
             self.home.mkdir(parents=True, exist_ok=True)
             runs = sorted((p for p in self.home.glob("detect-*") if (p / "scores.parquet").is_file()),
                           key=lambda p: (p / "scores.parquet").stat().st_mtime)
             if runs:
-                self.attach(Run.open(runs[-1]))
+                try:
+                    self.attach(Run.open(runs[-1]))
+                except RunError as exc:  # a damaged run (or review store): the dataset still loads, and says why
+                    self.notes.append(f"The detection results in {runs[-1]} were not loaded: {exc}")
         return ds
 
     def sample_path(self, sample_id: str) -> Path:
@@ -157,7 +178,8 @@ class Workspace:
         audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
         stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
         if store.get_meta("issues_stamp", "") != stamp:
-            table = pd.read_parquet(audit_file) if stamp else None
+            table = audit_columns(run) if stamp else None  # damaged: ignored, with a note (run.notes)
+            stamp = stamp if table is not None else ""
             store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
             store.set_meta("rank_report", "")  # a fresh combined order: the last re-rank's report is void,
             store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
@@ -166,6 +188,8 @@ class Workspace:
         learner = self.learners.get(store, run)
         with self._lock:
             self.run, self.store, self.learner = run, store, learner
+            self.notes = [*run.notes, *(f"The review queue does not learn from decisions: {n}"
+                                        for n in self.learners.notes(store, run))]
             self.queues.clear()
         self.learn()
 
