@@ -194,6 +194,7 @@ class QueueLearner:
         self.model = self.prior
         self.prior_mixups = rk.prior_mixups(signals.sources, signals.labels, self.prior.p_wrong, len(signals.classes))
         self.pos = {sid: i for i, sid in enumerate(signals.ids)}
+        rk._logistic(self.config.C, self.config.seed)  # import scikit-learn now: the first refit need not wait for it
         self._lock = threading.Lock()
         self.last: RerankReport | None = None
 
