@@ -196,3 +196,12 @@ def test_job_timers_share_one_dedupe_each_with_its_own_seen_map():
     assert h.job_news("s1", h.audit_seen)[1] is None and h.job_news("s2", h.seen)[1] is ws.job  # per session
     ws.job = SimpleNamespace(name="audit", status="done", running=False)  # a new job, same status: new
     assert h.job_news("s1", h.seen)[1] is ws.job and h.job_news("s1", h.seen)[1] is None
+
+
+def test_filter_choices_label_the_no_constraint_choice():
+    """Issue 19, item 24: the Status and Class "all" choices showed as a blank row (value "", label "")."""
+    choices = views.filter_choices(["pending", "kept"])
+    assert choices[0] == ("all", "") and ("pending", "pending") in choices
+    assert all(label.strip() for label, _ in choices)
+    assert views.filter_choices([], "any") == [("any", "")]
+

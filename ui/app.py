@@ -182,11 +182,11 @@ def build(reg: Workspaces) -> tuple[gr.Blocks, ReviewHandlers]:
                 tabs.detect_tab(c, s)
             with gr.Tab("3 · Review", id="review"):
                 tabs.review_tab(c)
-            with gr.Tab("Map", id="map") as c.map_tab:
+            with gr.Tab("4 · Map", id="map") as c.map_tab:
                 tabs.map_tab(c)
-            with gr.Tab("4 · Train", id="train") as c.train_tab:
+            with gr.Tab("5 · Train", id="train") as c.train_tab:
                 tabs.train_tab(c, s)
-            with gr.Tab("5 · Export", id="export"):
+            with gr.Tab("6 · Export", id="export"):
                 tabs.export_tab(c)
         c.timer = gr.Timer(1.0)
         c.audit_timer = gr.Timer(1.0)

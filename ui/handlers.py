@@ -240,7 +240,7 @@ class Handlers:
             if end:  # done: the new run's results; else the previous run's, still the one in Review
                 out |= self.detect_results(ws)
             if job.status == "done":
-                out[c.f_class] = gr.update(choices=[""] + ws.dataset.classes)
+                out[c.f_class] = gr.update(choices=v.filter_choices(ws.dataset.classes))
             return out
         out = {c.train_prog: prog, c.curve_plot: v.job_curves(job.snapshot()[2])} | end
         if job.status == "done":
@@ -325,10 +325,13 @@ class Handlers:
 
     @staticmethod
     def filter_text(name: str, value) -> str:
-        """A filter's value as its control shows it (``Show``'s choice; "any" for no constraint)."""
+        """A filter's value as its control shows it (``Show``'s choice; the blank choice's label, "all" or "any",
+        for no constraint)."""
         if name == "suspects":
             return show_choice(value)
-        return "any" if value is None or value == "" else str(value)
+        if value is None or value == "":
+            return "any" if name in ("issue", "margin_min", "margin_max") else v.ALL
+        return str(value)
 
     # ------------------------------------------------------------------ train / export
     def on_train(self, sid, mode, epochs):
@@ -480,7 +483,8 @@ class ReviewHandlers(Handlers):
         f = q.filter
         return self.render(ws, q, msg, dd=gr.update(choices=ws.store.classes, value=None)) | {
             c.f_suspects: show_choice(f.suspects), c.batch_src: "combined" if ws.ranked else "learned prompts",
-            c.f_class: gr.update(choices=[""] + ws.store.classes, value=f.label or ""), c.f_status: f.status or "",
+            c.f_class: gr.update(choices=v.filter_choices(ws.store.classes), value=f.label or ""),
+            c.f_status: f.status or "",
             c.f_min: "" if f.margin_min is None else str(f.margin_min),
             c.f_max: "" if f.margin_max is None else str(f.margin_max), c.recent: v.recent_html(ws.store, q.client),
             c.g_label: gr.update(choices=ws.store.classes, value=None), c.f_issue: f.issue or "",

@@ -36,6 +36,15 @@ MAP_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79"]
 
 
+ALL = "all"  # the label of a filter's "no constraint" choice (its value stays "")
+
+
+def filter_choices(values, blank: str = ALL) -> list[tuple[str, str]]:
+    """A Review filter dropdown's choices as ``(label, value)``: first the "no constraint" choice, value "" but
+    labelled ``blank`` (an empty label showed as a blank row and a blank field), then ``values``."""
+    return [(blank, ""), *((str(x), str(x)) for x in values)]
+
+
 def parse_bound(text: str | None) -> float | None:
     text = (text or "").strip()
     if not text:
