@@ -197,14 +197,15 @@ def train_tab(c, s) -> None:
                              value="relabels", label="Training set")
         c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
     c.train_btn, c.tcancel_btn, c.train_msg, c.train_prog = job_controls("Train classifier", "train")
-    c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy",
-                               height=260)
+    c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy (x: epochs)",
+                               height=260, elem_id="train-curve")
     c.train_summary = gr.Markdown(elem_id="train-summary")
+    # tables hidden until there is a run: an empty Dataframe shows "1 2 3" headers
     c.confusion = gr.Dataframe(label="Confusion matrix on the held-out rows (rows: label, cols: predicted)",
-                               interactive=False)
+                               interactive=False, elem_id="train-confusion", visible=False)
     c.train_runs = gr.Dataframe(label="Past training runs (each in its own folder under RUN/phase2; "
                                       "an interrupted one resumes when run again with the same set)",
-                                interactive=False, elem_id="train-runs")
+                                interactive=False, elem_id="train-runs", visible=False)
 
 
 def export_tab(c) -> None:

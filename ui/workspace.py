@@ -40,9 +40,20 @@ from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
-from deft.train_runs import fingerprint, folder_for, list_training_runs, runs_table
+from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
 
-from .views import queue_note
+from .views import merge_epochs, queue_note
+
+
+def _touched(run: TrainingRun) -> float:
+    """When a training run last wrote its start, an epoch or its result (a resumed run counts as recent)."""
+    times = []
+    for name in ("train.json", "log.jsonl", "summary.json"):
+        try:
+            times.append((run.path / name).stat().st_mtime)
+        except OSError:
+            continue
+    return max(times, default=0.0)
 
 
 @dataclass
@@ -116,6 +127,7 @@ class Workspace:
     learners: Learners | None = None  # shared by Workspaces: one learning queue per dataset store
     learner: QueueLearner | None = None  # the current run's (None before an audit with signals)
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
+    train_dir: Path | None = None  # the folder of the latest training job (its log: the whole curve of a resumed run)
     notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
@@ -309,6 +321,7 @@ class Workspace:
         if self.run is None or self.store is None:
             raise RuntimeError("run detection first (Detect tab)")
         run, store = self.run, self.store
+        self.train_dir = None  # until the job picks its folder: not the previous run's curve
         cfg = Phase2Config(model=run.config.model,
                            optim=OptimConfig(lr=5e-4, epochs=int(epochs), batch_size=self.settings.batch_size))
 
@@ -316,6 +329,7 @@ class Workspace:
             curated = curated_labels(store.export(), mode)
             # one folder per training run; an interrupted run on the same labels and config resumes there
             out = folder_for(run.phase2_dir, fingerprint(cfg.to_dict(), curated[["id", "label"]]))
+            self.train_dir = out
             with run_folder_lock(out):
                 return train_classifier(run, curated, cfg, out=out, device=self.settings.device, progress=progress,
                                         cancel=cancel, tags={"mode": mode})
@@ -325,6 +339,16 @@ class Workspace:
     def training_runs(self) -> pd.DataFrame:
         """The current detection run's past training runs (mode, epochs, last/best accuracy, held out on)."""
         return runs_table(list_training_runs(self.run.phase2_dir) if self.run is not None else [])
+
+    def latest_training_run(self) -> TrainingRun | None:
+        """The current detection run's most recent training run (what the Train tab shows after a reload)."""
+        runs = list_training_runs(self.run.phase2_dir) if self.run is not None else []
+        return max(runs, key=_touched, default=None)
+
+    def train_epochs(self, job: Job | None = None) -> list[dict]:
+        """The training job's finished epochs, after those its folder logged before (a resumed run's whole curve)."""
+        logged = epoch_log(self.train_dir) if self.train_dir is not None else []
+        return merge_epochs(logged, job.snapshot()[2] if job is not None else [])
 
     def detect_curves(self, job: Job | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Loss and clean-fraction curves (x in epochs) of the latest detection: this job's steps on
