@@ -30,7 +30,7 @@ from deft.data import Dataset, load_dataset
 from deft.device import pick_device
 from deft.embeddings import embeddings_path
 from deft.errors import ReviewError, RunError
-from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
+from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
 from deft.learning import ORDER, QueueLearner, load_learner, signals_path
@@ -257,12 +257,14 @@ class Workspace:
         return False, ""
 
     def estimate_full_deft(self, model: str, epochs: int) -> str:
-        """Full DEFT's projected training time on this machine (measured on a few images)."""
+        """Full DEFT's projected training time on this machine: one step timed at the batch size the run uses
+        (the detection's config, capped by the training rows), times the steps the run takes."""
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
-        rate = measure_full_deft_rate(self.dataset, model, device=self.settings.device)
+        cfg = self.phase1_config(model, False, int(epochs))
+        step_s, batch = measure_full_deft_step(self.dataset, cfg, device=self.settings.device)
         n = len(self.dataset.train_rows)
-        return projection_line(rate, n, int(epochs), pick_device(self.settings.device).type)
+        return projection_line(step_s, n, batch, int(epochs), pick_device(self.settings.device).type)
 
     def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False,
                      method: str = "deft") -> Job:
