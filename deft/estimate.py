@@ -1,9 +1,10 @@
 """Before a detection starts: is the checkpoint too big for full DEFT on this machine, and how long
-would full DEFT take (measured images per second x images x epochs)."""
+would full DEFT take (one training step measured at the run's batch size x the steps the run takes)."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -39,11 +40,17 @@ def preselect_preview(has_accelerator: bool, width: int | None) -> bool:
     return not has_accelerator and width is not None and width >= LARGE_WIDTH
 
 
-def projected_seconds(images_per_s: float, n_images: int, epochs: int) -> float:
-    """Full DEFT's training time: ``n_images * epochs / images_per_s`` (inf for a zero rate)."""
-    if images_per_s <= 0:
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """The training steps of one epoch, as the run counts them: ``ceil(n_images / batch_size)``."""
+    return max(1, math.ceil(n_images / max(1, batch_size)))
+
+
+def projected_seconds(step_s: float, n_images: int, batch_size: int, epochs: int) -> float:
+    """Full DEFT's training time: ``epochs x ceil(n_images / batch_size)`` steps of ``step_s`` seconds each
+    (inf for an unmeasured step)."""
+    if not step_s > 0 or not math.isfinite(step_s):
         return float("inf")
-    return n_images * max(1, epochs) / images_per_s
+    return max(1, epochs) * steps_per_epoch(n_images, batch_size) * step_s
 
 
 def format_duration(seconds: float) -> str:
@@ -59,34 +66,50 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def projection_line(images_per_s: float, n_images: int, epochs: int, device: str) -> str:
+def projection_line(step_s: float, n_images: int, batch_size: int, epochs: int, device: str) -> str:
     """One sentence for the Detect tab."""
-    t = format_duration(projected_seconds(images_per_s, n_images, epochs))
-    return (f"Full DEFT on this machine ({device}): about **{t}** ({images_per_s:.1f} img/s measured on a few "
-            f"images x {n_images} images x {epochs} epochs, training only).")
+    t = format_duration(projected_seconds(step_s, n_images, batch_size, epochs))
+    steps = steps_per_epoch(n_images, batch_size)
+    return (f"Full DEFT on this machine ({device}): about **{t}** ({n_images} images in {steps} steps of "
+            f"{batch_size} x {max(1, epochs)} epochs, {step_s:.2f} s per step measured at that batch size; "
+            f"training only).")
 
 
-def measure_full_deft_rate(dataset, model: str, n: int = 8, device: str = "auto", steps: int = 2) -> float:
-    """Images per second of full DEFT's training step (image encoder with VPT, both losses,
-    backward) on ``n`` of ``dataset``'s images; one warm-up step is not timed."""
-    from .config import Phase1Config
+def measure_full_deft_step(dataset, config, device: str = "auto", steps: int = 2) -> tuple[float, int]:
+    """Seconds per step of full DEFT's training (image encoder with VPT, both losses, backward, optimiser step,
+    at ``config``'s precision) at ``config.optim.batch_size``, capped by the training rows (what the run's
+    batches hold); one warm-up step is not timed. Returns ``(seconds per step, batch size measured)``."""
+    from . import train_loop
     from .detector import DeftModel, class_texts, phase1_step
     from .device import pick_device
+    from .distributed import Dist
     from .images import decode_images
     from .models import load_clip
+    from .stages import Stage
 
     dev = pick_device(device)
-    cfg = Phase1Config(model=model)
-    bundle = load_clip(model, dev, cfg.attn_implementation)
-    rows = np.arange(min(n, dataset.N))
+    bundle = load_clip(config.model, dev, config.attn_implementation)
+    rows = np.asarray(dataset.train_rows)[: max(1, min(int(config.optim.batch_size), len(dataset.train_rows)))]
     images = decode_images([dataset.paths()[i] for i in rows], bundle.image_size)
-    net = DeftModel(bundle, class_texts(dataset), cfg)
-    step = phase1_step(net, images, torch.as_tensor(dataset.labels[rows], dtype=torch.long), cfg, bundle.normalizer)
-    idx, gen = torch.arange(len(rows)), torch.Generator().manual_seed(0)
+    net = DeftModel(bundle, class_texts(dataset), config)
+    step = phase1_step(net, images, torch.as_tensor(dataset.labels[rows], dtype=torch.long), config,
+                       bundle.normalizer)
+    params = net.trainable_parameters()
+    opt, _ = train_loop.make_optimizer(params, config.optim, 1)
+    idx, gen, ddp = torch.arange(len(rows)), torch.Generator().manual_seed(0), Dist()
     elapsed = 0.0
     for k in range(steps + 1):
+        _sync(dev)
         t0 = time.perf_counter()
-        step(idx, 0, gen)["loss"].backward()
-        if k:
+        train_loop.optimizer_step(step, idx, 0, k, gen, opt, params, stage=Stage.PHASE1, device=dev,
+                                  precision=config.precision, ddp=ddp, loss_parts=2)
+        _sync(dev)
+        if k:  # the first step (allocations, kernel choice) is a warm-up
             elapsed += time.perf_counter() - t0
-    return len(rows) * steps / elapsed if elapsed > 0 else 0.0
+    return elapsed / max(1, steps), len(rows)
+
+
+def _sync(dev: torch.device) -> None:
+    """Wait for the accelerator's queued work: a step is timed to its end, not to its launch."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)

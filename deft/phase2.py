@@ -32,7 +32,7 @@ from .run import Run
 from .run_images import load_run_images, run_normalizer
 from .stages import Stage
 from .train_loop import train_epochs
-from .train_runs import CHECKPOINT, SUMMARY, TRAIN_META, fingerprint
+from .train_runs import CHECKPOINT, EPOCH_LOG, SUMMARY, TRAIN_META, fingerprint, log_epoch
 
 TRAINABLE_SETS = ("blocks", "all")
 
@@ -322,6 +322,7 @@ def train_classifier(
             trained.save(out_dir / "best")
         accs = dict.fromkeys(acc_keys, acc)
         run.log({"stage": Stage.PHASE2, **summary, **accs})
+        log_epoch(out_dir, {**summary, **accs})  # this training run's own log (the Train tab's list and curve)
         return accs
 
     loop = train_epochs(stage=Stage.PHASE2, n=len(rows), step_fn=step, module=model,
@@ -374,5 +375,6 @@ def resume_point(out_dir: Path, fp: str, meta: dict, is_main: bool = True) -> fl
         except (OSError, ValueError):
             return -1.0
     (out_dir / SUMMARY).unlink(missing_ok=True)
+    (out_dir / EPOCH_LOG).unlink(missing_ok=True)  # a fresh run: the epochs logged there were another run's
     write_json(out_dir / TRAIN_META, {"fingerprint": fp, **meta})
     return -1.0

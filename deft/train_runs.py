@@ -4,6 +4,7 @@ Layout under ``RUN/phase2/``::
 
     RUN/phase2/<NNN>/train.json       what the run trains on (fingerprint, config, tags), written at start
     RUN/phase2/<NNN>/checkpoint.pt    state after the last finished epoch (deleted when the run finishes)
+    RUN/phase2/<NNN>/log.jsonl        one line per finished epoch (loss, held-out accuracy), kept across resumes
     RUN/phase2/<NNN>/summary.json     history, last/best held-out accuracy, what it is measured against
     RUN/phase2/<NNN>/best/            the model of the best epoch
 
@@ -15,14 +16,31 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from .errors import writing
+from .monitor import epoch_history
+
 TRAIN_META = "train.json"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
+EPOCH_LOG = "log.jsonl"
+
+
+def log_epoch(folder: Path, summary: dict) -> None:
+    """Append a finished epoch's summary (``epoch``, ``loss``, ``val_acc`` ...) to the run folder's log: what an
+    interrupted run has done, and the whole curve of a resumed one, are read back from it."""
+    path = Path(folder) / EPOCH_LOG
+    with writing(path), open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"stage": "phase2", **summary}, default=float) + "\n")
+
+
+def epoch_log(folder: Path) -> list[dict]:
+    """The finished epochs ``folder``'s log holds, one per epoch (a retrained epoch's last line wins), in order."""
+    return epoch_history(Path(folder) / EPOCH_LOG, "phase2")
 
 
 def fingerprint(config: dict, curated: pd.DataFrame) -> str:
@@ -53,6 +71,9 @@ class TrainingRun:
     best_acc: float
     heldout: str
     status: str  # "finished" or "interrupted"
+    history: list[dict] = field(default_factory=list)  # one summary per finished epoch (epoch, loss, val_acc)
+    confusion: list | None = None  # of a finished run: rows label, columns predicted, in ``classes`` order
+    classes: list[str] | None = None
 
 
 def read_training_run(folder: Path) -> TrainingRun | None:
@@ -61,7 +82,8 @@ def read_training_run(folder: Path) -> TrainingRun | None:
     if meta is None and summary is None:
         return None
     meta, summary = meta or {}, summary or {}
-    history = summary.get("history") or meta.get("history") or []
+    history = summary.get("history") or epoch_log(folder)  # an interrupted run: its log counts what it finished
+    history = [h for h in history if isinstance(h, dict) and "epoch" in h]
     epochs = int(((meta.get("config") or summary.get("config") or {}).get("optim") or {}).get("epochs", 0))
     nan = float("nan")
     return TrainingRun(
@@ -73,6 +95,9 @@ def read_training_run(folder: Path) -> TrainingRun | None:
         best_acc=float(summary.get("best_val_acc", nan)) if summary else nan,
         heldout=str(summary.get("heldout") or meta.get("heldout") or ""),
         status="finished" if summary else "interrupted",
+        history=history,
+        confusion=summary.get("confusion") if isinstance(summary.get("confusion"), list) else None,
+        classes=[str(c) for c in summary["classes"]] if isinstance(summary.get("classes"), list) else None,
     )
 
 

@@ -9,6 +9,7 @@ from deft.config import OptimConfig, Phase1Config, Phase2Config
 from deft.data import load_dataset
 from deft.phase1 import detect
 from deft.phase2 import TrainedClassifier, split_train_val, train_classifier
+from deft.train_runs import epoch_log, list_training_runs
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,8 @@ def test_cancelled_training_resumes_at_the_next_epoch_and_equals_an_uninterrupte
         train_classifier(run, curated, cfg, out=tmp_path / "cut", progress=stop_in_second_epoch, cancel=token,
                          tags={"mode": "clean"})
     assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "summary.json").exists()
+    (cut,) = list_training_runs(tmp_path / "cut")  # listed as 1/3 (the folder's log), not 0/3
+    assert cut.status == "interrupted" and (cut.epochs_done, cut.epochs) == (1, 3)
     other = Phase2Config(model=run.config.model, optim=OptimConfig(lr=1e-3, epochs=3, batch_size=16),
                          val_fraction=0.2)
     with pytest.raises(RunError, match="another config or curated set"):
@@ -211,3 +214,4 @@ def test_cancelled_training_resumes_at_the_next_epoch_and_equals_an_uninterrupte
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # finished: a new run here starts afresh
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["tags"] == {"mode": "clean"} and summary["heldout"] == resumed.heldout
+    assert [h["epoch"] for h in epoch_log(tmp_path / "cut")] == [1, 2, 3]  # the resumed run's whole curve

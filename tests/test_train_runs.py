@@ -51,3 +51,20 @@ def test_an_interrupted_run_with_the_same_fingerprint_is_resumed_else_a_new_fold
     assert folder_for(root, "other") == root / "002"
     _write(root / "001", "summary.json", {})
     assert folder_for(root, fp) == root / "002"  # finished: a new run
+
+
+def test_an_interrupted_run_counts_the_epochs_its_log_finished(tmp_path):
+    """Issue 19, item 24: a run interrupted after 2 of 6 epochs was listed as 0/6 (only summary.json, written at
+    the end, was read). Its own log counts them; an epoch retrained after a resume counts once, a torn line none."""
+    from deft.train_runs import log_epoch
+
+    folder = tmp_path / "phase2" / "001"
+    _write(folder, "train.json", {"fingerprint": "a", "config": {"optim": {"epochs": 6}}, "tags": {"mode": "clean"}})
+    for e in (1, 2, 2):
+        log_epoch(folder, {"epoch": e, "loss": 1.0 / e, "val_acc": 0.1 * e})
+    with open(folder / "log.jsonl", "a") as f:
+        f.write('{"stage": "phase2", "epo')  # cut by a kill
+    (run,) = list_training_runs(tmp_path / "phase2")
+    assert run.status == "interrupted" and run.epochs_done == 2
+    assert [h["epoch"] for h in run.history] == [1, 2] and run.confusion is None
+    assert list(runs_table([run])["epochs"]) == ["2/6"]

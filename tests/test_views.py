@@ -196,3 +196,35 @@ def test_job_timers_share_one_dedupe_each_with_its_own_seen_map():
     assert h.job_news("s1", h.audit_seen)[1] is None and h.job_news("s2", h.seen)[1] is ws.job  # per session
     ws.job = SimpleNamespace(name="audit", status="done", running=False)  # a new job, same status: new
     assert h.job_news("s1", h.seen)[1] is ws.job and h.job_news("s1", h.seen)[1] is None
+
+
+def test_filter_choices_label_the_no_constraint_choice():
+    """Issue 19, item 24: the Status and Class "all" choices showed as a blank row (value "", label "")."""
+    choices = views.filter_choices(["pending", "kept"])
+    assert choices[0] == ("all", "") and ("pending", "pending") in choices
+    assert all(label.strip() for label, _ in choices)
+    assert views.filter_choices([], "any") == [("any", "")]
+
+
+def test_train_curve_is_one_tick_per_epoch_and_a_resumed_run_draws_from_epoch_1():
+    """Issue 19, item 24: a resumed run's curve started at epoch 3 (only the resumed job's epochs) on a number axis
+    with ticks 1.00, 1.05. The epochs of the run folder's log come first, the job's replace them, and the x values
+    are epoch numbers as text, drawn in numeric order."""
+    logged = [{"epoch": e, "loss": 1.0 / e, "val_acc": 0.1 * e} for e in (1, 2)]
+    job = [{"epoch": e, "loss": 0.1, "val_acc": 0.5} for e in (2, 3, 10, 9)]
+    epochs = views.merge_epochs(logged, job)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 9, 10] and epochs[1]["loss"] == 0.1
+    curve = views.job_curves(epochs)
+    assert curve["epoch"].tolist()[:5] == ["1", "2", "3", "9", "10"]
+    assert views.epoch_order(curve) == ["1", "2", "3", "9", "10"] and views.epoch_order(None) == []
+
+
+def test_a_past_training_run_is_described_after_a_reload(tmp_path):
+    from deft.train_runs import TrainingRun
+
+    done = TrainingRun(tmp_path / "001", "pseudo", 2, 2, 0.5, 0.625, "12 curated rows <held out>", "finished")
+    md = views.training_run_md(done)
+    assert "last **50.00%**, best **62.50%**" in md and "`001` (pseudo, 2/2 epochs)" in md and "&lt;held" in md
+    cut = TrainingRun(tmp_path / "002", "clean", 2, 6, float("nan"), float("nan"), "", "interrupted")
+    assert "interrupted after 2/6 epochs" in views.training_run_md(cut) and "resume at epoch 3" in \
+        views.training_run_md(cut)

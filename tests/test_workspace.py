@@ -147,7 +147,8 @@ def test_preview_advice_and_projected_time_on_a_cpu(tmp_path, tiny_clip_dir):
         ws.estimate_full_deft(str(tiny_clip_dir), 10)
     ws.load(str(DEMO))
     line = ws.estimate_full_deft(str(tiny_clip_dir), 10)
-    assert "400 images x 10 epochs" in line and "img/s measured" in line and "(cpu)" in line
+    # measured at the app's batch size (64): the run's 7 steps of 64 per epoch, not 400 images at an 8-image rate
+    assert "400 images in 7 steps of 64 x 10 epochs" in line and "s per step measured" in line and "(cpu)" in line
 
 
 def test_card_evidence_after_audit_nearest_clean_of_given_and_suggested_label(tmp_path, tiny_clip_dir):

@@ -60,6 +60,10 @@ def audit_outputs(c) -> list:
     return [c.methods_msg, c.methods_df, c.issues_msg, c.issue_counts_df, c.class_report_df]
 
 
+def train_outputs(c) -> list:
+    return [c.curve_plot, c.train_summary, c.confusion, c.train_runs]
+
+
 def wire_card(h: ReviewHandlers) -> None:
     """Card decisions (one route, also the API ``/decide``), navigation and filters."""
     c = h.c
@@ -129,10 +133,12 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
         show_progress="hidden").then(  # background refreshes: no timer over results already on screen
         lambda sid: h.detect_curves(sid), c.session, [c.loss_plot, c.clean_plot], show_progress="hidden").then(
         h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], show_progress="hidden").then(
-        lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c), show_progress="hidden")
+        lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c), show_progress="hidden").then(
+        h.train_view, c.session, train_outputs(c), show_progress="hidden")
     c.load_btn.click(h.on_load, [c.session, c.data_in, c.root_in, c.saved], [*dataset_outputs(c), c.saved]).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
-        lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c))
+        lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c)).then(
+        h.train_view, c.session, train_outputs(c), show_progress="hidden")
     c.audit_btn.click(h.on_audit, c.session, c.audit_msg)
     c.audit_timer.tick(h.on_audit_tick, c.session, [c.audit_prog, c.audit_msg, c.det_msg, c.train_msg,
                                                     *audit_outputs(c)], show_progress="hidden")
@@ -146,7 +152,7 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
 
 def wire_jobs(h: ReviewHandlers) -> None:
     """Detect, Train and Export buttons, the job timer, and the card refresh on a tab change."""
-    c, reg = h.c, h.reg
+    c = h.c
     c.run_btn.click(h.on_detect, [c.session, c.model_in, c.rw_in, c.ep_in, c.pv_in, c.det_method],
                     [c.det_msg, c.det_summary])
     c.cancel_btn.click(h.cancel_into(c.det_msg), c.session, c.det_msg)
@@ -157,7 +163,7 @@ def wire_jobs(h: ReviewHandlers) -> None:
     c.train_btn.click(h.on_train, [c.session, c.mode_in, c.tep_in], c.train_msg)
     c.tcancel_btn.click(h.cancel_into(c.train_msg), c.session, c.train_msg)
     for ev in (c.train_tab.select, c.train_summary.change):
-        ev(lambda sid: reg.get(sid).training_runs(), c.session, c.train_runs, api_visibility="private")
+        ev(h.runs_list, c.session, c.train_runs, api_visibility="private")
     c.export_btn.click(h.on_export, [c.session, c.pseudo_in], [c.export_msg, c.export_files, c.export_preview])
     c.timer.tick(h.on_tick, c.session, [c.det_prog, c.loss_plot, c.det_summary, c.rate_plot, c.hist_plot,
                                         c.train_prog, c.curve_plot, c.train_summary, c.confusion, c.f_class,
@@ -182,11 +188,11 @@ def build(reg: Workspaces) -> tuple[gr.Blocks, ReviewHandlers]:
                 tabs.detect_tab(c, s)
             with gr.Tab("3 · Review", id="review"):
                 tabs.review_tab(c)
-            with gr.Tab("Map", id="map") as c.map_tab:
+            with gr.Tab("4 · Map", id="map") as c.map_tab:
                 tabs.map_tab(c)
-            with gr.Tab("4 · Train", id="train") as c.train_tab:
+            with gr.Tab("5 · Train", id="train") as c.train_tab:
                 tabs.train_tab(c, s)
-            with gr.Tab("5 · Export", id="export"):
+            with gr.Tab("6 · Export", id="export"):
                 tabs.export_tab(c)
         c.timer = gr.Timer(1.0)
         c.audit_timer = gr.Timer(1.0)

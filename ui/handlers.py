@@ -79,6 +79,12 @@ def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
     return q.store.query(**f, offset=max(0, page) * GRID_PAGE, limit=GRID_PAGE).to_dict("records")
 
 
+def curve_update(epochs: list[dict]):
+    """The Train curve for ``epochs``: one x tick per epoch, in epoch order (:func:`ui.views.job_curves`)."""
+    curve = v.job_curves(epochs)
+    return None if curve is None else gr.update(value=curve, sort=v.epoch_order(curve))
+
+
 def audit_of(ws: Workspace) -> AuditView | None:
     return load_audit(ws.run.path) if ws.run is not None else None
 
@@ -240,13 +246,13 @@ class Handlers:
             if end:  # done: the new run's results; else the previous run's, still the one in Review
                 out |= self.detect_results(ws)
             if job.status == "done":
-                out[c.f_class] = gr.update(choices=[""] + ws.dataset.classes)
+                out[c.f_class] = gr.update(choices=v.filter_choices(ws.dataset.classes))
             return out
-        out = {c.train_prog: prog, c.curve_plot: v.job_curves(job.snapshot()[2])} | end
+        out = {c.train_prog: prog, c.curve_plot: curve_update(ws.train_epochs(job))} | end
         if job.status == "done":
             res = job.result
             out[c.train_summary] = v.train_summary_md(res)
-            out[c.confusion] = v.confusion_frame(res.confusion, res.classifier.classes)
+            out[c.confusion] = gr.update(value=v.confusion_frame(res.confusion, res.classifier.classes), visible=True)
         elif job.status == "cancelled":  # also refreshes the list of runs (train_summary.change)
             out[c.train_summary] = "Training cancelled: run it again with the same set to resume at the next epoch."
         return out
@@ -325,12 +331,36 @@ class Handlers:
 
     @staticmethod
     def filter_text(name: str, value) -> str:
-        """A filter's value as its control shows it (``Show``'s choice; "any" for no constraint)."""
+        """A filter's value as its control shows it (``Show``'s choice; the blank choice's label, "all" or "any",
+        for no constraint)."""
         if name == "suspects":
             return show_choice(value)
-        return "any" if value is None or value == "" else str(value)
+        if value is None or value == "":
+            return "any" if name in ("issue", "margin_min", "margin_max") else v.ALL
+        return str(value)
 
     # ------------------------------------------------------------------ train / export
+    def train_view(self, sid) -> dict:
+        """The Train tab as the run folders leave it (page load, dataset load): the latest training run's curve,
+        result line and confusion matrix, and the list of runs; tables stay hidden until there is a run."""
+        c, ws = self.c, self.reg.get(sid)
+        try:
+            latest = ws.latest_training_run()
+        except OSError:
+            latest = None
+        out = {c.train_runs: self.runs_list(sid)}
+        if latest is None:
+            return out | {c.curve_plot: None, c.train_summary: "", c.confusion: gr.update(value=None, visible=False)}
+        cm = (v.confusion_frame(latest.confusion, latest.classes)
+              if latest.confusion is not None and latest.classes is not None else None)
+        return out | {c.curve_plot: curve_update(latest.history), c.train_summary: v.training_run_md(latest),
+                      c.confusion: gr.update(value=cm, visible=cm is not None)}
+
+    def runs_list(self, sid):
+        """The list of past training runs; hidden while there is none (an empty table showed "1 2 3")."""
+        df = self.reg.get(sid).training_runs()
+        return gr.update(value=df, visible=not df.empty)
+
     def on_train(self, sid, mode, epochs):
         try:
             self.reg.get(sid).start_train(mode, int(epochs or 1))
@@ -480,7 +510,8 @@ class ReviewHandlers(Handlers):
         f = q.filter
         return self.render(ws, q, msg, dd=gr.update(choices=ws.store.classes, value=None)) | {
             c.f_suspects: show_choice(f.suspects), c.batch_src: "combined" if ws.ranked else "learned prompts",
-            c.f_class: gr.update(choices=[""] + ws.store.classes, value=f.label or ""), c.f_status: f.status or "",
+            c.f_class: gr.update(choices=v.filter_choices(ws.store.classes), value=f.label or ""),
+            c.f_status: f.status or "",
             c.f_min: "" if f.margin_min is None else str(f.margin_min),
             c.f_max: "" if f.margin_max is None else str(f.margin_max), c.recent: v.recent_html(ws.store, q.client),
             c.g_label: gr.update(choices=ws.store.classes, value=None), c.f_issue: f.issue or "",

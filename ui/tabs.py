@@ -8,7 +8,7 @@ import gradio as gr
 from deft.audit_view import ISSUES, ORDERS
 from deft.review import BATCH_SOURCES
 
-from .views import GRID_HELP, KEYS_HELP
+from .views import GRID_HELP, KEYS_HELP, filter_choices
 
 STATUSES = ["", "pending", "accepted", "relabelled", "kept", "excluded"]
 
@@ -92,12 +92,13 @@ def review_tab(c) -> None:
         # one row at 1440 px (the card stays above the fold): widths sum to the row, the radio takes two lines
         c.f_suspects = gr.Radio(list(SHOW), value="suspects", label="Show", elem_id="f-show", scale=3,
                                 min_width=330)
-        c.f_class = gr.Dropdown([""], value="", label="Class", interactive=True, elem_id="f-class", min_width=110)
-        c.f_status = gr.Dropdown(STATUSES, value="", label="Status", interactive=True, elem_id="f-status",
-                                 min_width=110)
+        c.f_class = gr.Dropdown(filter_choices([]), value="", label="Class", interactive=True, elem_id="f-class",
+                                min_width=110)
+        c.f_status = gr.Dropdown(filter_choices(STATUSES[1:]), value="", label="Status", interactive=True,
+                                 elem_id="f-status", min_width=110)
         c.f_min = gr.Textbox("", label="Margin ≥ (Enter)", placeholder="no bound", elem_id="f-min", min_width=90)
         c.f_max = gr.Textbox("", label="Margin ≤ (Enter)", placeholder="no bound", elem_id="f-max", min_width=90)
-        c.f_issue = gr.Dropdown(["", *ISSUES], value="", label="Data issue (after Audit)",
+        c.f_issue = gr.Dropdown(filter_choices(ISSUES, "any"), value="", label="Data issue (after Audit)",
                                 interactive=True, elem_id="f-issue", min_width=130)
         c.f_order = gr.Dropdown(list(ORDERS), value="DEFT margin", label="Order (others after Audit)",
                                 interactive=True, elem_id="f-order", scale=2, min_width=170)
@@ -180,7 +181,7 @@ def _grid_mode(c) -> None:
 
 
 def map_tab(c) -> None:
-    """Map: the embeddings map; a click on a point opens that sample in Review."""
+    """4 · Map: the embeddings map; a click on a point opens that sample in Review."""
     c.map_msg = gr.Markdown(elem_id="map-msg")
     c.map_box = gr.HTML(elem_id="map-box")
     with gr.Row(elem_id="map-plumbing"):  # hidden by CSS: the page script clicks it
@@ -189,25 +190,26 @@ def map_tab(c) -> None:
 
 
 def train_tab(c, s) -> None:
-    """4 · Train: training set, epochs, run/cancel, curves, result, confusion, past runs."""
+    """5 · Train: training set, epochs, run/cancel, curves, result, confusion, past runs."""
     with gr.Row():
         c.mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
                               ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                              value="relabels", label="Training set")
         c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
     c.train_btn, c.tcancel_btn, c.train_msg, c.train_prog = job_controls("Train classifier", "train")
-    c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy",
-                               height=260)
+    c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy (x: epochs)",
+                               height=260, elem_id="train-curve")
     c.train_summary = gr.Markdown(elem_id="train-summary")
+    # tables hidden until there is a run: an empty Dataframe shows "1 2 3" headers
     c.confusion = gr.Dataframe(label="Confusion matrix on the held-out rows (rows: label, cols: predicted)",
-                               interactive=False)
+                               interactive=False, elem_id="train-confusion", visible=False)
     c.train_runs = gr.Dataframe(label="Past training runs (each in its own folder under RUN/phase2; "
                                       "an interrupted one resumes when run again with the same set)",
-                                interactive=False, elem_id="train-runs")
+                                interactive=False, elem_id="train-runs", visible=False)
 
 
 def export_tab(c) -> None:
-    """5 · Export: the cleaned labels as CSV and Parquet, with a preview."""
+    """6 · Export: the cleaned labels as CSV and Parquet, with a preview."""
     c.pseudo_in = gr.Checkbox(False, label="Fill unreviewed suspects with their suggested label (pseudo)")
     c.export_btn = gr.Button("Export cleaned labels", variant="primary", elem_id="btn-export")
     c.export_msg = gr.Markdown(elem_id="export-msg")

@@ -36,6 +36,15 @@ MAP_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79"]
 
 
+ALL = "all"  # the label of a filter's "no constraint" choice (its value stays "")
+
+
+def filter_choices(values, blank: str = ALL) -> list[tuple[str, str]]:
+    """A Review filter dropdown's choices as ``(label, value)``: first the "no constraint" choice, value "" but
+    labelled ``blank`` (an empty label showed as a blank row and a blank field), then ``values``."""
+    return [(blank, ""), *((str(x), str(x)) for x in values)]
+
+
 def parse_bound(text: str | None) -> float | None:
     text = (text or "").strip()
     if not text:
@@ -330,11 +339,39 @@ def queue_note(report: dict | None, wrong: tuple[float, int] | None) -> str:
 
 
 def job_curves(epochs: list[dict]) -> pd.DataFrame | None:
-    """Train loss and held-out accuracy per epoch (long format for one LinePlot); None when no epoch yet."""
-    rows = [{"epoch": e["epoch"], "value": e.get("loss", 0.0), "series": "train loss"} for e in epochs]
-    rows += [{"epoch": e["epoch"], "value": e.get("val_acc", 0.0), "series": "held-out accuracy"}
+    """Train loss and held-out accuracy per epoch (long format for one LinePlot); None when no epoch yet.
+
+    ``epoch`` is the epoch number as text, so the plot's x axis is one tick per epoch ("1", "2", ...; a number
+    axis drew 1.00, 1.05 ... for a short run); :func:`epoch_order` gives the order to draw them in."""
+    rows = [{"epoch": str(int(e["epoch"])), "value": e.get("loss", 0.0), "series": "train loss"} for e in epochs]
+    rows += [{"epoch": str(int(e["epoch"])), "value": e.get("val_acc", 0.0), "series": "held-out accuracy"}
              for e in epochs]
     return pd.DataFrame(rows) if rows else None
+
+
+def epoch_order(curve: pd.DataFrame | None) -> list[str]:
+    """The x order of :func:`job_curves`' epochs (as numbers: "10" after "9")."""
+    return [] if curve is None else sorted(set(curve["epoch"]), key=int)
+
+
+def merge_epochs(*histories: list[dict]) -> list[dict]:
+    """Per-epoch summaries from several sources (a run folder's log, then a job's events), one per epoch, the
+    later source winning, in epoch order: a resumed run's curve from epoch 1, not from where it resumed."""
+    by_epoch = {int(e["epoch"]): e for h in histories for e in h if isinstance(e, dict) and "epoch" in e}
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def training_run_md(run) -> str:
+    """The Train tab's result line for a past run (a :class:`deft.train_runs.TrainingRun`), shown after a reload."""
+    done = f"{run.epochs_done}/{run.epochs} epochs"
+    if run.status != "finished":
+        return (f"Training run `{html.escape(run.path.name)}` ({html.escape(run.mode or 'training')}) was interrupted "
+                f"after {done}: train again with the same set to resume at epoch {run.epochs_done + 1}.")
+    pct = "{:.2%}".format
+    return (f"### Held-out accuracy: last **{pct(run.last_acc)}**, best **{pct(run.best_acc)}**\n"
+            f"Measured on {html.escape(run.heldout or 'the held-out rows')}. Training run "
+            f"`{html.escape(run.path.name)}` ({html.escape(run.mode or 'training')}, {done}); model in "
+            f"`{run.path}` (best epoch in `{run.path / 'best'}`).")
 
 
 def confusion_frame(confusion, classes: list[str]) -> pd.DataFrame:

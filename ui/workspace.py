@@ -30,7 +30,7 @@ from deft.data import Dataset, load_dataset
 from deft.device import pick_device
 from deft.embeddings import embeddings_path
 from deft.errors import ReviewError, RunError
-from deft.estimate import measure_full_deft_rate, preselect_preview, projection_line, vision_width
+from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
 from deft.learning import ORDER, QueueLearner, load_learner, signals_path
@@ -40,9 +40,20 @@ from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
-from deft.train_runs import fingerprint, folder_for, list_training_runs, runs_table
+from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
 
-from .views import queue_note
+from .views import merge_epochs, queue_note
+
+
+def _touched(run: TrainingRun) -> float:
+    """When a training run last wrote its start, an epoch or its result (a resumed run counts as recent)."""
+    times = []
+    for name in ("train.json", "log.jsonl", "summary.json"):
+        try:
+            times.append((run.path / name).stat().st_mtime)
+        except OSError:
+            continue
+    return max(times, default=0.0)
 
 
 @dataclass
@@ -116,6 +127,7 @@ class Workspace:
     learners: Learners | None = None  # shared by Workspaces: one learning queue per dataset store
     learner: QueueLearner | None = None  # the current run's (None before an audit with signals)
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
+    train_dir: Path | None = None  # the folder of the latest training job (its log: the whole curve of a resumed run)
     notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
@@ -245,12 +257,14 @@ class Workspace:
         return False, ""
 
     def estimate_full_deft(self, model: str, epochs: int) -> str:
-        """Full DEFT's projected training time on this machine (measured on a few images)."""
+        """Full DEFT's projected training time on this machine: one step timed at the batch size the run uses
+        (the detection's config, capped by the training rows), times the steps the run takes."""
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
-        rate = measure_full_deft_rate(self.dataset, model, device=self.settings.device)
+        cfg = self.phase1_config(model, False, int(epochs))
+        step_s, batch = measure_full_deft_step(self.dataset, cfg, device=self.settings.device)
         n = len(self.dataset.train_rows)
-        return projection_line(rate, n, int(epochs), pick_device(self.settings.device).type)
+        return projection_line(step_s, n, batch, int(epochs), pick_device(self.settings.device).type)
 
     def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False,
                      method: str = "deft") -> Job:
@@ -309,6 +323,7 @@ class Workspace:
         if self.run is None or self.store is None:
             raise RuntimeError("run detection first (Detect tab)")
         run, store = self.run, self.store
+        self.train_dir = None  # until the job picks its folder: not the previous run's curve
         cfg = Phase2Config(model=run.config.model,
                            optim=OptimConfig(lr=5e-4, epochs=int(epochs), batch_size=self.settings.batch_size))
 
@@ -316,6 +331,7 @@ class Workspace:
             curated = curated_labels(store.export(), mode)
             # one folder per training run; an interrupted run on the same labels and config resumes there
             out = folder_for(run.phase2_dir, fingerprint(cfg.to_dict(), curated[["id", "label"]]))
+            self.train_dir = out
             with run_folder_lock(out):
                 return train_classifier(run, curated, cfg, out=out, device=self.settings.device, progress=progress,
                                         cancel=cancel, tags={"mode": mode})
@@ -325,6 +341,16 @@ class Workspace:
     def training_runs(self) -> pd.DataFrame:
         """The current detection run's past training runs (mode, epochs, last/best accuracy, held out on)."""
         return runs_table(list_training_runs(self.run.phase2_dir) if self.run is not None else [])
+
+    def latest_training_run(self) -> TrainingRun | None:
+        """The current detection run's most recent training run (what the Train tab shows after a reload)."""
+        runs = list_training_runs(self.run.phase2_dir) if self.run is not None else []
+        return max(runs, key=_touched, default=None)
+
+    def train_epochs(self, job: Job | None = None) -> list[dict]:
+        """The training job's finished epochs, after those its folder logged before (a resumed run's whole curve)."""
+        logged = epoch_log(self.train_dir) if self.train_dir is not None else []
+        return merge_epochs(logged, job.snapshot()[2] if job is not None else [])
 
     def detect_curves(self, job: Job | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Loss and clean-fraction curves (x in epochs) of the latest detection: this job's steps on

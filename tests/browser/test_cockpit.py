@@ -88,10 +88,10 @@ def test_map_click_keeps_the_reviewers_filters(cockpit, reviewer, artifacts):
     open_from_map(a, other)
     wait_msg(a, "#review-msg", "outside your filters")
     msg = a.inner_text("#review-msg")
-    assert "Show clean (spot-check) → all (most likely wrong first)" in msg and "Class horse → any" in msg, msg
+    assert "Show clean (spot-check) → all (most likely wrong first)" in msg and "Class horse → all" in msg, msg
     assert "Status" not in msg, msg
-    a.wait_for_function("() => document.querySelector('#f-class input').value === ''", timeout=20_000)
-    assert shown_filters(a) == {"show": SHOW_ALL, "cls": "", "status": "pending"}
+    a.wait_for_function("() => document.querySelector('#f-class input').value === 'all'", timeout=20_000)
+    assert shown_filters(a) == {"show": SHOW_ALL, "cls": "all", "status": "pending"}
     a.screenshot(path=str(artifacts / "cockpit-2-map-click-widened.png"))
 
 
@@ -203,7 +203,7 @@ def test_job_messages_give_way_to_the_outcome(cockpit, browser, tiny_clip_dir, a
         wait_msg(page, "#audit-msg", "Audit started.")
         wait_msg(page, "#audit-msg", "Audit finished", timeout=120_000)
         page.screenshot(path=str(artifacts / "cockpit-4-detect-messages.png"))
-        page.get_by_role("tab", name="4 · Train").click()
+        page.get_by_role("tab", name="5 · Train").click()
         page.locator("#train-epochs input").fill("1")
         page.get_by_label("+ pseudo-labels for unreviewed suspects").check()  # a random CLIP flags them all
         page.click("#btn-train")

@@ -100,7 +100,7 @@ def test_review_flow_survives_kill9(tmp_path, tiny_clip_dir, browser, artifacts)
         page.screenshot(path=str(artifacts / "4-review-after-restart.png"), full_page=True)
 
         # 5. train on clean + reviewed + pseudo-labels
-        open_tab(page, "4 · Train")
+        open_tab(page, "5 · Train")
         page.get_by_label("+ pseudo-labels for unreviewed suspects").check()
         page.click("#btn-train")
         wait_text(page, "#train-summary", "Held-out accuracy", timeout=300_000)
@@ -108,7 +108,7 @@ def test_review_flow_survives_kill9(tmp_path, tiny_clip_dir, browser, artifacts)
         page.screenshot(path=str(artifacts / "5-train.png"), full_page=True)
 
         # 6. export, downloaded through the browser
-        open_tab(page, "5 · Export")
+        open_tab(page, "6 · Export")
         page.click("#btn-export")
         wait_text(page, "#export-msg", "Exported 400 rows")
         with page.expect_download() as dl:
