@@ -116,6 +116,42 @@ def test_rerank_never_moves_the_cards_on_screen_or_decided(tmp_path):
         assert store.sample(sid)["s1"] == keys0[sid]
 
 
+def test_rerank_in_chunks_equals_one_transaction_and_spares_a_card_seen_meanwhile(tmp_path):
+    scores, sig, _ = synthetic(120)
+    for name in ("one", "chunks"):
+        (tmp_path / name).mkdir()
+    stores = [fresh_store(tmp_path / name, scores, sig) for name in ("one", "chunks")]
+    ranked = stores[0].query(suspects=None, order=ORDER, limit=-1)
+    new_order = ranked["id"].tolist()[::-1]  # reversed: every unseen sample moves
+    values = ranked.set_index("id")[["p_wrong"]].assign(p_wrong=0.5)
+    for store, chunk in zip(stores, (10_000, 7), strict=True):
+        ReviewQueue(store, ReviewFilter(suspects=None, order=ORDER), client="a", user="alice").save_place()
+        assert store.rerank(ORDER, new_order, values, slack=5, chunk=chunk) == 120 - 5
+    one, chunks = (s.query(suspects=None, order=ORDER, limit=-1) for s in stores)
+    assert chunks["id"].tolist() == one["id"].tolist() == new_order[-5:][::-1] + new_order[:-5]
+    assert (chunks["p_wrong"].to_numpy()[5:] == 0.5).all()
+    # a card a reviewer opens while the chunks are written keeps its place and its values
+    store = stores[1]
+    order0 = store.query(suspects=None, order=ORDER, limit=-1)["id"].tolist()
+    late = order0[-30]  # 30th of the new order: its chunk comes after the second
+    real_tx, calls = store._tx, []
+
+    def tx():  # the second chunk's transaction: bob opened ``late`` just before it
+        calls.append(1)
+        if len(calls) == 2:
+            bob = ReviewQueue(store, ReviewFilter(suspects=None, order=ORDER), client="b", user="bob")
+            bob.show(late)
+            bob.save_place()
+        return real_tx()
+
+    store._tx = tx
+    moved = store.rerank(ORDER, order0[::-1], values.assign(p_wrong=0.25), slack=5, chunk=7)
+    store._tx = real_tx
+    after = store.query(suspects=None, order=ORDER, limit=-1)["id"].tolist()
+    assert moved == 120 - 5 - 1 and after.index(late) == 5  # before every re-ranked sample, as before
+    assert store.sample(late)["p_wrong"] == 0.5
+
+
 def test_accept_refuses_a_suggestion_that_changed_since_it_was_shown(tmp_path):
     scores, sig, _ = synthetic(30)
     store = fresh_store(tmp_path, scores, sig)

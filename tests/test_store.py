@@ -326,3 +326,30 @@ def test_thumbnail_of_a_sample_replaced_by_a_fifo_is_refused_not_blocked(tmp_pat
     t.join(10)
     assert not t.is_alive(), "thumbnail_file blocked on a FIFO"
     assert got and "not a regular file" in str(got[0])
+
+
+def test_a_review_order_walks_its_ranked_samples_then_the_unranked_in_table_order(tmp_path):
+    """Every sample has a row in every order (the next card and its position use the order's index): samples
+    an order does not rank come last, in table order, also after new scores and in a store from before."""
+    sc = fake_scores()
+    ids = sc["id"].tolist()
+    store = ReviewStore(tmp_path / "r.sqlite")
+    store.load_scores(sc, CLASSES)
+    store.load_issues([], "", [("combined", ids[7], 0.0), ("combined", ids[2], 1.0)])
+
+    def walk(s: ReviewStore) -> list[str]:
+        got, item = [], s.step(None, 1, suspects=None, order="combined")
+        while item is not None:
+            got.append(item["id"])
+            assert s.position(item["id"], suspects=None, order="combined") == len(got) - 1
+            item = s.step(item["id"], 1, suspects=None, order="combined")
+        return got
+
+    want = [ids[7], ids[2], *[i for i in ids if i not in (ids[7], ids[2])]]
+    assert walk(store) == want
+    assert store.query(suspects=None, order="combined", limit=-1)["id"].tolist() == want
+    store.load_scores(pd.concat([sc, sc.tail(1).assign(id="new/999.jpg")]), CLASSES)  # a sample added later
+    assert walk(store) == [*want, "new/999.jpg"]
+    with sqlite3.connect(tmp_path / "r.sqlite") as con:  # as a store written before the unranked rows existed
+        con.execute("DELETE FROM orders WHERE key > 1e299")
+    assert walk(ReviewStore(tmp_path / "r.sqlite")) == [*want, "new/999.jpg"]
