@@ -711,19 +711,23 @@ def test_unwritable_run_folder_says_what_is_wrong_and_never_advises_moving_the_d
     before = (run / "review.sqlite").read_bytes()
     args = [sys.executable, "-m", "deft", command, str(run),
             *(["--out", str(tmp_path / "out.csv")] if command == "export" else ["--device", "cpu", "--epochs", "1"])]
-    if case == "full disk":
-        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                             preexec_fn=_file_size_limit(4096))
-        expected = "ulimit -f"
-    else:
-        with read_only(run):
-            out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
-        expected = "read-only"
+    out = run_unwritable(case, args, run)
+    expected = "ulimit -f" if case == "full disk" else "read-only"
     assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stdout, out.stderr[-3000:])
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith("error: cannot write") and expected in err and "intact" in err, err
     assert "move it aside to start" not in err and "lost" not in err, err
     assert (run / "review.sqlite").read_bytes() == before
+
+
+def run_unwritable(case: str, args: list[str], run: Path) -> subprocess.CompletedProcess:
+    """``args`` in a child process that cannot write: a 4 KB file-size limit ("full disk") or ``run`` mounted
+    read-only ("read-only folder")."""
+    if case == "full disk":
+        return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                              preexec_fn=_file_size_limit(4096))
+    with read_only(run):
+        return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 @pytest.mark.parametrize("command", ["score", "audit", "detect", "score, no image cache"])
@@ -739,14 +743,9 @@ def test_unwritable_run_folder_gives_one_sentence_and_leaves_no_half_written_fil
         shutil.rmtree(run / "cache")  # the store is built (and cut short) first
     scores = (run / "scores.parquet").read_bytes()
     args = [sys.executable, "-m", "deft", *cli_args(command.split(",")[0], run, tmp_path)]
-    if case == "full disk":
-        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                             preexec_fn=_file_size_limit(4096))
-        expected = "may not write files over 4096 bytes (ulimit -f); raise the limit and run again"
-    else:
-        with read_only(run):
-            out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
-        expected = "is read-only (no write permission for this user, or a read-only file system)"
+    out = run_unwritable(case, args, run)
+    expected = ("may not write files over 4096 bytes (ulimit -f); raise the limit and run again" if case == "full disk"
+                else "is read-only (no write permission for this user, or a read-only file system)")
     assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stdout, out.stderr[-3000:])
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith(f"error: cannot write {run}/") and expected in err, err
