@@ -88,6 +88,14 @@ def file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def disk_full(folder: str | os.PathLike) -> bool:
+    """Whether the file system holding ``folder`` has no block left for this user (False if it cannot tell)."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
 class WriteError(RunError):
     """A file could not be written: a read-only folder, a full disk or a file-size limit. ``reason`` is what is
     wrong, without the advice (a caller with better advice, e.g. "choose another --out", words its own)."""
@@ -117,11 +125,7 @@ def write_error(path: str | os.PathLike, exc: BaseException, io: bool = False) -
         code = int(found.group(1)) if found else None
         if code is None and not (io or isinstance(exc, OSError) or "writ" in str(exc).lower()):
             return None
-    limit = file_size_limit()
-    try:
-        full = os.statvfs(folder).f_bavail == 0
-    except OSError:
-        full = False
+    limit, full = file_size_limit(), disk_full(folder)
     again = "and run again (the files already written are unchanged)"
     if code == errno.EFBIG or (code is None and limit is not None and not full):
         why, fix = ((f"this process may not write files over {limit} bytes (ulimit -f)", "raise the limit")

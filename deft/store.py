@@ -69,7 +69,7 @@ RANKED_COLUMNS = ("p_wrong", "suggestion", "suggestion_conf", "s1", "s1_conf", "
 ACTIONS = tuple(DECISION_STATUS)
 
 
-from .errors import ReviewError, RunError  # noqa: E402  (ReviewError re-exported)
+from .errors import ReviewError, RunError, disk_full, file_size_limit  # noqa: E402  (ReviewError re-exported)
 
 
 class StaleError(ReviewError):
@@ -138,11 +138,7 @@ def store_error(path: Path, exc: sqlite3.Error) -> RunError:
         return RunError(f"{path} is not a readable review database ({exc}); move it aside to start a fresh "
                         "one (its decisions are lost) or restore it from a backup.")
     intact = "the decisions in it are intact: do not move it aside."
-    limit = resource_file_limit()
-    try:
-        full = os.statvfs(folder).f_bavail == 0
-    except OSError:
-        full = False
+    limit, full = file_size_limit(), disk_full(folder)
     if code == SQLITE_FULL or (code == SQLITE_IOERR and (full or limit is not None)):
         why = (f"this process may not write files over {limit} bytes (ulimit -f); raise the limit" if limit
                is not None and not full else f"the disk holding {folder} is full; free some space")
@@ -153,16 +149,6 @@ def store_error(path: Path, exc: sqlite3.Error) -> RunError:
                         f"-shm beside it); give write permission, or copy the run folder somewhere writable; {intact}")
     return RunError(f"cannot use {path} ({exc}): check the disk and the permissions of {folder} and run again; "
                     f"{intact}")
-
-
-def resource_file_limit() -> int | None:
-    """The soft file-size limit of this process in bytes (``ulimit -f``), None if unlimited."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return None
-    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    return None if soft == resource.RLIM_INFINITY else soft
 
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html)
