@@ -93,19 +93,27 @@ def browser():
         b.close()
 
 
+def detect_into(runs: Path, data: Path, clip: Path, method: str = "deft", timeout: float = 600) -> None:
+    """One detection (``method``: deft, a baseline or all) of ``data`` with the tiny CLIP, 1 epoch, under
+    ``runs``, as the app's Detect tab starts it; fails the test unless it finishes."""
+    from ui.workspace import AppSettings, Workspace
+
+    ws = Workspace(AppSettings(data=str(data), model=str(clip), runs=runs, device="cpu"))
+    ws.load(str(data))
+    job = ws.start_detect(str(clip), False, 1, method=method)
+    job.join(timeout)
+    assert job.status == "done", job.error
+
+
 def audited_server(tmp: Path, clip: Path, *args: str):
     """The bundled demo detected and audited (DEFT, then every baseline: the combined order, the map) with the
     tiny CLIP under ``tmp/runs``, and ``python app.py`` serving it with ``args``: ``(server, review store)``.
     The caller stops the server."""
     from deft.store import ReviewStore
-    from ui.workspace import AppSettings, Workspace, dataset_key
+    from ui.workspace import dataset_key
 
     runs = tmp / "runs"
-    ws = Workspace(AppSettings(data=str(DEMO), model=str(clip), runs=runs, device="cpu"))
-    ws.load(str(DEMO))
-    job = ws.start_detect(str(clip), False, 1, method="all")
-    job.join(600)
-    assert job.status == "done", job.error
+    detect_into(runs, DEMO, clip, method="all")
     server = Server(["--data", str(DEMO), "--model", str(clip), "--runs", str(runs), *args],
                     tmp / "server.log").start()
     return server, ReviewStore(runs / dataset_key(str(DEMO)) / "review.sqlite")

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from deft.store import ReviewStore
-from ui.workspace import AppSettings, Workspace, dataset_key
+from ui.workspace import dataset_key
 
 from ..conftest import ROOT
-from .conftest import Server
+from .conftest import Server, detect_into
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 DEMO = ROOT / "assets" / "demo"
@@ -44,11 +44,7 @@ def app(tmp_path_factory, tiny_clip_dir, cifar_small):
     """One detection run and one server for the module: ``(server, store)``."""
     tmp = tmp_path_factory.mktemp("review-app")
     runs = tmp / "runs"
-    ws = Workspace(AppSettings(data=str(DEMO), model=str(tiny_clip_dir), runs=runs, device="cpu"))
-    ws.load(str(DEMO))
-    job = ws.start_detect(str(tiny_clip_dir), False, 1)
-    job.join(300)
-    assert job.status == "done", job.error
+    detect_into(runs, DEMO, tiny_clip_dir, timeout=300)
     server = Server(["--data", str(DEMO), "--model", str(tiny_clip_dir), "--runs", str(runs),
                      "--data-root", str(DEMO), "--data-root", str(cifar_small)], tmp / "server.log").start()
     try:

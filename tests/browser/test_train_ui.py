@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from .conftest import DEMO, Server
+from .conftest import DEMO, Server, detect_into
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -22,19 +22,13 @@ def wait_text(page, sel, needle, timeout=60_000):
 
 
 def test_train_tab_before_a_run_and_after_a_reload(tmp_path, tiny_clip_dir, browser, artifacts):
-    from ui.workspace import AppSettings, Workspace
-
     mini = tmp_path / "mini"  # 6 demo images per class: detection and training stay short on any CPU
     for cls in sorted(p for p in DEMO.iterdir() if p.is_dir()):
         (mini / cls.name).mkdir(parents=True)
         for f in sorted(cls.iterdir())[:6]:
             shutil.copy(f, mini / cls.name / f.name)
     runs = tmp_path / "runs"
-    ws = Workspace(AppSettings(data=str(mini), model=str(tiny_clip_dir), runs=runs, device="cpu"))
-    ws.load(str(mini))
-    job = ws.start_detect(str(tiny_clip_dir), False, 1)
-    job.join(600)
-    assert job.status == "done", job.error
+    detect_into(runs, mini, tiny_clip_dir)
     server = Server(["--data", str(mini), "--model", str(tiny_clip_dir), "--runs", str(runs)],
                     tmp_path / "server.log").start()
     try:
