@@ -10,7 +10,7 @@ from pathlib import Path
 def markdown(path: str | Path) -> str:
     d = json.loads(Path(path).read_text())
     out = ["| noise | order | wrong labels found in the first 250 / 500 / 1,000 cards | one-key rate at 1,000 "
-           "(best single source on the same errors) | estimated / true remaining at 1,000 |",
+           "(best single source on the same errors) | estimated (model; DEFT flags) / true remaining at 1,000 |",
            "|---|---|---|---|---|"]
     for r in d["results"]:
         b = {x["budget"]: x for x in r["budgets"]}
@@ -18,6 +18,8 @@ def markdown(path: str | Path) -> str:
         src = last.get("source_one_key_rate", {})
         best = max((v for k, v in src.items() if not k.startswith("combined")), default=None)
         est = "-" if last["estimated_remaining"] is None else f"{last['estimated_remaining']:.0f}"
+        if last.get("estimated_remaining_flagged") is not None:
+            est += f" ({last['estimated_remaining_model']:.0f}; {last['estimated_remaining_flagged']})"
         order = r["order"] + (" + learning" if r["learn"] else "")
         out.append(f"| {r['noise']} | {order} | {' / '.join(str(b[k]['errors_found']) for k in sorted(b))} | "
                    f"{last['one_key_rate']:.1%}" + (f" ({best:.1%})" if best is not None else "")

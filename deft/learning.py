@@ -165,7 +165,9 @@ def order_rows(ranked: pd.DataFrame) -> list[tuple[str, str, float]]:
 @dataclass
 class RerankReport:
     """What one refit did: ``decisions`` it learned from, the model's ``precision`` on ``holdout`` held-out
-    decisions, ``moved`` samples re-keyed, ``remaining`` expected wrong labels among ``unreviewed``."""
+    decisions, ``moved`` samples re-keyed, ``remaining`` the stopping rule's wrong labels among ``unreviewed``
+    (:class:`deft.ranking.Remaining`: ``remaining_model`` the model's count, ``flagged`` DEFT's suspects among
+    them)."""
 
     decisions: int
     source: str
@@ -175,6 +177,8 @@ class RerankReport:
     remaining: float
     unreviewed: int
     weights: dict[str, float]
+    remaining_model: float | None = None
+    flagged: int | None = None
 
     def line(self) -> str:
         prec = (f"; precision {self.precision:.0%} on {self.holdout} held-out decisions"
@@ -239,9 +243,11 @@ class QueueLearner:
             moved_n = self.store.rerank(ORDER, order, ranked.set_index("id"))
             unreviewed = np.ones(len(sig.ids), dtype=bool)
             unreviewed[rows] = False
-            remaining = rk.estimate_remaining(self.model.p_wrong, unreviewed)
+            est = rk.remaining_estimate(rk.estimate_remaining(self.model.p_wrong, unreviewed),
+                                        unreviewed_suspects(self.store), int(unreviewed.sum()))
             self.last = RerankReport(len(rows), self.model.source, self.model.precision, self.model.holdout,
-                                     moved_n, round(remaining, 1), int(unreviewed.sum()), weights)
+                                     moved_n, round(est.point, 1), est.unreviewed, weights, round(est.model, 1),
+                                     est.flagged)
             self.store.set_meta("rank_at", str(n_at))
             self.store.set_meta("rank_report", json.dumps(asdict(self.last)))
             return self.last
@@ -258,6 +264,13 @@ class QueueLearner:
             self.refit()
         except Exception as exc:  # noqa: BLE001 (a failed refit must not take the review down)
             self.store.set_meta("rank_error", f"{type(exc).__name__}: {exc}")
+
+
+def unreviewed_suspects(store, count: dict | None = None) -> int | None:
+    """DEFT's suspects (``is_clean`` false) nobody has decided yet: the flagged half of the stopping rule
+    (``count``: the store's :meth:`~deft.store.ReviewStore.count`, when the caller has it)."""
+    c = count if count is not None else store.count()
+    return max(0, int(c["suspects"]) - int(c["reviewed"])) if c["suspects"] else None
 
 
 def signals_path(run_path: str | os.PathLike) -> Path:

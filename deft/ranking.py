@@ -32,7 +32,7 @@ import pandas as pd
 __all__ = ["SOURCES", "SOURCE_NAMES", "TopK", "topk", "prompt_topk", "neighbour_topk", "given_prob", "mixup_counts",
            "mixup_topk", "prior_mixups",
            "neighbour_text_agreement", "signal_features", "WrongLabelModel", "RankConfig", "pool_suggestions",
-           "fit_source_weights", "Suggestions", "estimate_remaining"]
+           "fit_source_weights", "Suggestions", "estimate_remaining", "Remaining", "remaining_estimate"]
 
 # suggestion sources, in the order their names are listed on a card
 SOURCES = ("prompts", "zeroshot", "probe", "neighbours", "mixups")
@@ -434,5 +434,40 @@ def fit_source_weights(sources: dict[str, TopK], labels: np.ndarray, rows: np.nd
 
 
 def estimate_remaining(p_wrong: np.ndarray, unreviewed: np.ndarray) -> float:
-    """Expected number of wrong labels among the unreviewed samples (sum of their ``p_wrong``)."""
+    """Expected number of wrong labels among the unreviewed samples under the ranking model (sum of their
+    ``p_wrong``): the model half of :func:`remaining_estimate`."""
     return float(np.asarray(p_wrong, dtype=np.float64)[np.asarray(unreviewed, dtype=bool)].sum())
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """The stopping rule: about ``point`` wrong labels remain among ``unreviewed`` samples.
+
+    Two estimates with independent assumptions bracket it: ``model``, the ranking model's expected count
+    (its ``p_wrong`` fitted on the reviewer's decisions, which sit at the top of the queue, so the tail is an
+    extrapolation), and ``flagged``, the unreviewed samples DEFT's clean rule flags (its learned per-class
+    threshold is its own estimate of which labels are wrong; None for a run without it). ``point`` is their
+    geometric mean. Measured with ``deft simulate`` (README, "Stopping rule").
+    """
+
+    point: float
+    model: float
+    flagged: int | None
+    unreviewed: int
+
+    @property
+    def low(self) -> float:
+        return self.point if self.flagged is None else min(self.model, float(self.flagged))
+
+    @property
+    def high(self) -> float:
+        return self.point if self.flagged is None else max(self.model, float(self.flagged))
+
+
+def remaining_estimate(model: float, flagged: int | None, unreviewed: int) -> Remaining:
+    """:class:`Remaining` from the model's expected count and the number of unreviewed samples DEFT flags
+    (the model's count alone when DEFT flags none of them or the run has no DEFT verdicts)."""
+    model = max(0.0, float(model))
+    if flagged is None or flagged <= 0 or model <= 0:
+        return Remaining(model, model, flagged, int(unreviewed))
+    return Remaining(float(np.sqrt(model * flagged)), model, int(flagged), int(unreviewed))

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DeftError
-from .ranking import RankConfig, estimate_remaining
+from .ranking import RankConfig, Remaining, estimate_remaining, remaining_estimate
 
 ORDER_NAMES = ("combined", "margin", "agreement", "zeroshot", "cleanlab")
 
@@ -98,17 +98,19 @@ def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
         q.act(item["id"], int(item["version"]), "relabel", truth)
 
 
-def _row(t: _Tally, errors_total: int, remaining: float | None) -> dict:
+def _row(t: _Tally, errors_total: int, remaining: Remaining | None) -> dict:
+    est = {"estimated_remaining": None if remaining is None else round(remaining.point, 1),
+           "estimated_remaining_model": None if remaining is None else round(remaining.model, 1),
+           "estimated_remaining_flagged": None if remaining is None else remaining.flagged}
     return {"cards": t.cards, "errors_found": t.errors, "precision": round(t.errors / max(1, t.cards), 4),
             "one_key_rate": round(t.one_key / max(1, t.errors), 4), "top3_rate": round(t.top3 / max(1, t.errors), 4),
-            "estimated_remaining": None if remaining is None else round(remaining, 1),
-            "true_remaining": errors_total - t.errors}
+            **est, "true_remaining": errors_total - t.errors}
 
 
 def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
              workdir: str | os.PathLike | None = None) -> dict:
     """Replay an oracle reviewer on a run; see the module docstring. Returns the JSON-ready result."""
-    from .learning import load_learner
+    from .learning import load_learner, unreviewed_suspects
     from .review import ReviewFilter, ReviewQueue
     from .run import Run
 
@@ -144,7 +146,8 @@ def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
             if learner is not None:
                 unreviewed = np.ones(len(ids), dtype=bool)
                 unreviewed[[pos[i] for i in t.reviewed]] = False
-                remaining = estimate_remaining(learner.model.p_wrong, unreviewed)
+                remaining = remaining_estimate(estimate_remaining(learner.model.p_wrong, unreviewed),
+                                               unreviewed_suspects(store), int(unreviewed.sum()))
             rows.append({"budget": budget, **_row(t, errors_total, remaining),
                          "source_one_key_rate": best.rate(t.found)})
         report = learner.last.line() if learner is not None and learner.last is not None else ""

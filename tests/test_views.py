@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from deft.progress import ProgressEvent
+from deft.ranking import remaining_estimate
 from deft.store import BatchResult, Decision
 from ui import views
 
@@ -93,16 +94,26 @@ def test_counter_and_lines():
 
 def test_queue_note_reports_the_rerank_and_the_stopping_rule():
     assert views.queue_note(None, None) == ""  # before an audit
-    assert views.queue_note(None, (12.4, 400)) == "about 12 wrong labels likely remain among the 400 unreviewed"
+    alone = remaining_estimate(12.4, None, 400)  # no DEFT verdicts: the model's count alone
+    assert views.queue_note(None, alone) == "about 12 wrong labels likely remain among the 400 unreviewed"
     report = {"decisions": 125, "source": "your 125 decisions", "precision": 0.93, "holdout": 25, "moved": 300,
-              "remaining": 40.2, "unreviewed": 9875, "weights": {}}
-    note = views.queue_note(report, (1234.6, 9875))
+              "remaining": 40.2, "unreviewed": 9875, "weights": {}}  # a report written before remaining_model
+    note = views.queue_note(report, remaining_estimate(900.0, 1600, 9875))
     assert note == ("queue re-ranked from your 125 decisions; precision 93% on 25 held-out decisions<br>"
-                    "about 1,235 wrong labels likely remain among the 9,875 unreviewed")
+                    "about 1,200 wrong labels likely remain among the 9,875 unreviewed "
+                    "(the ranking model says 900; DEFT flags 1,600 of them)")
     early = views.queue_note(report | {"decisions": 5, "source": "methods <agree>", "precision": None}, None)
     assert early.startswith("queue re-ranked after 5 decisions (ranked by methods &lt;agree&gt;")
     line = views.counter_html({"reviewed": 3, "suspects": 12}, 4, 10, note)
     assert line.endswith(f'<br><span id="queue-note">{note}</span>')
+
+
+def test_stopping_rule_is_the_geometric_mean_of_the_model_and_deft():
+    est = remaining_estimate(900.0, 1600, 9875)
+    assert est.point == pytest.approx(1200.0) and (est.low, est.high) == (900.0, 1600.0)
+    # DEFT flags none of the unreviewed (all its suspects reviewed) or the run has none: the model alone
+    assert remaining_estimate(30.0, 0, 50).point == 30.0 and remaining_estimate(30.0, None, 50).point == 30.0
+    assert remaining_estimate(-1.0, 10, 50).point == 0.0
 
 
 def test_parse_bound():

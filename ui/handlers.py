@@ -392,7 +392,8 @@ class ReviewHandlers(Handlers):
         item = item if item is not None else q.current()
         q.save_place()
         pos = q.position(item) + 1 if item is not None else 0
-        counter = v.counter_html(ws.store.count(), pos, q.size(), ws.queue_note())
+        count = ws.store.count()
+        counter = v.counter_html(count, pos, q.size(), ws.queue_note(count))
         out = self.card_outputs(v.card_html(ws, item), counter, msg)
         if dd is not None:
             out[c.relabel_dd] = dd
@@ -584,7 +585,8 @@ class ReviewHandlers(Handlers):
         """The counter for the card this reviewer has (its anchor, which is not moved: the card is not
         rendered again), for renders that change the counts but not the card."""
         pos = ws.store.position(q.anchor, **q.filter.kwargs()) if q.anchor else None
-        counter = v.counter_html(ws.store.count(), None if pos is None else pos + 1, q.size(), ws.queue_note())
+        count = ws.store.count()
+        counter = v.counter_html(count, None if pos is None else pos + 1, q.size(), ws.queue_note(count))
         return v.live("counter-live", counter) + self.serial()
 
     def grid_apply(self, sid: str, cid: str, selection: str, action: str, label: str, page: int,

@@ -17,6 +17,7 @@ from deft.audit_view import AuditView, conflict_line, issue_counts, methods_tabl
 from deft.errors import DataError
 from deft.learning import RerankReport
 from deft.monitor import planted_line
+from deft.ranking import Remaining
 from deft.review import group_title, suggestions
 from deft.store import BatchResult, Decision
 from deft.thumbs import thumbnail_file
@@ -321,10 +322,10 @@ def counter_html(count: dict, pos: int | None, n: int, note: str = "") -> str:
     return line + (f'<br><span id="queue-note">{note}</span>' if note else "")
 
 
-def queue_note(report: dict | None, wrong: tuple[float, int] | None) -> str:
+def queue_note(report: dict | None, wrong: Remaining | None) -> str:
     """What the learning queue says under the counter (HTML): the last re-rank (``report``, a
-    :class:`deft.learning.RerankReport` as a dict) and the stopping rule from ``wrong`` = (expected wrong
-    labels, samples) among the undecided ones; '' before an audit."""
+    :class:`deft.learning.RerankReport` as a dict) and the stopping rule (``wrong``, a
+    :class:`deft.ranking.Remaining` for the undecided samples); '' before an audit."""
     parts = []
     if report:
         r = RerankReport(**report)
@@ -334,7 +335,10 @@ def queue_note(report: dict | None, wrong: tuple[float, int] | None) -> str:
             parts.append(f"queue re-ranked after {r.decisions} decisions (ranked by {html.escape(r.source)} until "
                          "there are enough kept and corrected labels to learn from)")
     if wrong is not None:
-        parts.append(f"about {round(wrong[0]):,} wrong labels likely remain among the {wrong[1]:,} unreviewed")
+        line = f"about {round(wrong.point):,} wrong labels likely remain among the {wrong.unreviewed:,} unreviewed"
+        if wrong.flagged is not None and round(wrong.low) != round(wrong.high):
+            line += f" (the ranking model says {round(wrong.model):,}; DEFT flags {wrong.flagged:,} of them)"
+        parts.append(line)
     return "<br>".join(parts)
 
 

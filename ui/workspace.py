@@ -33,9 +33,9 @@ from deft.errors import ReviewError, RunError
 from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
-from deft.learning import ORDER, QueueLearner, load_learner, signals_path
+from deft.learning import ORDER, QueueLearner, load_learner, signals_path, unreviewed_suspects
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
-from deft.ranking import RankConfig
+from deft.ranking import RankConfig, remaining_estimate
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
@@ -222,8 +222,10 @@ class Workspace:
         order (an audit); DEFT's suspects by margin before."""
         return ReviewFilter(suspects=None, order=ORDER) if self.ranked else ReviewFilter()
 
-    def queue_note(self) -> str:
-        """The Review counter's second line: the last re-rank and the stopping rule (cached per store stamp)."""
+    def queue_note(self, count: dict | None = None) -> str:
+        """The Review counter's second line: the last re-rank and the stopping rule (cached per store stamp).
+        ``count``: the store's :meth:`~deft.store.ReviewStore.count` when the caller has it (DEFT's suspects
+        left unreviewed, the stopping rule's second estimate)."""
         store = self.store
         if store is None:
             return ""
@@ -231,7 +233,9 @@ class Workspace:
         cached = self._note
         if cached is not None and cached[0] == key:
             return cached[1]
-        note = queue_note(json.loads(key[2]) if key[2] else None, store.expected_wrong())
+        wrong = store.expected_wrong()
+        est = None if wrong is None else remaining_estimate(wrong[0], unreviewed_suspects(store, count), wrong[1])
+        note = queue_note(json.loads(key[2]) if key[2] else None, est)
         self._note = (key, note)
         return note
 
