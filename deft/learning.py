@@ -192,8 +192,10 @@ class QueueLearner:
     Thread-safe: one refit at a time (:meth:`maybe_refit_async` never blocks the caller).
     """
 
-    def __init__(self, store, signals: Signals, config: rk.RankConfig | None = None) -> None:
+    def __init__(self, store, signals: Signals, config: rk.RankConfig | None = None,
+                 image: np.ndarray | None = None) -> None:
         self.store, self.signals, self.config = store, signals, config or rk.RankConfig()
+        self.image = image  # (N, D) CLIP embeddings of the signals' rows: the probe on reviewed labels
         self.prior = unsupervised(signals, self.config)
         self.model = self.prior
         self.prior_mixups = rk.prior_mixups(signals.sources, signals.labels, self.prior.p_wrong, len(signals.classes))
@@ -234,6 +236,10 @@ class QueueLearner:
             fix = (wrong == 1) & (final >= 0)
             counts = self.prior_mixups + rk.mixup_counts(sig.labels[rows[fix]], final[fix], len(sig.classes))
             sources = with_mixups(sig, counts, sources)
+            if self.image is not None and fix.sum() >= cfg.min_decisions:
+                truth = np.where(wrong == 1, final, sig.labels[rows])
+                sources["reviewed"] = rk.reviewed_probe(self.image, sig.labels, self.model.p_wrong, rows, truth,
+                                                        len(sig.classes), k=cfg.top_k, seed=cfg.seed)
             weights = (rk.fit_source_weights(sources, sig.labels, rows[fix], final[fix])
                        if fix.sum() >= cfg.min_decisions else {})
             # the neighbour vote of a sample uses its neighbours' trusted labels, but its own given label stays
@@ -286,8 +292,34 @@ def load_learner(store, run_path: str | os.PathLike, config: rk.RankConfig | Non
         return None
     ids = store.sample_ids()
     try:
-        return QueueLearner(store, Signals.load(p, ids), config)
+        sig = Signals.load(p, ids)
     except (ValueError, KeyError, OSError) as exc:
         if notes is not None:
             notes.append(str(exc))
+        return None
+    return QueueLearner(store, sig, config, review_embeddings(run_path, sig.ids))
+
+
+PROBE_MAX_SAMPLES = 200_000  # above this the probe on reviewed labels is left out (embeddings: N x D floats held)
+
+
+def review_embeddings(run_path: str | os.PathLike, ids: np.ndarray) -> np.ndarray | None:
+    """The run's cached CLIP image embeddings for the samples ``ids`` (the probe on reviewed labels), or None
+    when there are none, they are stale or damaged, or there are more than :data:`PROBE_MAX_SAMPLES`."""
+    from .embeddings import EMBEDDINGS_FILE, load_embeddings
+    from .run import Run
+
+    path = Path(run_path) / EMBEDDINGS_FILE
+    if len(ids) > PROBE_MAX_SAMPLES or not path.is_file():
+        return None
+    try:
+        emb = load_embeddings(path)
+        all_ids = Run.open(run_path).dataset.samples["id"].astype(str).to_numpy()
+        if len(all_ids) != emb.N:
+            return None
+        pos = pd.Series(np.arange(len(all_ids)), index=all_ids).reindex(np.asarray(ids, dtype=str))
+        if pos.isna().any():
+            return None
+        return emb.image[pos.to_numpy(np.int64)]
+    except Exception:  # noqa: BLE001 - a derived file: without it the queue learns without this source
         return None

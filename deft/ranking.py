@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["SOURCES", "SOURCE_NAMES", "TopK", "topk", "prompt_topk", "neighbour_topk", "given_prob", "mixup_counts",
-           "mixup_topk", "prior_mixups",
+__all__ = ["SOURCES", "SOURCE_NAMES", "TopK", "topk", "prompt_topk", "neighbour_topk", "reviewed_probe", "given_prob",
+           "mixup_counts", "mixup_topk", "prior_mixups",
            "neighbour_text_agreement", "signal_features", "WrongLabelModel", "RankConfig", "pool_suggestions",
            "fit_source_weights", "Suggestions", "estimate_remaining", "Remaining", "remaining_estimate"]
 
 # suggestion sources, in the order their names are listed on a card
-SOURCES = ("prompts", "zeroshot", "probe", "neighbours", "mixups")
+SOURCES = ("prompts", "zeroshot", "probe", "reviewed", "neighbours", "mixups")
 SOURCE_NAMES = {"prompts": "learned prompts", "zeroshot": "zero-shot CLIP", "probe": "linear probe",
-                "neighbours": "nearest neighbours", "mixups": "label mix-ups"}
+                "reviewed": "probe on reviewed labels", "neighbours": "nearest neighbours", "mixups": "label mix-ups"}
 MIXUP_PRIOR = 10.0  # pseudo-corrections per class that the unsupervised mix-up estimate is worth
 EPS = 1e-6
 MIN_PER_OUTCOME = 5  # decisions of each kind (label wrong / right) before the reviewer's model is fitted
@@ -106,6 +106,52 @@ def neighbour_topk(nn_idx: np.ndarray, nn_sim: np.ndarray, labels: np.ndarray, K
     np.add.at(votes, (rows, labels[np.where(ok, nn_idx, 0)].ravel()), w.ravel())
     votes /= votes.sum(axis=1, keepdims=True)
     return topk(votes, labels if trust is None else labels, k)
+
+
+def reviewed_probe(image: np.ndarray, labels: np.ndarray, p_wrong: np.ndarray, rows: np.ndarray,
+                   final: np.ndarray, K: int, trusted: float = 0.5, max_rows: int = 20000, C: float = 10.0,  # noqa: N803
+                   k: int = 5, seed: int = 0) -> TopK:
+    """A linear probe on the labels a reviewer confirmed or corrected plus the most trusted unreviewed ones.
+
+    The cross-validated probe (cleanlab's input) learns from every given label, wrong ones included (40% of
+    them under sym 0.4); this one learns from ``rows`` with their ``final`` class (kept: the given label) and,
+    per class, the ``trusted`` fraction of the other samples with the lowest ``p_wrong`` (at most
+    ``max_rows`` of them, a seeded sample). ``image`` (N, D) CLIP embeddings; returns its class
+    probabilities for every sample as a :class:`TopK` (``given``: of the sample's given label).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    final = np.asarray(final, dtype=np.int64)
+    keep = final >= 0
+    rows, final = rows[keep], final[keep]
+    trust = np.zeros(len(labels), dtype=bool)
+    for c in range(K):
+        mc = np.flatnonzero(labels == c)
+        if len(mc):
+            trust[mc[p_wrong[mc] <= np.quantile(p_wrong[mc], trusted)]] = True
+    trust[rows] = False
+    pool = np.flatnonzero(trust)
+    if len(pool) > max_rows:
+        pool = np.sort(rng.choice(pool, max_rows, replace=False))
+    x = np.concatenate([pool, rows])
+    y = np.concatenate([labels[pool], final])
+    model = _fit_probe(np.asarray(image[x], dtype=np.float32), y, C, seed)
+    probs = np.zeros((len(labels), K), dtype=np.float64)
+    for s in range(0, len(labels), 65536):
+        probs[s : s + 65536, model.classes_] = model.predict_proba(np.asarray(image[s : s + 65536], np.float32))
+    return topk(probs, labels, k)
+
+
+def _fit_probe(x: np.ndarray, y: np.ndarray, C: float, seed: int):  # noqa: N803
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")
+        return LogisticRegression(C=C, max_iter=300, random_state=seed).fit(x, y)
 
 
 def mixup_counts(labels: np.ndarray, targets: np.ndarray, K: int, weights: np.ndarray | None = None  # noqa: N803

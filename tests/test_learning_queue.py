@@ -190,6 +190,26 @@ def test_source_weights_learn_which_source_the_reviewer_agrees_with():
     assert w["zeroshot"] > w["probe"] + 0.5
 
 
+def test_probe_on_reviewed_labels_learns_the_corrections_not_the_wrong_labels():
+    """Given labels 45% wrong in two clusters whose wrong labels point the same way; the reviewer corrected
+    60 of them. The probe on reviewed + trusted labels predicts the truth; one on every given label cannot."""
+    rng = np.random.default_rng(0)
+    n, K = 600, 3
+    truth = rng.integers(0, K, n)
+    image = np.eye(K)[truth] * 3.0 + rng.normal(0, 1.0, (n, K))
+    labels = truth.copy()
+    wrong = (truth == 0) & (rng.random(n) < 0.9)  # class 0 mostly labelled 1
+    labels[wrong] = 1
+    p_wrong = np.where(wrong, 0.8, 0.2) + rng.uniform(-0.1, 0.1, n)  # the ranking mostly knows
+    rows = np.flatnonzero(wrong)[:60]
+    src = rk.reviewed_probe(image, labels, p_wrong, rows, truth[rows], K)
+    rest = np.setdiff1d(np.flatnonzero(wrong), rows)
+    assert (src.idx[rest, 0] == 0).mean() > 0.9  # the truth, not the wrong label 1
+    naive = rk.reviewed_probe(image, labels, np.zeros(n), np.array([], int), np.array([], int), K, trusted=1.0)
+    assert (naive.idx[rest, 0] == 0).mean() < 0.5
+    assert np.allclose(src.given, src.prob_of(labels[:, None])[:, 0], atol=1e-6)
+
+
 def test_suggestions_name_the_source_they_came_from():
     item = {"label": "ship", "suggestion": "deer", "suggestion_conf": 0.6, "pred": "horse", "pred_conf": 0.9,
             "zs1": "deer", "zs1_conf": 0.6, "zs2": "horse", "zs2_conf": 0.3, "zs3": "ship", "zs3_conf": 0.1}
@@ -273,6 +293,35 @@ def test_simulate_with_a_planted_signal_learns_to_find_it(demo_run, tmp_path):
     # find most of the 40 planted errors within 90 cards
     assert learned["budgets"][1]["errors_found"] >= 30, learned
     assert learned["budgets"][1]["errors_found"] >= fixed["budgets"][1]["errors_found"]
+
+
+@pytest.mark.slow
+def test_learner_suggests_from_a_probe_on_the_reviewers_labels(demo_run, tmp_path):
+    from deft.audit import true_labels
+    from deft.learning import load_learner
+    from deft.run import Run
+    from deft.simulate import _store
+
+    run = Run.open(demo_run)
+    store = _store(run, tmp_path / "review.sqlite", "combined")
+    learner = load_learner(store, demo_run, rk.RankConfig(every=10, min_decisions=10))
+    assert learner.image is not None and learner.image.shape[0] == len(learner.signals.ids)
+    truth = dict(zip(run.dataset.samples["id"].astype(str), true_labels(run), strict=True))
+    q = ReviewQueue(store, ReviewFilter(suspects=None, order=ORDER), client="a", user="a")
+    oracle(q, truth, 60)
+    seen = {}
+    real = rk.reviewed_probe
+
+    def spy(*a, **kw):
+        seen["rows"] = len(a[3])
+        return real(*a, **kw)
+
+    rk.reviewed_probe = spy
+    try:
+        learner.refit()
+    finally:
+        rk.reviewed_probe = real
+    assert seen["rows"] == 60  # fitted on every decided card (kept and corrected)
 
 
 def test_simulate_refuses_a_run_without_ground_truth(tmp_path, demo_run):
