@@ -36,7 +36,8 @@ from .run import Run, run_folder_lock
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>) or a CSV/Parquet with path,label")
+    p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>), a CSV/Parquet with path,label, a Hugging "
+                                "Face dataset folder (save_to_disk or Parquet/Arrow files)")
     p.add_argument("--root", help="folder the table's paths are relative to (default: the table's folder)")
     p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
 
@@ -65,6 +66,7 @@ def _given(a: argparse.Namespace, *names: str) -> dict[str, object]:
 
 
 OPTIM_FLAGS = ("lr", "batch_size", "epochs", "lr_schedule")
+EXPORT_FORMATS = ["csv", "parquet", "hf"]
 
 
 def phase1_config(a: argparse.Namespace) -> Phase1Config:
@@ -162,9 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("export", help="write the cleaned label table (CSV, or Parquet for .parquet)")
+    p = sub.add_parser("export", help="write the cleaned labels: CSV/Parquet table or Hugging Face dataset")
     p.add_argument("run")
     p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                   help="csv / parquet (default: by --out's suffix); hf: a datasets DatasetDict folder "
+                        "(load_from_disk)")
     p.add_argument("--pseudo", action="store_true", help="give unreviewed suspects their suggested label")
 
     p = sub.add_parser("noise", help="write a copy of the labels with synthetic noise (benchmarks)")
@@ -322,8 +327,20 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     run = Run.open(a.run)
     df = _export_frame(run, a.pseudo)
-    write_export(df, a.out)
-    say(f"wrote {len(df)} rows to {a.out} ({df['status'].value_counts().to_dict()})")
+    fmt = a.format or ("parquet" if Path(a.out).suffix.lower() in {".parquet", ".pq"} else "csv")
+    counts = df["status"].value_counts().to_dict()
+    if fmt == "hf":
+        from .interop_hf import write_hf
+
+        write_hf(run, df, a.out)
+        say(f"wrote a Hugging Face DatasetDict of {len(run.dataset.samples)} rows to {a.out} ({counts}); "
+            f"read it with datasets.load_from_disk({str(a.out)!r})")
+    else:
+        out = Path(a.out)
+        if fmt == "parquet" and out.suffix.lower() not in {".parquet", ".pq"}:
+            out = out.with_name(out.name + ".parquet")
+        write_export(df, out)
+        say(f"wrote {len(df)} rows to {out} ({counts})")
     return 0
 
 

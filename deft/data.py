@@ -448,11 +448,19 @@ def load_dataset(
     descriptions: str | os.PathLike | None = None,
     verify: bool = True,
 ) -> Dataset:
-    """Import a dataset from an ImageFolder or a CSV/Parquet table (dispatch on ``source``)."""
+    """Import a dataset (dispatch on ``source``, see :func:`deft.interop.source_kind`): an ImageFolder, a
+    CSV/Parquet table, or a Hugging Face dataset folder."""
+    from .interop import source_kind
+
     prompts = load_class_descriptions(descriptions) if descriptions else None
     src = Path(source)
-    if src.suffix.lower() in {".csv", ".parquet", ".pq", ".tsv"}:
+    kind = source_kind(source)
+    if kind == "table":
         return load_table(src, root=root, prompts=prompts, verify=verify)
+    if kind == "hf":
+        from .interop_hf import load_hf
+
+        return load_hf(src, prompts=prompts, verify=verify)
     return load_image_folder(src, prompts=prompts, verify=verify)
 
 

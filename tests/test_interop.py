@@ -1,0 +1,158 @@
+"""Issue 23: Hugging Face datasets, Label Studio and FiftyOne in and out, checked against the real `datasets`
+library and against Label Studio's own JSON format."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deft.data import load_dataset
+from deft.run import Run
+from deft.store import ReviewStore
+
+from .conftest import ROOT, extract_cifar
+
+datasets = pytest.importorskip("datasets")
+
+
+def deft(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEFT_IMPORT_CACHE": str(cache), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "deft", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"deft {args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def hf_dataset(folder: Path, images: Path, broken: bool = False):
+    """A DatasetDict (train: 5 images per class, test: 1) with an Image column and a ClassLabel, saved to
+    ``folder``; ``broken`` adds a row with undecodable bytes and a row without a label to train."""
+    classes = sorted(p.name for p in images.iterdir())
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    by_class = {c: sorted((images / c).glob("*.jpg")) for c in classes}
+
+    def rows(files):
+        return {"img": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+                "label": [classes.index(f.parent.name) for f in files]}
+
+    train = rows([f for c in classes for f in by_class[c][:5]])
+    if broken:
+        train["img"] += [{"bytes": b"not an image", "path": "bad.jpg"}, {"bytes": train["img"][0]["bytes"],
+                                                                          "path": "x.jpg"}]
+        train["label"] += [0, -1]
+    test = rows([by_class[c][5] for c in classes])
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(train, features=feats),
+                               "test": datasets.Dataset.from_dict(test, features=feats)})
+    dd.save_to_disk(str(folder))
+    return dd, classes
+
+
+@pytest.fixture(scope="module")
+def hf_run(tmp_path_factory, tiny_clip_dir):
+    """A deft run detected (tiny CLIP, 1 epoch) on a saved Hugging Face DatasetDict, through the CLI."""
+    tmp = tmp_path_factory.mktemp("hf_run")
+    dd, classes = hf_dataset(tmp / "hf", extract_cifar(tmp / "images", 6), broken=True)
+    cache = tmp / "cache"
+    out = deft("detect", tmp / "hf", "--model", tiny_clip_dir, "--out", tmp / "run", "--epochs", "1",
+               "--batch-size", "16", cache=cache).stdout
+    assert "suspects of 50 samples" in out and "2 file(s) excluded" in out
+    return tmp / "run", cache, classes
+
+
+@pytest.fixture
+def run_copy(hf_run, tmp_path):
+    """A private copy of the detected run (each test records its own decisions)."""
+    src, cache, classes = hf_run
+    shutil.copytree(src, tmp_path / "run")
+    return tmp_path / "run", cache, classes
+
+
+def test_hf_import_lists_bad_rows_and_reuses_its_image_cache(tmp_path, monkeypatch, cifar_small):
+    monkeypatch.setenv("DEFT_IMPORT_CACHE", str(tmp_path / "cache"))
+    dd, classes = hf_dataset(tmp_path / "hf", cifar_small, broken=True)
+    ds = load_dataset(tmp_path / "hf")
+    assert ds.classes == classes and ds.N == 60  # 50 train + 10 test; the broken and unlabelled rows excluded
+    assert ds.samples["split"].value_counts().to_dict() == {"train": 50, "test": 10}
+    assert ds.heldout.sum() == 10 and Path(ds.root).is_relative_to(tmp_path / "cache")
+    problems = dict(zip(ds.issues["path"], ds.issues["problem"], strict=True))
+    assert problems["train/000051.jpg"] == "no label in this row (skipped)"
+    assert any(p.startswith("train/000050") for p in problems)  # the undecodable bytes, listed as unreadable
+    first = ds.samples.iloc[0]
+    with Image.open(Path(ds.root) / first["id"]) as im:
+        assert im.size == dd["train"][0]["img"].size and first["label"] == classes[dd["train"][0]["label"]]
+    stamp = (Path(ds.root) / first["id"]).stat().st_mtime_ns
+    again = load_dataset(tmp_path / "hf")  # unchanged source: the cached images are reused, not rewritten
+    assert again.samples.equals(ds.samples) and (Path(ds.root) / first["id"]).stat().st_mtime_ns == stamp
+
+
+def test_hf_parquet_folder_with_string_labels_and_splits_from_file_names(tmp_path, monkeypatch, cifar_small):
+    monkeypatch.setenv("DEFT_IMPORT_CACHE", str(tmp_path / "cache"))
+    files = sorted(cifar_small.glob("*/*.jpg"))
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    for split, part in (("train", files[:40]), ("validation", files[40:])):
+        d = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": f.name} for f in part],
+                                        "label": [f.parent.name for f in part]}, features=feats)
+        d.to_parquet(str(tmp_path / "pq" / "data" / f"{split}-00000-of-00001.parquet"))
+    ds = load_dataset(tmp_path / "pq")
+    assert ds.classes == sorted({f.parent.name for f in files}) and ds.N == 60
+    assert ds.samples["split"].value_counts().to_dict() == {"train": 40, "validation": 20}
+    assert ds.heldout.sum() == 20
+
+
+def test_hf_bad_inputs_are_one_sentence(tmp_path, cifar_small):
+    cache = tmp_path / "cache"
+    d = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+    d.save_to_disk(str(tmp_path / "noimage"))
+    p = deft("check", tmp_path / "noimage", cache=cache, check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "has no Image column" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "state.json").write_text("{not json")
+    p = deft("check", tmp_path / "damaged", cache=cache, check=False)
+    assert p.returncode == 2 and "Could not read" in p.stderr and "Traceback" not in p.stderr
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    img = next(cifar_small.glob("*/*.jpg")).read_bytes()
+    table = datasets.Dataset.from_dict({"image": [{"bytes": img, "path": "a.jpg"}] * 2, "label": [0, 1]},
+                                       features=feats).data.table
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = table.set_column(1, "label", pa.array([0, 7], pa.int64()))  # a class index past the ClassLabel's names
+    (tmp_path / "oob").mkdir()
+    pq.write_table(bad.replace_schema_metadata(table.schema.metadata), tmp_path / "oob" / "train.parquet")
+    p = deft("check", tmp_path / "oob", cache=cache, check=False)
+    assert p.returncode == 2 and "label 7 is outside the ClassLabel's 2 names" in p.stderr
+
+
+@pytest.mark.slow
+def test_hf_round_trip_import_detect_review_export_load_from_disk(run_copy, tmp_path):
+    run_dir, cache, classes = run_copy
+    run = Run.open(run_dir)
+    store = ReviewStore.for_run(run)
+    ids = store.sample_ids()
+    given = dict(zip(store.scores()["id"], store.scores()["label"], strict=True))
+    other = next(c for c in classes if c != given[ids[0]])
+    store.decide(ids[0], "relabel", other, by="alice")
+    store.decide(ids[1], "exclude", by="bob")
+    store.decide(ids[2], "keep", by="alice")
+    deft("export", run_dir, "--format", "hf", "--out", tmp_path / "cleaned", cache=cache)
+    dd = datasets.load_from_disk(str(tmp_path / "cleaned"))
+    assert set(dd) == {"train", "test"} and len(dd["train"]) == 50 and len(dd["test"]) == 10
+    feats = dd["train"].features
+    assert feats["label"].names == classes and feats["original_label"].names == classes
+    assert {"sim_pos", "sim_neg", "margin", "suggestion", "suggestion_conf"} <= set(feats)
+    rows = {r["deft_id"]: r for r in dd["train"]}
+    assert (classes[rows[ids[0]]["label"]], rows[ids[0]]["status"], rows[ids[0]]["reviewer"]) == (
+        other, "relabelled", "alice")
+    assert (rows[ids[1]]["label"], rows[ids[1]]["status"], rows[ids[1]]["reviewer"]) == (-1, "excluded", "bob")
+    assert classes[rows[ids[2]]["label"]] == given[ids[2]] and rows[ids[2]]["status"] == "kept"
+    assert all(classes[r["original_label"]] == given[i] for i, r in rows.items())
+    assert rows[ids[0]]["image"].size == (32, 32)  # the image itself travels, decodable
+    assert set(dd["test"]["status"]) == {"heldout"}
+
