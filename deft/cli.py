@@ -37,8 +37,10 @@ from .run import Run, run_folder_lock
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>), a CSV/Parquet with path,label, a Hugging "
-                                "Face dataset folder (save_to_disk or Parquet/Arrow files)")
-    p.add_argument("--root", help="folder the table's paths are relative to (default: the table's folder)")
+                                "Face dataset folder (save_to_disk or Parquet/Arrow files), or a Label Studio "
+                                "JSON export")
+    p.add_argument("--root", help="folder the table's (or Label Studio export's) paths are relative to "
+                                  "(default: the file's folder)")
     p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
 
 
@@ -66,7 +68,7 @@ def _given(a: argparse.Namespace, *names: str) -> dict[str, object]:
 
 
 OPTIM_FLAGS = ("lr", "batch_size", "epochs", "lr_schedule")
-EXPORT_FORMATS = ["csv", "parquet", "hf"]
+EXPORT_FORMATS = ["csv", "parquet", "hf", "label-studio"]
 
 
 def phase1_config(a: argparse.Namespace) -> Phase1Config:
@@ -164,13 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("export", help="write the cleaned labels: CSV/Parquet table or Hugging Face dataset")
+    p = sub.add_parser("export", help="write the cleaned labels: CSV/Parquet table, Hugging Face dataset "
+                                      "or Label Studio tasks")
     p.add_argument("run")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                    help="csv / parquet (default: by --out's suffix); hf: a datasets DatasetDict folder "
-                        "(load_from_disk)")
+                        "(load_from_disk); label-studio: a JSON task list with deft's suggestions as predictions "
+                        "(+ OUT.label_config.xml)")
     p.add_argument("--pseudo", action="store_true", help="give unreviewed suspects their suggested label")
+    p.add_argument("--all", action="store_true",
+                   help="label-studio: a task for every sample (default: the suspects only)")
+    p.add_argument("--document-root", default=None,
+                   help="label-studio: Label Studio's LOCAL_FILES_DOCUMENT_ROOT the image paths are made relative "
+                        "to (default: the dataset's image folder)")
+
+    p = sub.add_parser("import-review", help="record a Label Studio JSON export's annotations as review decisions")
+    p.add_argument("run")
+    p.add_argument("tasks", help="Label Studio JSON export of tasks made by `deft export --format label-studio`")
 
     p = sub.add_parser("noise", help="write a copy of the labels with synthetic noise (benchmarks)")
     _data_args(p)
@@ -335,6 +348,14 @@ def cmd_export(a: argparse.Namespace) -> int:
         write_hf(run, df, a.out)
         say(f"wrote a Hugging Face DatasetDict of {len(run.dataset.samples)} rows to {a.out} ({counts}); "
             f"read it with datasets.load_from_disk({str(a.out)!r})")
+    elif fmt == "label-studio":
+        from .interop_ls import write_tasks
+
+        n, config = write_tasks(run, df, a.out, every=a.all, document_root=a.document_root)
+        root = a.document_root or run.dataset.root
+        say(f"wrote {n} Label Studio tasks to {a.out} and the labeling config to {config}; start Label Studio "
+            f"with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
+            f"then import the tasks; bring the annotations back with: deft import-review {a.run} EXPORT.json")
     else:
         out = Path(a.out)
         if fmt == "parquet" and out.suffix.lower() not in {".parquet", ".pq"}:
@@ -342,6 +363,18 @@ def cmd_export(a: argparse.Namespace) -> int:
         write_export(df, out)
         say(f"wrote {len(df)} rows to {out} ({counts})")
     return 0
+
+
+def cmd_import_review(a: argparse.Namespace) -> int:
+    from .interop_ls import import_review
+
+    res = import_review(Run.open(a.run), a.tasks)
+    by = ", ".join(f"{n} by {who}" for who, n in sorted(res.by_annotator.items())) or "none"
+    say(f"recorded {res.recorded} decision(s) from {a.tasks} ({by}); {res.unannotated} task(s) without an "
+        f"annotation skipped")
+    for sid, why in res.refused:
+        say(f"refused {sid}: {why}")
+    return 1 if res.refused else 0
 
 
 def cmd_noise(a: argparse.Namespace) -> int:
@@ -370,7 +403,7 @@ def _main_rank() -> bool:
 
 
 COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score": cmd_score, "train": cmd_train,
-            "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate}
+            "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate, "import-review": cmd_import_review}
 
 
 _BARS: list[TqdmProgress] = []  # the progress bars of this command, closed before an error is printed

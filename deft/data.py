@@ -449,7 +449,8 @@ def load_dataset(
     verify: bool = True,
 ) -> Dataset:
     """Import a dataset (dispatch on ``source``, see :func:`deft.interop.source_kind`): an ImageFolder, a
-    CSV/Parquet table, or a Hugging Face dataset folder."""
+    CSV/Parquet table, a Hugging Face dataset folder, a Label Studio JSON export (``root``: the folder its
+    local-files / upload paths are relative to)."""
     from .interop import source_kind
 
     prompts = load_class_descriptions(descriptions) if descriptions else None
@@ -461,6 +462,10 @@ def load_dataset(
         from .interop_hf import load_hf
 
         return load_hf(src, prompts=prompts, verify=verify)
+    if kind == "label-studio":
+        from .interop_ls import load_label_studio
+
+        return load_label_studio(src, root=root, prompts=prompts, verify=verify)
     return load_image_folder(src, prompts=prompts, verify=verify)
 
 

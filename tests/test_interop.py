@@ -3,10 +3,12 @@ library and against Label Studio's own JSON format."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -155,4 +157,97 @@ def test_hf_round_trip_import_detect_review_export_load_from_disk(run_copy, tmp_
     assert all(classes[r["original_label"]] == given[i] for i, r in rows.items())
     assert rows[ids[0]]["image"].size == (32, 32)  # the image itself travels, decodable
     assert set(dd["test"]["status"]) == {"heldout"}
+
+
+def ls_annotation(choice: str, who, cancelled: bool = False, at: str = "2026-01-01T10:00:00Z") -> dict:
+    """One annotation as Label Studio's JSON export writes it."""
+    return {"id": 1, "completed_by": who, "was_cancelled": cancelled, "created_at": at, "updated_at": at,
+            "result": [{"id": "r1", "from_name": "label", "to_name": "image", "type": "choices", "origin": "manual",
+                        "value": {"choices": [choice]}}]}
+
+
+@pytest.mark.slow
+def test_label_studio_tasks_out_annotations_back_as_decisions_stale_refused(run_copy, tmp_path):
+    run_dir, cache, classes = run_copy
+    tasks_file = tmp_path / "tasks.json"
+    out = deft("export", run_dir, "--format", "label-studio", "--all", "--out", tasks_file, cache=cache).stdout
+    assert "50 Label Studio tasks" in out and "import-review" in out
+    tasks = json.loads(tasks_file.read_text())
+    run = Run.open(run_dir)
+    scores = run.scores().set_index("id")
+    for t in tasks:  # Label Studio's import format: data + predictions (model_version, score, choices result)
+        assert t["data"]["image"].startswith("/data/local-files/?d=")
+        assert (Path(run.dataset.root) / t["data"]["image"].split("?d=")[1]).is_file()
+        pred = t["predictions"][0]
+        assert pred["model_version"] == f"deft {run_dir.name}"
+        assert pred["score"] == pytest.approx(scores.at[t["data"]["deft_id"], "suggestion_conf"])
+        assert pred["result"][0]["value"]["choices"] == [scores.at[t["data"]["deft_id"], "suggestion"]]
+        assert (pred["result"][0]["from_name"], pred["result"][0]["to_name"]) == ("label", "image")
+    view = ET.parse(tasks_file.with_name("tasks.label_config.xml")).getroot()
+    choices = view.find("Choices")
+    assert (choices.get("name"), choices.get("toName"), view.find("Image").get("value")) == ("label", "image",
+                                                                                            "$image")
+    assert [c.get("value") for c in choices.findall("Choice")][:-1] == classes
+
+    t = {x["data"]["deft_id"]: x for x in tasks}
+    ids = list(t)
+    given = {i: t[i]["data"]["deft_label"] for i in ids}
+    other = {i: next(c for c in classes if c not in (given[i], t[i]["data"]["deft_suggestion"])) for i in ids}
+    annotated = []
+    for k, (choice, who) in enumerate([(given[ids[0]], {"email": "ann@lab.org", "id": 3}),
+                                       (other[ids[1]], 7), ("__deft_exclude__", {"email": "ann@lab.org"}),
+                                       (other[ids[3]], {"email": "ann@lab.org"}), ("zebra", 7)]):
+        annotated.append({**t[ids[k]], "id": 100 + k, "annotations": [ls_annotation(choice, who)]})
+    annotated.append({**t[ids[5]], "id": 105, "annotations": [ls_annotation(given[ids[5]], 7, cancelled=True)]})
+    export = tmp_path / "ls-export.json"
+    export.write_text(json.dumps(annotated))
+    store = ReviewStore.for_run(run)
+    store.decide(ids[3], "keep", by="carol")  # decided in deft after the export: the task is stale
+    p = deft("import-review", run_dir, export, cache=cache, check=False)
+    assert p.returncode == 1, p.stderr
+    assert "recorded 3 decision(s)" in p.stdout and "2 by ann@lab.org, 1 by label-studio user 7" in p.stdout
+    assert "1 task(s) without an annotation" in p.stdout
+    assert f"refused {ids[3]}: it was reviewed (or undone) since the tasks were exported" in p.stdout
+    assert f"refused {ids[4]}: unknown class 'zebra'" in p.stdout
+    cur = store.current().set_index("id")
+    assert (cur.at[ids[0], "status"], cur.at[ids[0], "decided_by"]) == ("kept", "ann@lab.org")
+    assert (cur.at[ids[1], "status"], cur.at[ids[1], "final_label"]) == ("relabelled", other[ids[1]])
+    assert cur.at[ids[1], "decided_by"] == "label-studio user 7"
+    assert cur.at[ids[2], "status"] == "excluded"
+    assert (cur.at[ids[3], "decided_by"], ids[4] in cur.index, ids[5] in cur.index) == ("carol", False, False)
+    p = deft("import-review", run_dir, export, cache=cache, check=False)  # the same file again: all stale now
+    assert "recorded 0 decision(s)" in p.stdout and p.stdout.count("since the tasks were exported") == 4
+    assert len(store.log()) == 4
+
+
+def test_label_studio_export_imports_as_a_dataset(tmp_path, cifar_small):
+    files = sorted(cifar_small.glob("*/*.jpg"))
+    media = tmp_path / "media"
+    tasks = []
+    for k, f in enumerate(files[:30]):
+        rel = f.relative_to(cifar_small).as_posix()
+        if k % 2:
+            url = f"/data/local-files/?d=docs/{rel}"
+            dst = media / "docs" / rel
+        else:
+            url = f"/data/upload/4/{k:03d}-{f.name}"
+            dst = media / "upload" / "4" / f"{k:03d}-{f.name}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst)
+        tasks.append({"id": k, "data": {"image": url}, "annotations": [ls_annotation(f.parent.name, 1)]})
+    tasks.append({"id": 90, "data": {"image": "https://example.com/a.jpg"},
+                  "annotations": [ls_annotation("cat", 1)]})
+    tasks.append({"id": 91, "data": {"image": f"/data/upload/4/000-{files[0].name}"}, "annotations": []})
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    ds = load_dataset(tmp_path / "export.json", root=media)
+    assert ds.N == 30 and set(ds.classes) == {f.parent.name for f in files[:30]}
+    problems = dict(zip(ds.issues["path"], ds.issues["problem"], strict=True))
+    assert "cannot be read offline" in problems["task 90"] and problems["upload/4/000-" + files[0].name] == (
+        "no annotation (skipped)")
+    (tmp_path / "urls.json").write_text(json.dumps(tasks[-2:-1]))
+    p = deft("check", tmp_path / "urls.json", cache=tmp_path / "c", check=False)
+    assert p.returncode == 2 and "URLs deft cannot read offline" in p.stderr
+    (tmp_path / "corrupt.json").write_text("[{")
+    p = deft("check", tmp_path / "corrupt.json", cache=tmp_path / "c", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: Could not read") and "Traceback" not in p.stderr
 
