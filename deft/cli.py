@@ -37,8 +37,8 @@ from .run import Run, run_folder_lock
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>), a CSV/Parquet with path,label, a Hugging "
-                                "Face dataset folder (save_to_disk or Parquet/Arrow files), or a Label Studio "
-                                "JSON export")
+                                "Face dataset folder (save_to_disk or Parquet/Arrow files), a Label Studio JSON "
+                                "export, a FiftyOne image-classification folder, or fiftyone:NAME")
     p.add_argument("--root", help="folder the table's (or Label Studio export's) paths are relative to "
                                   "(default: the file's folder)")
     p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
@@ -68,7 +68,7 @@ def _given(a: argparse.Namespace, *names: str) -> dict[str, object]:
 
 
 OPTIM_FLAGS = ("lr", "batch_size", "epochs", "lr_schedule")
-EXPORT_FORMATS = ["csv", "parquet", "hf", "label-studio"]
+EXPORT_FORMATS = ["csv", "parquet", "hf", "label-studio", "fiftyone"]
 
 
 def phase1_config(a: argparse.Namespace) -> Phase1Config:
@@ -166,14 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("export", help="write the cleaned labels: CSV/Parquet table, Hugging Face dataset "
-                                      "or Label Studio tasks")
+    p = sub.add_parser("export", help="write the cleaned labels: CSV/Parquet table, Hugging Face dataset, "
+                                      "Label Studio tasks or FiftyOne dataset")
     p.add_argument("run")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                    help="csv / parquet (default: by --out's suffix); hf: a datasets DatasetDict folder "
                         "(load_from_disk); label-studio: a JSON task list with deft's suggestions as predictions "
-                        "(+ OUT.label_config.xml)")
+                        "(+ OUT.label_config.xml); fiftyone: a FiftyOneDataset folder (fo.Dataset.from_dir)")
     p.add_argument("--pseudo", action="store_true", help="give unreviewed suspects their suggested label")
     p.add_argument("--all", action="store_true",
                    help="label-studio: a task for every sample (default: the suspects only)")
@@ -356,6 +356,12 @@ def cmd_export(a: argparse.Namespace) -> int:
         say(f"wrote {n} Label Studio tasks to {a.out} and the labeling config to {config}; start Label Studio "
             f"with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
             f"then import the tasks; bring the annotations back with: deft import-review {a.run} EXPORT.json")
+    elif fmt == "fiftyone":
+        from .interop_fo import write_fiftyone
+
+        write_fiftyone(run, df, a.out)
+        say(f"wrote a FiftyOne dataset of {len(run.dataset.samples)} samples to {a.out} ({counts}); load it with "
+            f"fo.Dataset.from_dir({str(a.out)!r}, dataset_type=fo.types.FiftyOneDataset)")
     else:
         out = Path(a.out)
         if fmt == "parquet" and out.suffix.lower() not in {".parquet", ".pq"}:

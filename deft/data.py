@@ -450,7 +450,7 @@ def load_dataset(
 ) -> Dataset:
     """Import a dataset (dispatch on ``source``, see :func:`deft.interop.source_kind`): an ImageFolder, a
     CSV/Parquet table, a Hugging Face dataset folder, a Label Studio JSON export (``root``: the folder its
-    local-files / upload paths are relative to)."""
+    local-files / upload paths are relative to), a FiftyOne image-classification folder or ``fiftyone:NAME``."""
     from .interop import source_kind
 
     prompts = load_class_descriptions(descriptions) if descriptions else None
@@ -466,6 +466,10 @@ def load_dataset(
         from .interop_ls import load_label_studio
 
         return load_label_studio(src, root=root, prompts=prompts, verify=verify)
+    if kind in ("fiftyone", "fiftyone-db"):
+        from .interop_fo import load_fiftyone
+
+        return load_fiftyone(source, prompts=prompts, verify=verify)
     return load_image_folder(src, prompts=prompts, verify=verify)
 
 

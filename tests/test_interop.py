@@ -1,5 +1,6 @@
 """Issue 23: Hugging Face datasets, Label Studio and FiftyOne in and out, checked against the real `datasets`
-library and against Label Studio's own JSON format."""
+library and against Label Studio's / FiftyOne's own formats (fiftyone cannot install offline here: its database
+package downloads MongoDB at install time, so its export is checked against the rules of fiftyone's importer)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deft.data import load_dataset
+from deft.data import DataError, load_dataset
 from deft.run import Run
 from deft.store import ReviewStore
 
@@ -250,4 +251,72 @@ def test_label_studio_export_imports_as_a_dataset(tmp_path, cifar_small):
     (tmp_path / "corrupt.json").write_text("[{")
     p = deft("check", tmp_path / "corrupt.json", cache=tmp_path / "c", check=False)
     assert p.returncode == 2 and p.stderr.startswith("error: Could not read") and "Traceback" not in p.stderr
+
+
+def test_fiftyone_image_classification_folder_imports(tmp_path, cifar_small):
+    files = sorted(cifar_small.glob("*/*.jpg"))
+    classes = sorted({f.parent.name for f in files})
+    data = tmp_path / "fo" / "data"
+    data.mkdir(parents=True)
+    labels = {}
+    for k, f in enumerate(files):
+        shutil.copy(f, data / f"{k:04d}.jpg")
+        c = f.parent.name
+        labels[f"{k:04d}"] = [classes.index(c), c, {"label": c, "confidence": 0.9}][k % 3]
+    labels["0000"], labels["0001"], labels["9999"] = None, [{"label": "cat"}, {"label": "dog"}], 0
+    (tmp_path / "fo" / "labels.json").write_text(json.dumps({"classes": classes, "labels": labels}))
+    ds = load_dataset(tmp_path / "fo")
+    assert ds.N == 58 and ds.classes == classes
+    assert dict(zip(ds.samples["id"], ds.samples["label"], strict=True))["data/0004.jpg"] == files[4].parent.name
+    problems = dict(zip(ds.issues["path"], ds.issues["problem"], strict=True))
+    assert problems["data/0000.jpg"].startswith("no label") and "multi-label" in problems["data/0001.jpg"]
+    assert problems["9999"].startswith("listed in labels.json, but no image")
+    labels["0002"] = "zebra"
+    (tmp_path / "fo" / "labels.json").write_text(json.dumps({"classes": classes, "labels": labels}))
+    with pytest.raises(DataError, match=r"unknown class label\(s\) \['zebra'\]"):
+        load_dataset(tmp_path / "fo")
+
+
+def check_against_fiftyone_importer(folder: Path) -> list[dict]:
+    """What fiftyone 1.22.1's FiftyOneDatasetImporter does with ``folder``, as its code reads: no ``version`` in
+    metadata.json -> LegacyFiftyOneDatasetImporter; samples.json's ``samples``; a relative ``filepath`` is joined
+    to the folder; label dicts are documents by their ``_cls``."""
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert "version" not in meta and meta["media_type"] == "image"
+    samples = json.loads((folder / "samples.json").read_text())["samples"]
+    for s in samples:
+        assert not os.path.isabs(s["filepath"]) and (folder / s["filepath"]).is_file()
+        for v in s.values():
+            if isinstance(v, dict):
+                assert v["_cls"] == "Classification" and isinstance(v["label"], str)
+    return samples
+
+
+@pytest.mark.slow
+def test_fiftyone_export_has_the_review_fields_in_fiftyones_dataset_layout(run_copy, tmp_path):
+    run_dir, cache, classes = run_copy
+    store = ReviewStore.for_run(Run.open(run_dir))
+    sid = store.sample_ids()[0]
+    label = next(c for c in classes if c != store.scores().set_index("id").at[sid, "label"])
+    store.decide(sid, "relabel", label, by="dana")
+    deft("export", run_dir, "--format", "fiftyone", "--out", tmp_path / "fo", cache=cache)
+    samples = check_against_fiftyone_importer(tmp_path / "fo")
+    assert len(samples) == 60
+    by_id = {s["filepath"].removeprefix("data/"): s for s in samples}
+    s = by_id[sid]
+    assert (s["cleaned"]["label"], s["review_status"], s["reviewer"]) == (label, "relabelled", "dana")
+    assert isinstance(s["deft_margin"], float) and 0 <= s["deft_suggestion"]["confidence"] <= 1
+    assert {x["review_status"] for x in samples} >= {"heldout", "relabelled"}
+
+
+@pytest.mark.slow
+def test_fiftyone_loads_the_export_when_installed(run_copy, tmp_path):
+    fo = pytest.importorskip("fiftyone")  # not installable offline here (fiftyone-db downloads MongoDB at install)
+    run_dir, cache, _ = run_copy
+    deft("export", run_dir, "--format", "fiftyone", "--out", tmp_path / "fo", cache=cache)
+    ds = fo.Dataset.from_dir(str(tmp_path / "fo"), dataset_type=fo.types.FiftyOneDataset)
+    assert len(ds) == 60 and {"ground_truth", "deft_suggestion", "deft_margin", "review_status"} <= set(
+        ds.get_field_schema())
+    assert ds.sort_by("deft_margin").first()["deft_margin"] <= ds.sort_by("deft_margin", reverse=True).first()[
+        "deft_margin"]
 
