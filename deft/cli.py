@@ -29,7 +29,7 @@ from .config import (
 )
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
-from .errors import USER_ERRORS, DamagedFileWarning, write_error
+from .errors import USER_ERRORS, DamagedFileWarning, RunError, write_error
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-review", help="record a Label Studio JSON export's annotations as review decisions")
     p.add_argument("run")
     p.add_argument("tasks", help="Label Studio JSON export of tasks made by `deft export --format label-studio`")
+
+    sub.add_parser("serve", help="start the review app (every option of app.py; deft serve --help)",
+                   add_help=False).add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("noise", help="write a copy of the labels with synthetic noise (benchmarks)")
     _data_args(p)
@@ -383,6 +386,23 @@ def cmd_import_review(a: argparse.Namespace) -> int:
     return 1 if res.refused else 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    """Start the review app (``app.py`` of the checkout); ``deft serve SOURCE ...`` is ``--data SOURCE``."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "app.py").is_file() or not (repo / "ui").is_dir():
+        raise RunError(f"deft serve needs the deft-audit checkout (app.py and ui/ beside {Path(__file__).parent}); "
+                       "run it from a clone of the repository.")
+    args = list(a.args)
+    if args and not args[0].startswith("-"):
+        args = ["--data", *args]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    import app
+
+    app.main(args)
+    return 0
+
+
 def cmd_noise(a: argparse.Namespace) -> int:
     from .images import decode_images
 
@@ -409,7 +429,8 @@ def _main_rank() -> bool:
 
 
 COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score": cmd_score, "train": cmd_train,
-            "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate, "import-review": cmd_import_review}
+            "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate, "import-review": cmd_import_review,
+            "serve": cmd_serve}
 
 
 _BARS: list[TqdmProgress] = []  # the progress bars of this command, closed before an error is printed
@@ -456,7 +477,11 @@ def os_error_line(exc: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # every option is app.py's: handed over unparsed
+        a = argparse.Namespace(cmd="serve", args=argv[1:])
+    else:
+        a = build_parser().parse_args(argv)
     if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
     with _damaged_files_as_warnings():

@@ -320,3 +320,30 @@ def test_fiftyone_loads_the_export_when_installed(run_copy, tmp_path):
     assert ds.sort_by("deft_margin").first()["deft_margin"] <= ds.sort_by("deft_margin", reverse=True).first()[
         "deft_margin"]
 
+
+def test_serve_hands_the_source_to_the_app(monkeypatch):
+    import types
+
+    from deft import cli
+
+    seen = []
+    monkeypatch.setitem(sys.modules, "app", types.SimpleNamespace(main=seen.append))
+    assert cli.main(["serve", "some/hf_dataset", "--port", "7999"]) == 0
+    assert cli.main(["serve", "--data", "x.json", "--root", "media"]) == 0
+    assert seen == [["--data", "some/hf_dataset", "--port", "7999"], ["--data", "x.json", "--root", "media"]]
+    p = subprocess.run([sys.executable, "-m", "deft", "serve", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "--data" in p.stdout and "--auth-file" in p.stdout
+
+
+def test_the_app_loads_a_hugging_face_source_inside_its_data_roots(tmp_path, monkeypatch, cifar_small):
+    from deft.roots import default_roots
+    from ui.workspace import AppSettings, Workspace
+
+    monkeypatch.setenv("DEFT_IMPORT_CACHE", str(tmp_path / "cache"))
+    hf_dataset(tmp_path / "data" / "hf", cifar_small)
+    source = str(tmp_path / "data" / "hf")
+    roots = tuple(str(p) for p in default_roots(source, tmp_path / "demo"))  # what `deft serve SOURCE` allows
+    ws = Workspace(AppSettings(data=source, runs=tmp_path / "runs", data_roots=roots))
+    ds = ws.load(source)
+    assert ds.N == 60 and ws.sample_path(ds.samples["id"].iloc[0]).is_file()
