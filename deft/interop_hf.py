@@ -167,6 +167,18 @@ def materialize(src: Path, parts, img: str, lab: str, names: list[str] | None, c
     return pd.DataFrame(records, columns=["id", "label", "split", "problem"])
 
 
+def _cached(cache: Path, stamp: str) -> tuple[pd.DataFrame, list[str] | None] | None:
+    """The rows and classes of an earlier import of the same source files; None when there is none (or it is
+    damaged: the import is redone)."""
+    try:
+        done = json.loads((cache / ".deft-import.json").read_text())
+        if done["stamp"] != stamp:
+            return None
+        return pd.read_parquet(cache / "rows.parquet"), done["classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_hf(source: str | os.PathLike, prompts: dict[str, str] | None = None, verify: bool = True,
             label_column: str | None = None) -> Dataset:
     """Import a ``save_to_disk`` folder or a folder of Parquet/Arrow files (see the module docstring)."""
@@ -176,9 +188,9 @@ def load_hf(source: str | os.PathLike, prompts: dict[str, str] | None = None, ve
     cache = import_cache(src)
     stamp = json.dumps({"v": CACHE_VERSION, "files": fingerprint(src), "label_column": label_column})
     done = cache / ".deft-import.json"
-    if done.is_file() and (cache / "rows.parquet").is_file() and json.loads(done.read_text())["stamp"] == stamp:
-        rows = pd.read_parquet(cache / "rows.parquet")
-        names = json.loads(done.read_text())["classes"]
+    cached = _cached(cache, stamp)
+    if cached is not None:
+        rows, names = cached
     else:
         parts = read_parts(src)
         names, img, lab = class_list(src, parts, label_column)

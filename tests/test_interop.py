@@ -92,6 +92,8 @@ def test_hf_import_lists_bad_rows_and_reuses_its_image_cache(tmp_path, monkeypat
     stamp = (Path(ds.root) / first["id"]).stat().st_mtime_ns
     again = load_dataset(tmp_path / "hf")  # unchanged source: the cached images are reused, not rewritten
     assert again.samples.equals(ds.samples) and (Path(ds.root) / first["id"]).stat().st_mtime_ns == stamp
+    (Path(ds.root) / ".deft-import.json").write_text("{damaged")  # a damaged cache record: imported again
+    assert load_dataset(tmp_path / "hf").samples.equals(ds.samples)
 
 
 def test_hf_parquet_folder_with_string_labels_and_splits_from_file_names(tmp_path, monkeypatch, cifar_small):
