@@ -223,6 +223,40 @@ def test_label_studio_tasks_out_annotations_back_as_decisions_stale_refused(run_
     assert len(store.log()) == 4
 
 
+@pytest.mark.slow
+def test_label_studio_sdk_accepts_the_tasks_and_reads_the_annotations_as_we_do(run_copy, tmp_path):
+    """label-studio-sdk's own LabelInterface and Converter on our tasks, config and an annotated export."""
+    pytest.importorskip("label_studio_sdk.label_interface")
+    from label_studio_sdk.converter import Converter
+    from label_studio_sdk.label_interface import LabelInterface
+
+    from deft.interop_ls import annotator, choices_of, latest_annotation
+
+    run_dir, cache, classes = run_copy
+    deft("export", run_dir, "--format", "label-studio", "--all", "--out", tmp_path / "tasks.json", cache=cache)
+    config = (tmp_path / "tasks.label_config.xml").read_text()
+    li = LabelInterface(config)
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    for t in tasks:
+        assert all(t["data"].get(o.value_name) is not None for o in li.objects if o.value_is_variable)
+        assert li.validate_prediction(t["predictions"][0], return_errors=True) == []
+    annotated = [{**t, "id": k, "annotations": [ls_annotation(c, {"email": f"a{k}@lab.org", "id": k},
+                                                              at=f"2026-01-0{1 + k % 5}T10:00:00Z")]}
+                 for k, (t, c) in enumerate(zip(tasks, [*classes, *classes], strict=False))]
+    annotated[0]["annotations"].append(ls_annotation(classes[1], {"email": "late@lab.org"}, at="2026-02-01T00:00:00Z"))
+    annotated[1]["annotations"].append(ls_annotation(classes[2], {"email": "x@lab.org"}, cancelled=True,
+                                                     at="2026-03-01T00:00:00Z"))
+    assert all(li.validate_annotation(a) for t in annotated for a in t["annotations"])
+    assert li.validate_annotation(ls_annotation("__deft_exclude__", 1)) and not li.validate_annotation(
+        ls_annotation("zebra", 1))  # the Exclude choice's alias is the value Label Studio stores
+    (tmp_path / "export.json").write_text(json.dumps(annotated))
+    theirs = {}
+    for item in Converter(config, str(tmp_path)).iter_from_json_file(str(tmp_path / "export.json")):
+        theirs.setdefault(item["id"], (item["output"]["label"][0]["choices"], item["completed_by"]["email"]))
+    ours = {t["id"]: (choices_of(latest_annotation(t)), annotator(latest_annotation(t))) for t in annotated}
+    assert theirs == ours and ours[0] == ([classes[1]], "late@lab.org") and ours[1][1] == "a1@lab.org"
+
+
 def test_label_studio_export_imports_as_a_dataset(tmp_path, cifar_small):
     files = sorted(cifar_small.glob("*/*.jpg"))
     media = tmp_path / "media"
