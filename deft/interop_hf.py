@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -179,6 +180,28 @@ def _cached(cache: Path, stamp: str) -> tuple[pd.DataFrame, list[str] | None] | 
         return None
 
 
+def build_cache(src: Path, parts, img: str, lab: str, names: list[str] | None, cache: Path,
+                stamp: str) -> pd.DataFrame:
+    """Write the images and the rows to a private folder beside ``cache``, then rename it into place: a second
+    process importing the same source at once, or a crash, never leaves a half-written cache in use."""
+    ensure_writable(cache.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{cache.name}.tmp-", dir=cache.parent))
+    try:
+        rows = materialize(src, parts, img, lab, names, tmp)
+        rows.to_parquet(tmp / "rows.parquet", index=False)
+        (tmp / ".deft-import.json").write_text(json.dumps({"stamp": stamp, "classes": names}))
+        if cache.exists():
+            shutil.rmtree(cache, ignore_errors=True)  # an import of an older version of the source
+        try:
+            os.replace(tmp, cache)
+        except OSError:
+            if _cached(cache, stamp) is None:  # not another process's import of the same files: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
 def load_hf(source: str | os.PathLike, prompts: dict[str, str] | None = None, verify: bool = True,
             label_column: str | None = None) -> Dataset:
     """Import a ``save_to_disk`` folder or a folder of Parquet/Arrow files (see the module docstring)."""
@@ -187,19 +210,13 @@ def load_hf(source: str | os.PathLike, prompts: dict[str, str] | None = None, ve
         raise DataError(f"Hugging Face dataset folder not found: {src}.")
     cache = import_cache(src)
     stamp = json.dumps({"v": CACHE_VERSION, "files": fingerprint(src), "label_column": label_column})
-    done = cache / ".deft-import.json"
     cached = _cached(cache, stamp)
     if cached is not None:
         rows, names = cached
     else:
         parts = read_parts(src)
         names, img, lab = class_list(src, parts, label_column)
-        if cache.exists():
-            shutil.rmtree(cache)
-        ensure_writable(cache)
-        rows = materialize(src, parts, img, lab, names, cache)
-        rows.to_parquet(cache / "rows.parquet", index=False)
-        done.write_text(json.dumps({"stamp": stamp, "classes": names}))
+        rows = build_cache(src, parts, img, lab, names, cache, stamp)
     bad = rows["problem"].notna()
     issues = [{"path": i, "problem": p} for i, p in zip(rows.loc[bad, "id"], rows.loc[bad, "problem"], strict=True)]
     good = rows.loc[~bad, ["id", "label", "split"]].reset_index(drop=True)

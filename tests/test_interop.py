@@ -94,6 +94,11 @@ def test_hf_import_lists_bad_rows_and_reuses_its_image_cache(tmp_path, monkeypat
     assert again.samples.equals(ds.samples) and (Path(ds.root) / first["id"]).stat().st_mtime_ns == stamp
     (Path(ds.root) / ".deft-import.json").write_text("{damaged")  # a damaged cache record: imported again
     assert load_dataset(tmp_path / "hf").samples.equals(ds.samples)
+    shutil.rmtree(tmp_path / "hf")
+    dd["train"].select(range(20)).save_to_disk(str(tmp_path / "hf"))  # the source changed: imported again
+    changed = load_dataset(tmp_path / "hf")
+    assert changed.N == 20 and changed.root == ds.root and set(changed.samples["split"]) == {"train"}
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(ds.root).name]  # no half-written folder left
 
 
 def test_hf_parquet_folder_with_string_labels_and_splits_from_file_names(tmp_path, monkeypatch, cifar_small):
