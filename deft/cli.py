@@ -42,6 +42,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="folder the table's (or Label Studio export's) paths are relative to "
                                   "(default: the file's folder)")
     p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
+    p.add_argument("--label-column", help="Hugging Face dataset: the label column (default: the first ClassLabel "
+                                          "column, else 'label')")
 
 
 def _optim_args(p: argparse.ArgumentParser, default: OptimConfig, given_by: str = "") -> None:
@@ -216,7 +218,7 @@ def say(*args: object) -> None:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    ds = load_dataset(a.data, a.root, a.descriptions)
+    ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     print(f"{ds.N} images, {ds.K} classes, {len(ds.issues)} problem file(s) excluded")
     for w in ds.warnings:
         print(f"warning: {w}")
@@ -229,7 +231,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_detect(a: argparse.Namespace) -> int:
     from .phase1 import detect
 
-    ds = load_dataset(a.data, a.root, a.descriptions)
+    ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     if len(ds.issues):
         say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
     for w in ds.warnings:
@@ -406,7 +408,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def cmd_noise(a: argparse.Namespace) -> int:
     from .images import decode_images
 
-    ds = load_dataset(a.data, a.root, a.descriptions)
+    ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     rows = ds.train_rows  # test/val rows keep their true label: a clean measure for Phase 2
     paths = [ds.paths()[i] for i in rows]
     feats = decode_images(paths, 32).reshape(len(rows), -1) if a.kind == "ins" else None

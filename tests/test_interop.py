@@ -104,15 +104,23 @@ def test_hf_import_lists_bad_rows_and_reuses_its_image_cache(tmp_path, monkeypat
 def test_hf_parquet_folder_with_string_labels_and_splits_from_file_names(tmp_path, monkeypatch, cifar_small):
     monkeypatch.setenv("DEFT_IMPORT_CACHE", str(tmp_path / "cache"))
     files = sorted(cifar_small.glob("*/*.jpg"))
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string"),
+                               "coarse": datasets.Value("string")})
+    vehicles = {"airplane", "automobile", "ship", "truck"}
     for split, part in (("train", files[:40]), ("validation", files[40:])):
         d = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": f.name} for f in part],
-                                        "label": [f.parent.name for f in part]}, features=feats)
+                                        "label": [f.parent.name for f in part],
+                                        "coarse": ["vehicle" if f.parent.name in vehicles else "animal"
+                                                   for f in part]}, features=feats)
         d.to_parquet(str(tmp_path / "pq" / "data" / f"{split}-00000-of-00001.parquet"))
     ds = load_dataset(tmp_path / "pq")
     assert ds.classes == sorted({f.parent.name for f in files}) and ds.N == 60
     assert ds.samples["split"].value_counts().to_dict() == {"train": 40, "validation": 20}
     assert ds.heldout.sum() == 20
+    coarse = load_dataset(tmp_path / "pq", label_column="coarse")
+    assert coarse.classes == ["animal", "vehicle"] and coarse.N == 60
+    with pytest.raises(DataError, match="has no column 'fine'"):
+        load_dataset(tmp_path / "pq", label_column="fine")
 
 
 def test_hf_bad_inputs_are_one_sentence(tmp_path, cifar_small):
