@@ -234,6 +234,12 @@ def test_label_studio_tasks_out_annotations_back_as_decisions_stale_refused(run_
     p = deft("import-review", run_dir, export, cache=cache, check=False)  # the same file again: all stale now
     assert "recorded 0 decision(s)" in p.stdout and p.stdout.count("since the tasks were exported") == 4
     assert len(store.log()) == 4
+    (tmp_path / "min.json").write_text(json.dumps([{"image": "x.jpg", "label": "cat"}]))  # a JSON-MIN export
+    p = deft("import-review", run_dir, tmp_path / "min.json", cache=cache, check=False)
+    assert p.returncode == 2 and "not a Label Studio JSON export" in p.stderr and len(p.stderr.splitlines()) == 1
+    p = deft("export", run_dir, "--format", "label-studio", "--out", tmp_path / "t.json", "--document-root",
+             tmp_path, cache=cache, check=False)
+    assert p.returncode == 2 and "is outside --document-root" in p.stderr
 
 
 @pytest.mark.slow
