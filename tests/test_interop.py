@@ -4,6 +4,7 @@ package downloads MongoDB at install time, so its export is checked against the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -440,3 +441,17 @@ def test_the_app_loads_a_hugging_face_source_inside_its_data_roots(tmp_path, mon
     ws = Workspace(AppSettings(data=source, runs=tmp_path / "runs", data_roots=roots))
     ds = ws.load(source)
     assert ds.N == 60 and ws.sample_path(ds.samples["id"].iloc[0]).is_file()
+
+
+def test_the_app_opens_only_the_fiftyone_dataset_it_was_started_on(tmp_path):
+    from deft.roots import OutsideRootsError, default_roots
+    from ui.workspace import AppSettings, Workspace
+
+    roots = default_roots("fiftyone:birds", tmp_path / "demo")
+    assert roots == [tmp_path / "demo"]  # the working folder is not opened by a database name
+    ws = Workspace(AppSettings(data="fiftyone:birds", runs=tmp_path / "runs", data_roots=tuple(map(str, roots))))
+    with pytest.raises(OutsideRootsError):
+        ws.load("fiftyone:other")
+    if importlib.util.find_spec("fiftyone") is None:
+        with pytest.raises(DataError, match="needs the fiftyone package"):
+            ws.load("fiftyone:birds")
