@@ -29,16 +29,21 @@ from .config import (
 )
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
-from .errors import USER_ERRORS, DamagedFileWarning, write_error
+from .errors import USER_ERRORS, DamagedFileWarning, RunError, write_error
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>) or a CSV/Parquet with path,label")
-    p.add_argument("--root", help="folder the table's paths are relative to (default: the table's folder)")
+    p.add_argument("data", help="ImageFolder root (<root>/<class>/<image>), a CSV/Parquet with path,label, a Hugging "
+                                "Face dataset folder (save_to_disk or Parquet/Arrow files), a Label Studio JSON "
+                                "export, a FiftyOne image-classification folder, or fiftyone:NAME")
+    p.add_argument("--root", help="folder the table's (or Label Studio export's) paths are relative to "
+                                  "(default: the file's folder)")
     p.add_argument("--descriptions", help="class descriptions file: 'class -> prompt text' per line")
+    p.add_argument("--label-column", help="Hugging Face dataset: the label column (default: the first ClassLabel "
+                                          "column, else 'label')")
 
 
 def _optim_args(p: argparse.ArgumentParser, default: OptimConfig, given_by: str = "") -> None:
@@ -65,6 +70,7 @@ def _given(a: argparse.Namespace, *names: str) -> dict[str, object]:
 
 
 OPTIM_FLAGS = ("lr", "batch_size", "epochs", "lr_schedule")
+EXPORT_FORMATS = ["csv", "parquet", "hf", "label-studio", "fiftyone"]
 
 
 def phase1_config(a: argparse.Namespace) -> Phase1Config:
@@ -162,10 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("export", help="write the cleaned label table (CSV, or Parquet for .parquet)")
+    p = sub.add_parser("export", help="write the cleaned labels: CSV/Parquet table, Hugging Face dataset, "
+                                      "Label Studio tasks or FiftyOne dataset")
     p.add_argument("run")
     p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                   help="csv / parquet (default: by --out's suffix); hf: a datasets DatasetDict folder "
+                        "(load_from_disk); label-studio: a JSON task list with deft's suggestions as predictions "
+                        "(+ OUT.label_config.xml); fiftyone: a FiftyOneDataset folder (fo.Dataset.from_dir)")
     p.add_argument("--pseudo", action="store_true", help="give unreviewed suspects their suggested label")
+    p.add_argument("--all", action="store_true",
+                   help="label-studio: a task for every sample (default: the suspects only)")
+    p.add_argument("--document-root", default=None,
+                   help="label-studio: Label Studio's LOCAL_FILES_DOCUMENT_ROOT the image paths are made relative "
+                        "to (default: the dataset's image folder)")
+
+    p = sub.add_parser("import-review", help="record a Label Studio JSON export's annotations as review decisions")
+    p.add_argument("run")
+    p.add_argument("tasks", help="Label Studio JSON export of tasks made by `deft export --format label-studio`")
+
+    sub.add_parser("serve", help="start the review app (every option of app.py; deft serve --help)",
+                   add_help=False).add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("noise", help="write a copy of the labels with synthetic noise (benchmarks)")
     _data_args(p)
@@ -195,7 +218,7 @@ def say(*args: object) -> None:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    ds = load_dataset(a.data, a.root, a.descriptions)
+    ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     print(f"{ds.N} images, {ds.K} classes, {len(ds.issues)} problem file(s) excluded")
     for w in ds.warnings:
         print(f"warning: {w}")
@@ -208,7 +231,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_detect(a: argparse.Namespace) -> int:
     from .phase1 import detect
 
-    ds = load_dataset(a.data, a.root, a.descriptions)
+    ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     if len(ds.issues):
         say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
     for w in ds.warnings:
@@ -322,15 +345,70 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     run = Run.open(a.run)
     df = _export_frame(run, a.pseudo)
-    write_export(df, a.out)
-    say(f"wrote {len(df)} rows to {a.out} ({df['status'].value_counts().to_dict()})")
+    fmt = a.format or ("parquet" if Path(a.out).suffix.lower() in {".parquet", ".pq"} else "csv")
+    counts = df["status"].value_counts().to_dict()
+    if fmt == "hf":
+        from .interop_hf import write_hf
+
+        write_hf(run, df, a.out)
+        say(f"wrote a Hugging Face DatasetDict of {len(run.dataset.samples)} rows to {a.out} ({counts}); "
+            f"read it with datasets.load_from_disk({str(a.out)!r})")
+    elif fmt == "label-studio":
+        from .interop_ls import write_tasks
+
+        n, config = write_tasks(run, df, a.out, every=a.all, document_root=a.document_root)
+        root = a.document_root or run.dataset.root
+        say(f"wrote {n} Label Studio tasks to {a.out} and the labeling config to {config}; start Label Studio "
+            f"with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
+            f"then import the tasks; bring the annotations back with: deft import-review {a.run} EXPORT.json")
+    elif fmt == "fiftyone":
+        from .interop_fo import write_fiftyone
+
+        write_fiftyone(run, df, a.out)
+        say(f"wrote a FiftyOne dataset of {len(run.dataset.samples)} samples to {a.out} ({counts}); load it with "
+            f"fo.Dataset.from_dir({str(a.out)!r}, dataset_type=fo.types.FiftyOneDataset)")
+    else:
+        out = Path(a.out)
+        if fmt == "parquet" and out.suffix.lower() not in {".parquet", ".pq"}:
+            out = out.with_name(out.name + ".parquet")
+        write_export(df, out)
+        say(f"wrote {len(df)} rows to {out} ({counts})")
+    return 0
+
+
+def cmd_import_review(a: argparse.Namespace) -> int:
+    from .interop_ls import import_review
+
+    res = import_review(Run.open(a.run), a.tasks)
+    by = ", ".join(f"{n} by {who}" for who, n in sorted(res.by_annotator.items())) or "none"
+    say(f"recorded {res.recorded} decision(s) from {a.tasks} ({by}); {res.unannotated} task(s) without an "
+        f"annotation skipped")
+    for sid, why in res.refused:
+        say(f"refused {sid}: {why}")
+    return 1 if res.refused else 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    """Start the review app (``app.py`` of the checkout); ``deft serve SOURCE ...`` is ``--data SOURCE``."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "app.py").is_file() or not (repo / "ui").is_dir():
+        raise RunError(f"deft serve needs the deft-audit checkout (app.py and ui/ beside {Path(__file__).parent}); "
+                       "run it from a clone of the repository.")
+    args = list(a.args)
+    if args and not args[0].startswith("-"):
+        args = ["--data", *args]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    import app
+
+    app.main(args)
     return 0
 
 
 def cmd_noise(a: argparse.Namespace) -> int:
     from .images import decode_images
 
-    ds = load_dataset(a.data, a.root, a.descriptions)
+    ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     rows = ds.train_rows  # test/val rows keep their true label: a clean measure for Phase 2
     paths = [ds.paths()[i] for i in rows]
     feats = decode_images(paths, 32).reshape(len(rows), -1) if a.kind == "ins" else None
@@ -353,7 +431,8 @@ def _main_rank() -> bool:
 
 
 COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score": cmd_score, "train": cmd_train,
-            "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate}
+            "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate, "import-review": cmd_import_review,
+            "serve": cmd_serve}
 
 
 _BARS: list[TqdmProgress] = []  # the progress bars of this command, closed before an error is printed
@@ -400,7 +479,11 @@ def os_error_line(exc: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # every option is app.py's: handed over unparsed
+        a = argparse.Namespace(cmd="serve", args=argv[1:])
+    else:
+        a = build_parser().parse_args(argv)
     if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
     with _damaged_files_as_warnings():

@@ -447,12 +447,33 @@ def load_dataset(
     root: str | os.PathLike | None = None,
     descriptions: str | os.PathLike | None = None,
     verify: bool = True,
+    label_column: str | None = None,
 ) -> Dataset:
-    """Import a dataset from an ImageFolder or a CSV/Parquet table (dispatch on ``source``)."""
+    """Import a dataset (dispatch on ``source``, see :func:`deft.interop.source_kind`): an ImageFolder, a
+    CSV/Parquet table, a Hugging Face dataset folder (``label_column``: which column holds the label; default the
+    first ``ClassLabel``), a Label Studio JSON export (``root``: the folder its local-files / upload paths are
+    relative to), a FiftyOne image-classification folder or ``fiftyone:NAME``."""
+    from .interop import source_kind
+
     prompts = load_class_descriptions(descriptions) if descriptions else None
     src = Path(source)
-    if src.suffix.lower() in {".csv", ".parquet", ".pq", ".tsv"}:
+    kind = source_kind(source)
+    if label_column is not None and kind != "hf":
+        raise DataError(f"--label-column applies to Hugging Face datasets only; {source} is not one.")
+    if kind == "table":
         return load_table(src, root=root, prompts=prompts, verify=verify)
+    if kind == "hf":
+        from .interop_hf import load_hf
+
+        return load_hf(src, prompts=prompts, verify=verify, label_column=label_column)
+    if kind == "label-studio":
+        from .interop_ls import load_label_studio
+
+        return load_label_studio(src, root=root, prompts=prompts, verify=verify)
+    if kind in ("fiftyone", "fiftyone-db"):
+        from .interop_fo import load_fiftyone
+
+        return load_fiftyone(source, prompts=prompts, verify=verify)
     return load_image_folder(src, prompts=prompts, verify=verify)
 
 

@@ -31,7 +31,10 @@ def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
 
 
 def default_roots(data: str | os.PathLike, demo: str | os.PathLike) -> list[Path]:
-    """The folder of ``--data`` (the folder itself for an ImageFolder) plus the demo folder."""
+    """The folder of ``--data`` (the folder itself for an ImageFolder) plus the demo folder; only the demo folder
+    for ``fiftyone:NAME`` (a database name, not a path: the working folder is not opened to clients)."""
+    if os.fspath(data).startswith("fiftyone:"):
+        return [resolve(demo)]
     p = resolve(data)
     return [p if p.is_dir() else p.parent, resolve(demo)]
 

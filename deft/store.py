@@ -608,6 +608,12 @@ class ReviewStore:
         with self._read() as con:
             return pd.read_sql_query("SELECT sample_id AS id, status, final_label, seq FROM state", con)
 
+    def versions(self) -> dict[str, int]:
+        """The version (log rows about it) of every sample that has one; a sample not listed is at version 0."""
+        with self._read() as con:
+            return {sid: int(n) for sid, n in con.execute("SELECT sample_id, COUNT(*) FROM decisions "
+                                                          "GROUP BY sample_id")}
+
     def n_decisions(self) -> int:
         """Rows in the decision log (undo included): one indexed lookup."""
         with self._read() as con:

@@ -24,9 +24,10 @@ def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdow
 def dataset_tab(c, s) -> None:
     """1 · Dataset: load a folder or table; images per class, import problems, thumbnails, data issues."""
     with gr.Row():
-        c.data_in = gr.Textbox(s.data, label="Image folder (<root>/<class>/<image>) or CSV/Parquet",
+        c.data_in = gr.Textbox(s.data, label="Image folder (<root>/<class>/<image>), CSV/Parquet, Hugging Face "
+                                             "dataset folder, Label Studio JSON or FiftyOne folder",
                                elem_id="data-path", scale=4)
-        c.root_in = gr.Textbox(s.root or "", label="Root for CSV paths (optional)", scale=2,
+        c.root_in = gr.Textbox(s.root or "", label="Root for CSV / Label Studio paths (optional)", scale=2,
                                elem_id="root-path")
         c.load_btn = gr.Button("Load dataset", variant="primary", elem_id="btn-load", scale=1)
     c.data_msg = gr.Markdown(elem_id="data-msg")

@@ -32,6 +32,7 @@ from deft.embeddings import embeddings_path
 from deft.errors import ReviewError, RunError
 from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
+from deft.interop import FIFTYONE_PREFIX
 from deft.jobs import Job
 from deft.learning import ORDER, QueueLearner, load_learner, signals_path, unreviewed_suspects
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
@@ -144,7 +145,8 @@ class Workspace:
 
     def load(self, source: str, root: str | None = None) -> Dataset:
         """Import a dataset; re-open its latest finished detection and review store if any."""
-        if self.settings.data_roots:  # refuse paths outside the data roots before touching them
+        named = source.startswith(FIFTYONE_PREFIX) and source == self.settings.data  # a FiftyOne database name
+        if self.settings.data_roots and not named:  # refuse paths outside the data roots before touching them
             roots = DataRoots.of(self.settings.data_roots)
             source, root = str(roots.check(source)), root and str(roots.check(root))
         ds = self._import(source, root or None)
