@@ -29,6 +29,7 @@ from .embeddings import Embeddings, run_embeddings
 from .errors import read_derived
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
+from .schema import BASELINES
 from .stages import RunStatus
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from .models import ClipBundle
 
 AUDIT_FILE = "audit.parquet"
-BASELINES = ("zeroshot", "cleanlab")
 
 
 @dataclass

@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import detection_metrics
-
-METHODS = ("deft", "zeroshot", "cleanlab")
+from .schema import METHODS
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

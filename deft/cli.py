@@ -33,6 +33,7 @@ from .errors import USER_ERRORS, DamagedFileWarning, write_error
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
+from .schema import ALL_METHODS, BASELINES, DETECT_METHODS, ORDER_NAMES
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -105,7 +106,7 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
     _optim_args(p, P1.optim, "with --preset deft")
     p.add_argument("--seed", type=int, help=f"default: {P1.seed}")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--method", choices=["deft", "zeroshot", "cleanlab", "all"], default="deft",
+    p.add_argument("--method", choices=list(DETECT_METHODS), default="deft",
                    help="detector: DEFT, a baseline on frozen CLIP embeddings, or all (DEFT, then `deft audit`)")
 
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="baselines, data issues, class report and 2-D map on a run (cached embeddings)")
     _image_cache_arg(p)
     p.add_argument("run")
-    p.add_argument("--methods", default="zeroshot,cleanlab",
+    p.add_argument("--methods", default=",".join(BASELINES),
                    help="baselines to run beside the run's DEFT scores (comma-separated; default: %(default)s)")
     p.add_argument("--no-data-issues", action="store_true", help="skip duplicates, outliers and image problems")
     p.add_argument("--no-projection", action="store_true", help="skip the 2-D embeddings map")
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="replay an oracle reviewer through the review queue (needs ground truth)")
     p.add_argument("run")
     p.add_argument("--budget", default="250,500,1000", help="cards after which to report (default: %(default)s)")
-    p.add_argument("--order", default="combined", help="combined (default), margin, agreement, zeroshot, cleanlab")
+    p.add_argument("--order", default=ORDER_NAMES[0], help=f"{', '.join(ORDER_NAMES)} (default: %(default)s)")
     p.add_argument("--learn", action=argparse.BooleanOptionalAction, default=True,
                    help="refit on the decisions and re-rank the unseen queue (combined order; default: on)")
     p.add_argument("--every", type=int, default=None, help="decisions between refits (default: 25)")
@@ -217,7 +218,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     bar = _bar() if _main_rank() else None
     t0 = time.perf_counter()
     with run_folder_lock(a.out) if _main_rank() else contextlib.nullcontext():  # a second detect is refused
-        if a.method in ("zeroshot", "cleanlab"):
+        if a.method in BASELINES:
             from .audit import AuditConfig, detect_with_baseline
 
             _, scores, res = detect_with_baseline(ds, a.out, cfg, a.method, device=a.device,
@@ -231,7 +232,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
         bar.close()
     n_sus = int((~scores["is_clean"]).sum())
     say(f"{n_sus} suspects of {len(scores)} samples ({a.method}) in {time.perf_counter() - t0:.1f}s -> {a.out}")
-    if a.method == "all" and _main_rank():
+    if a.method == ALL_METHODS and _main_rank():
         from .audit import AuditConfig, audit
 
         metrics = audit(a.out, AuditConfig(seed=cfg.seed), device=a.device).metrics

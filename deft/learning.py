@@ -27,12 +27,11 @@ import pandas as pd
 from . import ranking as rk
 from .atomic import save_safetensors
 from .errors import RunError
+from .schema import METHODS as FLAG_METHODS
+from .schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order
 
 SIGNALS_FILE = "signals.safetensors"
-ORDER = "combined"
-SUGGESTION_COLUMNS = ("s1", "s1_conf", "s1_src", "s2", "s2_conf", "s2_src", "s3", "s3_conf", "s3_src")
-RANK_COLUMNS = ("p_wrong", *SUGGESTION_COLUMNS)
-FLAG_METHODS = ("deft", "zeroshot", "cleanlab")
+ORDER = Order.COMBINED.value
 
 
 @dataclass
@@ -201,9 +200,9 @@ class QueueLearner:
     def _decided(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Rows, wrong flags, decision seq and final class of the samples decided (kept / changed)."""
         cur = self.store.decided()
-        cur = cur[cur["status"].isin(["kept", "accepted", "relabelled"]) & cur["id"].isin(self.pos)]
+        cur = cur[cur["status"].isin(TRUSTED_DECISIONS) & cur["id"].isin(self.pos)]
         rows = cur["id"].map(self.pos).to_numpy(np.int64)
-        wrong = cur["status"].isin(["accepted", "relabelled"]).to_numpy(int)
+        wrong = cur["status"].isin(WRONG_STATUSES).to_numpy(int)
         index = {c: i for i, c in enumerate(self.signals.classes)}
         final = cur["final_label"].map(index).fillna(-1).to_numpy(np.int64)
         return rows, wrong, cur["seq"].to_numpy(np.int64), final

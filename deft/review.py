@@ -36,7 +36,7 @@ class ReviewFilter:
     margin_min: float | None = None
     margin_max: float | None = None
     issue: str | None = None  # a data issue from `deft audit` (deft.audit_view.ISSUES), e.g. "near duplicate"
-    order: str | None = None  # None/"margin": DEFT margin; "agreement", "deft", "zeroshot", "cleanlab" after an audit
+    order: str | None = None  # None/"margin": DEFT margin; the other deft.schema.REVIEW_ORDERS after an audit
 
     def kwargs(self) -> dict:
         return {"suspects": self.suspects, "label": self.label or None, "status": self.status or None,
