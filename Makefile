@@ -5,7 +5,8 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
-MODEL  ?= openai/clip-vit-base-patch16
+# MODEL: a CLIP checkpoint for `make demo`; empty = the app's default (deft.schema.DEFAULT_MODEL)
+MODEL  ?=
 ARGS   ?=
 HASH_RT  := $(shell cat requirements.txt | sha1sum | cut -c1-12)
 HASH_DEV := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
@@ -28,7 +29,7 @@ $(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-dev.txt | $(VENV)/bin/py
 	rm -f $(VENV)/.dev-* && touch $@
 
 demo: $(VENV)/.rt-$(HASH_RT)
-	$(VENV)/bin/python app.py --model "$(MODEL)" $(ARGS)
+	$(VENV)/bin/python app.py $(if $(MODEL),--model "$(MODEL)") $(ARGS)
 
 # Try the whole flow with no internet: a tiny random CLIP (detections are meaningless, the workflow is real).
 demo-offline: $(VENV)/.rt-$(HASH_RT)

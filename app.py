@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from deft.schema import DEFAULT_MODEL
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -21,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-root", action="append", default=[], metavar="DIR",
                     help="a folder clients may load datasets from (repeatable; default: the folder of --data "
                          "and the demo); anything outside is refused")
-    ap.add_argument("--model", default="openai/clip-vit-base-patch16",
+    ap.add_argument("--model", default=DEFAULT_MODEL,
                     help="CLIP checkpoint: hub id or local folder (default: %(default)s)")
     ap.add_argument("--runs", default=str(ROOT / "runs"), help="where runs and review databases live")
     ap.add_argument("--epochs", type=int, default=10, help="Phase 1 epochs preset in the UI")
