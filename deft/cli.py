@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="CSV with path,label,true_label (paths relative to the data root)")
+    _serve_parser(sub)
     return ap
 
 
@@ -353,6 +354,27 @@ def _main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+# -- `deft serve`: the review app (needs the [app] extra); its options are python app.py's, parsed by ui.serve --
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("serve", add_help=False, help="start the review app, with the options of `python app.py` "
+                   "(`deft serve --help`; needs `pip install deft-audit[app]`)")
+
+
+def cmd_serve(argv: list[str]) -> int:
+    """``deft serve [OPTIONS]``: the Gradio review app; Gradio and ``ui`` are imported only here."""
+    from importlib.util import find_spec
+
+    if find_spec("gradio") is None or find_spec("ui") is None:
+        print("error: `deft serve` needs the app's extra: pip install 'deft-audit[app]' (in a checkout: make demo)",
+              file=sys.stderr)
+        return 2
+    from ui.serve import main as serve
+
+    serve(argv, prog="deft serve")
+    return 0
+
+
 COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score": cmd_score, "train": cmd_train,
             "export": cmd_export, "noise": cmd_noise, "simulate": cmd_simulate}
 
@@ -401,6 +423,9 @@ def os_error_line(exc: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # every option after it is the app's (ui.serve parses them)
+        return cmd_serve(argv[1:])
     a = build_parser().parse_args(argv)
     if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
