@@ -8,8 +8,8 @@ VENV   ?= .venv
 # MODEL: a CLIP checkpoint for `make demo`; empty = the app's default (deft.schema.DEFAULT_MODEL)
 MODEL  ?=
 ARGS   ?=
-HASH_RT  := $(shell cat requirements.txt | sha1sum | cut -c1-12)
-HASH_DEV := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+HASH_RT  := $(shell cat requirements.txt requirements-app.txt | sha1sum | cut -c1-12)
+HASH_DEV := $(shell cat requirements.txt requirements-app.txt requirements-dev.txt | sha1sum | cut -c1-12)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint chromium demo-offline bench
@@ -18,12 +18,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 
-$(VENV)/.rt-$(HASH_RT): requirements.txt | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install -q -r requirements.txt
+$(VENV)/.rt-$(HASH_RT): requirements.txt requirements-app.txt | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -r requirements.txt -r requirements-app.txt
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.rt-* && touch $@
 
-$(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-app.txt requirements-dev.txt | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.dev-* && touch $@
