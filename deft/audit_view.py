@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import RunError, read_derived
-from .schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order  # noqa: F401  (IMAGE_PROBLEMS re-exported)
+from .schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
 from .schema import REVIEW_ORDERS as ORDERS
 
 __all__ = ["AuditView", "load_audit", "issue_rows", "order_rows", "ORDERS", "ISSUES", "issue_mask", "issue_counts",
@@ -53,7 +53,7 @@ def order_rows(table: pd.DataFrame) -> list[tuple[str, str, float]]:
 
         out += combined_rows(table)
     for by in ORDERS.values():
-        if by in (Order.MARGIN, Order.COMBINED) or (by != Order.AGREEMENT and f"{by}_score" not in table):
+        if by in (Order.MARGIN, Order.COMBINED) or (by != Order.AGREEMENT and score_column(by) not in table):
             continue
         try:
             ids = review_order(table, by)["id"].astype(str)
@@ -109,8 +109,8 @@ def map_points(proj: pd.DataFrame, table: pd.DataFrame | None, labels: pd.Series
             kind[issue_mask(t, name)] = name
         flagged = np.zeros(len(df), dtype=bool)
         for m in METHODS:
-            if f"{m}_issue" in t:
-                flagged |= t[f"{m}_issue"].fillna(False).astype(bool).to_numpy()
+            if issue_column(m) in t:
+                flagged |= t[issue_column(m)].fillna(False).astype(bool).to_numpy()
         kind[flagged] = "suspect"
         df, kind = df[keep], kind[keep]
     df = df.assign(kind=kind).reset_index(drop=True)

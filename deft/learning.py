@@ -28,7 +28,7 @@ from . import ranking as rk
 from .atomic import save_safetensors
 from .errors import RunError
 from .schema import METHODS as FLAG_METHODS
-from .schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order
+from .schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order, issue_column
 
 SIGNALS_FILE = "signals.safetensors"
 ORDER = Order.COMBINED.value
@@ -119,8 +119,8 @@ def build_signals(scores: pd.DataFrame, labels: np.ndarray, classes: list[str], 
     features = rk.signal_features(scores, sources, extra, table)
     flags = [~scores["is_clean"].to_numpy(bool)] if "is_clean" in scores else []
     if table is not None:
-        flags += [table[f"{m}_issue"].fillna(False).to_numpy(bool) for m in FLAG_METHODS[1:]
-                  if f"{m}_issue" in table]
+        flags += [table[issue_column(m)].fillna(False).to_numpy(bool) for m in FLAG_METHODS[1:]
+                  if issue_column(m) in table]
     flags_arr = np.stack(flags, axis=1) if flags else np.zeros((len(labels), 0), dtype=bool)
     return Signals(scores["id"].astype(str).to_numpy(dtype=object), np.asarray(labels, dtype=np.int64),
                    list(classes), features, sources, nn_idx, nn_sim.astype(np.float32), flags_arr)

@@ -29,7 +29,8 @@ __all__ = [
     "DEFAULT_MODEL", "DETECT_METHODS", "EXPORT_COLUMNS", "IMAGE_PROBLEMS", "ISSUES", "ISSUE_FLAGS", "JobName",
     "LABEL_ACTIONS", "METHODS", "METHOD_REGISTRY", "Method", "ORDER_NAMES", "Order", "RANK_COLUMNS", "REVIEW_ORDERS",
     "RunStatus", "SAMPLE_COLUMNS", "SCORE_COLUMNS", "STATUSES", "SUGGESTION_COLUMNS", "Stage", "Status",
-    "TRAIN_MODES", "TRUSTED_DECISIONS", "WRONG_STATUSES", "ZS_COLUMNS", "sample_table_sql",
+    "TRAIN_MODES", "TRUSTED_DECISIONS", "WRONG_STATUSES", "ZS_COLUMNS", "issue_column", "pred_column",
+    "sample_table_sql", "score_column", "sql_type",
 ]
 
 #: The CLIP checkpoint every front end starts from (hub id; a local folder works too).
@@ -84,6 +85,21 @@ TRAIN_MODES: dict[str, set[str]] = {
 
 # -- detection methods and review orders --------------------------------------
 
+def issue_column(method: str) -> str:
+    """``<method>_issue`` (bool): the method flags the sample's label as wrong."""
+    return f"{method}_issue"
+
+
+def score_column(method: str) -> str:
+    """``<method>_score`` (float): the method's label-quality score, higher = cleaner."""
+    return f"{method}_score"
+
+
+def pred_column(method: str) -> str:
+    """``<method>_pred``: the method's predicted class (an index, class names once saved)."""
+    return f"{method}_pred"
+
+
 @dataclass(frozen=True)
 class Method:
     """A label-issue detector the audit compares; its columns in ``RUN/audit.parquet`` derive from its name.
@@ -104,18 +120,15 @@ class Method:
 
     @property
     def issue_column(self) -> str:
-        """Boolean: the method flags the sample's label as wrong."""
-        return f"{self.name}_issue"
+        return issue_column(self.name)
 
     @property
     def score_column(self) -> str:
-        """Float: the method's label-quality score (higher = cleaner)."""
-        return f"{self.name}_score"
+        return score_column(self.name)
 
     @property
     def pred_column(self) -> str:
-        """The method's predicted class."""
-        return f"{self.name}_pred"
+        return pred_column(self.name)
 
 
 #: Every detection method by name, DEFT first (the audit table's and the metrics' order).

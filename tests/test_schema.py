@@ -40,6 +40,9 @@ def _hits(pattern: str, allowed: set[str]) -> list[str]:
     (r"[\"'](accepted|relabelled|kept|excluded)[\"']", "deft/schema.py"),
     # a list of method names (was in baselines, audit_view, learning, audit, simulate, cli, ui/tabs, bench)
     (r"[\"']zeroshot[\"']\s*,\s*[\"']cleanlab[\"']", None),
+    # a method's audit columns, derived from its name in one place (was spelled out in baselines, audit, audit_view
+    # and learning)
+    (r"f[\"']\{\w+\}_(issue|score|pred)[\"']|[\"']deft_(issue|score|pred)[\"']", "deft/schema.py"),
     # column lists: scores / samples / export (were in run, store, curation, learning), the store's SQL types
     (r"[\"']sim_neg[\"']\s*,\s*[\"']margin[\"']", "deft/schema.py"),
     (r"[\"']path[\"']\s*,\s*[\"']original_label[\"']\s*,\s*[\"']final_label[\"']\s*,\s*[\"']status", "deft/schema.py"),
