@@ -33,7 +33,7 @@ from .errors import USER_ERRORS, DamagedFileWarning, write_error
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
-from .schema import ALL_METHODS, BASELINES, DETECT_METHODS, ORDER_NAMES
+from .schema import ALL_METHODS, BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_cache_arg(p)
     p.add_argument("run")
     p.add_argument("--labels", help="curated labels: an export CSV (path,final_label,status,...) or path,label")
-    p.add_argument("--mode", choices=["clean", "relabels", "pseudo"], default="relabels",
+    p.add_argument("--mode", choices=list(TRAIN_MODES), default="relabels",
                    help="without --labels: which samples train (default: %(default)s)")
     _optim_args(p, P2.optim)
     p.add_argument("--val-fraction", type=float, default=P2.val_fraction,

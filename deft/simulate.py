@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import DeftError
 from .ranking import RankConfig, estimate_remaining
-from .schema import ORDER_NAMES, Order
+from .schema import ORDER_NAMES, Action, Order
 
 
 class SimulationError(DeftError):
@@ -84,7 +84,7 @@ def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
     t.cards += 1
     t.reviewed.add(str(item["id"]))
     if truth == str(item["label"]):
-        q.act(item["id"], int(item["version"]), "keep")
+        q.act(item["id"], int(item["version"]), Action.KEEP.value)
         return
     t.errors += 1
     t.found.append(str(item["id"]))
@@ -94,7 +94,7 @@ def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
         t.one_key += 1
         q.act(item["id"], int(item["version"]), sugg[0].action, sugg[0].label)
     else:
-        q.act(item["id"], int(item["version"]), "relabel", truth)
+        q.act(item["id"], int(item["version"]), Action.RELABEL.value, truth)
 
 
 def _row(t: _Tally, errors_total: int, remaining: float | None) -> dict:

@@ -433,7 +433,7 @@ class ReviewHandlers(Handlers):
             ws, q = self.queue_of(session, client, request)
         except USER_ERRORS as exc:
             return {res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})} | self.empty(exc)
-        dd = gr.update(value=None) if action == "relabel" else None  # the field clears for the next card
+        dd = gr.update(value=None) if action == Action.RELABEL else None  # the field clears for the next card
         try:
             d = q.act(str(sample_id), version_of(version), str(action), label or None)
         except StaleError as exc:
@@ -562,7 +562,7 @@ class ReviewHandlers(Handlers):
         c = self.c
         try:
             ws, q = self.queue_of(sid, cid, request)
-            res = q.apply_many([tuple(i) for i in items], "accept")
+            res = q.apply_many([tuple(i) for i in items], Action.ACCEPT.value)
         except USER_ERRORS as exc:
             return {c.batch_msg: v.err_md(exc), c.batch_items: [],
                     c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
