@@ -128,3 +128,21 @@ def test_schema_is_light():
     code = ("import sys, deft.schema; heavy = {'numpy', 'pandas', 'torch', 'gradio'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_the_export_has_the_schema_dtypes():
+    """``export_table`` writes each column with the dtype :data:`deft.schema.COLUMN_DTYPES` gives it."""
+    import pandas as pd
+
+    from deft.curation import export_table
+
+    scores = pd.DataFrame({"id": ["a.png", "b.png"], "label": ["cat", "dog"], "is_clean": [True, False],
+                           "sim_pos": [0.3, 0.1], "sim_neg": [0.1, 0.2], "margin": [0.2, -0.1],
+                           "suggestion": ["cat", "cat"], "suggestion_conf": [0.9, 0.6]})
+    exp = export_table(scores, pseudo=True)
+    assert list(exp.columns) == schema.EXPORT_COLUMNS
+    for c in exp.columns:
+        want = schema.COLUMN_DTYPES[c]
+        assert (pd.api.types.is_float_dtype(exp[c]) if want == "float" else
+                exp[c].map(type).eq(str).all()), (c, exp[c].dtype)
+    assert exp["status"].tolist() == [schema.Status.CLEAN, schema.Status.PSEUDO]
