@@ -51,6 +51,9 @@ def _hits(pattern: str, allowed: set[str]) -> list[str]:
     # review orders and the data-issue registry (were in audit_view, simulate and data_issues)
     (r"[\"']most likely wrong|[\"']agreement \(flagged", "deft/schema.py"),
     (r"[\"']dark[\"']\s*,\s*[\"']bright[\"']|[\"']exact_duplicate[\"']\s*,\s*[\"']exact_dup", "deft/schema.py"),
+    # stage names (were literals in images, shards, train_runs, monitor, ui/workspace and ui/views)
+    (r"ProgressEvent\(\s*[\"']|[\"']stage[\"']\s*:\s*[\"']|stage: str = [\"']"
+     r"|last\.get\([\"'](phase1|phase2|decode)[\"']\)", None),
     # job names (were literals in ui/workspace, ui/handlers and ui/views)
     (r"_start\([\"']|job\.name\s*==\s*[\"']|[\"']detection[\"']\s*:", None),
     # Phase 1's learning rate: the config's default, not a literal in the app (was in ui/workspace.py)

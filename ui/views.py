@@ -18,7 +18,7 @@ from deft.errors import DataError
 from deft.learning import RerankReport
 from deft.monitor import planted_line
 from deft.review import group_title, suggestions
-from deft.schema import LABEL_ACTIONS, JobName, Status
+from deft.schema import LABEL_ACTIONS, JobName, Stage, Status
 from deft.store import BatchResult, Decision
 from deft.thumbs import thumbnail_file
 
@@ -114,7 +114,7 @@ def progress_html(job) -> str:
     if job is None:
         return ""
     last, _, _ = job.snapshot()
-    ev = last.get("phase1") or last.get("phase2") or last.get("score") or last.get("decode")
+    ev = last.get(Stage.PHASE1) or last.get(Stage.PHASE2) or last.get(Stage.SCORE) or last.get(Stage.DECODE)
     if job.status == "error":
         return f"<p><b>{job.name} failed:</b> {html.escape(job.error)}</p>"
     if job.status == "cancelled":

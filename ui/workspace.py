@@ -39,7 +39,7 @@ from deft.ranking import RankConfig
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
-from deft.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName
+from deft.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
 from deft.store import ReviewStore
 from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
 
@@ -361,7 +361,7 @@ class Workspace:
         steps, spe = [], 1
         if job is not None and job.name == JobName.DETECTION:
             last, steps, _ = job.snapshot()
-            ev = last.get("phase1")
+            ev = last.get(Stage.PHASE1)
             spe = ev.steps // max(1, ev.epochs) if ev is not None else 1
         return training_curves(steps, spe, epochs)
 
