@@ -5,10 +5,11 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
-MODEL  ?= openai/clip-vit-base-patch16
+# MODEL: a CLIP checkpoint for `make demo`; empty = the app's default (deft.schema.DEFAULT_MODEL)
+MODEL  ?=
 ARGS   ?=
-HASH_RT  := $(shell cat requirements.txt | sha1sum | cut -c1-12)
-HASH_DEV := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+HASH_RT  := $(shell cat requirements.txt requirements-app.txt | sha1sum | cut -c1-12)
+HASH_DEV := $(shell cat requirements.txt requirements-app.txt requirements-dev.txt | sha1sum | cut -c1-12)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint chromium demo-offline bench
@@ -17,18 +18,18 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 
-$(VENV)/.rt-$(HASH_RT): requirements.txt | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install -q -r requirements.txt
+$(VENV)/.rt-$(HASH_RT): requirements.txt requirements-app.txt | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -r requirements.txt -r requirements-app.txt
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.rt-* && touch $@
 
-$(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-app.txt requirements-dev.txt | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.dev-* && touch $@
 
 demo: $(VENV)/.rt-$(HASH_RT)
-	$(VENV)/bin/python app.py --model "$(MODEL)" $(ARGS)
+	$(VENV)/bin/python app.py $(if $(MODEL),--model "$(MODEL)") $(ARGS)
 
 # Try the whole flow with no internet: a tiny random CLIP (detections are meaningless, the workflow is real).
 demo-offline: $(VENV)/.rt-$(HASH_RT)

@@ -1,66 +1,25 @@
-"""Start the deft-audit review app: ``python app.py [--data FOLDER_OR_CSV] [--model CLIP]``."""
+"""Start the deft-audit review app: ``python app.py [--data FOLDER_OR_CSV] [--model CLIP]``.
+
+The same as ``deft serve`` (``pip install .[app]``); the options are parsed in :mod:`ui.serve`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from ui import serve  # sets GRADIO_ANALYTICS_ENABLED and HF_HUB_DISABLE_TELEMETRY before anything loads gradio
 
 ROOT = Path(__file__).resolve().parent
 DEMO = ROOT / "assets" / "demo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="deft-audit: find and fix wrong labels in an image dataset.")
-    ap.add_argument("--data", default=str(DEMO),
-                    help="image folder (<root>/<class>/<image>) or CSV/Parquet with path,label (default: the demo)")
-    ap.add_argument("--root", help="folder a CSV's paths are relative to")
-    ap.add_argument("--data-root", action="append", default=[], metavar="DIR",
-                    help="a folder clients may load datasets from (repeatable; default: the folder of --data "
-                         "and the demo); anything outside is refused")
-    ap.add_argument("--model", default="openai/clip-vit-base-patch16",
-                    help="CLIP checkpoint: hub id or local folder (default: %(default)s)")
-    ap.add_argument("--runs", default=str(ROOT / "runs"), help="where runs and review databases live")
-    ap.add_argument("--epochs", type=int, default=10, help="Phase 1 epochs preset in the UI")
-    ap.add_argument("--train-epochs", type=int, default=10, help="Phase 2 epochs preset in the UI")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rerank-every", type=int, default=25, metavar="N",
-                    help="refit the review queue's model on the reviewers' decisions after every N new decisions "
-                         "(default: %(default)s; a small N, e.g. 5 for a demo or a test, also lets the model "
-                         "learn from as few as N decisions)")
-    ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
-    ap.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--auth-file", metavar="PATH",
-                    help="file of user:password lines required to open the app (or set DEFT_AUTH=user:password)")
-    ap.add_argument("--auth", help="user:password on the command line (visible in `ps`; prefer --auth-file)")
-    ap.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
-    return ap.parse_args(argv)
+    return serve.parse_args(argv, ROOT)
 
 
 def main(argv: list[str] | None = None) -> None:
-    a = parse_args(argv)
-    from ui.security import AuthConfigError, guard_kwargs, load_credentials, private_temp_dir
-
-    try:
-        auth = load_credentials(a.auth, a.auth_file)
-    except AuthConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    private_temp_dir()  # before gradio is imported: its cache (exports, thumbnails) stays private to this app
-    from deft.roots import default_roots
-    from ui.app import launch
-    from ui.workspace import AppSettings, Workspace
-
-    roots = [*a.data_root] or [str(p) for p in default_roots(a.data, DEMO)] + ([a.root] if a.root else [])
-    ws = Workspace(AppSettings(data=a.data, root=a.root, model=a.model, runs=Path(a.runs), device=a.device,
-                               epochs=a.epochs, batch_size=a.batch_size, train_epochs=a.train_epochs,
-                               data_roots=tuple(roots), rerank_every=a.rerank_every))
-    print(f"deft-audit on http://{a.host}:{a.port}  (data: {a.data}; model: {a.model})", flush=True)
-    launch(ws, host=a.host, port=a.port, auth=auth, share=a.share,
-           app_kwargs=guard_kwargs(a.host, a.port, auth is not None))
+    serve.main(argv, ROOT)
 
 
 if __name__ == "__main__":

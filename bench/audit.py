@@ -41,6 +41,7 @@ from deft.embeddings import Embeddings  # noqa: E402
 from deft.phase1 import class_texts, image_features, load_run_images, zero_shot_text  # noqa: E402
 from deft.projection import project_2d  # noqa: E402
 from deft.run import Run  # noqa: E402
+from deft.schema import BASELINES  # noqa: E402
 from deft.testing import extract_cifar, save_tiny_clip  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def main() -> None:
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    table = method_frames(ds.labels, emb, ("zeroshot", "cleanlab"), ds.K, timings=timings)
+    table = method_frames(ds.labels, emb, BASELINES, ds.K, timings=timings)
     issues, thr = data_issue_frames(run, emb, di.DataIssueConfig(), timings)
     import pandas as pd
 

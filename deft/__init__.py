@@ -7,9 +7,9 @@ Names are imported lazily so that ``python -m deft --help`` does not pay for tor
 from importlib import import_module
 
 _EXPORTS = {
-    "DEFAULT_MODEL": "config", "ImageEncoder": "config", "InferenceConfig": "config", "OptimConfig": "config",
+    "DEFAULT_MODEL": "schema", "ImageEncoder": "config", "InferenceConfig": "config", "OptimConfig": "config",
     "Phase1Config": "config", "Phase2Config": "config",
-    "EXPORT_COLUMNS": "curation", "curated_labels": "curation", "export_table": "curation",
+    "EXPORT_COLUMNS": "schema", "curated_labels": "curation", "export_table": "curation",
     "read_curated": "curation", "write_export": "curation",
     "Dataset": "data", "load_dataset": "data", "load_image_folder": "data", "load_table": "data",
     "DeftError": "errors", "DataError": "errors", "ModelLoadError": "errors", "RunError": "errors",

@@ -29,6 +29,7 @@ from .embeddings import Embeddings, run_embeddings
 from .errors import read_derived
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run
+from .schema import BASELINES, issue_column, pred_column, score_column
 from .stages import RunStatus
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from .models import ClipBundle
 
 AUDIT_FILE = "audit.parquet"
-BASELINES = ("zeroshot", "cleanlab")
 
 
 @dataclass
@@ -195,8 +195,8 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
     truth = truth[rows] if truth is not None else None
     metrics = bl.methods_metrics(table, truth) if truth is not None else None
     for m in bl.METHODS:  # class names instead of indices in the saved table
-        if f"{m}_pred" in table:
-            table[f"{m}_pred"] = _names(table[f"{m}_pred"], ds.classes)
+        if pred_column(m) in table:
+            table[pred_column(m)] = _names(table[pred_column(m)], ds.classes)
     report = di.class_report(labels, ds.classes, table)
     proj = None
     if cfg.projection:
@@ -288,8 +288,8 @@ def baseline_scores(dataset: Dataset, emb: Embeddings, method: str, n_folds: int
     top = np.argsort(-zs, axis=1)[:, :3]
     samples = dataset.samples.iloc[rows]
     cols = {"id": samples["id"].astype(str).to_numpy(), "label": samples["label"].to_numpy(),
-            "sim_pos": np.nan, "sim_neg": np.nan, "margin": frame[f"{method}_score"].to_numpy(),
-            "p_clean": frame[f"{method}_score"].to_numpy(), "is_clean": ~frame[f"{method}_issue"].to_numpy(),
+            "sim_pos": np.nan, "sim_neg": np.nan, "margin": frame[score_column(method)].to_numpy(),
+            "p_clean": frame[score_column(method)].to_numpy(), "is_clean": ~frame[issue_column(method)].to_numpy(),
             "pred": names[pred], "pred_conf": conf}
     for j in range(top.shape[1]):
         cols[f"zs{j + 1}"] = names[top[:, j]]
@@ -330,13 +330,13 @@ def review_order(table: pd.DataFrame, by: str = "agreement") -> pd.DataFrame:
     methods first (ties: lowest mean label-quality rank), ``by="<method>"`` that method's flagged
     samples first, lowest score first."""
     if by == "agreement":
-        ranks = [table[f"{m}_score"].rank(pct=True) for m in bl.METHODS if f"{m}_score" in table]
+        ranks = [table[score_column(m)].rank(pct=True) for m in bl.METHODS if score_column(m) in table]
         if "n_flagged" not in table or not ranks:
             raise ValueError("the table has no method columns to agree on; run `deft audit` first")
         key = pd.DataFrame({"n": -table["n_flagged"], "r": pd.concat(ranks, axis=1).mean(axis=1)})
         return table.loc[key.sort_values(["n", "r"], kind="mergesort").index]
-    if f"{by}_score" not in table:
+    if score_column(by) not in table:
         raise ValueError(f"no {by!r} columns in the audit table; choose one of "
-                         f"{[m for m in bl.METHODS if f'{m}_score' in table] + ['agreement']}")
-    key = pd.DataFrame({"f": ~table[f"{by}_issue"], "s": table[f"{by}_score"]})
+                         f"{[m for m in bl.METHODS if score_column(m) in table] + ['agreement']}")
+    key = pd.DataFrame({"f": ~table[issue_column(by)], "s": table[score_column(by)]})
     return table.loc[key.sort_values(["f", "s"], kind="mergesort").index]

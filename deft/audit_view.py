@@ -14,23 +14,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import RunError, read_derived
-
-# the names of deft.baselines.METHODS and deft.data_issues.IMAGE_PROBLEMS (a test keeps them equal); not
-# imported from there, since those modules load torch and the app must not pay for that at start-up
-METHODS = ("deft", "zeroshot", "cleanlab")
-IMAGE_PROBLEMS = ("dark", "bright", "low_information", "blurry", "grayscale", "odd_size", "odd_aspect")
+from .schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
+from .schema import REVIEW_ORDERS as ORDERS
 
 __all__ = ["AuditView", "load_audit", "issue_rows", "order_rows", "ORDERS", "ISSUES", "issue_mask", "issue_counts",
            "conflict_line", "methods_table", "map_points", "MAP_MAX_POINTS"]
 
-# Review filter / Dataset count name -> the audit columns that make a sample match (any of them)
-ISSUES: dict[str, tuple[str, ...]] = {
-    "duplicate with a different label": ("exact_dup_label_conflict", "near_dup_label_conflict"),
-    "exact duplicate": ("exact_duplicate",),
-    "near duplicate": ("near_duplicate",),
-    "outlier": ("outlier", "class_outlier"),
-    **{p.replace("_", " "): (p,) for p in IMAGE_PROBLEMS},
-}
 MAP_MAX_POINTS = 5000  # points drawn on the map; larger sets are downsampled (suspects and issues kept first)
 
 
@@ -50,9 +39,7 @@ def issue_rows(table: pd.DataFrame) -> list[tuple[str, str]]:
     return [(name, sid) for name in ISSUES for sid in ids[issue_mask(table, name)]]
 
 
-ORDERS = {"most likely wrong (all signals, learns)": "combined",
-          "DEFT margin": "margin", "agreement (flagged by most methods first)": "agreement",
-          "zero-shot": "zeroshot", "confident learning (cleanlab)": "cleanlab", "DEFT flags": "deft"}
+
 
 
 def order_rows(table: pd.DataFrame) -> list[tuple[str, str, float]]:
@@ -66,7 +53,7 @@ def order_rows(table: pd.DataFrame) -> list[tuple[str, str, float]]:
 
         out += combined_rows(table)
     for by in ORDERS.values():
-        if by in ("margin", "combined") or (by != "agreement" and f"{by}_score" not in table):
+        if by in (Order.MARGIN, Order.COMBINED) or (by != Order.AGREEMENT and score_column(by) not in table):
             continue
         try:
             ids = review_order(table, by)["id"].astype(str)
@@ -122,8 +109,8 @@ def map_points(proj: pd.DataFrame, table: pd.DataFrame | None, labels: pd.Series
             kind[issue_mask(t, name)] = name
         flagged = np.zeros(len(df), dtype=bool)
         for m in METHODS:
-            if f"{m}_issue" in t:
-                flagged |= t[f"{m}_issue"].fillna(False).astype(bool).to_numpy()
+            if issue_column(m) in t:
+                flagged |= t[issue_column(m)].fillna(False).astype(bool).to_numpy()
         kind[flagged] = "suspect"
         df, kind = df[keep], kind[keep]
     df = df.assign(kind=kind).reset_index(drop=True)

@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import detection_metrics
-
-METHODS = ("deft", "zeroshot", "cleanlab")
+from .schema import METHODS, issue_column, pred_column, score_column
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -47,9 +46,9 @@ def zero_shot_pred_probs(image_embeddings: np.ndarray, text_embeddings: np.ndarr
 
 def _issues_frame(method: str, labels: np.ndarray, issue: np.ndarray, score: np.ndarray,
                   pred: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({f"{method}_issue": np.asarray(issue, dtype=bool),
-                         f"{method}_score": np.asarray(score, dtype=np.float64),
-                         f"{method}_pred": np.asarray(pred, dtype=np.int64)})
+    return pd.DataFrame({issue_column(method): np.asarray(issue, dtype=bool),
+                         score_column(method): np.asarray(score, dtype=np.float64),
+                         pred_column(method): np.asarray(pred, dtype=np.int64)})
 
 
 def find_zero_shot_issues(labels: np.ndarray, pred_probs: np.ndarray) -> pd.DataFrame:
@@ -140,14 +139,14 @@ def deft_issues(scores: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """
     index = {c: i for i, c in enumerate(classes)}
     pred = scores["pred"].map(index).fillna(-1).to_numpy(dtype=np.int64)
-    return pd.DataFrame({"deft_issue": ~scores["is_clean"].to_numpy(dtype=bool),
-                         "deft_score": scores["margin"].to_numpy(dtype=np.float64), "deft_pred": pred})
+    return pd.DataFrame({issue_column("deft"): ~scores["is_clean"].to_numpy(dtype=bool),
+                         score_column("deft"): scores["margin"].to_numpy(dtype=np.float64), pred_column("deft"): pred})
 
 
 def agreement(table: pd.DataFrame, methods: tuple[str, ...] | list[str] = METHODS) -> pd.DataFrame:
     """``n_flagged`` (how many of ``methods`` flag each sample) and ``agreement`` (``"k/m"``)."""
-    present = [m for m in methods if f"{m}_issue" in table]
-    n = table[[f"{m}_issue" for m in present]].sum(axis=1).astype(np.int64) if present else 0
+    present = [m for m in methods if issue_column(m) in table]
+    n = table[[issue_column(m) for m in present]].sum(axis=1).astype(np.int64) if present else 0
     return pd.DataFrame({"n_flagged": n, "agreement": [f"{int(k)}/{len(present)}" for k in np.atleast_1d(n)]},
                         index=table.index)
 
@@ -158,9 +157,9 @@ def methods_metrics(table: pd.DataFrame, truly_clean: np.ndarray,
     score for cleanliness, per method present in ``table``; plus ``agree_2plus`` (flagged by at least two)."""
     out: dict[str, dict[str, float]] = {}
     for m in methods:
-        if f"{m}_issue" in table:
-            out[m] = detection_metrics(~table[f"{m}_issue"].to_numpy(dtype=bool), truly_clean,
-                                       table[f"{m}_score"].to_numpy(dtype=np.float64))
+        if issue_column(m) in table:
+            out[m] = detection_metrics(~table[issue_column(m)].to_numpy(dtype=bool), truly_clean,
+                                       table[score_column(m)].to_numpy(dtype=np.float64))
     if "n_flagged" in table and len(out) >= 2:
         n = table["n_flagged"].to_numpy()
         out["agree_2plus"] = detection_metrics(n < 2, truly_clean, -n.astype(np.float64))

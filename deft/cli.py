@@ -29,10 +29,11 @@ from .config import (
 )
 from .curation import curated_labels, read_curated, write_export
 from .data import load_dataset
-from .errors import USER_ERRORS, DamagedFileWarning, RunError, write_error
+from .errors import USER_ERRORS, DamagedFileWarning, write_error
 from .noise import make_noise
 from .progress import Cancelled, TqdmProgress
 from .run import Run, run_folder_lock
+from .schema import ALL_METHODS, BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -111,7 +112,7 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
     _optim_args(p, P1.optim, "with --preset deft")
     p.add_argument("--seed", type=int, help=f"default: {P1.seed}")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--method", choices=["deft", "zeroshot", "cleanlab", "all"], default="deft",
+    p.add_argument("--method", choices=list(DETECT_METHODS), default="deft",
                    help="detector: DEFT, a baseline on frozen CLIP embeddings, or all (DEFT, then `deft audit`)")
 
 
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="baselines, data issues, class report and 2-D map on a run (cached embeddings)")
     _image_cache_arg(p)
     p.add_argument("run")
-    p.add_argument("--methods", default="zeroshot,cleanlab",
+    p.add_argument("--methods", default=",".join(BASELINES),
                    help="baselines to run beside the run's DEFT scores (comma-separated; default: %(default)s)")
     p.add_argument("--no-data-issues", action="store_true", help="skip duplicates, outliers and image problems")
     p.add_argument("--no-projection", action="store_true", help="skip the 2-D embeddings map")
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="replay an oracle reviewer through the review queue (needs ground truth)")
     p.add_argument("run")
     p.add_argument("--budget", default="250,500,1000", help="cards after which to report (default: %(default)s)")
-    p.add_argument("--order", default="combined", help="combined (default), margin, agreement, zeroshot, cleanlab")
+    p.add_argument("--order", default=ORDER_NAMES[0], help=f"{', '.join(ORDER_NAMES)} (default: %(default)s)")
     p.add_argument("--learn", action=argparse.BooleanOptionalAction, default=True,
                    help="refit on the decisions and re-rank the unseen queue (combined order; default: on)")
     p.add_argument("--every", type=int, default=None, help="decisions between refits (default: 25)")
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_cache_arg(p)
     p.add_argument("run")
     p.add_argument("--labels", help="curated labels: an export CSV (path,final_label,status,...) or path,label")
-    p.add_argument("--mode", choices=["clean", "relabels", "pseudo"], default="relabels",
+    p.add_argument("--mode", choices=list(TRAIN_MODES), default="relabels",
                    help="without --labels: which samples train (default: %(default)s)")
     _optim_args(p, P2.optim)
     p.add_argument("--val-fraction", type=float, default=P2.val_fraction,
@@ -187,15 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("tasks", help="Label Studio JSON export of tasks made by `deft export --format label-studio`")
 
-    sub.add_parser("serve", help="start the review app (every option of app.py; deft serve --help)",
-                   add_help=False).add_argument("args", nargs=argparse.REMAINDER)
-
     p = sub.add_parser("noise", help="write a copy of the labels with synthetic noise (benchmarks)")
     _data_args(p)
     p.add_argument("--kind", choices=["sym", "pair", "asym", "ins"], default="sym")
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="CSV with path,label,true_label (paths relative to the data root)")
+    _serve_parser(sub)
     return ap
 
 
@@ -240,7 +239,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     bar = _bar() if _main_rank() else None
     t0 = time.perf_counter()
     with run_folder_lock(a.out) if _main_rank() else contextlib.nullcontext():  # a second detect is refused
-        if a.method in ("zeroshot", "cleanlab"):
+        if a.method in BASELINES:
             from .audit import AuditConfig, detect_with_baseline
 
             _, scores, res = detect_with_baseline(ds, a.out, cfg, a.method, device=a.device,
@@ -254,7 +253,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
         bar.close()
     n_sus = int((~scores["is_clean"]).sum())
     say(f"{n_sus} suspects of {len(scores)} samples ({a.method}) in {time.perf_counter() - t0:.1f}s -> {a.out}")
-    if a.method == "all" and _main_rank():
+    if a.method == ALL_METHODS and _main_rank():
         from .audit import AuditConfig, audit
 
         metrics = audit(a.out, AuditConfig(seed=cfg.seed), device=a.device).metrics
@@ -388,23 +387,6 @@ def cmd_import_review(a: argparse.Namespace) -> int:
     return 1 if res.refused else 0
 
 
-def cmd_serve(a: argparse.Namespace) -> int:
-    """Start the review app (``app.py`` of the checkout); ``deft serve SOURCE ...`` is ``--data SOURCE``."""
-    repo = Path(__file__).resolve().parents[1]
-    if not (repo / "app.py").is_file() or not (repo / "ui").is_dir():
-        raise RunError(f"deft serve needs the deft-audit checkout (app.py and ui/ beside {Path(__file__).parent}); "
-                       "run it from a clone of the repository.")
-    args = list(a.args)
-    if args and not args[0].startswith("-"):
-        args = ["--data", *args]
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    import app
-
-    app.main(args)
-    return 0
-
-
 def cmd_noise(a: argparse.Namespace) -> int:
     from .images import decode_images
 
@@ -428,6 +410,30 @@ def cmd_noise(a: argparse.Namespace) -> int:
 def _main_rank() -> bool:
     """Under torchrun / accelerate launch only rank 0 prints."""
     return os.environ.get("RANK", "0") == "0"
+
+
+# -- `deft serve`: the review app (needs the [app] extra); its options are python app.py's, parsed by ui.serve --
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("serve", add_help=False, help="start the review app, with the options of `python app.py` "
+                   "(`deft serve --help`; needs `pip install deft-audit[app]`)")
+
+
+def cmd_serve(argv: list[str]) -> int:
+    """``deft serve [SOURCE] [OPTIONS]``: the Gradio review app (``SOURCE`` is ``--data SOURCE``: a folder, table,
+    Hugging Face dataset, Label Studio export or ``fiftyone:NAME``); Gradio and ``ui`` are imported only here."""
+    from importlib.util import find_spec
+
+    if find_spec("gradio") is None or find_spec("ui") is None:
+        print("error: `deft serve` needs the app's extra: pip install 'deft-audit[app]' (in a checkout: make demo)",
+              file=sys.stderr)
+        return 2
+    from ui.serve import main as serve
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--data", *argv]
+    serve(argv, prog="deft serve")
+    return 0
 
 
 COMMANDS = {"check": cmd_check, "detect": cmd_detect, "audit": cmd_audit, "score": cmd_score, "train": cmd_train,
@@ -480,10 +486,9 @@ def os_error_line(exc: OSError) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:  # every option is app.py's: handed over unparsed
-        a = argparse.Namespace(cmd="serve", args=argv[1:])
-    else:
-        a = build_parser().parse_args(argv)
+    if argv[:1] == ["serve"]:  # every option after it is the app's (ui.serve parses them)
+        return cmd_serve(argv[1:])
+    a = build_parser().parse_args(argv)
     if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
     with _damaged_files_as_warnings():

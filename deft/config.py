@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+from .schema import DEFAULT_MODEL
+
 DEFAULT_TEMPLATE = "a photo of a {}."
 LR_SCHEDULES = ("epoch", "step", "constant")
 PSEUDO_SOURCES = ("zeroshot", "prompts")

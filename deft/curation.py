@@ -15,16 +15,7 @@ import pandas as pd
 from .atomic import write_csv, write_parquet
 from .data import DataError, read_table
 from .errors import WriteError
-
-EXPORT_COLUMNS = ["path", "original_label", "final_label", "status", "sim_pos", "sim_neg", "margin",
-                  "suggestion", "suggestion_conf", "decided_at", "decided_by"]
-STATUSES = ("clean", "pending", "accepted", "relabelled", "kept", "excluded", "pseudo")
-DECISION_STATUS = {"accept": "accepted", "relabel": "relabelled", "keep": "kept", "exclude": "excluded"}
-TRAIN_MODES = {
-    "clean": {"clean"},
-    "relabels": {"clean", "accepted", "relabelled", "kept"},
-    "pseudo": {"clean", "accepted", "relabelled", "kept", "pseudo"},
-}
+from .schema import EXPORT_COLUMNS, STATUSES, TRAIN_MODES, Status
 
 
 def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, pseudo: bool = False) -> pd.DataFrame:
@@ -44,7 +35,7 @@ def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, ps
         "path": scores["id"].astype(str),
         "original_label": scores["label"].astype(str),
         "final_label": np.where(scores["is_clean"], scores["label"].astype(str), ""),
-        "status": np.where(scores["is_clean"], "clean", "pending"),
+        "status": np.where(scores["is_clean"], Status.CLEAN.value, Status.PENDING.value),
         "sim_pos": scores["sim_pos"].astype(float),
         "sim_neg": scores["sim_neg"].astype(float),
         "margin": scores["margin"].astype(float),
@@ -63,8 +54,8 @@ def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, ps
         if "decided_by" in d.columns:
             df.loc[hit, "decided_by"] = d.loc[ids, "decided_by"].fillna("").to_numpy()
     if pseudo:
-        pend = df["status"].eq("pending")
-        df.loc[pend, "status"] = "pseudo"
+        pend = df["status"].eq(Status.PENDING)
+        df.loc[pend, "status"] = Status.PSEUDO.value
         df.loc[pend, "final_label"] = df.loc[pend, "suggestion"]
     return df[EXPORT_COLUMNS]
 
@@ -131,10 +122,10 @@ def curated_labels(export: pd.DataFrame, mode: str = "relabels") -> pd.DataFrame
     if mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {mode!r}; choose one of {sorted(TRAIN_MODES)}")
     df = export
-    if mode == "pseudo" and df["status"].eq("pending").any():
+    if mode == "pseudo" and df["status"].eq(Status.PENDING).any():
         df = df.copy()
-        pend = df["status"].eq("pending")
-        df.loc[pend, "status"] = "pseudo"
+        pend = df["status"].eq(Status.PENDING)
+        df.loc[pend, "status"] = Status.PSEUDO.value
         df.loc[pend, "final_label"] = df.loc[pend, "suggestion"]
     keep = df["status"].isin(TRAIN_MODES[mode]) & df["final_label"].astype(str).ne("")
     return pd.DataFrame({"id": df.loc[keep, "path"].to_numpy(), "label": df.loc[keep, "final_label"].to_numpy()})
@@ -152,7 +143,8 @@ def read_curated(path: str | os.PathLike) -> pd.DataFrame:
         bad = sorted(set(df["status"]) - set(STATUSES))
         if bad:
             raise DataError(f"{path}: unknown status value(s) {bad}; expected one of {list(STATUSES)}.")
-        keep = ~df["status"].isin(["excluded", "pending"]) & df["final_label"].astype(str).ne("")
+        out = df["status"].isin([Status.EXCLUDED.value, Status.PENDING.value])
+        keep = ~out & df["final_label"].astype(str).ne("")
         return pd.DataFrame({"id": df.loc[keep, "path"].astype(str).to_numpy(),
                              "label": df.loc[keep, "final_label"].astype(str).to_numpy()})
     if {"path", "label"} <= set(df.columns):

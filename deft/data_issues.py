@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .schema import IMAGE_PROBLEMS, ISSUE_FLAGS  # noqa: F401  (IMAGE_PROBLEMS re-exported)
+
 
 @dataclass
 class DataIssueConfig:
@@ -297,9 +299,6 @@ def find_image_problems(stats: pd.DataFrame, sizes: pd.DataFrame | None = None,
     return out
 
 
-IMAGE_PROBLEMS = ("dark", "bright", "low_information", "blurry", "grayscale", "odd_size", "odd_aspect")
-ISSUE_FLAGS = ("exact_duplicate", "exact_dup_label_conflict", "near_duplicate", "near_dup_label_conflict",
-               "outlier", "class_outlier") + IMAGE_PROBLEMS
 
 
 # -- classes ----------------------------------------------------------------

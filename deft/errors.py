@@ -42,6 +42,9 @@ class ReviewError(DeftError, ValueError):
 #: What a front end reports as a one-line message (exit code 2 in the CLI) instead of a traceback:
 #: every :class:`DeftError`, plus the built-ins the library raises for bad arguments and missing files.
 USER_ERRORS: tuple[type[Exception], ...] = (DeftError, FileNotFoundError, ValueError)
+#: What the app reports as a message: :data:`USER_ERRORS`, plus ``RuntimeError`` (a job already running, no
+#: dataset loaded yet, a device failure), which the CLI leaves as a traceback.
+APP_ERRORS: tuple[type[Exception], ...] = (*USER_ERRORS, RuntimeError)
 
 
 class DamagedFileWarning(UserWarning):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .embeddings import _cached, _cached_meta, content_key, embeddings_path
 from .run import Run, RunError
+from .schema import WRONG_STATUSES, Status
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ def trusted_labels(ids: pd.Series, labels: pd.Series, scores: pd.DataFrame,
         status = ids.map(d["status"])
         final = ids.map(d["final_label"])
         decided = status.notna().to_numpy()
-        trusted[decided] = (status[decided] != "excluded").to_numpy()
-        moved = status.isin(["accepted", "relabelled"]).to_numpy() & final.notna().to_numpy()
+        trusted[decided] = (status[decided] != Status.EXCLUDED).to_numpy()
+        moved = status.isin(WRONG_STATUSES).to_numpy() & final.notna().to_numpy()
         out[moved] = final[moved].astype(str).to_numpy()
     return out, trusted
 

@@ -19,6 +19,7 @@ from PIL import Image
 from .errors import writing
 from .imageio import PixelBudget, decode_image  # noqa: F401  (decode_image: re-exported)
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from .stages import Stage
 
 if TYPE_CHECKING:
     from .shards import ShardImages
@@ -94,7 +95,7 @@ def decode_images(
             part = paths[start : start + chunk]
             for j, arr in enumerate(pool.map(lambda p: decode_image(p, size, budget), part)):
                 out[start + j] = arr.transpose(2, 0, 1)
-            progress(ProgressEvent("decode", min(start + chunk, n), n))
+            progress(ProgressEvent(Stage.DECODE, min(start + chunk, n), n))
     if cache_file is None:
         return out
     out.flush()

@@ -27,12 +27,11 @@ import pandas as pd
 from . import ranking as rk
 from .atomic import save_safetensors
 from .errors import RunError
+from .schema import METHODS as FLAG_METHODS
+from .schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order, issue_column
 
 SIGNALS_FILE = "signals.safetensors"
-ORDER = "combined"
-SUGGESTION_COLUMNS = ("s1", "s1_conf", "s1_src", "s2", "s2_conf", "s2_src", "s3", "s3_conf", "s3_src")
-RANK_COLUMNS = ("p_wrong", *SUGGESTION_COLUMNS)
-FLAG_METHODS = ("deft", "zeroshot", "cleanlab")
+ORDER = Order.COMBINED.value
 
 
 @dataclass
@@ -120,8 +119,8 @@ def build_signals(scores: pd.DataFrame, labels: np.ndarray, classes: list[str], 
     features = rk.signal_features(scores, sources, extra, table)
     flags = [~scores["is_clean"].to_numpy(bool)] if "is_clean" in scores else []
     if table is not None:
-        flags += [table[f"{m}_issue"].fillna(False).to_numpy(bool) for m in FLAG_METHODS[1:]
-                  if f"{m}_issue" in table]
+        flags += [table[issue_column(m)].fillna(False).to_numpy(bool) for m in FLAG_METHODS[1:]
+                  if issue_column(m) in table]
     flags_arr = np.stack(flags, axis=1) if flags else np.zeros((len(labels), 0), dtype=bool)
     return Signals(scores["id"].astype(str).to_numpy(dtype=object), np.asarray(labels, dtype=np.int64),
                    list(classes), features, sources, nn_idx, nn_sim.astype(np.float32), flags_arr)
@@ -207,9 +206,9 @@ class QueueLearner:
     def _decided(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Rows, wrong flags, decision seq and final class of the samples decided (kept / changed)."""
         cur = self.store.decided()
-        cur = cur[cur["status"].isin(["kept", "accepted", "relabelled"]) & cur["id"].isin(self.pos)]
+        cur = cur[cur["status"].isin(TRUSTED_DECISIONS) & cur["id"].isin(self.pos)]
         rows = cur["id"].map(self.pos).to_numpy(np.int64)
-        wrong = cur["status"].isin(["accepted", "relabelled"]).to_numpy(int)
+        wrong = cur["status"].isin(WRONG_STATUSES).to_numpy(int)
         index = {c: i for i, c in enumerate(self.signals.classes)}
         final = cur["final_label"].map(index).fillna(-1).to_numpy(np.int64)
         return rows, wrong, cur["seq"].to_numpy(np.int64), final

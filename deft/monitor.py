@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from .metrics import detection_metrics
+from .stages import Stage
 
 
-def epoch_history(log: Path, stage: str = "phase1") -> list[dict]:
+def epoch_history(log: Path, stage: str = Stage.PHASE1.value) -> list[dict]:
     """The per-epoch summaries ``RUN/log.jsonl`` holds for ``stage``, one per epoch (the last logged
     wins: an epoch retrained after an interruption replaces the earlier one), in epoch order."""
     by_epoch: dict[int, dict] = {}

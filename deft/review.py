@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .schema import Action, Status
 from .store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
 
 __all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title", "dataset_key",
@@ -36,7 +37,7 @@ class ReviewFilter:
     margin_min: float | None = None
     margin_max: float | None = None
     issue: str | None = None  # a data issue from `deft audit` (deft.audit_view.ISSUES), e.g. "near duplicate"
-    order: str | None = None  # None/"margin": DEFT margin; "agreement", "deft", "zeroshot", "cleanlab" after an audit
+    order: str | None = None  # None/"margin": DEFT margin; the other deft.schema.REVIEW_ORDERS after an audit
 
     def kwargs(self) -> dict:
         return {"suspects": self.suspects, "label": self.label or None, "status": self.status or None,
@@ -93,7 +94,7 @@ def suggestions(item: dict, limit: int = 3) -> list[Suggestion]:
         if not _usable(name) or str(name) in ("", *seen):
             continue  # a missing value (None, NaN): not the class names "None" or "nan", which are offered
         seen.add(str(name))
-        action = "accept" if str(name) == str(sugg) else "relabel"
+        action = Action.ACCEPT.value if str(name) == str(sugg) else Action.RELABEL.value
         out.append(Suggestion(str(name), float(conf or 0.0), str(source), action))
     return out[:limit]
 
@@ -171,7 +172,7 @@ class ReviewQueue:
 
     def next_pending(self) -> dict | None:
         """The next undecided sample after the card on screen (wrapping to the first); None when all are done."""
-        f = self.filter.kwargs() | {"status": "pending"}
+        f = self.filter.kwargs() | {"status": Status.PENDING.value}
         item = self.store.step(self.anchor, 1, **f) or self.store.step(None, 1, **f)
         if item is not None:
             self.anchor = item["id"]
@@ -220,11 +221,12 @@ class ReviewQueue:
         if source not in BATCH_SOURCES:
             raise ReviewError(f"unknown suggestion source {source!r}; choose one of {list(BATCH_SOURCES)}")
         col, conf = BATCH_SOURCES[source]
-        rows = self.store.query(**(self.filter.kwargs() | {"status": "pending"}), limit=-1)
+        rows = self.store.query(**(self.filter.kwargs() | {"status": Status.PENDING.value}), limit=-1)
         ok = rows[col].notna() & (rows[col].astype(str) != rows["label"].astype(str))
         ok &= pd.to_numeric(rows[conf], errors="coerce").fillna(-1.0) >= min_conf
         rows = rows[ok]
-        act = np.where(rows[col].astype(str) == rows["suggestion"].astype(str), "accept", "relabel")
+        same = rows[col].astype(str) == rows["suggestion"].astype(str)
+        act = np.where(same, Action.ACCEPT.value, Action.RELABEL.value)
         return list(zip(rows["id"].astype(str), rows["version"].astype(int), act.tolist(),
                         rows[col].astype(str), strict=True))
 

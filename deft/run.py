@@ -34,6 +34,7 @@ from .atomic import write_csv, write_json, write_parquet
 from .config import Phase1Config
 from .data import Dataset, dataset_from_manifest
 from .errors import RunError, read_derived, writing  # noqa: E402  (RunError re-exported)
+from .schema import SCORE_COLUMNS  # noqa: E402
 
 
 def with_resolved_model(config: Phase1Config) -> Phase1Config:
@@ -212,8 +213,6 @@ def _read_issues(path: Path) -> pd.DataFrame:
     if not set(ISSUE_COLUMNS) <= set(df.columns):
         raise ValueError(f"{path} lacks the columns {list(ISSUE_COLUMNS)}")
     return df
-SCORE_COLUMNS = ("id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "pred", "pred_conf",
-                 "suggestion", "suggestion_conf")
 META_KEYS = ("root", "classes", "prompts", "source", "ids_hash", "phase1")
 
 

@@ -72,6 +72,7 @@ from .images import content_key
 from .jpeg import JPEG_QUALITY, encode_chunk, encode_image, reencode  # noqa: F401  (encode_image: re-exported)
 from .parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
 from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from .stages import Stage
 
 FORMAT_VERSION = 1
 SHARD_SIZE = 4096  # images per shard: ~80 MB at 224 px
@@ -176,7 +177,7 @@ def build_shards(
                 blobs += blob
                 keys += [str(p) if not isinstance(p, Image.Image) else "" for p in paths[a:b]]
                 done += b - a
-                progress(ProgressEvent("decode", done, n))
+                progress(ProgressEvent(Stage.DECODE, done, n))
                 if b == min(n, (s + 1) * shard_size):
                     _write_shard(directory / names[s], keys, blobs)
                     keys, blobs = [], []
@@ -187,7 +188,7 @@ def build_shards(
             if f.name not in keep and (f.suffix in {".arrow", ".part"}):
                 f.unlink(missing_ok=True)
     else:
-        progress(ProgressEvent("decode", n, n))
+        progress(ProgressEvent(Stage.DECODE, n, n))
     return ShardImages([directory / name for name in names], n, size, shard_size, workers=workers)
 
 

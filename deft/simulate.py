@@ -24,8 +24,7 @@ import pandas as pd
 
 from .errors import DeftError
 from .ranking import RankConfig, Remaining, estimate_remaining, remaining_estimate
-
-ORDER_NAMES = ("combined", "margin", "agreement", "zeroshot", "cleanlab")
+from .schema import ORDER_NAMES, Action, Order
 
 
 class SimulationError(DeftError):
@@ -38,7 +37,7 @@ class SimConfig:
     ``learn``: refit and re-rank every ``rank.every`` decisions (the ``combined`` order only)."""
 
     budgets: tuple[int, ...] = (250, 500, 1000)
-    order: str = "combined"
+    order: str = Order.COMBINED.value
     learn: bool = True
     rank: RankConfig = field(default_factory=RankConfig)
 
@@ -62,9 +61,9 @@ def _store(run, path: Path, order: str):
     store.load_scores(run.scores(), run.dataset.classes)
     table = audit_columns(run)
     orders = order_rows(table) if table is not None else []
-    if order != "margin" and not any(o[0] == order for o in orders):
+    if order != Order.MARGIN and not any(o[0] == order for o in orders):
         raise SimulationError(f"{run.path} has no {order!r} order: run `deft audit` on it first "
-                              f"(orders here: {sorted({o[0] for o in orders} | {'margin'})})")
+                              f"(orders here: {sorted({o[0] for o in orders} | {Order.MARGIN.value})})")
     store.load_issues(issue_rows(table) if table is not None else [], "", orders)
     return store
 
@@ -85,7 +84,7 @@ def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
     t.cards += 1
     t.reviewed.add(str(item["id"]))
     if truth == str(item["label"]):
-        q.act(item["id"], int(item["version"]), "keep")
+        q.act(item["id"], int(item["version"]), Action.KEEP.value)
         return
     t.errors += 1
     t.found.append(str(item["id"]))
@@ -95,7 +94,7 @@ def _review_one(q, item: dict, truth: str, t: _Tally) -> None:
         t.one_key += 1
         q.act(item["id"], int(item["version"]), sugg[0].action, sugg[0].label)
     else:
-        q.act(item["id"], int(item["version"]), "relabel", truth)
+        q.act(item["id"], int(item["version"]), Action.RELABEL.value, truth)
 
 
 def _row(t: _Tally, errors_total: int, remaining: Remaining | None) -> dict:
@@ -125,8 +124,8 @@ def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
         given = dict(zip(ids, store.scores()["label"].astype(str), strict=True))
         errors_total = sum(truth[i] != given[i] for i in ids)
         why: list[str] = []
-        learner = load_learner(store, run.path, cfg.rank, why) if cfg.order == "combined" else None
-        if cfg.order == "combined" and learner is None:
+        learner = load_learner(store, run.path, cfg.rank, why) if cfg.order == Order.COMBINED else None
+        if cfg.order == Order.COMBINED and learner is None:
             raise SimulationError(why[0] if why else f"{run.path} has no signals.safetensors: run `deft audit` on "
                                   "it first")
         q = ReviewQueue(store, ReviewFilter(suspects=None, order=cfg.order), client="simulator", user="oracle")

@@ -33,4 +33,5 @@ class JobName(StrEnum):
     """The app's background jobs (:class:`deft.jobs.Job` names)."""
 
     DETECTION = "detection"
+    AUDIT = "audit"
     TRAINING = "training"

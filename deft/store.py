@@ -24,15 +24,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from .curation import DECISION_STATUS, export_table
+from .curation import export_table
+from .schema import (
+    ACTIONS,
+    DECISION_STATUS,
+    LABEL_ACTIONS,
+    RANK_COLUMNS,
+    SAMPLE_COLUMNS,
+    SUGGESTION_COLUMNS,
+    Action,
+    Status,
+    sample_table_sql,
+    sql_type,
+)
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS samples (
-    idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, label TEXT NOT NULL, is_clean INTEGER NOT NULL,
-    sim_pos REAL, sim_neg REAL, margin REAL, p_clean REAL, pred TEXT, pred_conf REAL,
-    zs1 TEXT, zs1_conf REAL, zs2 TEXT, zs2_conf REAL, zs3 TEXT, zs3_conf REAL,
-    suggestion TEXT, suggestion_conf REAL, p_wrong REAL,
-    s1 TEXT, s1_conf REAL, s1_src TEXT, s2 TEXT, s2_conf REAL, s2_src TEXT, s3 TEXT, s3_conf REAL, s3_src TEXT
+    {sample_table_sql()}
 );
 CREATE INDEX IF NOT EXISTS samples_review ON samples(is_clean, margin);
 CREATE INDEX IF NOT EXISTS samples_label ON samples(label, is_clean, margin);
@@ -57,16 +65,11 @@ CREATE INDEX IF NOT EXISTS orders_key ON orders(name, key);
 """
 # columns added after the first release: (table, column, declaration) -- old databases are migrated on open
 MIGRATIONS = [("decisions", "decided_by", "TEXT NOT NULL DEFAULT ''"), ("decisions", "batch", "INTEGER"),
-              ("state", "decided_by", "TEXT NOT NULL DEFAULT ''"), ("samples", "p_wrong", "REAL"),
-              *[("samples", f"s{j}{c}", t) for j in (1, 2, 3) for c, t in (("", "TEXT"), ("_conf", "REAL"),
-                                                                           ("_src", "TEXT"))]]
+              ("state", "decided_by", "TEXT NOT NULL DEFAULT ''"),
+              *[("samples", c, sql_type(c)) for c in RANK_COLUMNS]]
 VERSION_SQL = "(SELECT COUNT(*) FROM decisions d WHERE d.sample_id = s.id)"
-SAMPLE_COLUMNS = ["id", "label", "is_clean", "sim_pos", "sim_neg", "margin", "p_clean", "pred", "pred_conf",
-                  "zs1", "zs1_conf", "zs2", "zs2_conf", "zs3", "zs3_conf", "suggestion", "suggestion_conf", "p_wrong",
-                  "s1", "s1_conf", "s1_src", "s2", "s2_conf", "s2_src", "s3", "s3_conf", "s3_src"]
-RANKED_COLUMNS = ("p_wrong", "suggestion", "suggestion_conf", "s1", "s1_conf", "s1_src", "s2", "s2_conf", "s2_src",
-                  "s3", "s3_conf", "s3_src")  # what a re-rank may change of a sample nobody has seen
-ACTIONS = tuple(DECISION_STATUS)
+# what a re-rank may change of a sample nobody has seen
+RANKED_COLUMNS = ("p_wrong", "suggestion", "suggestion_conf", *SUGGESTION_COLUMNS)
 
 
 from .errors import ReviewError, RunError, disk_full, file_size_limit  # noqa: E402  (ReviewError re-exported)
@@ -98,7 +101,7 @@ class Decision:
     def describe(self) -> str:
         """``accepted -> ship for truck/img_028`` (what a reviewer reads after acting)."""
         status = DECISION_STATUS.get(self.action, self.action)
-        target = f" -> {self.label}" if self.label and self.action in ("accept", "relabel") else ""
+        target = f" -> {self.label}" if self.label and self.action in LABEL_ACTIONS else ""
         return f"{status}{target} for {self.sample_id}"
 
 
@@ -344,7 +347,7 @@ class ReviewStore:
     def _filter(cls, suspects: bool, label: str | None, status: str | None, margin_min: float | None,
                 margin_max: float | None, issue: str | None = None) -> tuple[str, list]:
         where, args = cls._sample_filter(suspects, label, margin_min, margin_max, issue)
-        if status == "pending":
+        if status == Status.PENDING:
             where += " AND st.status IS NULL"
         elif status:
             where += " AND st.status = ?"
@@ -416,7 +419,7 @@ class ReviewStore:
                 return self._counts[key]
             decided = ("SELECT COUNT(*) FROM state st CROSS JOIN samples s ON s.id = st.sample_id "
                        f"WHERE {where}")
-            if status == "pending":
+            if status == Status.PENDING:
                 base = con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
                 return base - con.execute(decided, args).fetchone()[0]
             return con.execute(decided + " AND st.status = ?", [*args, status]).fetchone()[0]
@@ -468,16 +471,16 @@ class ReviewStore:
             now = f"{st[0]} by {st[1] or 'someone'}" if st else "pending again (undone)"
             raise StaleError(f"{sample_id} changed since you saw it (now {now}); nothing was applied",
                              last[0] if last else "")
-        if action == "relabel" and (not label or (self.classes and label not in self.classes)):
+        if action == Action.RELABEL and (not label or (self.classes and label not in self.classes)):
             raise ReviewError(f"unknown class {label!r}; choose one of the dataset's classes")
-        if action == "relabel" and label == given:
+        if action == Action.RELABEL and label == given:
             raise ReviewError(f"{sample_id} is already labelled {given!r}; use keep to confirm a label")
-        if action == "accept" and (not suggestion or suggestion == given):
+        if action == Action.ACCEPT and (not suggestion or suggestion == given):
             raise ReviewError(f"{sample_id} has no suggestion other than its label {given!r}; use keep instead")
-        if action == "accept" and label and label != suggestion:  # the suggestion on screen was re-ranked since
+        if action == Action.ACCEPT and label and label != suggestion:  # the suggestion on screen was re-ranked since
             raise StaleError(f"{sample_id}'s suggestion changed since you saw it (now {suggestion!r}); "
                              "nothing was applied", "")
-        final = {"accept": suggestion, "relabel": label, "keep": given, "exclude": None}[action]
+        final = {Action.ACCEPT: suggestion, Action.RELABEL: label, Action.KEEP: given, Action.EXCLUDE: None}[action]
         cur = con.execute("INSERT INTO decisions(sample_id, action, label, client, at, decided_by, batch) "
                           "VALUES (?,?,?,?,?,?,?)", (sample_id, action, final, client, at, by, batch))
         seq = int(cur.lastrowid)

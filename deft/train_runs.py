@@ -23,6 +23,7 @@ import pandas as pd
 
 from .errors import writing
 from .monitor import epoch_history
+from .stages import Stage
 
 TRAIN_META = "train.json"
 SUMMARY = "summary.json"
@@ -35,12 +36,12 @@ def log_epoch(folder: Path, summary: dict) -> None:
     interrupted run has done, and the whole curve of a resumed one, are read back from it."""
     path = Path(folder) / EPOCH_LOG
     with writing(path), open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"stage": "phase2", **summary}, default=float) + "\n")
+        f.write(json.dumps({"stage": Stage.PHASE2.value, **summary}, default=float) + "\n")
 
 
 def epoch_log(folder: Path) -> list[dict]:
     """The finished epochs ``folder``'s log holds, one per epoch (a retrained epoch's last line wins), in order."""
-    return epoch_history(Path(folder) / EPOCH_LOG, "phase2")
+    return epoch_history(Path(folder) / EPOCH_LOG, Stage.PHASE2.value)
 
 
 def fingerprint(config: dict, curated: pd.DataFrame) -> str:

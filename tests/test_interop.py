@@ -421,7 +421,7 @@ def test_serve_hands_the_source_to_the_app(monkeypatch):
     from deft import cli
 
     seen = []
-    monkeypatch.setitem(sys.modules, "app", types.SimpleNamespace(main=seen.append))
+    monkeypatch.setitem(sys.modules, "ui.serve", types.SimpleNamespace(main=lambda argv, prog: seen.append(argv)))
     assert cli.main(["serve", "some/hf_dataset", "--port", "7999"]) == 0
     assert cli.main(["serve", "--data", "x.json", "--root", "media"]) == 0
     assert seen == [["--data", "some/hf_dataset", "--port", "7999"], ["--data", "x.json", "--root", "media"]]

@@ -14,10 +14,12 @@ from types import SimpleNamespace
 import gradio as gr
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
-from deft.errors import DataError, ModelLoadError, ReviewError, RunError
+from deft.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
+from deft.errors import ReviewError, RunError
 from deft.imageio import open_image
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
+from deft.schema import Action, JobName, Status
 from deft.thumbs import thumbnail_file
 
 from . import views as v
@@ -25,9 +27,8 @@ from .evidence import evidence_html
 from .tabs import SHOW, show_choice
 from .workspace import Workspace, Workspaces
 
-USER_ERRORS = (DataError, ModelLoadError, ReviewError, RunError, RuntimeError, ValueError, FileNotFoundError)
 GRID_PAGE = 36
-GRID_VERBS = {"accept": "Accepted", "keep": "Kept", "exclude": "Excluded"}
+GRID_VERBS = {Action.ACCEPT: "Accepted", Action.KEEP: "Kept", Action.EXCLUDE: "Excluded"}
 # a filter field (deft.review.FILTER_FIELDS) -> its control in the Review tab
 FILTER_NAMES = {"suspects": "Show", "label": "Class", "status": "Status", "margin_min": "Margin ≥",
                 "margin_max": "Margin ≤", "issue": "Data issue"}
@@ -75,7 +76,7 @@ def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
     """One page of the grid: the filter's samples, pending only when showing suspects without a status."""
     f = q.filter.kwargs()
     if f["status"] is None and f["suspects"] is not False:  # suspects, or every sample: the pending ones
-        f["status"] = "pending"
+        f["status"] = Status.PENDING.value
     return q.store.query(**f, offset=max(0, page) * GRID_PAGE, limit=GRID_PAGE).to_dict("records")
 
 
@@ -192,7 +193,8 @@ class Handlers:
         """A finished job's outcome, in place of its "… started." line and of any "Cancelling…" it caused."""
         c = self.c
         line = v.job_outcome(job)
-        out = {{"detection": c.det_msg, "audit": c.audit_msg, "training": c.train_msg}[job.name]: line}
+        msg = {JobName.DETECTION: c.det_msg, JobName.AUDIT: c.audit_msg, JobName.TRAINING: c.train_msg}
+        out = {msg[job.name]: line}
         where = self.cancels.pop(id(job), None)
         return out | ({where: line} if where is not None else {})
 
@@ -236,11 +238,11 @@ class Handlers:
         """Progress, curves and results of the running detection or training (the audit: on_audit_tick)."""
         c = self.c
         ws, job = self.job_news(sid, self.seen)
-        if job is None or job.name == "audit":  # the audit is shown by on_audit_tick
+        if job is None or job.name == JobName.AUDIT:  # the audit is shown by on_audit_tick
             return gr.skip()
         prog = v.progress_html(job)
         end = self.job_end(job) if not job.running else {}
-        if job.name == "detection":
+        if job.name == JobName.DETECTION:
             loss, clean = v.plot_frames(ws.detect_curves(job))
             out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean} | end
             if end:  # done: the new run's results; else the previous run's, still the one in Review
@@ -286,11 +288,11 @@ class Handlers:
         ws, job = self.job_news(sid, self.audit_seen)
         if job is None:
             return gr.skip()
-        prog = v.progress_html(job) if job.name == "audit" else gr.skip()
-        if job.name == "audit" and job.status == "done":
+        prog = v.progress_html(job) if job.name == JobName.AUDIT else gr.skip()
+        if job.name == JobName.AUDIT and job.status == "done":
             prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
         out = {self.c.audit_prog: prog}
-        if job.name == "audit" and not job.running:
+        if job.name == JobName.AUDIT and not job.running:
             out |= self.job_end(job)
         if job.running or job.status != "done":
             return out
@@ -432,7 +434,7 @@ class ReviewHandlers(Handlers):
             ws, q = self.queue_of(session, client, request)
         except USER_ERRORS as exc:
             return {res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})} | self.empty(exc)
-        dd = gr.update(value=None) if action == "relabel" else None  # the field clears for the next card
+        dd = gr.update(value=None) if action == Action.RELABEL else None  # the field clears for the next card
         try:
             d = q.act(str(sample_id), version_of(version), str(action), label or None)
         except StaleError as exc:
@@ -561,7 +563,7 @@ class ReviewHandlers(Handlers):
         c = self.c
         try:
             ws, q = self.queue_of(sid, cid, request)
-            res = q.apply_many([tuple(i) for i in items], "accept")
+            res = q.apply_many([tuple(i) for i in items], Action.ACCEPT.value)
         except USER_ERRORS as exc:
             return {c.batch_msg: v.err_md(exc), c.batch_items: [],
                     c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
@@ -601,7 +603,7 @@ class ReviewHandlers(Handlers):
                 raise ReviewError("select one or more tiles first (click, or arrows + space)")
             res = q.apply_many(items, action, label or None)
             ws.learn()
-            verb = f"Relabelled to {label}:" if action == "relabel" else GRID_VERBS.get(action, action)
+            verb = f"Relabelled to {label}:" if action == Action.RELABEL else GRID_VERBS.get(action, action)
             msg = html.escape(v.batch_line(res, verb))
         except (*USER_ERRORS, json.JSONDecodeError) as exc:
             return self.grid_view(sid, cid, page, request, v.err_md(exc))

@@ -7,10 +7,11 @@ import gradio as gr
 
 from deft.audit_view import ISSUES, ORDERS
 from deft.review import BATCH_SOURCES
+from deft.schema import DECIDED_STATUSES, DETECT_METHODS, Status
 
 from .views import GRID_HELP, KEYS_HELP, filter_choices
 
-STATUSES = ["", "pending", "accepted", "relabelled", "kept", "excluded"]
+STATUSES = ["", Status.PENDING.value, *DECIDED_STATUSES]  # the Status filter ("": any)
 
 
 def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.HTML]:
@@ -53,7 +54,7 @@ def detect_tab(c, s) -> None:
         c.rw_in = gr.Checkbox(False, label="Real-world (human) noise")
         c.pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
         c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1, elem_id="det-epochs")
-    c.det_method = gr.Radio(["deft", "zeroshot", "cleanlab", "all"], value="deft", label="Method "
+    c.det_method = gr.Radio(list(DETECT_METHODS), value="deft", label="Method "
                             "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
                             "then every baseline and the data-issue audit)", elem_id="det-method")
     with gr.Row():

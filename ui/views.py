@@ -19,6 +19,7 @@ from deft.learning import RerankReport
 from deft.monitor import planted_line
 from deft.ranking import Remaining
 from deft.review import group_title, suggestions
+from deft.schema import LABEL_ACTIONS, JobName, Stage, Status
 from deft.store import BatchResult, Decision
 from deft.thumbs import thumbnail_file
 
@@ -104,7 +105,7 @@ def recent_html(store, client: str, limit: int = 5) -> str:
         return ""
     items = []
     for r in rows.itertuples():
-        target = f" → {html.escape(str(r.label))}" if r.label and r.action in ("accept", "relabel") else ""
+        target = f" → {html.escape(str(r.label))}" if r.label and r.action in LABEL_ACTIONS else ""
         what = f"undo of #{int(r.undoes)}" if r.action == "undo" else f"{r.action}{target}"
         items.append(f"<li>#{r.seq} {html.escape(r.at)} · <code>{html.escape(r.sample_id)}</code> {what}</li>")
     return f'<div class="recent"><b>Last decisions recorded from this browser:</b><ul>{"".join(items)}</ul></div>'
@@ -114,7 +115,7 @@ def progress_html(job) -> str:
     if job is None:
         return ""
     last, _, _ = job.snapshot()
-    ev = last.get("phase1") or last.get("phase2") or last.get("score") or last.get("decode")
+    ev = last.get(Stage.PHASE1) or last.get(Stage.PHASE2) or last.get(Stage.SCORE) or last.get(Stage.DECODE)
     if job.status == "error":
         return f"<p><b>{job.name} failed:</b> {html.escape(job.error)}</p>"
     if job.status == "cancelled":
@@ -133,7 +134,7 @@ def progress_html(job) -> str:
     return f'<div class="pbar"><div style="width:{pct:.1f}%"></div></div><p id="job-status">{" · ".join(parts)}</p>'
 
 
-JOB_TITLES = {"detection": "Detection", "audit": "Audit", "training": "Training"}
+JOB_TITLES = {JobName.DETECTION: "Detection", JobName.AUDIT: "Audit", JobName.TRAINING: "Training"}
 RUNNING_SUMMARY = "*Detection running: Review shows the previous run's results until this one finishes.*"
 
 
@@ -186,7 +187,7 @@ def card_html(ws, item: dict | None) -> str:
                         f'({g.conf:.0%}) <span class="src">{html.escape(g.source)}</span></button>')
     if not btns:
         btns.append("<p>No suggestion differs from the given label: keep (k), exclude (x) or relabel (r).</p>")
-    status = str(item.get("status") or "pending")
+    status = str(item.get("status") or Status.PENDING)
     final = f" → <b>{html.escape(str(item['final_label']))}</b>" if item.get("final_label") else ""
     by = f' by <b id="card-by">{html.escape(str(item["decided_by"]))}</b>' if item.get("decided_by") else ""
     return f"""<div id="card" data-sid="{html.escape(sid)}" data-ver="{int(item.get('version') or 0)}"><div class="row">

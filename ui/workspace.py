@@ -17,14 +17,14 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from deft.audit import audit_columns, ground_truth
 from deft.audit_view import issue_rows, order_rows
-from deft.config import OptimConfig, Phase1Config, Phase2Config
+from deft.config import Phase1Config, Phase2Config, phase1_preset
 from deft.curation import curated_labels, write_export
 from deft.data import Dataset, load_dataset
 from deft.device import pick_device
@@ -40,6 +40,7 @@ from deft.ranking import RankConfig, remaining_estimate
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
+from deft.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
 from deft.store import ReviewStore
 from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
 
@@ -61,7 +62,7 @@ def _touched(run: TrainingRun) -> float:
 class AppSettings:
     data: str = "assets/demo"
     root: str | None = None
-    model: str = "openai/clip-vit-base-patch16"
+    model: str = DEFAULT_MODEL
     runs: Path = Path("runs")
     device: str = "auto"
     epochs: int = 10
@@ -250,8 +251,8 @@ class Workspace:
             return self.job
 
     def phase1_config(self, model: str, real_world: bool, epochs: int, preview: bool = False) -> Phase1Config:
-        return Phase1Config(model=model, real_world=real_world, feature_cache=preview,
-                            optim=OptimConfig(lr=0.03, epochs=int(epochs), batch_size=self.settings.batch_size))
+        return phase1_preset(model=model, real_world=real_world, feature_cache=preview,
+                             optim={"epochs": int(epochs), "batch_size": self.settings.batch_size})
 
     def preview_advice(self, model: str) -> tuple[bool, str]:
         """Whether to preselect the quick preview for ``model`` on this machine, and why (one line)."""
@@ -276,13 +277,13 @@ class Workspace:
                      method: str = "deft") -> Job:
         """Detection in the background: ``method`` deft, a baseline (zeroshot / cleanlab, no prompt
         training, then the audit pass), or all (DEFT, then the audit pass with every baseline)."""
-        from deft.audit import BASELINES, audit, detect_with_baseline
+        from deft.audit import audit, detect_with_baseline
         from deft.phase1 import detect
 
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
-        if method not in ("deft", "all", *BASELINES):
-            raise ValueError(f"unknown method {method!r}; choose deft, zeroshot, cleanlab or all")
+        if method not in DETECT_METHODS:
+            raise ValueError(f"unknown method {method!r}; choose {', '.join(METHODS)} or {ALL_METHODS}")
         ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs, preview)
         digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
         out = self.home / (f"detect-{digest}-{method}" if method in BASELINES else f"detect-{digest}")
@@ -295,7 +296,7 @@ class Workspace:
                                                progress=progress)[0]
                 else:
                     res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
-                    if method == "all":
+                    if method == ALL_METHODS:
                         audit(res.run, device=self.settings.device, progress=progress, cancel=cancel)
             run = res if isinstance(res, Run) else Run.open(res.run.path)  # re-read: the audit rewrote scores
             with self._lock:
@@ -303,7 +304,7 @@ class Workspace:
                     self.attach(run)
             return res
 
-        return self._start("detection", fn)
+        return self._start(JobName.DETECTION, fn)
 
     def start_audit(self) -> Job:
         """``deft audit`` on the current run in the background (baselines, data issues, class report, map)."""
@@ -321,7 +322,7 @@ class Workspace:
                     self.attach(Run.open(path))  # the scores table now carries the audit columns
             return res
 
-        return self._start("audit", fn)
+        return self._start(JobName.AUDIT, fn)
 
     def start_train(self, mode: str, epochs: int) -> Job:
         from deft.phase2 import train_classifier
@@ -330,8 +331,8 @@ class Workspace:
             raise RuntimeError("run detection first (Detect tab)")
         run, store = self.run, self.store
         self.train_dir = None  # until the job picks its folder: not the previous run's curve
-        cfg = Phase2Config(model=run.config.model,
-                           optim=OptimConfig(lr=5e-4, epochs=int(epochs), batch_size=self.settings.batch_size))
+        optim = replace(Phase2Config().optim, epochs=int(epochs), batch_size=self.settings.batch_size)
+        cfg = Phase2Config(model=run.config.model, optim=optim)
 
         def fn(progress, cancel):
             curated = curated_labels(store.export(), mode)
@@ -342,7 +343,7 @@ class Workspace:
                 return train_classifier(run, curated, cfg, out=out, device=self.settings.device, progress=progress,
                                         cancel=cancel, tags={"mode": mode})
 
-        return self._start("training", fn)
+        return self._start(JobName.TRAINING, fn)
 
     def training_runs(self) -> pd.DataFrame:
         """The current detection run's past training runs (mode, epochs, last/best accuracy, held out on)."""
@@ -364,9 +365,9 @@ class Workspace:
         folder = self.detect_dir or (self.run.path if self.run is not None else None)
         epochs = epoch_history(folder / "log.jsonl") if folder is not None else []
         steps, spe = [], 1
-        if job is not None and job.name == "detection":
+        if job is not None and job.name == JobName.DETECTION:
             last, steps, _ = job.snapshot()
-            ev = last.get("phase1")
+            ev = last.get(Stage.PHASE1)
             spe = ev.steps // max(1, ev.epochs) if ev is not None else 1
         return training_curves(steps, spe, epochs)
 

@@ -1,0 +1,65 @@
+"""Issue 22, packaging: ``pip install .`` is the library (no gradio), ``pip install .[app]`` adds the app and
+``deft serve``. The library must import without gradio, and the wheel must hold ``ui`` for ``deft serve``."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK_GRADIO = "import sys; sys.modules['gradio'] = None\n"  # `import gradio` now raises ImportError
+
+
+def _requirements(name: str) -> set[str]:
+    lines = (REPO / name).read_text().splitlines()
+    return {ln.split("#")[0].split("==")[0].strip().lower() for ln in lines if ln.split("#")[0].strip()}
+
+
+def test_library_dependencies_leave_gradio_to_the_app_extra():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dyn = meta["tool"]["setuptools"]["dynamic"]
+    lib = set().union(*(_requirements(f) for f in dyn["dependencies"]["file"]))
+    app = set().union(*(_requirements(f) for f in dyn["optional-dependencies"]["app"]["file"]))
+    assert "gradio" not in lib and "gradio" in app and "torch" in lib
+    assert {"deft", "deft.models", "ui"} <= set(meta["tool"]["setuptools"]["packages"])
+    assert meta["project"]["scripts"]["deft"] == "deft.cli:main"
+    # make demo / make test install the app's requirement too
+    assert "-r requirements-app.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
+    assert "-r requirements.txt -r requirements-app.txt" in (REPO / "Makefile").read_text()
+
+
+def test_no_deft_module_imports_gradio_or_ui():
+    """Not even inside a function: the front ends import the library, never the other way."""
+    bad = []
+    for p in sorted((REPO / "deft").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{p.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                    if n.split(".")[0] in {"gradio", "ui"} and not (p.name == "cli.py" and n == "ui.serve")]
+    assert bad == []
+
+
+def test_deft_imports_and_runs_without_gradio():
+    code = BLOCK_GRADIO + (
+        "import deft, deft.cli, deft.schema, deft.store, deft.curation\n"
+        "assert deft.DEFAULT_MODEL and deft.cli.build_parser().parse_args(['check', 'x']).cmd == 'check'\n"
+        "assert deft.cli.main(['serve', '--port', '1']) == 2\n")  # a clear error, no traceback
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "pip install 'deft-audit[app]'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_deft_serve_takes_the_options_of_app_py():
+    import app
+    from ui.serve import parse_args
+
+    argv = ["--port", "7999", "--rerank-every", "5", "--host", "0.0.0.0", "--model", "m"]
+    assert parse_args(argv, app.ROOT) == app.parse_args(argv)
+    assert app.parse_args([]).data == str(app.DEMO)
+    res = subprocess.run([sys.executable, "-m", "deft", "serve", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.startswith("usage: deft serve") and "--rerank-every" in res.stdout
