@@ -27,6 +27,7 @@ import pandas as pd
 from .data import Dataset, _finish
 from .errors import DataError
 from .interop import HF_MARKERS, ensure_writable, fingerprint, image_suffix, import_cache, table_files
+from .schema import EXPORT_COLUMNS, SCORE_COLUMNS
 
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev")
 CACHE_VERSION = "1"
@@ -229,7 +230,8 @@ def load_hf(source: str | os.PathLike, prompts: dict[str, str] | None = None, ve
 
 
 # -- export -------------------------------------------------------------------------------------------------------
-BASE_COLUMNS = ("path", "original_label", "final_label", "status", "decided_at", "decided_by")
+#: The export's review columns (the rest of :data:`deft.schema.EXPORT_COLUMNS` are scores, kept as they are).
+BASE_COLUMNS = tuple(c for c in EXPORT_COLUMNS if c not in SCORE_COLUMNS)
 
 
 def export_rows(run, frame: pd.DataFrame) -> pd.DataFrame:
