@@ -235,12 +235,19 @@ class QueueLearner:
             fix = (wrong == 1) & (final >= 0)
             counts = self.prior_mixups + rk.mixup_counts(sig.labels[rows[fix]], final[fix], len(sig.classes))
             sources = with_mixups(sig, counts, sources)
-            if self.image is not None and fix.sum() >= cfg.min_decisions:
-                truth = np.where(wrong == 1, final, sig.labels[rows])
-                sources["reviewed"] = rk.reviewed_probe(self.image, sig.labels, self.model.p_wrong, rows, truth,
-                                                        len(sig.classes), k=cfg.top_k, seed=cfg.seed)
-            weights = (rk.fit_source_weights(sources, sig.labels, rows[fix], final[fix])
-                       if fix.sum() >= cfg.min_decisions else {})
+            weights = {}
+            if fix.sum() >= cfg.min_decisions:
+                # the weights are fitted on the corrections, so the sources that learn from them are seen as
+                # they were before each one (mix-ups without it, the probe from the other fold)
+                held = {"mixups": rk.mixup_topk_loo(counts, sig.labels[rows[fix]], final[fix], cfg.top_k)}
+                if self.image is not None:
+                    truth = np.where(wrong == 1, final, sig.labels[rows])
+                    K = len(sig.classes)  # noqa: N806
+                    sources["reviewed"] = rk.reviewed_probe(self.image, sig.labels, self.model.p_wrong, rows, truth,
+                                                            K, k=cfg.top_k, seed=cfg.seed)
+                    held["reviewed"] = rk.reviewed_probe_oof(self.image, sig.labels, self.model.p_wrong, rows, truth,
+                                                             K, rows[fix], k=cfg.top_k, seed=cfg.seed)
+                weights = rk.fit_source_weights(sources, sig.labels, rows[fix], final[fix], held=held)
             # the neighbour vote of a sample uses its neighbours' trusted labels, but its own given label stays
             sugg = rk.pool_suggestions(sources, sig.labels, self.model.p_wrong, weights)
             ranked = rank_columns(sig, self.model, sugg)

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["SOURCES", "SOURCE_NAMES", "TopK", "topk", "prompt_topk", "neighbour_topk", "reviewed_probe", "given_prob",
-           "mixup_counts", "mixup_topk", "prior_mixups",
+__all__ = ["SOURCES", "SOURCE_NAMES", "TopK", "topk", "prompt_topk", "neighbour_topk", "reviewed_probe",
+           "reviewed_probe_oof", "given_prob", "mixup_topk_loo", "mixup_counts", "mixup_topk", "prior_mixups",
            "neighbour_text_agreement", "signal_features", "WrongLabelModel", "RankConfig", "pool_suggestions",
            "fit_source_weights", "Suggestions", "estimate_remaining", "Remaining", "remaining_estimate"]
 
@@ -119,39 +119,70 @@ def reviewed_probe(image: np.ndarray, labels: np.ndarray, p_wrong: np.ndarray, r
     ``max_rows`` of them, a seeded sample). ``image`` (N, D) CLIP embeddings; returns its class
     probabilities for every sample as a :class:`TopK` (``given``: of the sample's given label).
     """
-    rng = np.random.default_rng(seed)
     labels = np.asarray(labels, dtype=np.int64)
-    rows = np.asarray(rows, dtype=np.int64)
-    final = np.asarray(final, dtype=np.int64)
-    keep = final >= 0
-    rows, final = rows[keep], final[keep]
+    pool = _trusted_pool(labels, p_wrong, rows, K, trusted, max_rows, seed)
+    model = _fit_probe(image, labels, pool, rows, final, C, seed)
+    return topk(_predict_probe(model, image, np.arange(len(labels)), K), labels, k)
+
+
+def reviewed_probe_oof(image: np.ndarray, labels: np.ndarray, p_wrong: np.ndarray, rows: np.ndarray,
+                       final: np.ndarray, K: int, targets: np.ndarray, folds: int = 2, trusted: float = 0.5,  # noqa: N803
+                       max_rows: int = 20000, C: float = 10.0, k: int = 5, seed: int = 0) -> TopK:  # noqa: N803
+    """:func:`reviewed_probe`'s probabilities for ``targets`` (a subset of ``rows``), each from a probe fitted
+    without its fold of ``rows``: what the source would have said before the reviewer decided it, so that
+    fitting the source weights on those decisions does not reward the probe for repeating them."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rows, final, targets = (np.asarray(v, dtype=np.int64) for v in (rows, final, targets))
+    pool = _trusted_pool(labels, p_wrong, rows, K, trusted, max_rows, seed)
+    fold = np.random.default_rng(seed).integers(0, folds, len(rows))
+    probs = np.zeros((len(targets), K), dtype=np.float64)
+    where = {int(r): i for i, r in enumerate(targets)}
+    for f in range(folds):
+        inside = fold == f
+        out = np.array([where[int(r)] for r in rows[inside] if int(r) in where], dtype=np.int64)
+        if not len(out):
+            continue
+        model = _fit_probe(image, labels, pool, rows[~inside], final[~inside], C, seed)
+        probs[out] = _predict_probe(model, image, targets[out], K)
+    return topk(probs, labels[targets], k)
+
+
+def _trusted_pool(labels: np.ndarray, p_wrong: np.ndarray, rows: np.ndarray, K: int, trusted: float,  # noqa: N803
+                  max_rows: int, seed: int) -> np.ndarray:
+    """Per class, the ``trusted`` fraction of undecided samples with the lowest ``p_wrong`` (<= ``max_rows``)."""
     trust = np.zeros(len(labels), dtype=bool)
     for c in range(K):
         mc = np.flatnonzero(labels == c)
         if len(mc):
             trust[mc[p_wrong[mc] <= np.quantile(p_wrong[mc], trusted)]] = True
-    trust[rows] = False
+    trust[np.asarray(rows, dtype=np.int64)] = False
     pool = np.flatnonzero(trust)
     if len(pool) > max_rows:
-        pool = np.sort(rng.choice(pool, max_rows, replace=False))
-    x = np.concatenate([pool, rows])
-    y = np.concatenate([labels[pool], final])
-    model = _fit_probe(np.asarray(image[x], dtype=np.float32), y, C, seed)
-    probs = np.zeros((len(labels), K), dtype=np.float64)
-    for s in range(0, len(labels), 65536):
-        probs[s : s + 65536, model.classes_] = model.predict_proba(np.asarray(image[s : s + 65536], np.float32))
-    return topk(probs, labels, k)
+        pool = np.sort(np.random.default_rng(seed).choice(pool, max_rows, replace=False))
+    return pool
 
 
-def _fit_probe(x: np.ndarray, y: np.ndarray, C: float, seed: int):  # noqa: N803
+def _predict_probe(model, image: np.ndarray, rows: np.ndarray, K: int, chunk: int = 65536) -> np.ndarray:  # noqa: N803
+    probs = np.zeros((len(rows), K), dtype=np.float64)
+    for s in range(0, len(rows), chunk):
+        probs[s : s + chunk, model.classes_] = model.predict_proba(np.asarray(image[rows[s : s + chunk]], np.float32))
+    return probs
+
+
+def _fit_probe(image: np.ndarray, labels: np.ndarray, pool: np.ndarray, rows: np.ndarray, final: np.ndarray,
+               C: float, seed: int):  # noqa: N803
+    """Multinomial logistic regression on ``pool`` (given labels) and ``rows`` (their ``final`` class, -1 left out)."""
     import warnings
 
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
+    rows, final = np.asarray(rows, dtype=np.int64), np.asarray(final, dtype=np.int64)
+    x = np.concatenate([pool, rows[final >= 0]])
+    y = np.concatenate([labels[pool], final[final >= 0]])
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")
-        return LogisticRegression(C=C, max_iter=300, random_state=seed).fit(x, y)
+        return LogisticRegression(C=C, max_iter=300, random_state=seed).fit(np.asarray(image[x], np.float32), y)
 
 
 def mixup_counts(labels: np.ndarray, targets: np.ndarray, K: int, weights: np.ndarray | None = None  # noqa: N803
@@ -176,6 +207,21 @@ def mixup_topk(counts: np.ndarray, labels: np.ndarray, k: int = 5, alpha: float 
     per = topk(t, np.arange(K), k)  # each class's top-k mix-ups, looked up by label
     labels = np.asarray(labels, dtype=np.int64)
     return TopK(per.idx[labels], per.prob[labels], np.zeros(len(labels), np.float32), K)
+
+
+def mixup_topk_loo(counts: np.ndarray, labels: np.ndarray, truth: np.ndarray, k: int = 5, alpha: float = 1.0
+                   ) -> TopK:
+    """:func:`mixup_topk` for corrected samples with each one's own correction taken out of ``counts`` (what the
+    mix-ups said before it), for fitting the source weights on those corrections."""
+    labels, truth = np.asarray(labels, dtype=np.int64), np.asarray(truth, dtype=np.int64)
+    n, K = len(labels), counts.shape[0]  # noqa: N806
+    t = counts[labels].astype(np.float64)
+    t[np.arange(n), truth] = np.maximum(t[np.arange(n), truth] - 1.0, 0.0)
+    t += alpha
+    t[np.arange(n), labels] = 0.0
+    t /= np.maximum(t.sum(axis=1, keepdims=True), EPS)
+    per = topk(t, labels, k)
+    return TopK(per.idx, per.prob, np.zeros(n, np.float32), K)
 
 
 def prior_mixups(sources: dict[str, TopK], labels: np.ndarray, p_wrong: np.ndarray, K: int,  # noqa: N803
@@ -451,15 +497,18 @@ def _source_names(sources: dict[str, TopK], labels: np.ndarray, lab: np.ndarray)
 
 
 def fit_source_weights(sources: dict[str, TopK], labels: np.ndarray, rows: np.ndarray, truth: np.ndarray,
-                       prior: float = 1.0, l2: float = 1.0) -> dict[str, float]:
+                       prior: float = 1.0, l2: float = 1.0, held: dict[str, TopK] | None = None) -> dict[str, float]:
     """Source weights that make the reviewer's corrections (``truth`` class of ``rows``) most likely under
-    the pooled suggestion model, shrunk towards ``prior`` (each weight >= 0)."""
+    the pooled suggestion model, shrunk towards ``prior`` (each weight >= 0). ``held``: a source's view of
+    ``rows`` (aligned with them) from before those corrections, for a source that learns from them (the
+    mix-ups, the probe on reviewed labels): fitted on its in-sample view it would look infallible."""
     from scipy.optimize import minimize
 
     names = list(sources)
     if len(rows) == 0:
         return dict.fromkeys(names, prior)
-    sub = {k: TopK(v.idx[rows], v.prob[rows], v.given[rows], v.K) for k, v in sources.items()}
+    held = held or {}
+    sub = {k: held[k] if k in held else TopK(v.idx[rows], v.prob[rows], v.given[rows], v.K) for k, v in sources.items()}
     cand = _candidates(sub, labels[rows])
     hit = cand == truth[:, None]
     keep = hit.any(axis=1)

@@ -190,6 +190,49 @@ def test_source_weights_learn_which_source_the_reviewer_agrees_with():
     assert w["zeroshot"] > w["probe"] + 0.5
 
 
+def test_source_weights_judge_a_learning_source_by_what_it_said_before_each_correction():
+    """A source fitted on the corrections (the mix-ups, the probe on reviewed labels) repeats them in-sample;
+    seen out of sample (``held``) it is noise here, and must not outweigh the source that really knows."""
+    rng = np.random.default_rng(0)
+    n, k = 200, 5
+    truth = rng.integers(0, k, n)
+    labels = (truth + 1) % k
+    good = np.full((n, k), 0.1)
+    good[np.arange(n), truth] = 0.6
+    parrot = np.full((n, k), 0.01)
+    parrot[np.arange(n), truth] = 0.96
+    sources = {"zeroshot": rk.topk(good, labels), "mixups": rk.topk(parrot, labels)}
+    leaky = rk.fit_source_weights(sources, labels, np.arange(n), truth)
+    assert leaky["mixups"] > leaky["zeroshot"]  # in-sample the parrot looks infallible
+    held = {"mixups": rk.topk(rng.dirichlet(np.ones(k), n), labels)}
+    fair = rk.fit_source_weights(sources, labels, np.arange(n), truth, held=held)
+    assert fair["zeroshot"] > fair["mixups"] + 0.5
+
+
+def test_leave_one_out_mixups_forget_the_correction_itself():
+    counts = np.zeros((3, 3))
+    counts[0, 2] = 1.0  # one correction: cat -> ship
+    alone = rk.mixup_topk_loo(counts, np.array([0]), np.array([2]))
+    assert np.allclose(alone.prob[0, :2], 0.5)  # without it, nothing says ship over dog
+    counts[0, 2] = 5.0
+    seen = rk.mixup_topk_loo(counts, np.array([0]), np.array([2]))
+    assert seen.idx[0, 0] == 2 and seen.prob[0, 0] == pytest.approx(5 / 6)
+
+
+def test_out_of_fold_probe_does_not_see_the_rows_it_predicts():
+    rng = np.random.default_rng(1)
+    n, K = 300, 3
+    image = rng.normal(size=(n, 200))  # no signal at all: only memorising a row could predict its label
+    labels = rng.integers(0, K, n)
+    rows = np.arange(100)
+    final = rng.integers(0, K, 100)
+    probs = dict(C=1e4, max_rows=0)  # the reviewed rows alone
+    inside = rk.reviewed_probe(image, labels, np.zeros(n), rows, final, K, **probs)
+    oof = rk.reviewed_probe_oof(image, labels, np.zeros(n), rows, final, K, rows, **probs)
+    assert (inside.idx[rows, 0] == final).mean() > 0.9
+    assert (oof.idx[:, 0] == final).mean() < 0.6
+
+
 def test_probe_on_reviewed_labels_learns_the_corrections_not_the_wrong_labels():
     """Given labels 45% wrong in two clusters whose wrong labels point the same way; the reviewer corrected
     60 of them. The probe on reviewed + trusted labels predicts the truth; one on every given label cannot."""
