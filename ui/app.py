@@ -64,6 +64,11 @@ def train_outputs(c) -> list:
     return [c.curve_plot, c.train_summary, c.confusion, c.train_runs]
 
 
+# which Review mode is on screen, read when a filter's render is done (a click on Grid may have come meanwhile)
+GRID_MODE_JS = ("(s, c, m) => { const g = document.getElementById('grid-box'); "
+                "return [s, c, g && g.offsetParent !== null ? 'grid' : 'card']; }")
+
+
 def wire_card(h: ReviewHandlers) -> None:
     """Card decisions (one route, also the API ``/decide``), navigation and filters."""
     c = h.c
@@ -91,7 +96,10 @@ def wire_card(h: ReviewHandlers) -> None:
                      (c.f_order, "input"),
                      (c.f_min, "submit"), (c.f_max, "submit"), (c.f_min, "blur"), (c.f_max, "blur")):
         getattr(comp, ev)(h.set_filter, filter_inputs, card_outputs(c), concurrency_limit=1,
-                          concurrency_id="review", api_visibility="private")
+                          concurrency_id="review", api_visibility="private").then(
+            h.grid_follow, [c.session, c.client, c.g_mode], [c.grid, c.grid_msg, c.g_label, c.counter, c.grid_page],
+            js=GRID_MODE_JS, concurrency_limit=1, concurrency_id="review", show_progress="hidden",
+            api_visibility="private")
     c.ev_btn.click(h.evidence, [c.session, c.client], c.evidence, show_progress="hidden",
                    api_visibility="private")  # clicked by the page script once the card has settled
     c.zoom_btn.click(h.zoom, [c.session, c.client, c.act_sid], c.zoom_box,
@@ -119,7 +127,8 @@ def wire_grid(h: ReviewHandlers) -> None:
     for btn, d in ((c.g_prev, -1), (c.g_next, 1)):
         btn.click(lambda p, d=d: max(0, int(p or 0) + d), c.grid_page, c.grid_page).then(
             h.grid_view, [c.session, c.client, c.grid_page], grid_outputs)
-    c.grid_tab.select(h.grid_view, [c.session, c.client, c.grid_page], grid_outputs)
+    c.grid_tab.select(h.grid_view, [c.session, c.client, c.grid_page], grid_outputs, concurrency_limit=1,
+                      concurrency_id="review")  # after a filter edit still being applied, not before it
 
 
 def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:

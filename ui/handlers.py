@@ -580,6 +580,13 @@ class ReviewHandlers(Handlers):
         except USER_ERRORS as exc:
             return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
 
+    def grid_follow(self, sid, cid, mode, request: gr.Request):
+        """After a filter edit: the grid's first page under the new filter when the grid is on screen (it showed
+        the old filter's tiles, and a click on Grid, already selected, did nothing)."""
+        if mode != "grid":
+            return gr.skip()
+        return self.grid_view(sid, cid, 0, request) | {self.c.grid_page: 0}
+
     def counter_of(self, ws: Workspace, q: ReviewQueue) -> str:
         """The counter for the card this reviewer has (its anchor, which is not moved: the card is not
         rendered again), for renders that change the counts but not the card."""

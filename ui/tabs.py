@@ -123,6 +123,7 @@ def review_tab(c) -> None:
         c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
         c.ev_btn = gr.Button("evidence", elem_id="btn-evidence")  # clicked by the page script, after a pause
         c.batch_clear = gr.Button("clear", elem_id="btn-batch-clear")  # by the page script, after a batch undo
+        c.g_mode = gr.Textbox("card", elem_id="review-mode")  # filled by the page script: 'card' or 'grid'
 
 
 def _card_mode(c) -> None:
