@@ -228,3 +228,14 @@ def test_a_past_training_run_is_described_after_a_reload(tmp_path):
     cut = TrainingRun(tmp_path / "002", "clean", 2, 6, float("nan"), float("nan"), "", "interrupted")
     assert "interrupted after 2/6 epochs" in views.training_run_md(cut) and "resume at epoch 3" in \
         views.training_run_md(cut)
+
+
+def test_reviewer_name_without_login_and_the_login_first():
+    """Issue 19, item 19: without --auth the name a browser gives is who decides (tidied); a login wins."""
+    from ui.handlers import clean_name, user_of
+
+    assert clean_name("  Ben\tOkafor \n") == "Ben Okafor" and clean_name(None) == ""
+    assert clean_name("x" * 100) == "x" * 40 and clean_name("a\x00b") == "a b"
+    assert user_of(SimpleNamespace(username=None), "Ana") == "Ana"
+    assert user_of(SimpleNamespace(username=None), "") == "local" and user_of(None) == "local"
+    assert user_of(SimpleNamespace(username="lee"), "Ana") == "lee"

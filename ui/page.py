@@ -55,7 +55,8 @@ KEYBOARD_JS = """
         try {
           const r = await fetch('deft/act', {method: 'POST', credentials: 'same-origin',
             headers: {'Content-Type': 'application/json'},
-            body: JSON.stringify({...p, session: val('session-id'), client: val('client-id')})});
+            body: JSON.stringify({...p, session: val('session-id'), client: val('client-id'),
+                                  name: val('reviewer-name')})});
           const text = await r.text();
           try { d = JSON.parse(text); } catch (_) { d = {error: text.slice(0, 200)}; }
           if (!r.ok) throw new Error(d.error || (r.status + ' ' + r.statusText));
@@ -207,6 +208,13 @@ CSS = """
 #card .sugg button:hover {background: #dbeafe;}
 #card .src {color: #6b7280; font-size: 0.85em;}
 #review-msg, #batch-msg, #grid-msg {min-height: 1.5em;}
+#no-login-note, #no-login-note .prose, #no-login-note p {font-size: 0.8rem !important; line-height: 1.35;
+  color: #4b5563;}
+#no-login-note p {margin: 2px 0 0 0;}
+#reviewer-box {gap: 10px; align-items: flex-start; flex-grow: 2;}
+#no-login-note {flex-grow: 2;}
+#app-title h1 {margin: 0; font-size: 1.8em;}
+#app-title p {margin: 2px 0 0 0;}
 #grid .group h4 {margin: 10px 0 4px 0;}
 #grid .tiles {display: flex; flex-wrap: wrap; gap: 6px;}
 #grid .tile {width: 120px; border: 3px solid transparent; border-radius: 6px; cursor: pointer; padding: 2px;

@@ -21,6 +21,20 @@ def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdow
     return start, cancel, gr.Markdown(elem_id=f"{key}-msg"), gr.HTML(elem_id=f"{key}-progress")
 
 
+NO_LOGIN_NOTE = ("**No login on this server:** decisions from this browser are recorded under the name on the "
+                 "left (blank: *local*, as for everyone). For a team with logins, start the app with `--auth-file`.")
+
+
+def reviewer_box(c, login: bool) -> None:
+    """Who is reviewing, top right of every tab: without a login, a name field kept in this browser (recorded
+    with each decision, shown in conflicts and the export) and a line saying a team needs a login."""
+    with gr.Row(visible=not login, elem_id="reviewer-box"):
+        c.name_in = gr.Textbox("", label="Your name", show_label=False, container=False, max_lines=1,
+                               placeholder="Your name (recorded with your decisions)", elem_id="reviewer-name",
+                               scale=1, min_width=220)
+        gr.Markdown(NO_LOGIN_NOTE, elem_id="no-login-note")
+
+
 def dataset_tab(c, s) -> None:
     """1 · Dataset: load a folder or table; images per class, import problems, thumbnails, data issues."""
     with gr.Row():

@@ -247,3 +247,47 @@ def test_grid_follows_a_filter_edit(cockpit, reviewer, artifacts):
     choose(a, "f-class", "cat")  # type, Enter; the filter's render is on its way when the click comes
     a.get_by_role("tab", name="Grid").click()
     wait_grid_of(a, "cat")
+
+
+def name_reviewer(page, name: str) -> None:
+    """Type this browser's reviewer name (no login) and leave the field (Enter)."""
+    field = page.locator("#reviewer-name textarea, #reviewer-name input").first
+    field.fill(name)
+    field.press("Enter")
+
+
+def test_without_login_each_browser_names_its_reviewer(cockpit, browser):
+    """Item 19: without --auth every reviewer was "local", in conflict messages and in the export. Each browser
+    now gives a name (kept in the browser), recorded with its decisions; the page says a team needs a login."""
+    server, store, _ = cockpit
+    a, b = open_reviewers(browser, server.url, 2)
+    try:
+        for page in (a, b):
+            page.wait_for_function("() => document.querySelector('#f-order input').value.startsWith('most likely')",
+                                   timeout=30_000)
+            assert "--auth-file" in page.inner_text("#no-login-note")  # says how a team gets logins
+            assert page.locator("#no-login-note").is_visible()
+        name_reviewer(a, "Ana")
+        name_reviewer(b, "  Ben\tOkafor ")  # tidied: one space between words
+        for page in (a, b):
+            set_class(page, "automobile")
+        x = card(a)[0]
+        assert card(b)[0] == x
+        a.keyboard.press("k")
+        wait_msg(a, "#review-msg", f"kept for {x}")
+        b.keyboard.press("x")  # b still shows x as it was: refused, and b is told who decided it
+        wait_msg(b, "#review-msg", "now kept by Ana")
+        wait_msg(b, "#card", "by Ana")
+        b.keyboard.press("j")
+        b.wait_for_function("(s) => document.getElementById('card').dataset.sid !== s", arg=x, timeout=20_000)
+        y = card(b)[0]
+        b.keyboard.press("x")
+        wait_msg(b, "#review-msg", f"excluded for {y}")
+        exp = store.export().set_index("path")
+        assert exp.loc[x, "decided_by"] == "Ana" and exp.loc[y, "decided_by"] == "Ben Okafor"
+        a.reload()  # the name stays with the browser
+        a.wait_for_function("() => { const f = document.querySelector('#reviewer-name textarea, #reviewer-name input');"
+                            " return f && f.value === 'Ana'; }", timeout=30_000)
+    finally:
+        a.context.close()
+        b.context.close()
