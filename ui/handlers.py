@@ -482,17 +482,21 @@ class ReviewHandlers(Handlers):
         return handler
 
     def lean(self, body: dict, user: str | None) -> dict:
-        """One key press on the lean route: ``body`` is ``{"op": "act"|"next"|"prev"|"undo"|"pending",
+        """One key press on the lean route: ``body`` is ``{"op": "act"|"next"|"prev"|"undo"|"pending"|"counter",
         "session", "client"}`` (optionally ``name``: the reviewer's name field, used without a login), and for
         ``act`` also ``sample_id``, ``version``, ``action``, ``label``.
 
         Runs the same handler as the Gradio event and returns its card outputs as
-        ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "").
+        ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "");
+        ``counter`` (the page's poll, every few seconds) answers the counter alone, for the card on screen.
         """
         op, req = text_of(body, "op"), SimpleNamespace(username=user)
         session, client = text_of(body, "session"), text_of(body, "client")
         if "name" in body and client:  # the name field as the key was pressed (its blur event may still be on its way)
             self.names[client] = clean_name(text_of(body, "name"))
+        if op == "counter":  # the page's poll: counts change with other reviewers' decisions too
+            ws, q = self.queue_of(session, client, req)
+            return {"counter": self.counter_of(ws, q)}
         if op == "act":
             out = self.decide(session, client, text_of(body, "sample_id"), version_of(body.get("version", 0)),
                               text_of(body, "action"), text_of(body, "label"), req)

@@ -60,7 +60,8 @@ KEYBOARD_JS = """
           const text = await r.text();
           try { d = JSON.parse(text); } catch (_) { d = {error: text.slice(0, 200)}; }
           if (!r.ok) throw new Error(d.error || (r.status + ' ' + r.statusText));
-        } catch (err) { say('not saved: ' + (err.message || err)); continue; }
+        } catch (err) { if (!p.quiet) say('not saved: ' + (err.message || err)); continue; }
+        if (p.op === 'counter') { swap('counter-live', d.counter); continue; }
         swap('card', d.card);
         swap('counter-live', d.counter);
         swap('msg-live', d.msg);
@@ -70,6 +71,17 @@ KEYBOARD_JS = """
     } finally { leanBusy = false; }
   };
   window.deftNav = (op) => { L.push({op: op}); pump(); };
+  // The counter ("Reviewed 26 / 59") follows other reviewers too: polled every 3 s while Review is on screen,
+  // and when the window gets the focus back; in line with the key presses (never overtakes one).
+  const pollCounter = () => {
+    const e = document.getElementById('counter-live');
+    if (document.hidden || !e || e.offsetParent === null || leanBusy || L.length || !val('session-id')) return;
+    L.push({op: 'counter', quiet: true});
+    pump();
+  };
+  setInterval(pollCounter, 3000);
+  window.addEventListener('focus', pollCounter);
+  document.addEventListener('visibilitychange', pollCounter);
   window.deftAct = (action, label, viaGradio) => {
     const c = document.getElementById('card');
     if (!c || !c.dataset.sid) return;

@@ -291,3 +291,29 @@ def test_without_login_each_browser_names_its_reviewer(cockpit, browser):
     finally:
         a.context.close()
         b.context.close()
+
+
+def test_counter_follows_another_reviewer_without_a_key(cockpit, browser):
+    """Item 18: "Reviewed 26 / 59" went stale after another reviewer's decisions until the next key press."""
+    server, store, _ = cockpit
+    a, b = open_reviewers(browser, server.url, 2)
+    try:
+        for page in (a, b):
+            set_class(page, "airplane")
+        counted(a, store)
+        before = store.count()["reviewed"]
+        for _ in range(2):
+            sid = card(b)[0]
+            b.keyboard.press("k")
+            wait_msg(b, "#review-msg", f"kept for {sid}")
+        assert store.count()["reviewed"] == before + 2
+        counted(a, store)  # a pressed nothing
+        b.get_by_role("tab", name="Grid").click()  # a grid batch, too
+        b.wait_for_selector("#grid .tile")
+        b.locator("#grid .tile").nth(0).click()
+        b.click("#btn-grid-exclude")
+        wait_msg(b, "#grid-msg", "Excluded 1 sample(s)")
+        counted(a, store)
+    finally:
+        a.context.close()
+        b.context.close()
