@@ -97,7 +97,7 @@ def test_queue_note_reports_the_rerank_and_the_stopping_rule():
     report = {"decisions": 125, "source": "your 125 decisions", "precision": 0.93, "holdout": 25, "moved": 300,
               "remaining": 40.2, "unreviewed": 9875, "weights": {}}
     note = views.queue_note(report, (1234.6, 9875))
-    assert note == ("queue re-ranked from your 125 decisions; precision 93% on 25 held-out decisions<br>"
+    assert note == ("queue re-ranked from your 125 decisions; precision 93% on 25 held-out decisions · "
                     "about 1,235 wrong labels likely remain among the 9,875 unreviewed")
     early = views.queue_note(report | {"decisions": 5, "source": "methods <agree>", "precision": None}, None)
     assert early.startswith("queue re-ranked after 5 decisions (ranked by methods &lt;agree&gt;")

@@ -215,7 +215,7 @@ CSS = """
 #card table {font-size: 0.95em;}
 #card td {padding: 2px 8px 2px 0;}
 #card .sugg {display: flex; flex-direction: column; gap: 6px; margin-top: 8px;}
-#card .sugg button {text-align: left; padding: 6px 10px; border-radius: 6px; border: 1px solid #cbd5e1;
+#card .sugg button {text-align: left; padding: 3px 10px; border-radius: 6px; border: 1px solid #cbd5e1;
   background: #eff6ff; cursor: pointer;}
 #card .sugg button:hover {background: #dbeafe;}
 #card .src {color: #6b7280; font-size: 0.85em;}
@@ -236,9 +236,16 @@ CSS = """
 #grid .tile img {width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated;}
 .recent {font-size: 0.85em; color: #374151;}
 .evidence {font-size: 0.8em; color: #374151;}
-.evidence .ev-tiles {display: flex; gap: 6px; flex-wrap: wrap; margin: 2px 0 6px;}
+.evidence .ev-rows {display: flex; gap: 18px; flex-wrap: wrap;}
+.evidence .ev-note {margin: 0 0 2px 0;}
+.evidence .ev-tiles {display: flex; gap: 6px; flex-wrap: wrap; margin: 2px 0 0;}
 .evidence figure {margin: 0; text-align: center;}
-.evidence figure img {width: 72px; height: 72px; object-fit: contain; image-rendering: pixelated;}
+.evidence figure img {width: 64px; height: 64px; object-fit: contain; image-rendering: pixelated;}
+#f-show label {padding: 5px 7px; font-size: 0.88em;}
+#f-show .wrap {gap: 6px;}
+#queue-note {font-size: 0.85em; color: #4b5563;}
+#card-col {gap: 4px;}
+:is(#btn-prev, #btn-next, #btn-pending, #btn-zoom) {padding-left: 4px; padding-right: 4px; white-space: nowrap;}
 #map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
 #map .pt {cursor: pointer;}
 #map-plumbing, #review-plumbing {display: none !important;}

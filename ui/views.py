@@ -335,7 +335,7 @@ def queue_note(report: dict | None, wrong: tuple[float, int] | None) -> str:
                          "there are enough kept and corrected labels to learn from)")
     if wrong is not None:
         parts.append(f"about {round(wrong[0]):,} wrong labels likely remain among the {wrong[1]:,} unreviewed")
-    return "<br>".join(parts)
+    return " · ".join(parts)  # one paragraph under the counter: the card's place stays put when a re-rank is noted
 
 
 def job_curves(epochs: list[dict]) -> pd.DataFrame | None:

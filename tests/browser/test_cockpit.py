@@ -317,3 +317,46 @@ def test_counter_follows_another_reviewer_without_a_key(cockpit, browser):
     finally:
         a.context.close()
         b.context.close()
+
+
+def in_view(page, sel: str) -> dict:
+    """``sel``'s box, asserted on screen at the top of the page at 1440x900 (not below the fold)."""
+    box = page.locator(sel).first.bounding_box()
+    assert box is not None and box["height"] > 0 and 0 <= box["y"] and box["y"] + box["height"] <= 900, (sel, box)
+    return box
+
+
+def test_results_are_above_the_fold(cockpit, reviewer, artifacts):
+    """Item 22: the evidence strip in Review (was at y ~840), Detect's result summary (~1300) and the data issues
+    in the Dataset tab (below the thumbnails) are in view at 1440x900 without scrolling."""
+    a = reviewer
+    set_class(a, "bird")
+    # a page of birds kept from the grid: the evidence strip shows trusted examples (thumbnails) at its full
+    # height, and the queue is re-ranked, so the counter carries its longest note
+    a.get_by_role("tab", name="Grid").click()
+    a.wait_for_selector("#grid .tile", timeout=30_000)
+    a.keyboard.press("a")
+    a.keyboard.press("k")
+    wait_msg(a, "#grid-msg", "Kept ")
+    wait_msg(a, "#queue-note", "re-ranked", timeout=60_000)
+    a.get_by_role("tab", name="Card").click()
+    a.wait_for_selector("#card-id", state="visible")
+    sid = card(a)[0]
+    a.keyboard.press("j")  # another card: its evidence strip is fetched anew
+    a.wait_for_function("(s) => document.getElementById('card').dataset.sid !== s", arg=sid, timeout=20_000)
+    a.wait_for_function("() => { const i = Array.from(document.querySelectorAll('#evidence figure img')); "
+                        "return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0); }", timeout=30_000)
+    a.evaluate("() => window.scrollTo(0, 0)")
+    a.screenshot(path=str(artifacts / "cockpit-6-review-in-view.png"))
+    for sel in ("#card", "#evidence", "#btn-keep", "#btn-next", "#keys-help", "#btn-batch", "#batch-msg"):
+        in_view(a, sel)
+    a.get_by_role("tab", name="2 · Detect").click()
+    wait_msg(a, "#detect-summary", "suspects of")
+    in_view(a, "#detect-summary")
+    a.screenshot(path=str(artifacts / "cockpit-7-detect-in-view.png"))
+    a.get_by_role("tab", name="1 · Dataset").click()
+    a.locator("#issue-counts").wait_for(state="visible", timeout=30_000)
+    wait_msg(a, "#audit-issues-msg", "Data issues")
+    in_view(a, "#audit-issues-msg")
+    in_view(a, "#issue-counts")
+    a.screenshot(path=str(artifacts / "cockpit-8-dataset-in-view.png"))
