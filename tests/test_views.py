@@ -239,3 +239,15 @@ def test_reviewer_name_without_login_and_the_login_first():
     assert user_of(SimpleNamespace(username=None), "Ana") == "Ana"
     assert user_of(SimpleNamespace(username=None), "") == "local" and user_of(None) == "local"
     assert user_of(SimpleNamespace(username="lee"), "Ana") == "lee"
+
+
+def test_the_name_field_is_shown_only_without_a_login(tmp_path):
+    """Issue 19, item 19: with --auth the login names the reviewer; the name field and its note are not shown."""
+    from ui.app import build
+    from ui.workspace import AppSettings, Workspaces
+
+    reg = Workspaces(AppSettings(data=str(tmp_path), model="none", runs=tmp_path / "runs", device="cpu"))
+    for login in (False, True):
+        demo, _ = build(reg, login=login)
+        box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "reviewer-box")
+        assert box.visible is (not login)
