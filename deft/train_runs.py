@@ -44,6 +44,23 @@ def epoch_log(folder: Path) -> list[dict]:
     return epoch_history(Path(folder) / EPOCH_LOG, Stage.PHASE2.value)
 
 
+def checkpoint_history(folder: Path) -> list[dict]:
+    """The finished epochs an interrupted run's ``checkpoint.pt`` holds (its whole history, also the epochs of a
+    run started before runs kept their own log); [] when there is none or it cannot be read. Tensors are
+    memory-mapped, not read: only the history is looked at."""
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        return []
+    try:
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # damaged, foreign or cut short: the listing shows the log's count instead
+        return []
+    history = state.get("history") if isinstance(state, dict) else None
+    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+
+
 def fingerprint(config: dict, curated: pd.DataFrame) -> str:
     """A hash of the training config and the curated ``id, label`` table: resume only what it names."""
     h = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode())
@@ -83,7 +100,9 @@ def read_training_run(folder: Path) -> TrainingRun | None:
     if meta is None and summary is None:
         return None
     meta, summary = meta or {}, summary or {}
-    history = summary.get("history") or epoch_log(folder)  # an interrupted run: its log counts what it finished
+    history = summary.get("history")
+    if not history:  # interrupted: what its log or its checkpoint (the longer: the log began later) counts
+        history = max(epoch_log(folder), checkpoint_history(folder), key=len)
     history = [h for h in history if isinstance(h, dict) and "epoch" in h]
     epochs = int(((meta.get("config") or summary.get("config") or {}).get("optim") or {}).get("epochs", 0))
     nan = float("nan")

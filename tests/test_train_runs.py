@@ -68,3 +68,24 @@ def test_an_interrupted_run_counts_the_epochs_its_log_finished(tmp_path):
     assert run.status == "interrupted" and run.epochs_done == 2
     assert [h["epoch"] for h in run.history] == [1, 2] and run.confusion is None
     assert list(runs_table([run])["epochs"]) == ["2/6"]
+
+
+def test_an_interrupted_run_without_its_own_log_counts_its_checkpoints_epochs(tmp_path):
+    """Issue 19, item 24 (rest): a run interrupted before runs kept their own log.jsonl (or whose log began at a
+    resume) was listed as 0/6; the checkpoint holds the history of every finished epoch, and is counted."""
+    import torch
+
+    from deft.atomic import save_torch
+    from deft.train_runs import log_epoch
+
+    folder = tmp_path / "phase2" / "001"
+    _write(folder, "train.json", {"fingerprint": "a", "config": {"optim": {"epochs": 6}}, "tags": {"mode": "clean"}})
+    history = [{"epoch": e, "loss": 1.0 / e, "val_acc": 0.1 * e} for e in (1, 2, 3)]
+    save_torch(folder / "checkpoint.pt", {"module": {"w": torch.zeros(4)}, "history": history, "epoch": 2,
+                                          "owner": "a"})
+    (run,) = list_training_runs(tmp_path / "phase2")
+    assert run.status == "interrupted" and run.epochs_done == 3 and list(runs_table([run])["epochs"]) == ["3/6"]
+    assert [h["epoch"] for h in run.history] == [1, 2, 3]
+    log_epoch(folder, history[2])  # a log begun at a resume holds the last epoch only: the checkpoint has all
+    (run,) = list_training_runs(tmp_path / "phase2")
+    assert run.epochs_done == 3

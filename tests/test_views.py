@@ -99,9 +99,9 @@ def test_queue_note_reports_the_rerank_and_the_stopping_rule():
     report = {"decisions": 125, "source": "your 125 decisions", "precision": 0.93, "holdout": 25, "moved": 300,
               "remaining": 40.2, "unreviewed": 9875, "weights": {}}  # a report written before remaining_model
     note = views.queue_note(report, remaining_estimate(900.0, 1600, 9875))
-    assert note == ("queue re-ranked from your 125 decisions; precision 93% on 25 held-out decisions<br>"
+    assert note == ("queue re-ranked from your 125 decisions; precision 93% on 25 held-out decisions · "
                     "about 1,200 wrong labels likely remain among the 9,875 unreviewed "
-                    "(the ranking model says 900; DEFT flags 1,600 of them)")
+                    "(ranking model 900, DEFT's suspects 1,600)")
     early = views.queue_note(report | {"decisions": 5, "source": "methods <agree>", "precision": None}, None)
     assert early.startswith("queue re-ranked after 5 decisions (ranked by methods &lt;agree&gt;")
     line = views.counter_html({"reviewed": 3, "suspects": 12}, 4, 10, note)
@@ -239,3 +239,26 @@ def test_a_past_training_run_is_described_after_a_reload(tmp_path):
     cut = TrainingRun(tmp_path / "002", "clean", 2, 6, float("nan"), float("nan"), "", "interrupted")
     assert "interrupted after 2/6 epochs" in views.training_run_md(cut) and "resume at epoch 3" in \
         views.training_run_md(cut)
+
+
+def test_reviewer_name_without_login_and_the_login_first():
+    """Issue 19, item 19: without --auth the name a browser gives is who decides (tidied); a login wins."""
+    from ui.handlers import clean_name, user_of
+
+    assert clean_name("  Ben\tOkafor \n") == "Ben Okafor" and clean_name(None) == ""
+    assert clean_name("x" * 100) == "x" * 40 and clean_name("a\x00b") == "a b"
+    assert user_of(SimpleNamespace(username=None), "Ana") == "Ana"
+    assert user_of(SimpleNamespace(username=None), "") == "local" and user_of(None) == "local"
+    assert user_of(SimpleNamespace(username="lee"), "Ana") == "lee"
+
+
+def test_the_name_field_is_shown_only_without_a_login(tmp_path):
+    """Issue 19, item 19: with --auth the login names the reviewer; the name field and its note are not shown."""
+    from ui.app import build
+    from ui.workspace import AppSettings, Workspaces
+
+    reg = Workspaces(AppSettings(data=str(tmp_path), model="none", runs=tmp_path / "runs", device="cpu"))
+    for login in (False, True):
+        demo, _ = build(reg, login=login)
+        box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "reviewer-box")
+        assert box.visible is (not login)

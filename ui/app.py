@@ -64,6 +64,11 @@ def train_outputs(c) -> list:
     return [c.curve_plot, c.train_summary, c.confusion, c.train_runs]
 
 
+# which Review mode is on screen, read when a filter's render is done (a click on Grid may have come meanwhile)
+GRID_MODE_JS = ("(s, c, m) => { const g = document.getElementById('grid-box'); "
+                "return [s, c, g && g.offsetParent !== null ? 'grid' : 'card']; }")
+
+
 def wire_card(h: ReviewHandlers) -> None:
     """Card decisions (one route, also the API ``/decide``), navigation and filters."""
     c = h.c
@@ -91,7 +96,10 @@ def wire_card(h: ReviewHandlers) -> None:
                      (c.f_order, "input"),
                      (c.f_min, "submit"), (c.f_max, "submit"), (c.f_min, "blur"), (c.f_max, "blur")):
         getattr(comp, ev)(h.set_filter, filter_inputs, card_outputs(c), concurrency_limit=1,
-                          concurrency_id="review", api_visibility="private")
+                          concurrency_id="review", api_visibility="private").then(
+            h.grid_follow, [c.session, c.client, c.g_mode], [c.grid, c.grid_msg, c.g_label, c.counter, c.grid_page],
+            js=GRID_MODE_JS, concurrency_limit=1, concurrency_id="review", show_progress="hidden",
+            api_visibility="private")
     c.ev_btn.click(h.evidence, [c.session, c.client], c.evidence, show_progress="hidden",
                    api_visibility="private")  # clicked by the page script once the card has settled
     c.zoom_btn.click(h.zoom, [c.session, c.client, c.act_sid], c.zoom_box,
@@ -119,14 +127,15 @@ def wire_grid(h: ReviewHandlers) -> None:
     for btn, d in ((c.g_prev, -1), (c.g_next, 1)):
         btn.click(lambda p, d=d: max(0, int(p or 0) + d), c.grid_page, c.grid_page).then(
             h.grid_view, [c.session, c.client, c.grid_page], grid_outputs)
-    c.grid_tab.select(h.grid_view, [c.session, c.client, c.grid_page], grid_outputs)
+    c.grid_tab.select(h.grid_view, [c.session, c.client, c.grid_page], grid_outputs, concurrency_limit=1,
+                      concurrency_id="review")  # after a filter edit still being applied, not before it
 
 
 def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
     """Page load (session, dataset, review place, detection results, curves, advice, audit: in this order),
     dataset loading, audit, map."""
     c, reg = h.c, h.reg
-    demo.load(h.on_start, [c.saved], [c.session, c.client, c.saved, c.data_in, c.root_in]).then(
+    demo.load(h.on_start, [c.saved], [c.session, c.client, c.saved, c.data_in, c.root_in, c.name_in]).then(
         h.on_page_load, c.session, dataset_outputs(c)).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.detect_results(reg.get(sid)), c.session, [c.det_summary, c.rate_plot, c.hist_plot],
@@ -146,6 +155,8 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
     c.map_btn.click(h.map_open, [c.session, c.client, c.map_sid], [c.map_msg, c.tabs, c.review_modes,
                                                                    *restore_outputs(c)],
                     js="(...a) => window.deftMapTake(...a)", api_visibility="private")
+    for ev in (c.name_in.blur, c.name_in.submit):
+        ev(h.set_name, [c.client, c.name_in, c.saved], [c.name_in, c.saved], queue=False, api_visibility="private")
     c.thumb_class.change(lambda sid, cls: h.class_thumbs_of(reg.get(sid), cls), [c.session, c.thumb_class],
                          c.gallery)
 
@@ -171,8 +182,9 @@ def wire_jobs(h: ReviewHandlers) -> None:
     c.tabs.select(h.show_card, [c.session, c.client], card_outputs(c))
 
 
-def build(reg: Workspaces) -> tuple[gr.Blocks, ReviewHandlers]:
-    """The Blocks app and its handlers (which :func:`ui.lean.act_route` serves on the same server)."""
+def build(reg: Workspaces, login: bool = False) -> tuple[gr.Blocks, ReviewHandlers]:
+    """The Blocks app and its handlers (which :func:`ui.lean.act_route` serves on the same server); ``login``:
+    the server asks for a login (then the login names the reviewer, else a name field in the page does)."""
     s, c = reg.settings, SimpleNamespace()
     with gr.Blocks(title="deft-audit") as demo:
         # per tab: which Workspace (dataset) it shows; per browser (localStorage): the reviewer's id and dataset
@@ -180,7 +192,10 @@ def build(reg: Workspaces) -> tuple[gr.Blocks, ReviewHandlers]:
         c.client = gr.Textbox(visible="hidden", elem_id="client-id")
         c.saved = gr.BrowserState({"cid": "", "data": "", "root": ""}, storage_key="deft-audit-reviewer",
                                   secret="deft-audit-reviewer-id")
-        gr.Markdown("# deft-audit\nFind wrong labels with DEFT, fix them fast, train on the cleaned set.")
+        with gr.Row(equal_height=False):
+            gr.Markdown("# deft-audit\nFind wrong labels with DEFT, fix them fast, train on the cleaned set.",
+                        elem_id="app-title", min_width=380)
+            tabs.reviewer_box(c, login)
         with gr.Tabs(elem_id="tabs") as c.tabs:
             with gr.Tab("1 · Dataset", id="dataset"):
                 tabs.dataset_tab(c, s)
@@ -211,7 +226,7 @@ def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 786
         reg = Workspaces(reg.settings)
     thumbs = Path(reg.settings.runs).resolve() / ".thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
-    demo, h = build(reg)
+    demo, h = build(reg, login=auth is not None)
     demo.queue(default_concurrency_limit=4)
     app_kwargs = extra.pop("app_kwargs", {})
     app_kwargs = {**app_kwargs, "routes": [*app_kwargs.get("routes", []), act_route(h)]}

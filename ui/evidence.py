@@ -39,4 +39,4 @@ def evidence_html(ws: Workspace, item: dict | None, k: int = 4) -> str:
                      f'clean {html.escape(label)}</b><div class="ev-tiles">{body}</div></div>')
     return (f'<div id="evidence" class="evidence" data-sid="{html.escape(str(item["id"]))}">'
             f'<p class="ev-note">Nearest examples (cosine similarity of CLIP image embeddings; reviewed '
-            f"samples, else DEFT-clean):</p>{''.join(parts)}</div>")
+            f"samples, else DEFT-clean):</p><div class=\"ev-rows\">{''.join(parts)}</div></div>")

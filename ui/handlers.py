@@ -57,8 +57,19 @@ def text_of(body: dict, key: str) -> str:
     return value
 
 
-def user_of(request: gr.Request | None) -> str:
-    return (getattr(request, "username", None) or "local") if request is not None else "local"
+NAME_MAX = 40
+
+
+def clean_name(name) -> str:
+    """A reviewer's name as typed (no login): printable, one space between words, at most ``NAME_MAX`` characters."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(name or ""))
+    return " ".join(text.split())[:NAME_MAX].strip()
+
+
+def user_of(request: gr.Request | None, name: str = "") -> str:
+    """Who decides: the logged-in user; without a login, the name this browser gave, else ``local``."""
+    user = getattr(request, "username", None) if request is not None else None
+    return user or name or "local"
 
 
 def owner_of(cid: str, request: gr.Request | None) -> str:
@@ -99,6 +110,7 @@ class Handlers:
         self.audit_seen: dict[str, tuple[int, str]] = {}
         self.renders = itertools.count(1)  # serials of Gradio renders (next() is atomic: handlers run on threads)
         self.cancels: dict[int, object] = {}  # id(job) -> the message line that said "Cancelling…" for it
+        self.names: dict[str, str] = {}  # without a login: client id -> the reviewer's name in that browser
 
     # ------------------------------------------------------------------ sessions
     def session_ws(self, sid: str) -> Workspace:
@@ -112,7 +124,15 @@ class Handlers:
 
     def queue_of(self, sid: str, cid: str, request: gr.Request | None) -> tuple[Workspace, ReviewQueue]:
         ws = self.session_ws(sid)
-        return ws, ws.queue(owner_of(cid, request), user_of(request))
+        return ws, ws.queue(owner_of(cid, request), user_of(request, self.names.get(cid, "")))
+
+    def set_name(self, cid, name, state):
+        """This browser's reviewer name (no login): recorded with its decisions from now on, and kept in the
+        browser (restored on the next visit)."""
+        name = clean_name(name)
+        if cid:
+            self.names[cid] = name
+        return {self.c.name_in: name, self.c.saved: dict(state or {}) | {"name": name}}
 
     def on_start(self, state, request: gr.Request):
         s = self.s
@@ -130,7 +150,10 @@ class Handlers:
             except USER_ERRORS:
                 pass
         c = self.c
-        return {c.session: sid, c.client: state["cid"], c.saved: state, c.data_in: data, c.root_in: root or ""}
+        name = clean_name(state.get("name"))
+        self.names[state["cid"]] = name
+        return {c.session: sid, c.client: state["cid"], c.saved: state, c.data_in: data, c.root_in: root or "",
+                c.name_in: name}
 
     # ------------------------------------------------------------------ dataset
     def dataset_view(self, ws: Workspace) -> dict:
@@ -462,14 +485,21 @@ class ReviewHandlers(Handlers):
         return handler
 
     def lean(self, body: dict, user: str | None) -> dict:
-        """One key press on the lean route: ``body`` is ``{"op": "act"|"next"|"prev"|"undo"|"pending",
-        "session", "client"}``, and for ``act`` also ``sample_id``, ``version``, ``action``, ``label``.
+        """One key press on the lean route: ``body`` is ``{"op": "act"|"next"|"prev"|"undo"|"pending"|"counter",
+        "session", "client"}`` (optionally ``name``: the reviewer's name field, used without a login), and for
+        ``act`` also ``sample_id``, ``version``, ``action``, ``label``.
 
         Runs the same handler as the Gradio event and returns its card outputs as
-        ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "").
+        ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "");
+        ``counter`` (the page's poll, every few seconds) answers the counter alone, for the card on screen.
         """
         op, req = text_of(body, "op"), SimpleNamespace(username=user)
         session, client = text_of(body, "session"), text_of(body, "client")
+        if "name" in body and client:  # the name field as the key was pressed (its blur event may still be on its way)
+            self.names[client] = clean_name(text_of(body, "name"))
+        if op == "counter":  # the page's poll: counts change with other reviewers' decisions too
+            ws, q = self.queue_of(session, client, req)
+            return {"counter": self.counter_of(ws, q)}
         if op == "act":
             out = self.decide(session, client, text_of(body, "sample_id"), version_of(body.get("version", 0)),
                               text_of(body, "action"), text_of(body, "label"), req)
@@ -582,6 +612,13 @@ class ReviewHandlers(Handlers):
                     c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
             return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
+
+    def grid_follow(self, sid, cid, mode, request: gr.Request):
+        """After a filter edit: the grid's first page under the new filter when the grid is on screen (it showed
+        the old filter's tiles, and a click on Grid, already selected, did nothing)."""
+        if mode != "grid":
+            return gr.skip()
+        return self.grid_view(sid, cid, 0, request) | {self.c.grid_page: 0}
 
     def counter_of(self, ws: Workspace, q: ReviewQueue) -> str:
         """The counter for the card this reviewer has (its anchor, which is not moved: the card is not

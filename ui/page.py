@@ -55,11 +55,13 @@ KEYBOARD_JS = """
         try {
           const r = await fetch('deft/act', {method: 'POST', credentials: 'same-origin',
             headers: {'Content-Type': 'application/json'},
-            body: JSON.stringify({...p, session: val('session-id'), client: val('client-id')})});
+            body: JSON.stringify({...p, session: val('session-id'), client: val('client-id'),
+                                  name: val('reviewer-name')})});
           const text = await r.text();
           try { d = JSON.parse(text); } catch (_) { d = {error: text.slice(0, 200)}; }
           if (!r.ok) throw new Error(d.error || (r.status + ' ' + r.statusText));
-        } catch (err) { say('not saved: ' + (err.message || err)); continue; }
+        } catch (err) { if (!p.quiet) say('not saved: ' + (err.message || err)); continue; }
+        if (p.op === 'counter') { swap('counter-live', d.counter); continue; }
         swap('card', d.card);
         swap('counter-live', d.counter);
         swap('msg-live', d.msg);
@@ -69,6 +71,17 @@ KEYBOARD_JS = """
     } finally { leanBusy = false; }
   };
   window.deftNav = (op) => { L.push({op: op}); pump(); };
+  // The counter ("Reviewed 26 / 59") follows other reviewers too: polled every 3 s while Review is on screen,
+  // and when the window gets the focus back; in line with the key presses (never overtakes one).
+  const pollCounter = () => {
+    const e = document.getElementById('counter-live');
+    if (document.hidden || !e || e.offsetParent === null || leanBusy || L.length || !val('session-id')) return;
+    L.push({op: 'counter', quiet: true});
+    pump();
+  };
+  setInterval(pollCounter, 3000);
+  window.addEventListener('focus', pollCounter);
+  document.addEventListener('visibilitychange', pollCounter);
   window.deftAct = (action, label, viaGradio) => {
     const c = document.getElementById('card');
     if (!c || !c.dataset.sid) return;
@@ -178,15 +191,44 @@ KEYBOARD_JS = """
 </script>
 """
 # Map: a click on a point opens that sample in Review (the sample id travels from the point clicked).
+# Points overlap (flagged ones are drawn over the others, and over each other), so a click opens the point whose
+# centre is nearest to it among those under it, ringed ones first: every point opens with a click at its centre,
+# covered or not; points on the very same spot take turns on successive clicks there.
 MAP_JS = """
 <script>
 (() => {
-  let picked = '';
+  let picked = '', lastXY = null;
   window.deftMapTake = (...a) => [a[0], a[1], picked];
+  // the sample under client point (x, y): nearest centre among the circles containing it (ringed first on a
+  // tie); `after`: the sample a click there opened last, to open the next one on the same spot
+  window.deftMapPick = (x, y, after) => {
+    const svg = document.querySelector('#map svg');
+    const m = svg && svg.getScreenCTM();
+    if (!m) return '';
+    const p = new DOMPoint(x, y).matrixTransform(m.inverse());
+    const hits = [];
+    for (const c of svg.querySelectorAll('.pt')) {
+      const d = Math.hypot(c.cx.baseVal.value - p.x, c.cy.baseVal.value - p.y);
+      const ring = c.classList.contains('flag');
+      if (d <= c.r.baseVal.value + (ring ? 1 : 0)) hits.push({sid: c.dataset.sid, d: d, ring: ring});
+    }
+    if (!hits.length) return '';
+    const best = Math.min(...hits.map(h => h.d));
+    const tied = hits.filter(h => h.d <= best + 0.25).sort((a, b) => (b.ring - a.ring));
+    const i = tied.findIndex(h => h.sid === after);
+    return tied[(i + 1) % tied.length].sid;
+  };
   document.addEventListener('click', (e) => {
+    if (!e.target.closest('#map svg')) return;
+    const here = [e.clientX, e.clientY];
+    const same = lastXY && Math.abs(lastXY[0] - here[0]) < 2 && Math.abs(lastXY[1] - here[1]) < 2;
+    // a click without a position (keyboard, or dispatched on a circle) opens the circle it was sent to
+    let sid = (e.clientX || e.clientY) ? window.deftMapPick(e.clientX, e.clientY, same ? picked : '') : '';
     const p = e.target.closest('#map .pt');
-    if (!p) return;
-    picked = p.dataset.sid;
+    if (!sid && p) sid = p.dataset.sid;
+    if (!sid) return;
+    picked = sid;
+    lastXY = here;
     document.getElementById('btn-map-open').click();
   });
 })();
@@ -202,11 +244,18 @@ CSS = """
 #card table {font-size: 0.95em;}
 #card td {padding: 2px 8px 2px 0;}
 #card .sugg {display: flex; flex-direction: column; gap: 6px; margin-top: 8px;}
-#card .sugg button {text-align: left; padding: 6px 10px; border-radius: 6px; border: 1px solid #cbd5e1;
+#card .sugg button {text-align: left; padding: 3px 10px; border-radius: 6px; border: 1px solid #cbd5e1;
   background: #eff6ff; cursor: pointer;}
 #card .sugg button:hover {background: #dbeafe;}
 #card .src {color: #6b7280; font-size: 0.85em;}
 #review-msg, #batch-msg, #grid-msg {min-height: 1.5em;}
+#no-login-note, #no-login-note .prose, #no-login-note p {font-size: 0.8rem !important; line-height: 1.35;
+  color: #4b5563;}
+#no-login-note p {margin: 2px 0 0 0;}
+#reviewer-box {gap: 10px; align-items: flex-start; flex-grow: 2;}
+#no-login-note {flex-grow: 2;}
+#app-title h1 {margin: 0; font-size: 1.8em;}
+#app-title p {margin: 2px 0 0 0;}
 #grid .group h4 {margin: 10px 0 4px 0;}
 #grid .tiles {display: flex; flex-wrap: wrap; gap: 6px;}
 #grid .tile {width: 120px; border: 3px solid transparent; border-radius: 6px; cursor: pointer; padding: 2px;
@@ -216,9 +265,16 @@ CSS = """
 #grid .tile img {width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated;}
 .recent {font-size: 0.85em; color: #374151;}
 .evidence {font-size: 0.8em; color: #374151;}
-.evidence .ev-tiles {display: flex; gap: 6px; flex-wrap: wrap; margin: 2px 0 6px;}
+.evidence .ev-rows {display: flex; gap: 18px; flex-wrap: wrap;}
+.evidence .ev-note {margin: 0 0 2px 0;}
+.evidence .ev-tiles {display: flex; gap: 6px; flex-wrap: wrap; margin: 2px 0 0;}
 .evidence figure {margin: 0; text-align: center;}
-.evidence figure img {width: 72px; height: 72px; object-fit: contain; image-rendering: pixelated;}
+.evidence figure img {width: 64px; height: 64px; object-fit: contain; image-rendering: pixelated;}
+#f-show label {padding: 5px 7px; font-size: 0.88em;}
+#f-show .wrap {gap: 6px;}
+#queue-note {font-size: 0.85em; color: #4b5563;}
+#card-col {gap: 4px;}
+:is(#btn-prev, #btn-next, #btn-pending, #btn-zoom) {padding-left: 4px; padding-right: 4px; white-space: nowrap;}
 #map svg {width: 100%; max-width: 760px; height: auto; background: #fafafa; border: 1px solid #e5e7eb;}
 #map .pt {cursor: pointer;}
 #map-plumbing, #review-plumbing {display: none !important;}

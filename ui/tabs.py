@@ -22,6 +22,20 @@ def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdow
     return start, cancel, gr.Markdown(elem_id=f"{key}-msg"), gr.HTML(elem_id=f"{key}-progress")
 
 
+NO_LOGIN_NOTE = ("**No login on this server:** decisions from this browser are recorded under the name on the "
+                 "left (blank: *local*, as for everyone). For a team with logins, start the app with `--auth-file`.")
+
+
+def reviewer_box(c, login: bool) -> None:
+    """Who is reviewing, top right of every tab: without a login, a name field kept in this browser (recorded
+    with each decision, shown in conflicts and the export) and a line saying a team needs a login."""
+    with gr.Row(visible=not login, elem_id="reviewer-box"):
+        c.name_in = gr.Textbox("", label="Your name", show_label=False, container=False, max_lines=1,
+                               placeholder="Your name (recorded with your decisions)", elem_id="reviewer-name",
+                               scale=1, min_width=220)
+        gr.Markdown(NO_LOGIN_NOTE, elem_id="no-login-note")
+
+
 def dataset_tab(c, s) -> None:
     """1 · Dataset: load a folder or table; images per class, import problems, thumbnails, data issues."""
     with gr.Row():
@@ -32,18 +46,20 @@ def dataset_tab(c, s) -> None:
                                elem_id="root-path")
         c.load_btn = gr.Button("Load dataset", variant="primary", elem_id="btn-load", scale=1)
     c.data_msg = gr.Markdown(elem_id="data-msg")
+    # the data issues (after Audit) beside the images per class, above the thumbnails: in view at 1440x900
     with gr.Row():
         c.counts_plot = gr.BarPlot(x="class", y="images", title="Images per class", height=260)
+        with gr.Column():
+            c.issues_msg = gr.Markdown(elem_id="audit-issues-msg")
+            c.issue_counts_df = gr.Dataframe(label="Data issues (samples)", interactive=False,
+                                             elem_id="issue-counts", visible=False, max_height=220)
+    with gr.Row():
         c.issues_df = gr.Dataframe(headers=["path", "problem"], label="Import problems (excluded)",
-                                   interactive=False)
+                                   interactive=False, max_height=260)
+        c.class_report_df = gr.Dataframe(label="Class report (imbalance, suspect rate per method)",
+                                         interactive=False, elem_id="class-report", visible=False, max_height=260)
     c.thumb_class = gr.Dropdown([], label="Show class", interactive=True)
     c.gallery = gr.Gallery(label="Thumbnails", columns=8, height=300, allow_preview=True)
-    c.issues_msg = gr.Markdown(elem_id="audit-issues-msg")
-    with gr.Row():
-        c.issue_counts_df = gr.Dataframe(label="Data issues (samples)", interactive=False,
-                                         elem_id="issue-counts", visible=False)
-        c.class_report_df = gr.Dataframe(label="Class report (imbalance, suspect rate per method)",
-                                         interactive=False, elem_id="class-report", visible=False)
 
 
 def detect_tab(c, s) -> None:
@@ -61,6 +77,7 @@ def detect_tab(c, s) -> None:
         c.det_note = gr.Markdown(elem_id="detect-note")
         c.est_btn = gr.Button("Estimate full DEFT time", elem_id="btn-estimate", scale=0)
     c.run_btn, c.cancel_btn, c.det_msg, c.det_prog = job_controls("Run detection", "detect")
+    c.det_summary = gr.Markdown(elem_id="detect-summary")  # under its buttons: in view when a run ends
     with gr.Row():
         c.audit_btn = gr.Button("Audit (baselines, data issues, map)", elem_id="btn-audit")
         c.audit_msg = gr.Markdown(elem_id="audit-msg")
@@ -77,7 +94,6 @@ def detect_tab(c, s) -> None:
                                  y_lim=[0, 1])
         c.hist_plot = gr.BarPlot(x="margin", y="count", color="kind", title="Margin (cos+ − cos−)",
                                  height=260)
-    c.det_summary = gr.Markdown(elem_id="detect-summary")
 
 
 # Review "Show" choice -> ReviewFilter.suspects (None: every sample, the order puts the likely wrong first)
@@ -92,21 +108,21 @@ def review_tab(c) -> None:
     """3 · Review: filters, then the card and grid modes, then the hidden decision plumbing."""
     with gr.Row():
         # one row at 1440 px (the card stays above the fold): widths sum to the row, the radio takes two lines
-        c.f_suspects = gr.Radio(list(SHOW), value="suspects", label="Show", elem_id="f-show", scale=3,
+        c.f_suspects = gr.Radio(list(SHOW), value="suspects", label="Show", elem_id="f-show", scale=5,
                                 min_width=330)
         c.f_class = gr.Dropdown(filter_choices([]), value="", label="Class", interactive=True, elem_id="f-class",
                                 min_width=110)
         c.f_status = gr.Dropdown(filter_choices(STATUSES[1:]), value="", label="Status", interactive=True,
                                  elem_id="f-status", min_width=110)
-        c.f_min = gr.Textbox("", label="Margin ≥ (Enter)", placeholder="no bound", elem_id="f-min", min_width=90)
-        c.f_max = gr.Textbox("", label="Margin ≤ (Enter)", placeholder="no bound", elem_id="f-max", min_width=90)
-        c.f_issue = gr.Dropdown(filter_choices(ISSUES, "any"), value="", label="Data issue (after Audit)",
+        c.f_min = gr.Textbox("", label="Margin ≥", placeholder="none ↵", elem_id="f-min", min_width=90)
+        c.f_max = gr.Textbox("", label="Margin ≤", placeholder="none ↵", elem_id="f-max", min_width=90)
+        c.f_issue = gr.Dropdown(filter_choices(ISSUES, "any"), value="", label="Data issue (Audit)",
                                 interactive=True, elem_id="f-issue", min_width=130)
         c.f_order = gr.Dropdown(list(ORDERS), value="DEFT margin", label="Order (others after Audit)",
                                 interactive=True, elem_id="f-order", scale=2, min_width=170)
     with gr.Row():
-        c.counter = gr.HTML(elem_id="review-counter")  # HTML, not Markdown: cheaper per key press
-        c.review_msg = gr.HTML(elem_id="review-msg")
+        c.counter = gr.HTML(elem_id="review-counter", scale=3)  # HTML, not Markdown: cheaper per key press
+        c.review_msg = gr.HTML(elem_id="review-msg", scale=2)
     with gr.Tabs(elem_id="review-modes") as c.review_modes:
         with gr.Tab("Card", id="card-mode"):
             _card_mode(c)
@@ -125,42 +141,44 @@ def review_tab(c) -> None:
         c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
         c.ev_btn = gr.Button("evidence", elem_id="btn-evidence")  # clicked by the page script, after a pause
         c.batch_clear = gr.Button("clear", elem_id="btn-batch-clear")  # by the page script, after a batch undo
+        c.g_mode = gr.Textbox("card", elem_id="review-mode")  # filled by the page script: 'card' or 'grid'
 
 
 def _card_mode(c) -> None:
+    """The card and, under it, the evidence strip; the actions, keys and batch accept beside it: at 1440x900 the
+    card, its evidence and the batch accept's preview all fit above the fold."""
     with gr.Row():
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, elem_id="card-col"):
             c.card = gr.HTML("", elem_id="card-box")
-            # batch accept under the card, one row: its preview message is above the fold
-            with gr.Row(equal_height=True):
-                c.batch_src = gr.Dropdown(list(BATCH_SOURCES),
-                                          value="learned prompts", label="Batch accept: source",
-                                          elem_id="batch-src", scale=2, min_width=150)
-                c.batch_t = gr.Number(0.9, minimum=0, maximum=1, step=0.01, label="confidence ≥",
-                                      elem_id="batch-t", scale=1, min_width=100)
-                c.batch_btn = gr.Button("Preview batch accept", elem_id="btn-batch", scale=1,
-                                        min_width=110)
-                c.batch_ok = gr.Button("Confirm", elem_id="btn-batch-confirm", variant="primary",
-                                       interactive=False, scale=1, min_width=110)
-            c.batch_msg = gr.Markdown(elem_id="batch-msg")
-            c.batch_items = gr.State([])
             c.evidence = gr.HTML("", elem_id="evidence-box")  # nearest clean examples of the card's classes
             c.zoom_box = gr.HTML("", elem_id="zoom-box")
         with gr.Column(scale=2):
             with gr.Row():
-                c.keep_btn = gr.Button("Keep label (k)", elem_id="btn-keep")
-                c.excl_btn = gr.Button("Exclude (x)", elem_id="btn-exclude", variant="stop")
-                c.undo_btn = gr.Button("Undo (u)", elem_id="btn-undo")
+                c.keep_btn = gr.Button("Keep label (k)", elem_id="btn-keep", size="md", min_width=100)
+                c.excl_btn = gr.Button("Exclude (x)", elem_id="btn-exclude", size="md", variant="stop", min_width=100)
+                c.undo_btn = gr.Button("Undo (u)", elem_id="btn-undo", size="md", min_width=100)
             with gr.Row():
                 c.relabel_dd = gr.Dropdown([], value=None, label="Relabel to (r, type, Enter)",
                                            filterable=True, interactive=True, elem_id="relabel-dd")
-                c.relabel_btn = gr.Button("Relabel", elem_id="btn-relabel", interactive=False)
+                c.relabel_btn = gr.Button("Relabel", elem_id="btn-relabel", size="md", interactive=False)
             with gr.Row():
-                c.prev_btn = gr.Button("← Previous", elem_id="btn-prev")
-                c.next_btn = gr.Button("Next →", elem_id="btn-next")
-                c.pend_btn = gr.Button("Next pending (n)", elem_id="btn-pending")
-                c.zoom_btn = gr.Button("Full size (z)", elem_id="btn-zoom")
+                c.prev_btn = gr.Button("← Prev", elem_id="btn-prev", size="md", min_width=70)
+                c.next_btn = gr.Button("Next →", elem_id="btn-next", size="md", min_width=70)
+                c.pend_btn = gr.Button("Pending (n)", elem_id="btn-pending", size="md", min_width=70)
+                c.zoom_btn = gr.Button("Zoom (z)", elem_id="btn-zoom", size="md", min_width=70)
             gr.HTML(KEYS_HELP, elem_id="keys-help")
+            with gr.Row(equal_height=True, elem_id="batch-row"):
+                c.batch_src = gr.Dropdown(list(BATCH_SOURCES),
+                                          value="learned prompts", label="Batch accept: source",
+                                          elem_id="batch-src", scale=2, min_width=150)
+                c.batch_t = gr.Number(0.9, minimum=0, maximum=1, step=0.01, label="confidence ≥",
+                                      elem_id="batch-t", scale=1, min_width=90)
+            with gr.Row():
+                c.batch_btn = gr.Button("Preview batch accept", elem_id="btn-batch", size="md", min_width=110)
+                c.batch_ok = gr.Button("Confirm", elem_id="btn-batch-confirm", size="md", variant="primary",
+                                       interactive=False, min_width=110)
+            c.batch_msg = gr.Markdown(elem_id="batch-msg")
+            c.batch_items = gr.State([])
             c.recent = gr.HTML(elem_id="recent")
 
 

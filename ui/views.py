@@ -338,9 +338,9 @@ def queue_note(report: dict | None, wrong: Remaining | None) -> str:
     if wrong is not None:
         line = f"about {round(wrong.point):,} wrong labels likely remain among the {wrong.unreviewed:,} unreviewed"
         if wrong.flagged is not None and round(wrong.low) != round(wrong.high):
-            line += f" (the ranking model says {round(wrong.model):,}; DEFT flags {wrong.flagged:,} of them)"
+            line += f" (ranking model {round(wrong.model):,}, DEFT's suspects {wrong.flagged:,})"
         parts.append(line)
-    return "<br>".join(parts)
+    return " · ".join(parts)  # one paragraph under the counter: the card's place stays put when a re-rank is noted
 
 
 def job_curves(epochs: list[dict]) -> pd.DataFrame | None:

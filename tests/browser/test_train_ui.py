@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 
 import pytest
 
@@ -63,5 +64,23 @@ def test_train_tab_before_a_run_and_after_a_reload(tmp_path, tiny_clip_dir, brow
         wait_text(page, "#train-runs", "2/2")
         page.locator("#train-curve .vega-embed").wait_for(state="visible", timeout=30_000)  # the curve is drawn
         page.screenshot(path=str(artifacts / "train-after-reload.png"))
+
+        # item 24 (rest): a run cancelled after some epochs is listed with the epochs it finished, not 0/N
+        page.locator("#train-epochs input").fill("40")
+        page.get_by_label("+ pseudo-labels for unreviewed suspects").check()
+        page.click("#btn-train")
+        wait_text(page, "#train-msg", "Training started.")
+        log = next(runs.glob("*/detect-*")) / "phase2" / "002" / "log.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline, ("two epochs did not finish in time", page.inner_text("#train-msg"))
+            page.wait_for_timeout(200)
+        page.click("#btn-cancel-train")
+        wait_text(page, "#train-msg", "Training cancelled", timeout=120_000)
+        done = len(log.read_text().splitlines())
+        assert done >= 2
+        wait_text(page, "#train-runs", "interrupted")
+        wait_text(page, "#train-runs", f"{done}/40")
+        page.screenshot(path=str(artifacts / "train-cancelled.png"))
     finally:
         server.stop()
