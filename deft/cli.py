@@ -338,6 +338,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     say(f"trained on {res.classifier.meta['n_train']} samples; val accuracy last {res.last_val_acc:.4f} "
           f"best {res.best_val_acc:.4f}; model saved to {res.out_dir}")
     say(f"held-out accuracy is measured on {res.heldout}")
+    if res.below_zeroshot():
+        say(f"warning: {res.below_zeroshot()}")
     return 0
 
 

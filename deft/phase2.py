@@ -188,6 +188,34 @@ class Phase2Result:
     confusion: np.ndarray
     out_dir: Path
     heldout: str = ""  # what the held-out accuracy is measured against, in words
+    zeroshot_acc: float = float("nan")  # zero-shot CLIP on the same held-out rows (NaN: no cached embeddings)
+
+    def below_zeroshot(self) -> str:
+        """A warning when fine-tuning ended below the model it started from (zero-shot CLIP on the same rows),
+        else ''."""
+        if not (self.best_val_acc < self.zeroshot_acc):  # NaN on either side: nothing to compare
+            return ""
+        return (f"held-out accuracy {self.best_val_acc:.1%} is below zero-shot CLIP's {self.zeroshot_acc:.1%} on the "
+                "same rows: fine-tuning lost what the model knew (too few curated samples or epochs for full "
+                "fine-tuning); use zero-shot, train longer, or train on more curated labels")
+
+
+def zeroshot_heldout_accuracy(run: Run, eval_idx: np.ndarray, eval_y: np.ndarray) -> float:
+    """Zero-shot CLIP's accuracy on the held-out rows, from the run's cached embeddings (``deft audit`` or the
+    app wrote them); NaN when there are none or they are for other samples."""
+    from .embeddings import EMBEDDINGS_FILE, load_embeddings
+
+    path = run.path / EMBEDDINGS_FILE
+    if not len(eval_idx) or not path.is_file():
+        return float("nan")
+    try:
+        emb = load_embeddings(path)
+    except Exception:  # noqa: BLE001 - a derived file: no comparison rather than a failed training run
+        return float("nan")
+    if emb.N != run.dataset.N:
+        return float("nan")
+    pred = (emb.image[np.asarray(eval_idx, dtype=np.int64)] @ emb.text_zs.T).argmax(axis=1)
+    return accuracy(pred, np.asarray(eval_y))
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -343,13 +371,15 @@ def train_classifier(
         best["last_pred"] = val_pred()
     cm = (confusion_matrix(best["last_pred"], eval_y, ds.K) if best["last_pred"] is not None
           else np.zeros((ds.K, ds.K), int))
+    zs_acc = zeroshot_heldout_accuracy(run, eval_idx, eval_y)
     summary = {"best_val_acc": best["acc"], "last_val_acc": last, "heldout": eval_desc, "out": str(out_dir),
+               "zeroshot_acc": zs_acc,
                "history": loop.history, "confusion": cm.tolist(), "classes": ds.classes,
                "config": cfg.to_dict(), "tags": tags or {}}
     write_json(out_dir / SUMMARY, summary)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: training into this folder again starts afresh
     ddp.barrier()
-    return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir, eval_desc)
+    return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir, eval_desc, zs_acc)
 
 
 def resume_point(out_dir: Path, fp: str, meta: dict, is_main: bool = True) -> float:

@@ -162,7 +162,8 @@ def train_summary_md(res) -> str:
     meta = res.classifier.meta
     return (f"### Held-out accuracy: last **{res.last_val_acc:.2%}**, best **{res.best_val_acc:.2%}**\n"
             f"Measured on {html.escape(res.heldout or 'the held-out rows')}. Trained on {meta['n_train']} "
-            f"curated samples; model saved to `{res.out_dir}` (best epoch in `{res.out_dir / 'best'}`).")
+            f"curated samples; model saved to `{res.out_dir}` (best epoch in `{res.out_dir / 'best'}`)."
+            + (f"\n\n**⚠ {html.escape(res.below_zeroshot())}.**" if res.below_zeroshot() else ""))
 
 
 def card_html(ws, item: dict | None) -> str:
