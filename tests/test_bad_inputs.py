@@ -306,6 +306,25 @@ def test_near_collision_labels_are_warned(tmp_path, capsys):
     assert "warning: Labels ' ship ', 'Ship', 'ship' differ only by case" in capsys.readouterr().out
 
 
+def test_label_studio_tasks_annotated_exclude_are_excluded_not_a_class(tmp_path, capsys):
+    """QA: `deft check ls_export.json` counted deft's own Exclude choice (`__deft_exclude__`) as a class."""
+    from deft.interop_ls import EXCLUDE
+    root = make_folder(tmp_path / "d")
+
+    def task(n: int, rel: str, choice: str) -> dict:
+        return {"id": n, "data": {"image": f"/data/local-files/?d={rel}"},
+                "annotations": [{"result": [{"type": "choices", "value": {"choices": [choice]}}]}]}
+    tasks = [task(1, "cat/000.png", "cat"), task(2, "cat/001.png", "cat"), task(3, "dog/000.png", "dog"),
+             task(4, "dog/001.png", EXCLUDE), task(5, "cat/002.png", "Exclude (not a usable image)")]
+    (tmp_path / "ls.json").write_text(json.dumps(tasks))
+    ds = load_dataset(tmp_path / "ls.json", root=root)
+    assert ds.N == 3 and ds.classes == ["cat", "dog"]
+    assert "Exclude" in problems(ds)["dog/001.png"] and "Exclude" in problems(ds)["cat/002.png"]
+    assert cli.main(["check", str(tmp_path / "ls.json"), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 images, 2 classes, 2 problem file(s) excluded" in out and EXCLUDE not in out
+
+
 def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
     """Issue 19 item 8: class folders named `None` and `nan` imported fine but were never offered as suggestions
     (the strings were taken for missing values); a missing suggestion (NULL in the store) still is not."""
