@@ -19,6 +19,7 @@ pixel counts are checked from the header before decoding.
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +194,27 @@ def label_warnings(labels: list[str]) -> list[str]:
             "fix the labels if they mean the same class." for g in near_collisions(labels)]
 
 
+def tiny_class_warnings(counts: dict[str, int]) -> list[str]:
+    """Classes far smaller than the others, which often are label typos ('aeroplane' once among 'airplane'):
+    fewer than 1% of the median class size, or 1-2 images where the median class has 10 or more.
+    Each names the closest other class name when one is close (difflib)."""
+    sizes = [n for n in counts.values() if n > 0]
+    if len(sizes) < 3:
+        return []
+    median = float(np.median(sizes))
+    out = []
+    for name, n in counts.items():
+        if n <= 0 or not (n < 0.01 * median or (n <= 2 and median >= 10)):
+            continue
+        others = [c for c, m in counts.items() if c != name and m > n]
+        close = difflib.get_close_matches(name, others, n=1)
+        out.append(f"{name!r} ({n} image{'s' if n != 1 else ''})"
+                   + (f": a typo of {close[0]!r}?" if close else ": a class of its own?")
+                   + f" It is a class far smaller than the others (median {median:g} images); "
+                   "fix the label(s) if they are a mistake.")
+    return out
+
+
 def relative_ids(root: Path, raw: pd.Series) -> list[str]:
     """Normalise table paths to POSIX ids relative to ``root``; refuse paths that leave it.
 
@@ -258,7 +280,8 @@ def _finish(
         prompts=prompt_map,
         issues=pd.DataFrame(issues, columns=["path", "problem"]),
         source=source,
-        warnings=label_warnings(classes),
+        warnings=label_warnings(classes) + tiny_class_warnings(
+            rows["label"].value_counts().reindex(classes, fill_value=0).to_dict()),
     )
 
 

@@ -325,6 +325,22 @@ def test_label_studio_tasks_annotated_exclude_are_excluded_not_a_class(tmp_path,
     assert "3 images, 2 classes, 2 problem file(s) excluded" in out and EXCLUDE not in out
 
 
+def test_tiny_class_that_looks_like_a_typo_is_warned(tmp_path, capsys):
+    """QA: one label typed 'aeroplane' among 'airplane' gave an 11th, 1-image class and no warning."""
+    classes = {"airplane": (200, 40, 40), "bird": (40, 200, 40), "ship": (40, 40, 200)}
+    root = make_folder(tmp_path / "d", per_class=12, classes=classes)
+    rows = [(p.relative_to(root).as_posix(), p.parent.name) for p in sorted(root.glob("*/*.png"))]
+    rows[0] = (rows[0][0], "aeroplane")
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(tmp_path / "t.csv", index=False)
+    ds = load_dataset(tmp_path / "t.csv", root=root)
+    assert ds.K == 4 and len(ds.warnings) == 1  # imported as given, not refused
+    assert ds.warnings[0].startswith("'aeroplane' (1 image): a typo of 'airplane'?")
+    assert cli.main(["check", str(tmp_path / "t.csv"), "--root", str(root)]) == 0
+    assert "warning: 'aeroplane' (1 image): a typo of 'airplane'?" in capsys.readouterr().out
+    # balanced small classes are not flagged
+    assert load_dataset(make_folder(tmp_path / "e", per_class=2, classes=classes)).warnings == []
+
+
 def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
     """Issue 19 item 8: class folders named `None` and `nan` imported fine but were never offered as suggestions
     (the strings were taken for missing values); a missing suggestion (NULL in the store) still is not."""
