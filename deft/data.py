@@ -390,6 +390,33 @@ def not_a_file(path: Path) -> str:
     return f"{path} is not a regular file (a FIFO, socket, device or broken symlink); pass a regular file"
 
 
+def open_quote(path: Path) -> tuple[int, int | None] | None:
+    """``(line, closing line or None at the end of the file)`` of the first quoted CSV field that spans lines."""
+    inside, start = False, 0
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        for n, line in enumerate(f, 1):
+            if line.count('"') % 2:
+                inside = not inside
+                if inside:
+                    start = n
+                elif n > start:
+                    return start, n
+    return (start, None) if inside else None
+
+
+def quote_problem(path: Path) -> str | None:
+    """A sentence about an unclosed quote in a CSV file, None when there is none."""
+    found = open_quote(path)
+    if found is None:
+        return None
+    start, end = found
+    if end is None:
+        return (f'{path} has an unclosed quote (") on line {start}: the rest of the file was read as one field; '
+                "close the quote or remove it.")
+    return (f'{path} has an unclosed quote (") on line {start}: lines {start}-{end} were read as one row; '
+            "close the quote on that line or remove it.")
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV or Parquet label table; raise :class:`DataError` on corrupt input."""
     path = Path(path)
@@ -402,9 +429,16 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
             with open(path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])  # the names as written: pandas renames a repeated one
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not a text CSV file (not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}); save the table as a UTF-8 CSV with path and label columns.") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: it needs a header with path and label columns and one row per "
+                        "image.") from None
     except Exception as exc:
         kind = "Parquet" if path.suffix.lower() in {".parquet", ".pq"} else "CSV"
-        raise DataError(f"Could not read {path} as a {kind} table: {exc}") from None
+        quote = quote_problem(path) if kind == "CSV" else None
+        raise DataError(quote or f"Could not read {path} as a {kind} table: {exc}") from None
     names = header if path.suffix.lower() not in {".parquet", ".pq"} else [str(c) for c in df.columns]
     dup = sorted({n.strip() for n in names if [m.strip() for m in names].count(n.strip()) > 1})
     if dup:  # pandas renames the second 'label' to 'label.1' and the first one would silently win
@@ -445,7 +479,8 @@ def load_table(
     empty = df["path"].str.strip().eq("") | df["label"].str.strip().eq("")
     if empty.any():
         rows = (np.flatnonzero(empty.to_numpy()) + 2).tolist()[:10]
-        raise DataError(f"{table}: empty path or label on line(s) {rows}.")
+        quote = quote_problem(table) if table.suffix.lower() not in {".parquet", ".pq"} else None
+        raise DataError(quote or f"{table}: empty path or label on line(s) {rows}.")
     ids = relative_ids(root, df["path"])
     df = df.assign(id=ids)
     dup = df["id"][df["id"].duplicated()].unique().tolist()

@@ -111,6 +111,14 @@ def _csv(rows: list[str]):
     return build
 
 
+def _csv_bytes(data: bytes):
+    def build(tmp: Path):
+        make_folder(tmp)
+        (tmp / "t.csv").write_bytes(data)
+        return tmp / "t.csv", {}
+    return build
+
+
 def _folder_named(name: str):
     def build(tmp: Path):
         root = make_folder(tmp / "d")
@@ -162,6 +170,14 @@ REFUSED = {
                                     r"column\(s\) \['label'\] appear more than once"),
     "CSV header path,path,label": (_csv(["path,path,label", "cat/000.png,dog/000.png,cat"]),
                                    r"\['path'\] appear more than once"),
+    # QA: library wording ("'utf-8' codec can't decode byte 0xf9", "No columns to parse from file",
+    # "empty path or label on line(s) [2]") instead of what is wrong with the file
+    "binary CSV": (_csv_bytes(b"\xf9\x00\x01PNG\xff"), r"t.csv is not a text CSV file \(not UTF-8"),
+    "empty CSV": (_csv_bytes(b""), r"t.csv is empty: it needs a header with path and label columns"),
+    "CSV with an unclosed quote": (_csv(["path,label", '"cat/000.png,cat', "dog/000.png,dog"]),
+                                   r't.csv has an unclosed quote \("\) on line 2'),
+    "CSV quote spanning lines": (_csv(["path,label", 'cat/000.png,"', '"', "dog/000.png,dog"]),
+                                 r't.csv has an unclosed quote \("\) on line 2: lines 2-3 were read as one row'),
     "parquet null path": (_parquet_null("path"), r"missing \(null\) path or label in row\(s\) \[2\]"),
     "parquet null label": (_parquet_null("label"), r"missing \(null\) path or label in row\(s\) \[2\]"),
 }
