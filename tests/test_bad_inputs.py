@@ -357,6 +357,24 @@ def test_tiny_class_that_looks_like_a_typo_is_warned(tmp_path, capsys):
     assert load_dataset(make_folder(tmp_path / "e", per_class=2, classes=classes)).warnings == []
 
 
+def test_truncated_hugging_face_dataset_names_the_damaged_arrow_file(tmp_path, capsys):
+    """QA: a truncated save_to_disk folder said "Expected to be able to read 147448 bytes for message body"."""
+    datasets = pytest.importorskip("datasets")
+    root = make_folder(tmp_path / "img", per_class=40)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    files = sorted(root.glob("*/*.png"))
+    d = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+                                    "label": [int(f.parent.name == "dog") for f in files]}, features=feats)
+    d.save_to_disk(str(tmp_path / "hf"))
+    (arrow,) = (tmp_path / "hf").glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"{arrow.name} is truncated or damaged.*save_to_disk") as e:
+        load_dataset(tmp_path / "hf")
+    assert "Expected to be able to read" not in str(e.value) and "\n" not in str(e.value)
+    assert cli.main(["check", str(tmp_path / "hf")]) == 2
+    assert f"error: {arrow} is truncated or damaged" in capsys.readouterr().err
+
+
 def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
     """Issue 19 item 8: class folders named `None` and `nan` imported fine but were never offered as suggestions
     (the strings were taken for missing values); a missing suggestion (NULL in the store) still is not."""
