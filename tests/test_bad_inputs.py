@@ -375,6 +375,18 @@ def test_truncated_hugging_face_dataset_names_the_damaged_arrow_file(tmp_path, c
     assert f"error: {arrow} is truncated or damaged" in capsys.readouterr().err
 
 
+def test_noise_prints_a_detect_command_that_parses(tmp_path, capsys):
+    """QA: `deft noise` suggested `python -m deft detect noisy.csv --root IMG`, which fails: --out is required."""
+    import shlex
+    root = make_folder(tmp_path / "my img")
+    assert cli.main(["noise", str(root), "--kind", "sym", "--rate", "0.5", "--out", str(tmp_path / "noisy.csv")]) == 0
+    hint = capsys.readouterr().out.split("detect with: ", 1)[1].strip()
+    argv = shlex.split(hint)
+    assert argv[:4] == ["python", "-m", "deft", "detect"] and "--out" in argv
+    a = cli.build_parser().parse_args(argv[3:])  # argparse would exit 2 on a missing --out
+    assert a.out == "runs/noisy" and Path(a.data) == tmp_path / "noisy.csv" and Path(a.root) == root
+
+
 def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
     """Issue 19 item 8: class folders named `None` and `nan` imported fine but were never offered as suggestions
     (the strings were taken for missing values); a missing suggestion (NULL in the store) still is not."""
