@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -405,7 +406,9 @@ def cmd_noise(a: argparse.Namespace) -> int:
     out.to_csv(a.out, index=False)
     changed = noisy[rows] != ds.labels[rows]
     print(f"wrote {a.out}: {int(changed.sum())} of {len(rows)} training labels changed ({changed.mean():.3f}; "
-          f"{ds.N - len(rows)} test/val rows kept clean); detect with: python -m deft detect {a.out} --root {ds.root}")
+          f"{ds.N - len(rows)} test/val rows kept clean); detect with: "
+          + shlex.join(["python", "-m", "deft", "detect", str(a.out), "--root", str(ds.root),
+                        "--out", f"runs/{Path(a.out).stem}"]))
     return 0
 
 

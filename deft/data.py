@@ -19,6 +19,7 @@ pixel counts are checked from the header before decoding.
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +194,27 @@ def label_warnings(labels: list[str]) -> list[str]:
             "fix the labels if they mean the same class." for g in near_collisions(labels)]
 
 
+def tiny_class_warnings(counts: dict[str, int]) -> list[str]:
+    """Classes far smaller than the others, which often are label typos ('aeroplane' once among 'airplane'):
+    fewer than 1% of the median class size, or 1-2 images where the median class has 10 or more.
+    Each names the closest other class name when one is close (difflib)."""
+    sizes = [n for n in counts.values() if n > 0]
+    if len(sizes) < 3:
+        return []
+    median = float(np.median(sizes))
+    out = []
+    for name, n in counts.items():
+        if n <= 0 or not (n < 0.01 * median or (n <= 2 and median >= 10)):
+            continue
+        others = [c for c, m in counts.items() if c != name and m > n]
+        close = difflib.get_close_matches(name, others, n=1)
+        out.append(f"{name!r} ({n} image{'s' if n != 1 else ''})"
+                   + (f": a typo of {close[0]!r}?" if close else ": a class of its own?")
+                   + f" It is a class far smaller than the others (median {median:g} images); "
+                   "fix the label(s) if they are a mistake.")
+    return out
+
+
 def relative_ids(root: Path, raw: pd.Series) -> list[str]:
     """Normalise table paths to POSIX ids relative to ``root``; refuse paths that leave it.
 
@@ -258,7 +280,8 @@ def _finish(
         prompts=prompt_map,
         issues=pd.DataFrame(issues, columns=["path", "problem"]),
         source=source,
-        warnings=label_warnings(classes),
+        warnings=label_warnings(classes) + tiny_class_warnings(
+            rows["label"].value_counts().reindex(classes, fill_value=0).to_dict()),
     )
 
 
@@ -367,6 +390,33 @@ def not_a_file(path: Path) -> str:
     return f"{path} is not a regular file (a FIFO, socket, device or broken symlink); pass a regular file"
 
 
+def open_quote(path: Path) -> tuple[int, int | None] | None:
+    """``(line, closing line or None at the end of the file)`` of the first quoted CSV field that spans lines."""
+    inside, start = False, 0
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        for n, line in enumerate(f, 1):
+            if line.count('"') % 2:
+                inside = not inside
+                if inside:
+                    start = n
+                elif n > start:
+                    return start, n
+    return (start, None) if inside else None
+
+
+def quote_problem(path: Path) -> str | None:
+    """A sentence about an unclosed quote in a CSV file, None when there is none."""
+    found = open_quote(path)
+    if found is None:
+        return None
+    start, end = found
+    if end is None:
+        return (f'{path} has an unclosed quote (") on line {start}: the rest of the file was read as one field; '
+                "close the quote or remove it.")
+    return (f'{path} has an unclosed quote (") on line {start}: lines {start}-{end} were read as one row; '
+            "close the quote on that line or remove it.")
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV or Parquet label table; raise :class:`DataError` on corrupt input."""
     path = Path(path)
@@ -379,9 +429,16 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
             with open(path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])  # the names as written: pandas renames a repeated one
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not a text CSV file (not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}); save the table as a UTF-8 CSV with path and label columns.") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: it needs a header with path and label columns and one row per "
+                        "image.") from None
     except Exception as exc:
         kind = "Parquet" if path.suffix.lower() in {".parquet", ".pq"} else "CSV"
-        raise DataError(f"Could not read {path} as a {kind} table: {exc}") from None
+        quote = quote_problem(path) if kind == "CSV" else None
+        raise DataError(quote or f"Could not read {path} as a {kind} table: {exc}") from None
     names = header if path.suffix.lower() not in {".parquet", ".pq"} else [str(c) for c in df.columns]
     dup = sorted({n.strip() for n in names if [m.strip() for m in names].count(n.strip()) > 1})
     if dup:  # pandas renames the second 'label' to 'label.1' and the first one would silently win
@@ -422,7 +479,8 @@ def load_table(
     empty = df["path"].str.strip().eq("") | df["label"].str.strip().eq("")
     if empty.any():
         rows = (np.flatnonzero(empty.to_numpy()) + 2).tolist()[:10]
-        raise DataError(f"{table}: empty path or label on line(s) {rows}.")
+        quote = quote_problem(table) if table.suffix.lower() not in {".parquet", ".pq"} else None
+        raise DataError(quote or f"{table}: empty path or label on line(s) {rows}.")
     ids = relative_ids(root, df["path"])
     df = df.assign(id=ids)
     dup = df["id"][df["id"].duplicated()].unique().tolist()

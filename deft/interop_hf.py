@@ -62,6 +62,16 @@ def _read_arrow(path: Path):
             return pa.ipc.open_file(src).read_all()
 
 
+def damaged_arrow(src: Path) -> Path | None:
+    """The first ``.arrow`` file of a save_to_disk folder that cannot be read to its end (truncated, garbage)."""
+    for f in sorted(src.rglob("*.arrow")):
+        try:
+            _read_arrow(f)
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            return f
+    return None
+
+
 def read_parts(src: Path) -> list[tuple[str, object, object]]:
     """``(split, pyarrow.Table, datasets.Features)`` per split (saved dataset) or file (Parquet/Arrow folder)."""
     datasets = _datasets()
@@ -69,6 +79,10 @@ def read_parts(src: Path) -> list[tuple[str, object, object]]:
         try:
             obj = datasets.load_from_disk(str(src))
         except Exception as exc:  # noqa: BLE001 - any failure of the library is the user's damaged folder
+            bad = damaged_arrow(src)
+            if bad is not None:
+                raise DataError(f"{bad} is truncated or damaged, so the Hugging Face dataset {src} cannot be read; "
+                                "save the dataset again with save_to_disk (or copy the folder again).") from None
             raise DataError(f"Could not read {src} with datasets.load_from_disk: {exc}") from None
         items = obj.items() if isinstance(obj, datasets.DatasetDict) else [(str(obj.split or "train"), obj)]
         return [(name, d.data.table, d.features) for name, d in items]

@@ -34,6 +34,7 @@ from .errors import DataError
 
 IMAGE_KEYS = ("image", "img", "image_url", "url")
 EXCLUDE = "__deft_exclude__"  # the choice (alias) that excludes a sample
+EXCLUDE_TEXT = "Exclude (not a usable image)"  # its shown value (what an export holds if the alias is dropped)
 FROM_NAME, TO_NAME = "label", "image"
 
 
@@ -122,6 +123,8 @@ def load_label_studio(source: str | os.PathLike, root: str | os.PathLike | None 
         rel, problem = local_path(ref)
         ann = latest_annotation(task)
         labels = choices_of(ann) if ann else []
+        if problem is None and len(labels) == 1 and labels[0] in (EXCLUDE, EXCLUDE_TEXT):
+            problem = "annotated Exclude (not a usable image) (excluded)"
         if problem is None and len(labels) != 1:
             problem = ("no annotation (skipped)" if not labels else
                        f"{len(labels)} choices {labels[:5]} in one annotation; deft needs one label per image")
@@ -148,7 +151,7 @@ def label_config(classes: list[str]) -> str:
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
     return (f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n  <Header value="Given label: $deft_label"/>\n'
             f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInline="true">\n{choices}\n'
-            f'    <Choice value="Exclude (not a usable image)" alias="{EXCLUDE}"/>\n  </Choices>\n</View>\n')
+            f'    <Choice value="{EXCLUDE_TEXT}" alias="{EXCLUDE}"/>\n  </Choices>\n</View>\n')
 
 
 def image_url(path: Path, document_root: Path) -> str:

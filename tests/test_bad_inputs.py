@@ -111,6 +111,14 @@ def _csv(rows: list[str]):
     return build
 
 
+def _csv_bytes(data: bytes):
+    def build(tmp: Path):
+        make_folder(tmp)
+        (tmp / "t.csv").write_bytes(data)
+        return tmp / "t.csv", {}
+    return build
+
+
 def _folder_named(name: str):
     def build(tmp: Path):
         root = make_folder(tmp / "d")
@@ -162,6 +170,14 @@ REFUSED = {
                                     r"column\(s\) \['label'\] appear more than once"),
     "CSV header path,path,label": (_csv(["path,path,label", "cat/000.png,dog/000.png,cat"]),
                                    r"\['path'\] appear more than once"),
+    # QA: library wording ("'utf-8' codec can't decode byte 0xf9", "No columns to parse from file",
+    # "empty path or label on line(s) [2]") instead of what is wrong with the file
+    "binary CSV": (_csv_bytes(b"\xf9\x00\x01PNG\xff"), r"t.csv is not a text CSV file \(not UTF-8"),
+    "empty CSV": (_csv_bytes(b""), r"t.csv is empty: it needs a header with path and label columns"),
+    "CSV with an unclosed quote": (_csv(["path,label", '"cat/000.png,cat', "dog/000.png,dog"]),
+                                   r't.csv has an unclosed quote \("\) on line 2'),
+    "CSV quote spanning lines": (_csv(["path,label", 'cat/000.png,"', '"', "dog/000.png,dog"]),
+                                 r't.csv has an unclosed quote \("\) on line 2: lines 2-3 were read as one row'),
     "parquet null path": (_parquet_null("path"), r"missing \(null\) path or label in row\(s\) \[2\]"),
     "parquet null label": (_parquet_null("label"), r"missing \(null\) path or label in row\(s\) \[2\]"),
 }
@@ -304,6 +320,71 @@ def test_near_collision_labels_are_warned(tmp_path, capsys):
     assert len(ds.warnings) == 1 and all(repr(x) in ds.warnings[0] for x in (" ship ", "Ship", "ship"))
     assert cli.main(["check", str(tmp_path / "t.csv"), "--root", str(root)]) == 0
     assert "warning: Labels ' ship ', 'Ship', 'ship' differ only by case" in capsys.readouterr().out
+
+
+def test_label_studio_tasks_annotated_exclude_are_excluded_not_a_class(tmp_path, capsys):
+    """QA: `deft check ls_export.json` counted deft's own Exclude choice (`__deft_exclude__`) as a class."""
+    from deft.interop_ls import EXCLUDE
+    root = make_folder(tmp_path / "d")
+
+    def task(n: int, rel: str, choice: str) -> dict:
+        return {"id": n, "data": {"image": f"/data/local-files/?d={rel}"},
+                "annotations": [{"result": [{"type": "choices", "value": {"choices": [choice]}}]}]}
+    tasks = [task(1, "cat/000.png", "cat"), task(2, "cat/001.png", "cat"), task(3, "dog/000.png", "dog"),
+             task(4, "dog/001.png", EXCLUDE), task(5, "cat/002.png", "Exclude (not a usable image)")]
+    (tmp_path / "ls.json").write_text(json.dumps(tasks))
+    ds = load_dataset(tmp_path / "ls.json", root=root)
+    assert ds.N == 3 and ds.classes == ["cat", "dog"]
+    assert "Exclude" in problems(ds)["dog/001.png"] and "Exclude" in problems(ds)["cat/002.png"]
+    assert cli.main(["check", str(tmp_path / "ls.json"), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 images, 2 classes, 2 problem file(s) excluded" in out and EXCLUDE not in out
+
+
+def test_tiny_class_that_looks_like_a_typo_is_warned(tmp_path, capsys):
+    """QA: one label typed 'aeroplane' among 'airplane' gave an 11th, 1-image class and no warning."""
+    classes = {"airplane": (200, 40, 40), "bird": (40, 200, 40), "ship": (40, 40, 200)}
+    root = make_folder(tmp_path / "d", per_class=12, classes=classes)
+    rows = [(p.relative_to(root).as_posix(), p.parent.name) for p in sorted(root.glob("*/*.png"))]
+    rows[0] = (rows[0][0], "aeroplane")
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(tmp_path / "t.csv", index=False)
+    ds = load_dataset(tmp_path / "t.csv", root=root)
+    assert ds.K == 4 and len(ds.warnings) == 1  # imported as given, not refused
+    assert ds.warnings[0].startswith("'aeroplane' (1 image): a typo of 'airplane'?")
+    assert cli.main(["check", str(tmp_path / "t.csv"), "--root", str(root)]) == 0
+    assert "warning: 'aeroplane' (1 image): a typo of 'airplane'?" in capsys.readouterr().out
+    # balanced small classes are not flagged
+    assert load_dataset(make_folder(tmp_path / "e", per_class=2, classes=classes)).warnings == []
+
+
+def test_truncated_hugging_face_dataset_names_the_damaged_arrow_file(tmp_path, capsys):
+    """QA: a truncated save_to_disk folder said "Expected to be able to read 147448 bytes for message body"."""
+    datasets = pytest.importorskip("datasets")
+    root = make_folder(tmp_path / "img", per_class=40)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    files = sorted(root.glob("*/*.png"))
+    d = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+                                    "label": [int(f.parent.name == "dog") for f in files]}, features=feats)
+    d.save_to_disk(str(tmp_path / "hf"))
+    (arrow,) = (tmp_path / "hf").glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"{arrow.name} is truncated or damaged.*save_to_disk") as e:
+        load_dataset(tmp_path / "hf")
+    assert "Expected to be able to read" not in str(e.value) and "\n" not in str(e.value)
+    assert cli.main(["check", str(tmp_path / "hf")]) == 2
+    assert f"error: {arrow} is truncated or damaged" in capsys.readouterr().err
+
+
+def test_noise_prints_a_detect_command_that_parses(tmp_path, capsys):
+    """QA: `deft noise` suggested `python -m deft detect noisy.csv --root IMG`, which fails: --out is required."""
+    import shlex
+    root = make_folder(tmp_path / "my img")
+    assert cli.main(["noise", str(root), "--kind", "sym", "--rate", "0.5", "--out", str(tmp_path / "noisy.csv")]) == 0
+    hint = capsys.readouterr().out.split("detect with: ", 1)[1].strip()
+    argv = shlex.split(hint)
+    assert argv[:4] == ["python", "-m", "deft", "detect"] and "--out" in argv
+    a = cli.build_parser().parse_args(argv[3:])  # argparse would exit 2 on a missing --out
+    assert a.out == "runs/noisy" and Path(a.data) == tmp_path / "noisy.csv" and Path(a.root) == root
 
 
 def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
