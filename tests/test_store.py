@@ -353,3 +353,15 @@ def test_a_review_order_walks_its_ranked_samples_then_the_unranked_in_table_orde
     with sqlite3.connect(tmp_path / "r.sqlite") as con:  # as a store written before the unranked rows existed
         con.execute("DELETE FROM orders WHERE key > 1e299")
     assert walk(ReviewStore(tmp_path / "r.sqlite")) == [*want, "new/999.jpg"]
+
+
+def test_an_order_with_no_rows_falls_back_to_margin_order(store):
+    """QA: a re-detection (no audit yet) left the combined order with no rows, and the inner join on it emptied
+    every queue ("item 0 of 44", "Nothing matches this filter"). An order with no rows is DEFT margin order."""
+    by_margin = store.query(limit=-1)["id"].tolist()
+    q = ReviewQueue(store, ReviewFilter(order="combined"), client="t")
+    assert q.size() == 6 and [r["id"] for r in q.page()] == by_margin
+    assert q.current()["id"] == by_margin[0] and q.position(q.current()) == 0
+    assert q.move(1)["id"] == by_margin[1] and not store.has_order("combined")
+    store.load_issues([], "", [("combined", by_margin[3], 0.0)])  # after an audit: its order again
+    assert store.has_order("combined") and store.query(order="combined", limit=1)["id"][0] == by_margin[3]

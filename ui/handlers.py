@@ -416,6 +416,8 @@ class ReviewHandlers(Handlers):
         c = self.c
         item = item if item is not None else q.current()
         q.save_place()
+        if not msg and q.filter.order not in (None, "margin") and not ws.store.has_order(q.filter.order):
+            msg = "Ordered by DEFT margin: this detection has no audit yet."  # the store falls back to it
         pos = q.position(item) + 1 if item is not None else 0
         count = ws.store.count()
         counter = v.counter_html(count, pos, q.size(), ws.queue_note(count))
