@@ -365,3 +365,18 @@ def test_an_order_with_no_rows_falls_back_to_margin_order(store):
     assert q.move(1)["id"] == by_margin[1] and not store.has_order("combined")
     store.load_issues([], "", [("combined", by_margin[3], 0.0)])  # after an audit: its order again
     assert store.has_order("combined") and store.query(order="combined", limit=1)["id"][0] == by_margin[3]
+
+
+def test_a_filter_change_starts_at_the_top_of_the_new_view(store):
+    """QA: switching Show to "suspects" from a clean card landed on the last suspect ("item 56 of 56"): the old
+    anchor, outside the new view, fell back to its nearest neighbour. A new view starts at its top."""
+    q = ReviewQueue(store, ReviewFilter(suspects=None), client="t")
+    q.show(store.query(suspects=False, limit=-1)["id"].iloc[-1])  # a clean card, far down the margin order
+    q.save_place()
+    q.set_filter(ReviewFilter(suspects=True))
+    top = store.query(limit=1)["id"][0]
+    assert q.current()["id"] == top and q.position(q.current()) == 0
+    q.move(1)
+    q.save_place()
+    q.set_filter(ReviewFilter(suspects=True))  # the same view: the place is kept
+    assert q.position(q.current()) == 1

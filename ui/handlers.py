@@ -528,9 +528,9 @@ class ReviewHandlers(Handlers):
     def set_filter(self, sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
         try:
             ws, q = self.queue_of(sid, cid, request)
-            q.filter = ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
-                                    margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
-                                    issue=issue or None, order=ORDERS.get(order or ""))
+            q.set_filter(ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
+                                      margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
+                                      issue=issue or None, order=ORDERS.get(order or "")))
         except USER_ERRORS as exc:
             return self.empty(exc)
         return self.render(ws, q)
