@@ -380,3 +380,14 @@ def test_a_filter_change_starts_at_the_top_of_the_new_view(store):
     q.save_place()
     q.set_filter(ReviewFilter(suspects=True))  # the same view: the place is kept
     assert q.position(q.current()) == 1
+
+
+def test_a_batch_that_applied_nothing_is_not_the_undo_target(store):
+    """The undo behind the batch message fix: a batch whose samples all changed since they were shown logs nothing,
+    so u undoes the reviewer's previous decision (and the message no longer promises the batch)."""
+    ids = store.query(limit=-1)["id"].tolist()
+    store.decide(ids[0], "keep", client="t")
+    res = store.decide_many([(i, 99) for i in ids[1:4]], "exclude", client="t")
+    assert res.batch is None and not res.applied and len(res.stale) == 3
+    done = store.undo("t")
+    assert [d.sample_id for d in done] == [ids[0]] and store.sample(ids[0])["status"] is None
