@@ -170,6 +170,14 @@ class ReviewQueue:
         self.show(sample_id)
         return dropped
 
+    def set_filter(self, f: ReviewFilter) -> None:
+        """Change the view: it starts at its top, unless this reviewer's saved place is in that exact view (the
+        old card, outside the new view, would otherwise land on its nearest neighbour: e.g. the last suspect)."""
+        if f != self.filter:
+            saved = self.store.cursor(self.client)
+            self.anchor = saved[1] if saved is not None and ReviewFilter.from_json(saved[0]) == f else None
+        self.filter = f
+
     def next_pending(self) -> dict | None:
         """The next undecided sample after the card on screen (wrapping to the first); None when all are done."""
         f = self.filter.kwargs() | {"status": Status.PENDING.value}

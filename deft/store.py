@@ -314,11 +314,16 @@ class ReviewStore:
                 "CROSS JOIN samples s ON s.id = st.sample_id").fetchone()
         return {"total": total, "suspects": suspects, "reviewed": reviewed, "decided": decided}
 
-    @staticmethod
-    def _order(order: str | None) -> tuple[str, list, str]:
+    def has_order(self, order: str) -> bool:
+        """Whether the review order ``order`` has rows (an audit of this detection made it): one indexed lookup."""
+        with self._read() as con:
+            return con.execute("SELECT 1 FROM orders WHERE name = ? LIMIT 1", (order,)).fetchone() is not None
+
+    def _order(self, order: str | None) -> tuple[str, list, str]:
         """``(join, join args, key)``: the sort key of a review order (DEFT margin unless an audit order is named;
-        a sample the order does not rank goes last)."""
-        if not order or order == "margin":
+        a sample the order does not rank goes last). An order with no rows (a re-detection not audited yet)
+        falls back to DEFT margin: an inner join on it would leave every queue empty."""
+        if not order or order == "margin" or not self.has_order(order):
             return "", [], "s.margin"
         # every sample has a row in every order (unranked ones: UNRANKED, see _rank_unranked): an inner join on
         # the (name, key) index, so the next card and its position do not sort the whole table (100k: 240 ms)

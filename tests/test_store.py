@@ -353,3 +353,41 @@ def test_a_review_order_walks_its_ranked_samples_then_the_unranked_in_table_orde
     with sqlite3.connect(tmp_path / "r.sqlite") as con:  # as a store written before the unranked rows existed
         con.execute("DELETE FROM orders WHERE key > 1e299")
     assert walk(ReviewStore(tmp_path / "r.sqlite")) == [*want, "new/999.jpg"]
+
+
+def test_an_order_with_no_rows_falls_back_to_margin_order(store):
+    """QA: a re-detection (no audit yet) left the combined order with no rows, and the inner join on it emptied
+    every queue ("item 0 of 44", "Nothing matches this filter"). An order with no rows is DEFT margin order."""
+    by_margin = store.query(limit=-1)["id"].tolist()
+    q = ReviewQueue(store, ReviewFilter(order="combined"), client="t")
+    assert q.size() == 6 and [r["id"] for r in q.page()] == by_margin
+    assert q.current()["id"] == by_margin[0] and q.position(q.current()) == 0
+    assert q.move(1)["id"] == by_margin[1] and not store.has_order("combined")
+    store.load_issues([], "", [("combined", by_margin[3], 0.0)])  # after an audit: its order again
+    assert store.has_order("combined") and store.query(order="combined", limit=1)["id"][0] == by_margin[3]
+
+
+def test_a_filter_change_starts_at_the_top_of_the_new_view(store):
+    """QA: switching Show to "suspects" from a clean card landed on the last suspect ("item 56 of 56"): the old
+    anchor, outside the new view, fell back to its nearest neighbour. A new view starts at its top."""
+    q = ReviewQueue(store, ReviewFilter(suspects=None), client="t")
+    q.show(store.query(suspects=False, limit=-1)["id"].iloc[-1])  # a clean card, far down the margin order
+    q.save_place()
+    q.set_filter(ReviewFilter(suspects=True))
+    top = store.query(limit=1)["id"][0]
+    assert q.current()["id"] == top and q.position(q.current()) == 0
+    q.move(1)
+    q.save_place()
+    q.set_filter(ReviewFilter(suspects=True))  # the same view: the place is kept
+    assert q.position(q.current()) == 1
+
+
+def test_a_batch_that_applied_nothing_is_not_the_undo_target(store):
+    """The undo behind the batch message fix: a batch whose samples all changed since they were shown logs nothing,
+    so u undoes the reviewer's previous decision (and the message no longer promises the batch)."""
+    ids = store.query(limit=-1)["id"].tolist()
+    store.decide(ids[0], "keep", client="t")
+    res = store.decide_many([(i, 99) for i in ids[1:4]], "exclude", client="t")
+    assert res.batch is None and not res.applied and len(res.stale) == 3
+    done = store.undo("t")
+    assert [d.sample_id for d in done] == [ids[0]] and store.sample(ids[0])["status"] is None

@@ -262,3 +262,13 @@ def test_the_name_field_is_shown_only_without_a_login(tmp_path):
         demo, _ = build(reg, login=login)
         box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "reviewer-box")
         assert box.visible is (not login)
+
+
+def test_a_batch_that_applied_nothing_does_not_offer_to_undo_it():
+    """QA: "Accepted 0 sample(s) as one batch (u undoes the whole batch); 3 skipped ..." and then u undid an
+    older decision: a batch that applied nothing is not recorded, so the line must not promise to undo it."""
+    line = views.batch_line(BatchResult(None, [], ["a", "b", "c"]), "Accepted")
+    assert "0 sample" not in line and "undoes the whole batch" not in line and "3 skipped" in line
+    assert "no batch was recorded" in line
+    one = Decision(1, "a", "accept", "dog", "t", batch=4)
+    assert "u undoes the whole batch" in views.batch_line(BatchResult(4, [one], []), "Accepted")

@@ -416,6 +416,8 @@ class ReviewHandlers(Handlers):
         c = self.c
         item = item if item is not None else q.current()
         q.save_place()
+        if not msg and q.filter.order not in (None, "margin") and not ws.store.has_order(q.filter.order):
+            msg = "Ordered by DEFT margin: this detection has no audit yet."  # the store falls back to it
         pos = q.position(item) + 1 if item is not None else 0
         count = ws.store.count()
         counter = v.counter_html(count, pos, q.size(), ws.queue_note(count))
@@ -526,9 +528,9 @@ class ReviewHandlers(Handlers):
     def set_filter(self, sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
         try:
             ws, q = self.queue_of(sid, cid, request)
-            q.filter = ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
-                                    margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
-                                    issue=issue or None, order=ORDERS.get(order or ""))
+            q.set_filter(ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
+                                      margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
+                                      issue=issue or None, order=ORDERS.get(order or "")))
         except USER_ERRORS as exc:
             return self.empty(exc)
         return self.render(ws, q)

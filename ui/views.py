@@ -90,7 +90,8 @@ def undo_line(done: list[Decision]) -> str:
 
 
 def batch_line(res: BatchResult, verb: str) -> str:
-    msg = f"{verb} {len(res.applied)} sample(s) as one batch (u undoes the whole batch)"
+    msg = (f"{verb} {len(res.applied)} sample(s) as one batch (u undoes the whole batch)" if res.applied else
+           f"{verb} nothing: no batch was recorded, so u still undoes your previous decision")
     if res.stale:
         msg += f"; {len(res.stale)} skipped because they changed since they were shown"
     if res.refused:
