@@ -280,4 +280,5 @@ def test_sessions_on_an_audited_run_share_one_learning_queue(tmp_path, tiny_clip
     report = json.loads(a.store.get_meta("rank_report"))
     assert report["decisions"] == 5 and report["unreviewed"] == 395
     note = b.queue_note()
-    assert note.startswith("queue re-ranked after 5 decisions") and "likely remain among the 395 unreviewed (ranking model " in note
+    assert note.startswith("queue re-ranked after 5 decisions")
+    assert "likely remain among the 395 unreviewed (ranking model " in note
