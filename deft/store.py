@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .curation import DECISION_STATUS, export_table
@@ -115,14 +117,61 @@ UNRANKED = 1e300  # the key of a sample an order does not rank: it comes last (t
 
 def _rank_unranked(con: sqlite3.Connection) -> None:
     """Give every sample a row in every review order (key :data:`UNRANKED` where the order has none)."""
+    n = con.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    if all(k == n for (k,) in con.execute("SELECT COUNT(*) FROM orders GROUP BY name")):
+        return  # every order ranks every sample already (an audit's orders do): no million lookups
     con.execute("INSERT OR IGNORE INTO orders(name, sample_id, key) SELECT n.name, s.id, ? FROM "
                 "(SELECT DISTINCT name FROM orders) n CROSS JOIN samples s", (UNRANKED,))
 
 
-def _bump_samples_gen(con: sqlite3.Connection) -> None:
+def _bump_samples_gen(con: sqlite3.Connection) -> str:
     """Mark the samples / issues tables as changed (inside the writer's transaction): cached counts that
-    depend only on them (not on decisions) are recomputed, in this process and in any other."""
-    con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('samples_gen', ?)", (os.urandom(8).hex(),))
+    depend only on them (not on decisions) are recomputed, in this process and in any other. Returns the
+    new generation."""
+    gen = os.urandom(8).hex()
+    con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('samples_gen', ?)", (gen,))
+    return gen
+
+
+def _gens(con: sqlite3.Connection) -> tuple[str | None, str | None]:
+    """``(samples_gen, rank_gen)``: what the sum of ``p_wrong`` over all samples depends on."""
+    return con.execute("SELECT (SELECT value FROM meta WHERE key = 'samples_gen'), "
+                       "(SELECT value FROM meta WHERE key = 'rank_gen')").fetchone()
+
+
+def _set_wrong_sum(con: sqlite3.Connection, samples_gen: str | None, rank_gen: str | None, total: float | None,
+                   n: int) -> None:
+    """Record the sum of ``p_wrong`` over every sample (None: no sample has one) for these generations, so that
+    no reader (a key press's counter, a restarted server) sums a million rows again."""
+    con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('wrong_sum', ?)",
+                (json.dumps({"gen": [samples_gen, rank_gen], "sum": total, "n": n}),))
+
+
+def _sql_values(col: pd.Series) -> list:
+    """One column as the Python values SQLite binds (missing: None, NaN floats are stored as NULL too)."""
+    if pd.api.types.is_float_dtype(col.dtype) and not isinstance(col.dtype, pd.ArrowDtype):
+        return col.to_numpy(dtype=np.float64).tolist()
+    return col.to_numpy(dtype=object, na_value=None).tolist()
+
+
+@contextlib.contextmanager
+def _bulk(con: sqlite3.Connection, cache_kib: int = 256 * 1024) -> Iterator[None]:
+    """A larger page cache for a bulk write on this connection (index builds of 1M rows), then the default."""
+    old = con.execute("PRAGMA cache_size").fetchone()[0]
+    con.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+    try:
+        yield
+    finally:
+        con.execute(f"PRAGMA cache_size={int(old)}")
+
+
+def _drop_indexes(con: sqlite3.Connection, table: str) -> list[str]:
+    """Drop ``table``'s own indexes (not those of its constraints) and return the SQL that re-creates them."""
+    rows = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                       "AND sql IS NOT NULL", (table,)).fetchall()
+    for name, _ in rows:
+        con.execute(f'DROP INDEX "{name}"')
+    return [sql for _, sql in rows]
 
 
 def _now() -> str:
@@ -239,33 +288,47 @@ class ReviewStore:
     def load_scores(self, scores: pd.DataFrame, classes: list[str]) -> None:
         """Replace the samples table with a scores table; decisions are kept (keyed by sample id)."""
         cols = [c for c in SAMPLE_COLUMNS if c in scores.columns]
-        df = scores[cols].copy()
-        df["is_clean"] = df["is_clean"].astype(int)
-        rows = list(df.itertuples(index=False, name=None))
+        df = scores[cols]
+        # plain Python values column by column (iterating an Arrow-backed frame row by row took 36 s at 1M rows)
+        data = [range(len(df))] + [_sql_values(df[c].astype(int) if c == "is_clean" else df[c]) for c in cols]
         marks = ",".join("?" * (len(cols) + 1))
-        with self._tx() as con:
+        clean = df["is_clean"].astype(bool).to_numpy()
+        wrong = pd.to_numeric(df["p_wrong"], errors="coerce") if "p_wrong" in df else None
+        with self._tx() as con, _bulk(con):
             con.execute("DELETE FROM samples")
-            con.executemany(f"INSERT INTO samples(idx,{','.join(cols)}) VALUES ({marks})",
-                            [(i, *r) for i, r in enumerate(rows)])
+            indexes = _drop_indexes(con, "samples")  # one sorted build each after the insert, not 1M updates
+            con.executemany(f"INSERT INTO samples(idx,{','.join(cols)}) VALUES ({marks})", zip(*data, strict=True))
+            for sql in indexes:
+                con.execute(sql)
             _rank_unranked(con)
             con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('classes', ?)", ("\n".join(classes),))
             con.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                            [("n_total", str(len(df))), ("n_suspects", str(int((df["is_clean"] == 0).sum())))])
+                            [("n_total", str(len(df))), ("n_suspects", str(int((~clean).sum())))])
             _bump_samples_gen(con)
+            total = None if wrong is None or not wrong.notna().any() else float(wrong.sum())
+            _set_wrong_sum(con, *_gens(con), total, len(df))
         self.classes = list(classes)
 
     def load_issues(self, rows: list[tuple[str, str]], stamp: str = "",
                     orders: list[tuple[str, str, float]] = ()) -> None:
         """Replace the data-issue table (``(issue, sample_id)`` pairs from ``deft audit``) for the Review filter,
         and the review orders (``(order, sample_id, key)``: lowest key first) other than by DEFT margin."""
-        with self._tx() as con:
+        orders = sorted(orders, key=lambda r: (r[0], r[1]))  # the primary key's order: appends, not 1M seeks
+        with self._tx() as con, _bulk(con):
             con.execute("DELETE FROM issues")
             con.executemany("INSERT OR IGNORE INTO issues(issue, sample_id) VALUES (?, ?)", rows)
             con.execute("DELETE FROM orders")
+            indexes = _drop_indexes(con, "orders")
             con.executemany("INSERT OR REPLACE INTO orders(name, sample_id, key) VALUES (?, ?, ?)", orders)
             _rank_unranked(con)
+            for sql in indexes:
+                con.execute(sql)
             con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('issues_stamp', ?)", (stamp,))
+            before, rec = _gens(con), con.execute("SELECT value FROM meta WHERE key = 'wrong_sum'").fetchone()
             _bump_samples_gen(con)
+            rec = json.loads(rec[0]) if rec and rec[0] else None
+            if rec is not None and rec.get("gen") == list(before):  # p_wrong is untouched: its sum still holds
+                _set_wrong_sum(con, *_gens(con), rec["sum"], rec["n"])
 
     @staticmethod
     def path_for_run(run) -> Path:
@@ -620,17 +683,28 @@ class ReviewStore:
         The sum over every sample is cached until the scores are reloaded or re-ranked (``samples_gen``,
         ``rank_gen``); per call it costs what :meth:`count` does (the decided samples, via ``state``)."""
         with self._read() as con:
-            gen = con.execute("SELECT (SELECT value FROM meta WHERE key = 'samples_gen'), "
-                              "(SELECT value FROM meta WHERE key = 'rank_gen')").fetchone()
+            gen = _gens(con)
             if self._wrong is None or self._wrong[0] != gen:
-                total, n = con.execute("SELECT SUM(p_wrong), COUNT(*) FROM samples").fetchone()
-                self._wrong = (gen, None if total is None else (float(total), int(n)))
+                self._wrong = (gen, self._wrong_sum(con, gen))
             if self._wrong[1] is None:
                 return None
             total, n = self._wrong[1]
             decided, n_decided = con.execute("SELECT COALESCE(SUM(s.p_wrong), 0), COUNT(*) FROM state st "
                                              "CROSS JOIN samples s ON s.id = st.sample_id").fetchone()
         return max(0.0, total - float(decided)), n - int(n_decided)
+
+    def _wrong_sum(self, con: sqlite3.Connection, gen: tuple) -> tuple[float, int] | None:
+        """``(sum of p_wrong, samples)`` for the generations ``gen``: recorded by whoever changed p_wrong last
+        (:meth:`load_scores`, :meth:`rerank`), else summed (a scan of the samples table) and recorded."""
+        row = con.execute("SELECT value FROM meta WHERE key = 'wrong_sum'").fetchone()
+        rec = json.loads(row[0]) if row and row[0] else None
+        if rec is None or rec.get("gen") != list(gen):
+            total, n = con.execute("SELECT SUM(p_wrong), COUNT(*) FROM samples").fetchone()
+            rec = {"sum": total, "n": n}
+            with contextlib.suppress(sqlite3.Error), self._tx() as w:
+                if _gens(w) == gen:
+                    _set_wrong_sum(w, *gen, total, n)
+        return None if rec["sum"] is None else (float(rec["sum"]), int(rec["n"]))
 
     def sample_ids(self) -> list[str]:
         """Sample ids in the scores table's order."""
@@ -686,9 +760,14 @@ class ReviewStore:
                     con.executemany(f"UPDATE samples SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                                     [(*rows[i], ids[i]) for i in keep])
             moved += len(keep)
-        # p_wrong changed: sums cached over it (expected_wrong) are recomputed, here and in other processes
+        # p_wrong changed: the sum cached over it (expected_wrong) is summed again here, in the re-rank's own
+        # thread (a read: it blocks no writer), and recorded with the new generation for every reader
+        with self._read() as con:
+            total, n = con.execute("SELECT SUM(p_wrong), COUNT(*) FROM samples").fetchone()
         with self._tx() as con:
-            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rank_gen', ?)", (os.urandom(8).hex(),))
+            rank_gen = os.urandom(8).hex()
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rank_gen', ?)", (rank_gen,))
+            _set_wrong_sum(con, _gens(con)[0], rank_gen, total, n)
         return moved
 
     def scores(self) -> pd.DataFrame:
