@@ -221,7 +221,7 @@ def _finish(
     rows: pd.DataFrame,
     classes: list[str],
     prompts: dict[str, str] | None,
-    verify: bool,
+    verify,
     source: str,
     pre_issues: list[dict[str, str]] | None = None,
 ) -> Dataset:
@@ -231,7 +231,11 @@ def _finish(
                         "a class name must be one line of text. Fix those labels (or folder names).")
     issues = list(pre_issues or [])
     if verify and len(rows):
-        problems = check_images(joined_paths(root, rows["id"]), root=root)
+        if verify is True:
+            problems = check_images(joined_paths(root, rows["id"]), root=root)
+        else:  # a deft.verified.VerifiedFiles: files decoded by an earlier import (unchanged since) are not again
+            problems = verify.check(root, rows["id"].tolist(), lambda ids: check_images(joined_paths(root, ids),
+                                                                                        root=root))
         bad = np.array([p is not None for p in problems], dtype=bool)
         issues += [{"path": i, "problem": p} for i, p in zip(rows["id"], problems, strict=True) if p]
         rows = rows.loc[~bad]
@@ -446,9 +450,12 @@ def load_dataset(
     source: str | os.PathLike,
     root: str | os.PathLike | None = None,
     descriptions: str | os.PathLike | None = None,
-    verify: bool = True,
+    verify=True,
 ) -> Dataset:
-    """Import a dataset from an ImageFolder or a CSV/Parquet table (dispatch on ``source``)."""
+    """Import a dataset from an ImageFolder or a CSV/Parquet table (dispatch on ``source``).
+
+    ``verify``: True decodes every image, False none, a :class:`deft.verified.VerifiedFiles` only those an
+    earlier import did not decode (new or changed files)."""
     prompts = load_class_descriptions(descriptions) if descriptions else None
     src = Path(source)
     if src.suffix.lower() in {".csv", ".parquet", ".pq", ".tsv"}:

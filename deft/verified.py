@@ -1,0 +1,110 @@
+"""Which image files an earlier import already decoded, so that re-importing a large dataset decodes only the
+files that are new or changed (a 1M-image folder took minutes to verify on every app start).
+
+A file counts as verified when it is a regular file (``lstat``: a symlink is always checked again) whose size,
+modification time and inode are the ones recorded when it was decoded (``RUNS/<dataset>/verified.parquet``,
+the problem found, if any, kept with it), or when a finished detection of the same root listed it in its
+manifest (that import decoded it) and it was not modified since that manifest was written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import write_parquet
+
+FILE = "verified.parquet"
+KEY = ["id", "size", "mtime_ns", "ino"]
+
+
+def file_keys(root: Path, ids: list[str]) -> pd.DataFrame:
+    """``id, size, mtime_ns, ino`` per id from ``lstat``; -1 for anything but a regular file (checked again)."""
+    base = str(root)
+    prefix = base if base.endswith("/") else base + "/"
+    size, mtime, ino = (np.full(len(ids), -1, np.int64) for _ in range(3))
+    for i, name in enumerate(ids):
+        try:
+            st = os.lstat(prefix + name)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            size[i], mtime[i], ino[i] = st.st_size, st.st_mtime_ns, st.st_ino
+    return pd.DataFrame({"id": ids, "size": size, "mtime_ns": mtime, "ino": ino})
+
+
+class VerifiedFiles:
+    """The record of decoded files of one dataset (``cache``), and optionally a finished detection's manifest
+    (``trusted``: ``(ids, manifest mtime_ns)`` for the same root)."""
+
+    def __init__(self, cache: str | os.PathLike, trusted: tuple[list[str], int] | None = None) -> None:
+        self.cache, self.trusted = Path(cache), trusted
+        self.decoded = 0  # files decoded by the last check (the rest were known)
+
+    def _recorded(self, root: Path) -> pd.DataFrame | None:
+        try:
+            df = pd.read_parquet(self.cache)
+        except Exception:  # noqa: BLE001 - missing or damaged: every file is decoded again
+            return None
+        if not {*KEY, "problem", "root"} <= set(df.columns):
+            return None
+        df = df[df["root"] == str(root)]
+        return df[[*KEY, "problem"]]
+
+    def check(self, root: Path, ids: list[str], decode: Callable[[list[str]], list[str | None]]) -> list[str | None]:
+        """The problem of each of ``ids`` under ``root`` (None: a good image): recorded or trusted files are not
+        decoded again; ``decode(ids)`` checks the others, and the record is updated when anything was decoded."""
+        root = Path(root)
+        cur = file_keys(root, list(ids))
+        n = len(cur)
+        known = np.zeros(n, dtype=bool)
+        problems = np.full(n, None, dtype=object)
+        old = self._recorded(root)
+        if old is not None and len(old):
+            m = cur.merge(old, on=KEY, how="left", indicator=True)
+            hit = (m["_merge"] == "both").to_numpy() & (cur["size"].to_numpy() >= 0)
+            known |= hit
+            problems[hit] = m.loc[hit, "problem"].to_numpy(dtype=object)
+        if self.trusted is not None:
+            tids, stamp = self.trusted
+            ok = (~known & (cur["size"].to_numpy() >= 0) & (cur["mtime_ns"].to_numpy() < stamp)
+                  & cur["id"].isin(pd.Index(tids)).to_numpy())
+            known |= ok
+        todo = np.flatnonzero(~known)
+        self.decoded = len(todo)
+        if len(todo):
+            found = decode([ids[i] for i in todo])
+            problems[todo] = np.asarray(found, dtype=object)
+        if len(todo) or old is None:
+            rec = cur.assign(problem=problems, root=str(root))
+            rec = rec[rec["size"].to_numpy() >= 0]
+            try:
+                write_parquet(self.cache, rec)
+            except OSError:  # a read-only runs folder: the next start decodes again
+                pass
+        return [None if p is None or (isinstance(p, float) and p != p) else str(p) for p in problems]
+
+
+def for_dataset(home: str | os.PathLike, root: str | os.PathLike) -> VerifiedFiles:
+    """The record of ``home`` (``RUNS/<dataset key>``), trusting the latest finished detection on ``root``."""
+    import json
+
+    home, trusted = Path(home), None
+    runs = sorted((p for p in home.glob("detect-*") if (p / "scores.parquet").is_file()
+                   and (p / "manifest.parquet").is_file()), key=lambda p: (p / "scores.parquet").stat().st_mtime)
+    for run in reversed(runs):
+        try:
+            meta = json.loads((run / "run.json").read_text())
+            if Path(meta["root"]).resolve() != Path(root).resolve():
+                continue
+            ids = pd.read_parquet(run / "manifest.parquet", columns=["id"])["id"].astype(str).tolist()
+            trusted = (ids, (run / "manifest.parquet").stat().st_mtime_ns)
+        except (OSError, ValueError, KeyError):
+            continue
+        break
+    return VerifiedFiles(home / FILE, trusted)
