@@ -33,7 +33,7 @@ from deft.errors import ReviewError, RunError
 from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
-from deft.learning import ORDER, QueueLearner, load_learner, signals_path
+from deft.learning import ORDER, ProcessLearner, QueueLearner, signals_path
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
 from deft.ranking import RankConfig
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
@@ -82,7 +82,7 @@ class _Loading:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.learner: QueueLearner | None = None
+        self.learner: QueueLearner | ProcessLearner | None = None
 
 
 class Learners:
@@ -93,7 +93,7 @@ class Learners:
 
     def __init__(self, config: RankConfig) -> None:
         self.config = config
-        self._items: dict[tuple, _Loading] = {}
+        self._items: dict[tuple, _Loading] = {}  # one worker process each (a replaced one is closed)
         self._notes: dict[tuple, list[str]] = {}
         self._lock = threading.Lock()
 
@@ -106,6 +106,9 @@ class Learners:
         with self._lock:
             slot = self._items.get(key)
             if slot is None:  # a new audit (or run) of this store replaces its learner
+                for k, old in self._items.items():
+                    if k[0] == key[0] and old.learner is not None:
+                        old.learner.close()
                 self._items = {k: v for k, v in self._items.items() if k[0] != key[0]}
                 self._notes = {k: v for k, v in self._notes.items() if k[0] != key[0]}
                 slot = self._items[key] = _Loading()
@@ -118,7 +121,10 @@ class Learners:
     def _load(self, key: tuple, slot: _Loading, store: ReviewStore, run: Run) -> None:
         notes: list[str] = []
         try:
-            slot.learner = load_learner(store, run.path, self.config, notes)
+            learner = ProcessLearner(store, run.path, self.config)  # refits off the server's GIL
+            if learner.wait_loaded():
+                slot.learner = learner
+            notes += learner.notes
         except Exception as exc:  # noqa: BLE001 - the review works without the learning queue; say why
             notes.append(f"{type(exc).__name__}: {exc}")
         finally:
