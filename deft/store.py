@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_review ON samples(is_clean, margin);
 CREATE INDEX IF NOT EXISTS samples_label ON samples(label, is_clean, margin);
+CREATE INDEX IF NOT EXISTS samples_margin ON samples(margin);
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL, action TEXT NOT NULL,
     label TEXT, client TEXT NOT NULL DEFAULT '', at TEXT NOT NULL, undoes INTEGER,
@@ -486,11 +487,14 @@ class ReviewStore:
                 row = con.execute(base + " AND s.id = ?", [*args, sample_id]).fetchone()
                 if row is not None:
                     return dict(row)
-            if delta > 0:
-                sql = base + f" AND ({k} > ? OR ({k} = ? AND s.idx > ?)) ORDER BY {k}, s.idx LIMIT 1"
-            else:
-                sql = base + f" AND ({k} < ? OR ({k} = ? AND s.idx < ?)) ORDER BY {k} DESC, s.idx DESC LIMIT 1"
-            row = con.execute(sql, [*args, m, m, i]).fetchone()
+            # two index ranges, ties first: an OR of the two made SQLite walk the order from one end to the
+            # anchor (a "previous card" at 1M samples read the whole order)
+            cmp, desc = (">", "") if delta > 0 else ("<", " DESC")
+            row = con.execute(base + f" AND {k} = ? AND s.idx {cmp} ? ORDER BY s.idx{desc} LIMIT 1",
+                              [*args, m, i]).fetchone()
+            if row is None:
+                row = con.execute(base + f" AND {k} {cmp} ? ORDER BY {k}{desc}, s.idx{desc} LIMIT 1",
+                                  [*args, m]).fetchone()
         return dict(row) if row else None
 
     def count_query(self, *, suspects: bool = True, label: str | None = None, status: str | None = None,
@@ -499,19 +503,33 @@ class ReviewStore:
         """Size of :meth:`query`'s result: index-only counts, decided rows counted from ``state``."""
         where, args = self._sample_filter(suspects, label, margin_min, margin_max, issue)
         with self._read() as con:
-            if status is None:  # independent of decisions: counted once per samples table (an index scan at 100k)
-                gen = con.execute("SELECT value FROM meta WHERE key = 'samples_gen'").fetchone()
-                key = (gen[0] if gen else None, where, tuple(args))
-                if key not in self._counts:
-                    n = con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
-                    self._counts = {k: v for k, v in self._counts.items() if k[0] == key[0]} | {key: n}
-                return self._counts[key]
+            base = self._base_count(con, where, args)
+            if status is None:
+                return base
             decided = ("SELECT COUNT(*) FROM state st CROSS JOIN samples s ON s.id = st.sample_id "
                        f"WHERE {where}")
-            if status == "pending":
-                base = con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
+            if status == "pending":  # the filter's samples (counted once) less its decided ones (via state)
                 return base - con.execute(decided, args).fetchone()[0]
             return con.execute(decided + " AND st.status = ?", [*args, status]).fetchone()[0]
+
+    def _base_count(self, con: sqlite3.Connection, where: str, args: list) -> int:
+        """Samples matching a sample filter, whatever their decisions: the whole table and the suspects / clean
+        samples from the counts :meth:`load_scores` recorded (a restarted server counts no million rows), any
+        other filter counted once per samples table (an index range, or one scan for a margin bound on every
+        sample) and kept in memory."""
+        gen = con.execute("SELECT value FROM meta WHERE key = 'samples_gen'").fetchone()
+        key = (gen[0] if gen else None, where, tuple(args))
+        if key not in self._counts:
+            meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('n_total', 'n_suspects')"))
+            n = None
+            if len(meta) == 2 and where == "1":
+                n = int(meta["n_total"])
+            elif len(meta) == 2 and where == "s.is_clean = ?":
+                n = int(meta["n_suspects"]) if args[0] == 0 else int(meta["n_total"]) - int(meta["n_suspects"])
+            if n is None:
+                n = con.execute(f"SELECT COUNT(*) FROM samples s WHERE {where}", args).fetchone()[0]
+            self._counts = {k: v for k, v in self._counts.items() if k[0] == key[0]} | {key: n}
+        return self._counts[key]
 
     def position(self, sample_id: str, *, suspects: bool = True, label: str | None = None,
                  status: str | None = None, margin_min: float | None = None,
