@@ -341,6 +341,11 @@ def _serve(conn, store_path: str, run_path: str, config: rk.RankConfig) -> None:
     """The worker of :class:`ProcessLearner`: load, then one refit per request until the pipe closes."""
     from .store import ReviewStore
 
+    with contextlib.suppress(Exception):  # Linux: end with the server even when it is killed (no pipe EOF mid-load)
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     try:
         notes: list[str] = []
         learner = load_learner(ReviewStore(store_path), run_path, config, notes)
