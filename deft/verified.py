@@ -60,20 +60,28 @@ class VerifiedFiles:
         """The problem of each of ``ids`` under ``root`` (None: a good image): recorded or trusted files are not
         decoded again; ``decode(ids)`` checks the others, and the record is updated when anything was decoded."""
         root = Path(root)
-        cur = file_keys(root, list(ids))
+        ids = list(ids)
+        cur = file_keys(root, ids)
         n = len(cur)
         known = np.zeros(n, dtype=bool)
         problems = np.full(n, None, dtype=object)
+        size = cur["size"].to_numpy()
+        regular = size >= 0
         old = self._recorded(root)
-        if old is not None and len(old):
-            m = cur.merge(old, on=KEY, how="left", indicator=True)
-            hit = (m["_merge"] == "both").to_numpy() & (cur["size"].to_numpy() >= 0)
-            known |= hit
-            problems[hit] = m.loc[hit, "problem"].to_numpy(dtype=object)
+        if old is not None and len(old):  # plain dicts and tuples: Arrow-backed merges and isin took ~10 s at 1M
+            rec = dict(zip(old["id"].astype(object), zip(old["size"].tolist(), old["mtime_ns"].tolist(),
+                                                         old["ino"].tolist(), old["problem"].astype(object),
+                                                         strict=True), strict=True))
+            stats = zip(size.tolist(), cur["mtime_ns"].tolist(), cur["ino"].tolist(), strict=True)
+            for i, (name, key) in enumerate(zip(ids, stats, strict=True)):
+                got = rec.get(name)
+                if got is not None and got[:3] == key and regular[i]:
+                    known[i], problems[i] = True, got[3]
         if self.trusted is not None:
             tids, stamp = self.trusted
-            ok = (~known & (cur["size"].to_numpy() >= 0) & (cur["mtime_ns"].to_numpy() < stamp)
-                  & cur["id"].isin(pd.Index(tids)).to_numpy())
+            listed = set(tids)
+            mtime = cur["mtime_ns"].to_numpy()
+            ok = ~known & regular & (mtime < stamp) & np.fromiter((i in listed for i in ids), bool, n)
             known |= ok
         todo = np.flatnonzero(~known)
         self.decoded = len(todo)

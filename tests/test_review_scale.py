@@ -113,3 +113,40 @@ def test_a_key_press_visits_no_whole_table(tmp_path, order):
     for key in KEYS:
         assert steps_of(ws2.store, lambda k=key: press(h2, sid2, k)) < budget, f"after a restart: {key}"
     assert ws2.store.count()["decided"] > 0
+
+
+def test_an_import_decodes_only_new_or_changed_images(tmp_path):
+    """A restart re-imports a 1M-image folder: only files no earlier import decoded (new, rewritten, replaced)
+    are decoded; a bad file keeps its problem; a finished detection's manifest vouches for files older than it."""
+    import os
+    import time
+
+    from PIL import Image
+
+    from deft.data import load_dataset
+    from deft.verified import VerifiedFiles
+
+    data = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(data / cls / f"{i}.png")
+    (data / "dog" / "bad.png").write_bytes(b"not an image")
+    rec = VerifiedFiles(tmp_path / "verified.parquet")
+    first = load_dataset(data, verify=rec)
+    assert rec.decoded == 7 and len(first.samples) == 6 and list(first.issues["path"]) == ["dog/bad.png"]
+    again = load_dataset(data, verify=rec)
+    assert rec.decoded == 0 and again.samples["id"].tolist() == first.samples["id"].tolist()
+    assert list(again.issues["path"]) == ["dog/bad.png"]  # the recorded problem, not decoded again
+    (data / "cat" / "0.png").write_bytes(b"broken now")  # rewritten in place
+    Image.new("RGB", (8, 8)).save(data / "cat" / "new.png")
+    third = load_dataset(data, verify=rec)
+    assert rec.decoded == 2 and sorted(third.issues["path"]) == ["cat/0.png", "dog/bad.png"]
+    ids = third.samples["id"].tolist()
+    trusted = VerifiedFiles(tmp_path / "other.parquet", (ids, time.time_ns() + 10**9))
+    load_dataset(data, verify=trusted)
+    assert trusted.decoded == 2  # the two files the manifest does not list (as good) are decoded
+    os.utime(data / "cat" / "1.png", ns=(time.time_ns() + 10**10,) * 2)  # modified after the manifest
+    later = VerifiedFiles(tmp_path / "x.parquet", (ids, time.time_ns() + 10**9))
+    load_dataset(data, verify=later)
+    assert later.decoded == 3
