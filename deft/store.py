@@ -817,10 +817,17 @@ class ReviewStore:
             _set_wrong_sum(con, _gens(con)[0], rank_gen, total, n)
         return moved
 
-    def scores(self) -> pd.DataFrame:
+    def scores(self, columns: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
+        """The samples table in table order; ``columns`` (of :data:`SAMPLE_COLUMNS`) reads only those (the
+        Detect tab's counts and histogram need three of the 28: at 1M samples ~1 s instead of ~15 s)."""
+        unknown = set(columns or ()) - set(SAMPLE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown sample columns {sorted(unknown)}")
+        cols = ", ".join(columns) if columns else "*"
         with self._read() as con:
-            df = pd.read_sql_query("SELECT * FROM samples ORDER BY idx", con)
-        df["is_clean"] = df["is_clean"].astype(bool)
+            df = pd.read_sql_query(f"SELECT {cols} FROM samples ORDER BY idx", con)
+        if "is_clean" in df:
+            df["is_clean"] = df["is_clean"].astype(bool)
         return df
 
     def export(self, pseudo: bool = False) -> pd.DataFrame:

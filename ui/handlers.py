@@ -211,7 +211,7 @@ class Handlers:
         c = self.c
         if ws.store is None:
             return {c.det_summary: "", c.rate_plot: None, c.hist_plot: None}
-        sc = ws.store.scores()
+        sc = ws.store.scores(["id", "label", "is_clean", "margin"])  # what the summary, rates and histogram use
         return {c.det_summary: v.detect_summary(sc, ws.run.path, ws.planted_summary()),
                 c.rate_plot: v.suspect_rates(sc), c.hist_plot: v.margin_histogram(sc)}
 

@@ -428,7 +428,8 @@ class Workspace:
         truth = ground_truth(self.run)
         if truth is None:
             return None
-        return planted_errors_caught(self.store.scores(), self.run.dataset.samples["id"], truth)
+        return planted_errors_caught(self.store.scores(["id", "is_clean", "margin"]), self.run.dataset.samples["id"],
+                                     truth)
 
     # -- review ---------------------------------------------------------------
     def evidence(self, item: dict, k: int = 4) -> list[tuple[str, str, list[Neighbour]]] | None:
