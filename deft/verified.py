@@ -9,6 +9,7 @@ manifest (that import decoded it) and it was not modified since that manifest wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -116,3 +117,97 @@ def for_dataset(home: str | os.PathLike, root: str | os.PathLike) -> VerifiedFil
             continue
         break
     return VerifiedFiles(home / FILE, trusted)
+
+
+LISTING = "listing.json"  # with listing.parquet (the samples) and listing_issues.parquet
+
+
+def folder_stamps(root: Path) -> dict[str, list[int]]:
+    """``{folder relative to root: [mtime_ns, inode]}`` of every folder under ``root`` (symlinks not followed).
+
+    Adding, removing or renaming an entry changes its folder's mtime, so equal stamps mean the same names."""
+    out: dict[str, list[int]] = {}
+    for dirpath, _, _ in os.walk(root, followlinks=False):
+        try:
+            st = os.lstat(dirpath)
+        except OSError:
+            continue
+        out[os.path.relpath(dirpath, root)] = [st.st_mtime_ns, st.st_ino]
+    return out
+
+
+def stamps_hold(root: Path, stamps: dict[str, list[int]]) -> bool:
+    """Whether every recorded folder still has its recorded mtime and inode (one ``lstat`` per folder)."""
+    for rel, (mtime, ino) in stamps.items():
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except OSError:
+            return False
+        if st.st_mtime_ns != mtime or st.st_ino != ino:
+            return False
+    return True
+
+
+def save_listing(home: Path, dataset, stamps: dict[str, list[int]]) -> None:
+    """Record an image folder's import (samples, classes, files excluded) under the folder stamps it was made at."""
+    from .atomic import write_json
+
+    try:
+        write_parquet(home / "listing.parquet", dataset.samples)
+        write_parquet(home / "listing_issues.parquet", dataset.issues.astype(str))
+        write_json(home / LISTING, {"root": str(Path(dataset.root)), "source": dataset.source,
+                                    "classes": dataset.classes, "n": len(dataset.samples), "stamps": stamps})
+    except (OSError, ValueError, TypeError):
+        pass  # a read-only runs folder: the next start lists the folder again
+
+
+def load_listing(home: Path, source: str):
+    """The recorded import of the image folder ``source`` when no folder in it changed since, else None."""
+    import json
+
+    from .data import Dataset, class_prompt, label_warnings
+
+    try:
+        meta = json.loads((home / LISTING).read_text())
+        root = Path(meta["root"])
+        if meta["source"] != str(source) or not stamps_hold(root, meta["stamps"]):
+            return None
+        samples = pd.read_parquet(home / "listing.parquet")
+        issues = pd.read_parquet(home / "listing_issues.parquet")
+        if len(samples) != meta["n"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    classes = list(meta["classes"])
+    return Dataset(root=root, samples=samples, classes=classes, prompts={c: class_prompt(c) for c in classes},
+                   issues=issues, source=str(source), warnings=label_warnings(classes))
+
+
+def recheck_in_background(home: Path, root: Path) -> None:
+    """After a start from the recorded listing: ``lstat`` every file in a worker process (off the server's GIL)
+    and decode those changed since their record; when any no longer decodes, the listing is dropped, so the
+    next load imports the folder again and excludes it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    try:
+        ctx.Process(target=_recheck, args=(str(home), str(root)), daemon=True, name="deft-recheck").start()
+    except (RuntimeError, OSError):  # e.g. a caller's script without a __main__ guard: no re-check this time
+        with contextlib.suppress(OSError):
+            (Path(home) / LISTING).unlink()  # so the next load lists and checks the folder itself
+
+
+def _recheck(home: str, root: str) -> None:
+    from .data import check_images, joined_paths
+
+    with contextlib.suppress(Exception):  # Linux: end with the server
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    ids = pd.read_parquet(Path(home) / "listing.parquet", columns=["id"])["id"].astype(str).tolist()
+    v = for_dataset(home, root)
+    problems = v.check(Path(root), ids, lambda todo: check_images(joined_paths(Path(root), todo), root=Path(root)))
+    if any(p is not None for p in problems):
+        with contextlib.suppress(OSError):
+            (Path(home) / LISTING).unlink()

@@ -33,7 +33,7 @@ from deft.errors import ReviewError, RunError
 from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.jobs import Job
-from deft.learning import ORDER, ProcessLearner, QueueLearner, signals_path
+from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
 from deft.ranking import RankConfig
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
@@ -41,6 +41,7 @@ from deft.roots import DataRoots
 from deft.run import Run, run_folder_lock
 from deft.store import ReviewStore
 from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
+from deft.verified import folder_stamps, load_listing, recheck_in_background, save_listing
 from deft.verified import for_dataset as verified_files
 
 from .views import merge_epochs, queue_note
@@ -121,10 +122,14 @@ class Learners:
     def _load(self, key: tuple, slot: _Loading, store: ReviewStore, run: Run) -> None:
         notes: list[str] = []
         try:
-            learner = ProcessLearner(store, run.path, self.config)  # refits off the server's GIL
-            if learner.wait_loaded():
-                slot.learner = learner
-            notes += learner.notes
+            try:
+                learner = ProcessLearner(store, run.path, self.config)  # refits off the server's GIL
+            except (RuntimeError, OSError):  # no worker process here (a script without a __main__ guard)
+                slot.learner = load_learner(store, run.path, self.config, notes)
+            else:
+                if learner.wait_loaded():
+                    slot.learner = learner
+                notes += learner.notes
         except Exception as exc:  # noqa: BLE001 - the review works without the learning queue; say why
             notes.append(f"{type(exc).__name__}: {exc}")
         finally:
@@ -224,8 +229,19 @@ class Workspace:
         if not p.exists():
             return load_dataset(source, root)  # its own sentence
         home = Path(self.settings.runs) / dataset_key(source)
+        folder = p.is_dir()
+        if folder:  # an image folder whose folders' entries did not change: its recorded import (a restart)
+            ds = load_listing(home, source)
+            if ds is not None:
+                recheck_in_background(home, ds.root)
+                return ds
+            stamps = folder_stamps(p)  # before listing: a file added meanwhile makes the next start list again
         img_root = Path(root) if root else (p.parent if p.is_file() else p)
-        return load_dataset(source, root, verify=verified_files(home, img_root))
+        ds = load_dataset(source, root, verify=verified_files(home, img_root))
+        if folder:
+            home.mkdir(parents=True, exist_ok=True)
+            save_listing(home, ds, stamps)
+        return ds
 
     def attach(self, run: Run) -> None:
         """Make ``run`` current and load its scores into the dataset's review store."""
