@@ -200,11 +200,6 @@ def recheck_in_background(home: Path, root: Path) -> None:
 def _recheck(home: str, root: str) -> None:
     from .data import check_images, joined_paths
 
-    with contextlib.suppress(Exception):  # Linux: end with the server
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     ids = pd.read_parquet(Path(home) / "listing.parquet", columns=["id"])["id"].astype(str).tolist()
     v = for_dataset(home, root)
     problems = v.check(Path(root), ids, lambda todo: check_images(joined_paths(Path(root), todo), root=Path(root)))
