@@ -203,8 +203,8 @@ def store_error(path: Path, exc: sqlite3.Error) -> RunError:
 
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html)
-SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = (
-    3, 8, 10, 11, 13, 14, 26)
+SQLITE_PERM, SQLITE_BUSY, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = (
+    3, 5, 8, 10, 11, 13, 14, 26)
 
 
 WRITE_FAILURES = {SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN}
@@ -285,7 +285,7 @@ class ReviewStore:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE ... COMMIT (rolled back on error)."""
         with self._read() as con:
-            con.execute("BEGIN IMMEDIATE")
+            self._begin(con)
             try:
                 yield con
                 con.execute("COMMIT")
@@ -296,6 +296,27 @@ class ReviewStore:
                     raise store_error(self.path, exc) from None  # disk full, read-only: a sentence, not a trace
                 raise
         self._maybe_checkpoint()
+
+    @staticmethod
+    def _begin(con: sqlite3.Connection, timeout: float = 30.0) -> None:
+        """BEGIN IMMEDIATE, retried every millisecond while another writer holds the lock (up to ``timeout``).
+
+        SQLite's own busy handler sleeps 1, 2, 5 ... then 100 ms between tries, so a key press waiting behind a
+        re-rank's back-to-back transactions kept waking up while the next one held the lock (seconds at 100k
+        samples); polling each millisecond takes the lock in the re-rank's pause between transactions."""
+        deadline = time.monotonic() + timeout
+        con.execute("PRAGMA busy_timeout=0")
+        try:
+            while True:
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode & 0xFF != SQLITE_BUSY or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.001)
+        finally:
+            con.execute("PRAGMA busy_timeout=30000")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -759,7 +780,7 @@ class ReviewStore:
             return [r[0] for r in con.execute("SELECT id FROM samples ORDER BY idx")]
 
     def rerank(self, name: str, order: list[str], values: pd.DataFrame | None = None, slack: int = 20,
-               chunk: int = 2000) -> int:
+               chunk: int = 2000, pause: float = 0.005) -> int:
         """Re-rank the samples of review order ``name`` that nobody has seen, in ``order`` (sample ids, first
         = reviewed first), and set their :data:`RANKED_COLUMNS` from ``values`` (indexed by sample id).
 
@@ -768,7 +789,8 @@ class ReviewStore:
         rendered but not yet saved as a reviewer's place is within that slack). Written in transactions of
         ``chunk`` samples, so a reviewer's key never waits for the whole queue (100,000 samples: ~2 s):
         re-ranked samples get keys after every existing one, in the new order, and each transaction skips
-        samples seen since the plan. Returns the number of samples re-ranked.
+        samples seen since the plan, pausing ``pause`` seconds after each so a waiting reviewer takes the lock.
+        Returns the number of samples re-ranked.
         """
         with self._read() as con:
             far = con.execute(
@@ -807,6 +829,7 @@ class ReviewStore:
                     con.executemany(f"UPDATE samples SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                                     [(*rows[i], ids[i]) for i in keep])
             moved += len(keep)
+            time.sleep(pause)  # a reviewer's commit waiting for the lock (see _begin) takes it now
         # p_wrong changed: the sum cached over it (expected_wrong) is summed again here, in the re-rank's own
         # thread (a read: it blocks no writer), and recorded with the new generation for every reader
         with self._read() as con:
