@@ -246,6 +246,12 @@ class ReviewStore:
         con.execute("PRAGMA wal_autocheckpoint=0")  # never in a reviewer's commit: see _maybe_checkpoint
         return con
 
+    def _checkpoint_now(self) -> None:
+        """Copy the WAL into the database in this thread: after a bulk load (1M samples: ~500 MB of WAL), before
+        the first card, so that its writes and flush do not land among the first key presses."""
+        with contextlib.suppress(sqlite3.Error), self._read() as con:
+            con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def _maybe_checkpoint(self) -> None:
         """After a commit: copy the WAL back into the database in a background thread once it holds more than
         :data:`CHECKPOINT_BYTES`. SQLite's automatic checkpoint ran inside whichever commit crossed 1,000
@@ -358,6 +364,7 @@ class ReviewStore:
             _bump_samples_gen(con)
             total = None if wrong is None or not wrong.notna().any() else float(wrong.sum())
             _set_wrong_sum(con, *_gens(con), total, len(df))
+        self._checkpoint_now()
         self.classes = list(classes)
 
     def load_issues(self, rows: list[tuple[str, str]], stamp: str = "",
@@ -380,6 +387,7 @@ class ReviewStore:
             rec = json.loads(rec[0]) if rec and rec[0] else None
             if rec is not None and rec.get("gen") == list(before):  # p_wrong is untouched: its sum still holds
                 _set_wrong_sum(con, *_gens(con), rec["sum"], rec["n"])
+        self._checkpoint_now()
 
     @staticmethod
     def path_for_run(run) -> Path:
@@ -815,6 +823,27 @@ class ReviewStore:
             v = values.loc[ids, cols]
             rows = list(v.astype(object).where(v.notna(), None).itertuples(index=False, name=None))
         moved = 0
+        with self._read() as con:  # the re-rank's own commits skip the fsync (a crash loses at most a re-rank's
+            con.execute("PRAGMA synchronous=NORMAL")  # tail, redone at the next refit): fewer flushes for keys to
+        try:  # queue behind
+            moved = self._rerank_chunks(name, ids, rows, cols, top, chunk, pause)
+        finally:
+            with self._read() as con:
+                con.execute("PRAGMA synchronous=FULL")
+        # p_wrong changed: the sum cached over it (expected_wrong) is summed again here, in the re-rank's own
+        # thread (a read: it blocks no writer), and recorded with the new generation for every reader
+        with self._read() as con:
+            total, n = con.execute("SELECT SUM(p_wrong), COUNT(*) FROM samples").fetchone()
+        with self._tx() as con:
+            rank_gen = os.urandom(8).hex()
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rank_gen', ?)", (rank_gen,))
+            _set_wrong_sum(con, _gens(con)[0], rank_gen, total, n)
+        return moved
+
+    def _rerank_chunks(self, name: str, ids: list[str], rows: list, cols: list[str], top: float, chunk: int,
+                       pause: float) -> int:
+        """:meth:`rerank`'s writes: ``chunk`` samples per transaction, skipping those seen since the plan."""
+        moved = 0
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
             marks = ",".join("?" * len(part))
@@ -830,14 +859,6 @@ class ReviewStore:
                                     [(*rows[i], ids[i]) for i in keep])
             moved += len(keep)
             time.sleep(pause)  # a reviewer's commit waiting for the lock (see _begin) takes it now
-        # p_wrong changed: the sum cached over it (expected_wrong) is summed again here, in the re-rank's own
-        # thread (a read: it blocks no writer), and recorded with the new generation for every reader
-        with self._read() as con:
-            total, n = con.execute("SELECT SUM(p_wrong), COUNT(*) FROM samples").fetchone()
-        with self._tx() as con:
-            rank_gen = os.urandom(8).hex()
-            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rank_gen', ?)", (rank_gen,))
-            _set_wrong_sum(con, _gens(con)[0], rank_gen, total, n)
         return moved
 
     def scores(self, columns: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
