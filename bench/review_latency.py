@@ -172,6 +172,7 @@ def serve(data: Path, runs: Path, log: Path, rerank_every: int = 25) -> tuple[su
 
 
 def measure(url: str, presses: int, chromium: str) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     keys = ["k", "x", "1", "j", "k", "u", "x", "j"]
@@ -186,15 +187,20 @@ def measure(url: str, presses: int, chromium: str) -> dict:
         page.get_by_role("tab", name="3 · Review").click()
         page.wait_for_selector("#card-id", timeout=600_000)
         first_card_s = time.perf_counter() - t
+        lost = 0  # presses whose card did not change within 30 s (an error answer, or a stall): counted, not timed
         for i in range(presses + 5):  # the first 5 warm up the page
             n0 = page.evaluate("() => window.__lat.length")
             page.keyboard.press(keys[i % len(keys)])
-            page.wait_for_function("(n) => window.__lat.length > n", arg=n0, timeout=30_000)
+            try:
+                page.wait_for_function("(n) => window.__lat.length > n", arg=n0, timeout=30_000)
+            except PlaywrightTimeout:
+                lost += 1
         lat = np.array(page.evaluate("() => window.__lat"))[5:]
         b.close()
     if not len(lat):
         return {"first_card_s": first_card_s}
-    return {"presses": int(len(lat)), "median_ms": float(np.median(lat)), "p90_ms": float(np.percentile(lat, 90)),
+    return {"presses": int(len(lat)), "lost_presses": lost, "median_ms": float(np.median(lat)),
+            "p90_ms": float(np.percentile(lat, 90)),
             "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "first_card_s": first_card_s}
 
 
