@@ -7,6 +7,8 @@ which is safe: every action names the sample and version it was shown.
 Layout under ``runs/``::
 
     runs/<dataset-key>/review.sqlite            decisions (survive re-detection)
+    runs/<dataset-key>/verified.parquet         files an import decoded (size, mtime, inode, problem)
+    runs/<dataset-key>/listing.*                an image folder's import, reused while its folders are unchanged
     runs/<dataset-key>/detect-<config-hash>/    one deft run per detection setting
     runs/.thumbs/                               content-addressed thumbnails (never rewritten)
 """
