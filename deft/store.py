@@ -824,12 +824,14 @@ class ReviewStore:
             rows = list(v.astype(object).where(v.notna(), None).itertuples(index=False, name=None))
         moved = 0
         with self._read() as con:  # the re-rank's own commits skip the fsync (a crash loses at most a re-rank's
-            con.execute("PRAGMA synchronous=NORMAL")  # tail, redone at the next refit): fewer flushes for keys to
-        try:  # queue behind
+            con.execute("PRAGMA synchronous=NORMAL")  # tail, redone at the next refit) and, in the re-rank's own
+            con.execute("PRAGMA wal_autocheckpoint=1000")  # thread, checkpoint as they go: left to the background
+        try:  # thread, the WAL grew to hundreds of MB during a 1M re-rank and every read in it took seconds
             moved = self._rerank_chunks(name, ids, rows, cols, top, chunk, pause)
         finally:
             with self._read() as con:
                 con.execute("PRAGMA synchronous=FULL")
+                con.execute("PRAGMA wal_autocheckpoint=0")
         # p_wrong changed: the sum cached over it (expected_wrong) is summed again here, in the re-rank's own
         # thread (a read: it blocks no writer), and recorded with the new generation for every reader
         with self._read() as con:
