@@ -1,4 +1,4 @@
-"""Review latency in the browser: key press -> next card rendered, at 1k and 100k samples.
+"""Review latency in the browser: key press -> next card rendered, at 1k, 100k and 1M samples.
 
 For each size the bench builds an image folder of N files (hard links to the bundled demo
 images), a detection run with synthetic scores (every sample a suspect, so the queue is N
@@ -9,9 +9,12 @@ keep, exclude, accept (1), next (j) and undo (u), all committed to SQLite (WAL, 
 Keys travel the app's lean route (``POST /deft/act``, :mod:`ui.lean`), as they do for a reviewer.
 By default the run also holds synthetic learning-queue signals (as ``deft audit`` leaves them), so the
 server refits and re-ranks the queue every 25 decisions in the background while the keys are timed
-(``--no-learning``: the app before an audit).
+(``--no-learning``: the app before an audit). Each size also times the first card of the fresh server (no
+review database yet: the detection's scores are loaded into one) and, after stopping it, of the same server
+started again (``restart_first_card_s``: nothing on disk is recomputed); ``server_up_s`` is the time before
+the app answers HTTP, which the first-card times (page opened -> card shown) do not include.
 
-    python bench/review_latency.py [--sizes 1000 100000] [--presses 120] [--out bench/results/review_latency.json]
+    python bench/review_latency.py --sizes 1000 100000 1000000 [--presses 120] [--out bench/results/review_latency.json]
 """
 
 from __future__ import annotations
@@ -145,7 +148,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(data: Path, runs: Path, log: Path, rerank_every: int = 25) -> tuple[subprocess.Popen, str]:
+def serve(data: Path, runs: Path, log: Path, rerank_every: int = 25) -> tuple[subprocess.Popen, str, float]:
+    """Start ``app.py``; returns the process, its URL and the seconds until it answered HTTP."""
+    t0 = time.perf_counter()
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, str(ROOT / "app.py"), "--data", str(data), "--runs", str(runs), "--port", str(port),
@@ -159,7 +164,7 @@ def serve(data: Path, runs: Path, log: Path, rerank_every: int = 25) -> tuple[su
             raise RuntimeError(f"app.py exited:\n{log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return proc, url
+                return proc, url, time.perf_counter() - t0
         except OSError:
             time.sleep(0.5)
     proc.kill()
@@ -167,6 +172,7 @@ def serve(data: Path, runs: Path, log: Path, rerank_every: int = 25) -> tuple[su
 
 
 def measure(url: str, presses: int, chromium: str) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     keys = ["k", "x", "1", "j", "k", "u", "x", "j"]
@@ -181,14 +187,29 @@ def measure(url: str, presses: int, chromium: str) -> dict:
         page.get_by_role("tab", name="3 · Review").click()
         page.wait_for_selector("#card-id", timeout=600_000)
         first_card_s = time.perf_counter() - t
+        lost = 0  # presses whose card did not change within 30 s (an error answer, or a stall): counted, not timed
         for i in range(presses + 5):  # the first 5 warm up the page
             n0 = page.evaluate("() => window.__lat.length")
             page.keyboard.press(keys[i % len(keys)])
-            page.wait_for_function("(n) => window.__lat.length > n", arg=n0, timeout=30_000)
+            try:
+                page.wait_for_function("(n) => window.__lat.length > n", arg=n0, timeout=30_000)
+            except PlaywrightTimeout:
+                lost += 1
         lat = np.array(page.evaluate("() => window.__lat"))[5:]
         b.close()
-    return {"presses": int(len(lat)), "median_ms": float(np.median(lat)), "p90_ms": float(np.percentile(lat, 90)),
+    if not len(lat):
+        return {"first_card_s": first_card_s}
+    return {"presses": int(len(lat)), "lost_presses": lost, "median_ms": float(np.median(lat)),
+            "p90_ms": float(np.percentile(lat, 90)),
             "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "first_card_s": first_card_s}
+
+
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def rerank_report(runs: Path) -> dict | None:
@@ -209,7 +230,7 @@ def rerank_report(runs: Path) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
     ap.add_argument("--presses", type=int, default=120)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "review_latency.json"))
@@ -223,19 +244,30 @@ def main() -> None:
             t = time.perf_counter()
             data, runs = prepare(n, Path(d), a.learning)
             prep_s = time.perf_counter() - t
-            proc, url = serve(data, runs, Path(d) / f"server{n}.log", a.rerank_every)
+            proc, url, up_s = serve(data, runs, Path(d) / f"server{n}.log", a.rerank_every)
             try:
                 r = measure(url, a.presses, a.chromium)
             finally:
                 proc.terminate()
                 proc.wait(20)
             r["reranks"] = rerank_report(runs)
+            r["server_up_s"] = up_s  # process start -> the app answers HTTP (before the page opens)
+            # the same server started again on the same runs folder: nothing on disk is recomputed
+            proc, url, up2_s = serve(data, runs, Path(d) / f"server{n}-restart.log", a.rerank_every)
+            try:
+                again = measure(url, 0, a.chromium)
+            finally:
+                proc.terminate()
+                proc.wait(20)
+            r["restart_first_card_s"], r["restart_server_up_s"] = again["first_card_s"], up2_s
             rows.append({"samples": n, **r, "prepare_s": prep_s, "learning": a.learning})
             print(f"{n:>8} samples: median {r['median_ms']:.1f} ms, p90 {r['p90_ms']:.1f}, p99 {r['p99_ms']:.1f}, "
-                  f"max {r['max_ms']:.1f} ({r['presses']} key presses; first card after {r['first_card_s']:.1f} s; "
-                  f"last re-rank {r['reranks']})",
+                  f"max {r['max_ms']:.1f} ({r['presses']} key presses; first card after {r['first_card_s']:.1f} s "
+                  f"(+{up_s:.1f} s server start), after a restart {r['restart_first_card_s']:.1f} s "
+                  f"(+{up2_s:.1f} s); last re-rank {r['reranks']})",
                   flush=True)
-    info = {"machine": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
+    info = {"machine": platform.platform(), "processor": platform.processor(), "cpu_model": cpu_model(),
+            "python": platform.python_version(),
             "cpus": os.cpu_count(), "what": "key press -> next card rendered (keydown to the animation frame after "
             "the card changed), measured in Debian chromium via Playwright against `python app.py`",
             "note": "2-core CPU dev box; the load average is what else ran (this bench's own server and "

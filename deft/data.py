@@ -243,7 +243,7 @@ def _finish(
     rows: pd.DataFrame,
     classes: list[str],
     prompts: dict[str, str] | None,
-    verify: bool,
+    verify,
     source: str,
     pre_issues: list[dict[str, str]] | None = None,
 ) -> Dataset:
@@ -253,7 +253,11 @@ def _finish(
                         "a class name must be one line of text. Fix those labels (or folder names).")
     issues = list(pre_issues or [])
     if verify and len(rows):
-        problems = check_images(joined_paths(root, rows["id"]), root=root)
+        if verify is True:
+            problems = check_images(joined_paths(root, rows["id"]), root=root)
+        else:  # a deft.verified.VerifiedFiles: files decoded by an earlier import (unchanged since) are not again
+            problems = verify.check(root, rows["id"].tolist(), lambda ids: check_images(joined_paths(root, ids),
+                                                                                        root=root))
         bad = np.array([p is not None for p in problems], dtype=bool)
         issues += [{"path": i, "problem": p} for i, p in zip(rows["id"], problems, strict=True) if p]
         rows = rows.loc[~bad]
@@ -504,13 +508,16 @@ def load_dataset(
     source: str | os.PathLike,
     root: str | os.PathLike | None = None,
     descriptions: str | os.PathLike | None = None,
-    verify: bool = True,
+    verify=True,
     label_column: str | None = None,
 ) -> Dataset:
     """Import a dataset (dispatch on ``source``, see :func:`deft.interop.source_kind`): an ImageFolder, a
     CSV/Parquet table, a Hugging Face dataset folder (``label_column``: which column holds the label; default the
     first ``ClassLabel``), a Label Studio JSON export (``root``: the folder its local-files / upload paths are
-    relative to), a FiftyOne image-classification folder or ``fiftyone:NAME``."""
+    relative to), a FiftyOne image-classification folder or ``fiftyone:NAME``.
+
+    ``verify``: True decodes every image, False none, a :class:`deft.verified.VerifiedFiles` only those an
+    earlier import did not decode (new or changed files)."""
     from .interop import source_kind
 
     prompts = load_class_descriptions(descriptions) if descriptions else None

@@ -14,6 +14,7 @@ off the key path (a background thread); ``deft simulate`` runs the same object i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -252,7 +253,8 @@ class QueueLearner:
             sugg = rk.pool_suggestions(sources, sig.labels, self.model.p_wrong, weights)
             ranked = rank_columns(sig, self.model, sugg)
             order = [sid for _, sid, _ in order_rows(ranked)]
-            moved_n = self.store.rerank(ORDER, order, ranked.set_index("id"))
+            # 500-sample transactions: a reviewer's commit waits for at most one, a quarter of the former 2,000
+            moved_n = self.store.rerank(ORDER, order, ranked.set_index("id"), chunk=500)
             unreviewed = np.ones(len(sig.ids), dtype=bool)
             unreviewed[rows] = False
             est = rk.remaining_estimate(rk.estimate_remaining(self.model.p_wrong, unreviewed),
@@ -283,6 +285,107 @@ def unreviewed_suspects(store, count: dict | None = None) -> int | None:
     (``count``: the store's :meth:`~deft.store.ReviewStore.count`, when the caller has it)."""
     c = count if count is not None else store.count()
     return max(0, int(c["suspects"]) - int(c["reviewed"])) if c["suspects"] else None
+
+
+class ProcessLearner:
+    """A :class:`QueueLearner` that lives in a worker process: what the app runs.
+
+    A refit at 1M samples computes for minutes and holds the GIL for up to ~2 s at a time (pandas and
+    object arrays), so in the server's process it stalled key presses by as much; here the server's
+    thread only waits on a pipe. The worker loads the signals and the unsupervised fit once, then refits
+    on request and re-ranks through its own connection to the review store (SQLite serialises its short
+    write transactions with the reviewers'). Same interface as :class:`QueueLearner` for the app:
+    :meth:`due`, :meth:`refit`, :meth:`maybe_refit_async`, :attr:`last`.
+    """
+
+    def __init__(self, store, run_path: str | os.PathLike, config: rk.RankConfig | None = None) -> None:
+        import multiprocessing as mp
+
+        self.store, self.config = store, config or rk.RankConfig()
+        ctx = mp.get_context("spawn")  # never fork a threaded server
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, str(store.path), str(run_path), self.config),
+                                 daemon=True, name="deft-learner")
+        self._proc.start()
+        child.close()
+        self._lock = threading.Lock()
+        self.last: RerankReport | None = None
+        self.loaded: bool | None = None  # None while loading; False: the run has no usable signals
+        self.notes: list[str] = []
+
+    def wait_loaded(self) -> bool:
+        """Block until the worker loaded the signals; False (with :attr:`notes`) when it could not."""
+        with self._lock:
+            if self.loaded is None:
+                try:
+                    kind, value = self._conn.recv()
+                except (EOFError, OSError) as exc:
+                    kind, value = "none", [f"the learning process ended ({type(exc).__name__})"]
+                self.loaded = kind == "ok"
+                self.notes = [] if self.loaded else list(value)
+                if not self.loaded:
+                    self.close()
+            return self.loaded
+
+    def due(self) -> bool:
+        n = self.store.n_decisions()
+        return n - int(self.store.get_meta("rank_at", "0") or 0) >= self.config.every
+
+    def refit(self) -> RerankReport:
+        if not self.wait_loaded():
+            raise RunError("; ".join(self.notes) or "the review queue has no signals")
+        with self._lock:
+            self._conn.send("refit")
+            kind, value = self._conn.recv()
+            if kind != "ok":
+                raise RuntimeError(value)
+            self.last = RerankReport(**value)
+            return self.last
+
+    def maybe_refit_async(self) -> bool:
+        if self._lock.locked() or self.loaded is False or not self.due():
+            return False
+        threading.Thread(target=self._refit_quietly, daemon=True, name="deft-rerank").start()
+        return True
+
+    def _refit_quietly(self) -> None:
+        try:
+            self.refit()
+        except Exception as exc:  # noqa: BLE001 (a failed refit must not take the review down)
+            self.store.set_meta("rank_error", f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        if self._proc.is_alive():
+            self._proc.join(timeout=5)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+
+def _serve(conn, store_path: str, run_path: str, config: rk.RankConfig) -> None:
+    """The worker of :class:`ProcessLearner`: load, then one refit per request until the pipe closes."""
+    from .store import ReviewStore
+
+    try:
+        notes: list[str] = []
+        learner = load_learner(ReviewStore(store_path), run_path, config, notes)
+    except Exception as exc:  # noqa: BLE001 - said to the server, which reviews without learning
+        learner, notes = None, [f"{type(exc).__name__}: {exc}"]
+    conn.send(("ok", None) if learner is not None else ("none", notes))
+    if learner is None:
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg != "refit":
+            continue
+        try:
+            conn.send(("ok", asdict(learner.refit())))
+        except Exception as exc:  # noqa: BLE001
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def signals_path(run_path: str | os.PathLike) -> Path:

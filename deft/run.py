@@ -109,7 +109,7 @@ class Run:
             raise RunError(f"{path} is not a deft run folder (no run.json). Create one with `python -m deft detect`.")
         meta = read_meta(path)
         manifest = read_parquet(path / "manifest.parquet", MANIFEST_COLUMNS, "re-run `deft detect` into a new --out")
-        stray = sorted(set(manifest["label"].astype(str)) - set(meta["classes"]))
+        stray = sorted(set(manifest["label"].astype(str).unique()) - set(meta["classes"]))  # not 1M Arrow strings
         if stray:
             raise RunError(f"{path / 'manifest.parquet'} holds labels {stray[:5]} that {path / 'run.json'} does not "
                            "list as classes (one of them is damaged or from another run); re-run `deft detect` into a "

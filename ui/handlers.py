@@ -160,7 +160,7 @@ class Handlers:
         c, ds = self.c, ws.dataset
         counts = v.class_counts_frame(ds)
         chart = gr.update(value=counts, y_lim=[0, int(counts["images"].max() * 1.1) + 1])
-        return {c.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None, ws.notes),
+        return {c.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None, ws.all_notes()),
                 c.counts_plot: chart, c.issues_df: ds.issues,
                 c.thumb_class: gr.update(choices=ds.classes, value=ds.classes[0]),
                 c.gallery: self.class_thumbs_of(ws, ds.classes[0])}
@@ -236,7 +236,7 @@ class Handlers:
         c = self.c
         if ws.store is None:
             return {c.det_summary: "", c.rate_plot: None, c.hist_plot: None}
-        sc = ws.store.scores()
+        sc = ws.store.scores(["id", "label", "is_clean", "margin"])  # what the summary, rates and histogram use
         return {c.det_summary: v.detect_summary(sc, ws.run.path, ws.planted_summary()),
                 c.rate_plot: v.suspect_rates(sc), c.hist_plot: v.margin_histogram(sc)}
 

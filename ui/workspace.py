@@ -7,6 +7,8 @@ which is safe: every action names the sample and version it was shown.
 Layout under ``runs/``::
 
     runs/<dataset-key>/review.sqlite            decisions (survive re-detection)
+    runs/<dataset-key>/verified.parquet         files an import decoded (size, mtime, inode, problem)
+    runs/<dataset-key>/listing.*                an image folder's import, reused while its folders are unchanged
     runs/<dataset-key>/detect-<config-hash>/    one deft run per detection setting
     runs/.thumbs/                               content-addressed thumbnails (never rewritten)
 """
@@ -34,7 +36,7 @@ from deft.estimate import measure_full_deft_step, preselect_preview, projection_
 from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.interop import FIFTYONE_PREFIX
 from deft.jobs import Job
-from deft.learning import ORDER, QueueLearner, load_learner, signals_path, unreviewed_suspects
+from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path, unreviewed_suspects
 from deft.monitor import epoch_history, planted_errors_caught, training_curves
 from deft.ranking import RankConfig, remaining_estimate
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
@@ -43,6 +45,8 @@ from deft.run import Run, run_folder_lock
 from deft.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
 from deft.store import ReviewStore
 from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
+from deft.verified import folder_stamps, load_listing, recheck_in_background, save_listing
+from deft.verified import for_dataset as verified_files
 
 from .views import merge_epochs, queue_note
 
@@ -78,29 +82,66 @@ class AppSettings:
         return RankConfig(every=n, min_decisions=min(RankConfig.min_decisions, n))
 
 
+class _Loading:
+    """A learner being loaded in the background (``done`` once ``learner`` is set, None if the run has none)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.learner: QueueLearner | ProcessLearner | None = None
+
+
 class Learners:
     """One :class:`~deft.learning.QueueLearner` per review store and audited run, shared by every session on
-    that dataset (two reviewers feed one model). Created when a session attaches the run (loading the
-    signals and the unsupervised fit happen then, never on a key press)."""
+    that dataset (two reviewers feed one model). Loaded in a background thread when a session attaches the run
+    (the signals and the unsupervised fit took ~20 s at 1M samples: the first card does not wait for them, and
+    never a key press)."""
 
     def __init__(self, config: RankConfig) -> None:
         self.config = config
-        self._items: dict[tuple, QueueLearner | None] = {}
+        self._items: dict[tuple, _Loading] = {}  # one worker process each (a replaced one is closed)
         self._notes: dict[tuple, list[str]] = {}
         self._lock = threading.Lock()
 
-    def get(self, store: ReviewStore, run: Run) -> QueueLearner | None:
+    def get(self, store: ReviewStore, run: Run, wait: bool = True) -> QueueLearner | None:
+        """The run's learner (None before an audit with signals). Starts loading it if needed; ``wait=False``
+        returns None until it is loaded (a refit due meanwhile starts when it is)."""
         key = self._key(store, run)
         if key is None:
             return None
         with self._lock:
-            if key not in self._items:  # a new audit (or run) of this store replaces its learner
+            slot = self._items.get(key)
+            if slot is None:  # a new audit (or run) of this store replaces its learner
+                for k, old in self._items.items():
+                    if k[0] == key[0] and old.learner is not None:
+                        old.learner.close()
                 self._items = {k: v for k, v in self._items.items() if k[0] != key[0]}
                 self._notes = {k: v for k, v in self._notes.items() if k[0] != key[0]}
-                notes: list[str] = []
-                self._items[key] = load_learner(store, run.path, self.config, notes)
+                slot = self._items[key] = _Loading()
+                threading.Thread(target=self._load, args=(key, slot, store, run), daemon=True,
+                                 name="deft-learner-load").start()
+        if wait:
+            slot.done.wait()
+        return slot.learner if slot.done.is_set() else None
+
+    def _load(self, key: tuple, slot: _Loading, store: ReviewStore, run: Run) -> None:
+        notes: list[str] = []
+        try:
+            try:
+                learner = ProcessLearner(store, run.path, self.config)  # refits off the server's GIL
+            except (RuntimeError, OSError):  # no worker process here (a script without a __main__ guard)
+                slot.learner = load_learner(store, run.path, self.config, notes)
+            else:
+                if learner.wait_loaded():
+                    slot.learner = learner
+                notes += learner.notes
+        except Exception as exc:  # noqa: BLE001 - the review works without the learning queue; say why
+            notes.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
                 self._notes[key] = notes
-            return self._items[key]
+            slot.done.set()
+        if slot.learner is not None:
+            slot.learner.maybe_refit_async()  # decisions taken while it loaded
 
     def notes(self, store: ReviewStore, run: Run) -> list[str]:
         """Why the run's learner is missing although its audit saved signals (damaged, other samples), if so."""
@@ -127,7 +168,6 @@ class Workspace:
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
     datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
     learners: Learners | None = None  # shared by Workspaces: one learning queue per dataset store
-    learner: QueueLearner | None = None  # the current run's (None before an audit with signals)
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     train_dir: Path | None = None  # the folder of the latest training job (its log: the whole curve of a resumed run)
     notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
@@ -152,7 +192,7 @@ class Workspace:
             source, root = str(roots.check(source)), root and str(roots.check(root))
         ds = self._import(source, root or None)
         with self._lock:
-            self.dataset, self.run, self.store, self.learner, self.notes = ds, None, None, None, []
+            self.dataset, self.run, self.store, self.notes = ds, None, None, []
             self.queues.clear()
             self.home.mkdir(parents=True, exist_ok=True)
             runs = sorted((p for p in self.home.glob("detect-*") if (p / "scores.parquet").is_file()),
@@ -179,12 +219,33 @@ class Workspace:
 
     def _import(self, source: str, root: str | None) -> Dataset:
         if self.datasets is None:
-            return load_dataset(source, root)
+            return self._verified_import(source, root)
         p = Path(source)
         key = (str(p.resolve()), root, p.stat().st_mtime_ns if p.exists() else 0)
         ds = self.datasets.get(key)
         if ds is None:
-            ds = self.datasets[key] = load_dataset(source, root)
+            ds = self.datasets[key] = self._verified_import(source, root)
+        return ds
+
+    def _verified_import(self, source: str, root: str | None) -> Dataset:
+        """Import ``source``, decoding only the images no earlier import (recorded under the dataset's runs
+        folder, or a finished detection's manifest) decoded: a 1M-image folder took minutes per app start."""
+        p = Path(source)
+        if not p.exists():
+            return load_dataset(source, root)  # its own sentence
+        home = Path(self.settings.runs) / dataset_key(source)
+        folder = p.is_dir()
+        if folder:  # an image folder whose folders' entries did not change: its recorded import (a restart)
+            ds = load_listing(home, source)
+            if ds is not None:
+                recheck_in_background(home, ds.root)
+                return ds
+            stamps = folder_stamps(p)  # before listing: a file added meanwhile makes the next start list again
+        img_root = Path(root) if root else (p.parent if p.is_file() else p)
+        ds = load_dataset(source, root, verify=verified_files(home, img_root))
+        if folder:
+            home.mkdir(parents=True, exist_ok=True)
+            save_listing(home, ds, stamps)
         return ds
 
     def attach(self, run: Run) -> None:
@@ -200,18 +261,32 @@ class Workspace:
             store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
         if self.learners is None:
             self.learners = Learners(self.settings.rank_config())
-        learner = self.learners.get(store, run)
+        self.learners.get(store, run, wait=False)  # starts loading it in the background
         with self._lock:
-            self.run, self.store, self.learner = run, store, learner
-            self.notes = [*run.notes, *(f"The review queue does not learn from decisions: {n}"
-                                        for n in self.learners.notes(store, run))]
+            self.run, self.store = run, store
+            self.notes = list(run.notes)
             self.queues.clear()
         self.learn()
 
+    @property
+    def learner(self) -> QueueLearner | None:
+        """The current run's learning queue (None before an audit with signals); waits until it is loaded."""
+        run, store = self.run, self.store
+        return None if run is None or store is None or self.learners is None else self.learners.get(store, run)
+
+    def all_notes(self) -> list[str]:
+        """:attr:`notes`, and why the review queue does not learn when its signals were found damaged (once the
+        background load found out)."""
+        run, store, learners = self.run, self.store, self.learners
+        extra = learners.notes(store, run) if run is not None and store is not None and learners is not None else []
+        return [*self.notes, *(f"The review queue does not learn from decisions: {n}" for n in extra)]
+
     def learn(self) -> None:
         """After a decision: refit the queue's model in a background thread when one is due. The caller never
-        waits for the refit (two indexed lookups decide whether one is due)."""
-        learner = self.learner
+        waits for the refit (two indexed lookups decide whether one is due), nor for the learner's load."""
+        run, store, learners = self.run, self.store, self.learners
+        ready = run is not None and store is not None and learners is not None
+        learner = learners.get(store, run, wait=False) if ready else None
         if learner is not None:
             learner.maybe_refit_async()
 
@@ -378,7 +453,8 @@ class Workspace:
         truth = ground_truth(self.run)
         if truth is None:
             return None
-        return planted_errors_caught(self.store.scores(), self.run.dataset.samples["id"], truth)
+        return planted_errors_caught(self.store.scores(["id", "is_clean", "margin"]), self.run.dataset.samples["id"],
+                                     truth)
 
     # -- review ---------------------------------------------------------------
     def evidence(self, item: dict, k: int = 4) -> list[tuple[str, str, list[Neighbour]]] | None:
