@@ -186,7 +186,35 @@ class RerankReport:
         return f"queue re-ranked from {self.source}{prec}"
 
 
-class QueueLearner:
+class _RefitsInBackground:
+    """What both learners share: when a refit is due, and starting one in a thread without blocking."""
+
+    store: object
+    config: rk.RankConfig
+    _lock: threading.Lock
+
+    def due(self) -> bool:
+        n = self.store.n_decisions()
+        return n - int(self.store.get_meta("rank_at", "0") or 0) >= self.config.every
+
+    def _can_refit(self) -> bool:
+        return True
+
+    def maybe_refit_async(self) -> bool:
+        """Start a refit in a background thread when one is due and none is running; True if started."""
+        if self._lock.locked() or not self._can_refit() or not self.due():
+            return False
+        threading.Thread(target=self._refit_quietly, daemon=True, name="deft-rerank").start()
+        return True
+
+    def _refit_quietly(self) -> None:
+        try:
+            self.refit()
+        except Exception as exc:  # noqa: BLE001 (a failed refit must not take the review down)
+            self.store.set_meta("rank_error", f"{type(exc).__name__}: {exc}")
+
+
+class QueueLearner(_RefitsInBackground):
     """Refits the ranking on a review store's decisions and re-ranks its unseen samples.
 
     Thread-safe: one refit at a time (:meth:`maybe_refit_async` never blocks the caller).
@@ -213,10 +241,6 @@ class QueueLearner:
         index = {c: i for i, c in enumerate(self.signals.classes)}
         final = cur["final_label"].map(index).fillna(-1).to_numpy(np.int64)
         return rows, wrong, cur["seq"].to_numpy(np.int64), final
-
-    def due(self) -> bool:
-        n = self.store.n_decisions()
-        return n - int(self.store.get_meta("rank_at", "0") or 0) >= self.config.every
 
     def refit(self) -> RerankReport:
         """Fit on every decision so far, then re-rank and re-suggest the unseen samples."""
@@ -266,19 +290,6 @@ class QueueLearner:
             self.store.set_meta("rank_report", json.dumps(asdict(self.last)))
             return self.last
 
-    def maybe_refit_async(self) -> bool:
-        """Start a refit in a background thread when one is due and none is running; True if started."""
-        if self._lock.locked() or not self.due():
-            return False
-        threading.Thread(target=self._refit_quietly, daemon=True, name="deft-rerank").start()
-        return True
-
-    def _refit_quietly(self) -> None:
-        try:
-            self.refit()
-        except Exception as exc:  # noqa: BLE001 (a failed refit must not take the review down)
-            self.store.set_meta("rank_error", f"{type(exc).__name__}: {exc}")
-
 
 def unreviewed_suspects(store, count: dict | None = None) -> int | None:
     """DEFT's suspects (``is_clean`` false) nobody has decided yet: the flagged half of the stopping rule
@@ -287,7 +298,7 @@ def unreviewed_suspects(store, count: dict | None = None) -> int | None:
     return max(0, int(c["suspects"]) - int(c["reviewed"])) if c["suspects"] else None
 
 
-class ProcessLearner:
+class ProcessLearner(_RefitsInBackground):
     """A :class:`QueueLearner` that lives in a worker process: what the app runs.
 
     A refit at 1M samples computes for minutes and holds the GIL for up to ~2 s at a time (pandas and
@@ -327,10 +338,6 @@ class ProcessLearner:
                     self.close()
             return self.loaded
 
-    def due(self) -> bool:
-        n = self.store.n_decisions()
-        return n - int(self.store.get_meta("rank_at", "0") or 0) >= self.config.every
-
     def refit(self) -> RerankReport:
         if not self.wait_loaded():
             raise RunError("; ".join(self.notes) or "the review queue has no signals")
@@ -342,17 +349,8 @@ class ProcessLearner:
             self.last = RerankReport(**value)
             return self.last
 
-    def maybe_refit_async(self) -> bool:
-        if self._lock.locked() or self.loaded is False or not self.due():
-            return False
-        threading.Thread(target=self._refit_quietly, daemon=True, name="deft-rerank").start()
-        return True
-
-    def _refit_quietly(self) -> None:
-        try:
-            self.refit()
-        except Exception as exc:  # noqa: BLE001 (a failed refit must not take the review down)
-            self.store.set_meta("rank_error", f"{type(exc).__name__}: {exc}")
+    def _can_refit(self) -> bool:
+        return self.loaded is not False
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
