@@ -9,7 +9,7 @@ VENV   ?= .venv
 MODEL  ?=
 ARGS   ?=
 HASH_RT  := $(shell cat requirements.txt requirements-app.txt | sha1sum | cut -c1-12)
-HASH_DEV := $(shell cat requirements.txt requirements-app.txt requirements-dev.txt | sha1sum | cut -c1-12)
+HASH_DEV := $(shell cat requirements.txt requirements-app.txt requirements-hf.txt requirements-dev.txt | sha1sum | cut -c1-12)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint chromium demo-offline bench
@@ -23,7 +23,7 @@ $(VENV)/.rt-$(HASH_RT): requirements.txt requirements-app.txt | $(VENV)/bin/pyth
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.rt-* && touch $@
 
-$(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-app.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.dev-$(HASH_DEV): requirements.txt requirements-app.txt requirements-hf.txt requirements-dev.txt | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.dev-* && touch $@

@@ -31,6 +31,15 @@ def test_library_dependencies_leave_gradio_to_the_app_extra():
     assert "-r requirements.txt -r requirements-app.txt" in (REPO / "Makefile").read_text()
 
 
+def test_setuptools_accepts_the_project_metadata():
+    """The merge of two extras once listed optional-dependencies both statically and as dynamic: `make` failed."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    cfg = read_configuration(REPO / "pyproject.toml", expand=True)
+    extras = cfg["project"]["optional_dependencies"]
+    assert extras["app"] == ["gradio==6.31.0"] and extras["hf"] == ["datasets==5.2.0"] and "fiftyone" in extras
+
+
 def test_no_deft_module_imports_gradio_or_ui():
     """Not even inside a function: the front ends import the library, never the other way."""
     bad = []
