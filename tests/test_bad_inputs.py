@@ -742,6 +742,8 @@ def test_damaged_run_file_never_stops_the_app_loading_the_dataset(case, finished
     shown += [_strings(h.detect_results(ws)), _strings(h.detect_curves("s")), _strings(h.audit_views(ws)),
               _strings(h.map_view("s")), _strings(h.evidence("s", "c", None))]
     ws.training_runs()
+    ws.learner  # noqa: B018 - waits for the learning queue's background load, which finds damaged signals
+    shown.append(ws.queue_note())  # what the Review counter (polled) says once it has
     name = next((n for n in APP_NAMES if case.startswith(n)), None)  # None: a file the app does not read
     if name is not None:
         assert name in "\n".join(shown), shown

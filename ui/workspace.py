@@ -16,6 +16,7 @@ Layout under ``runs/``::
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import threading
 from collections import OrderedDict
@@ -307,13 +308,20 @@ class Workspace:
         store = self.store
         if store is None:
             return ""
-        key = (str(store.path), store.stamp(), store.get_meta("rank_report", ""))
+        run, learners = self.run, self.learners
+        # why the queue does not learn (damaged signals): found by the learner's background load, after the
+        # dataset's summary was shown, so said here too (the counter is polled)
+        broken = learners.notes(store, run) if run is not None and learners is not None else []
+        key = (str(store.path), store.stamp(), store.get_meta("rank_report", ""), tuple(broken))
         cached = self._note
         if cached is not None and cached[0] == key:
             return cached[1]
         wrong = store.expected_wrong()
         est = None if wrong is None else remaining_estimate(wrong[0], unreviewed_suspects(store, count), wrong[1])
         note = queue_note(json.loads(key[2]) if key[2] else None, est)
+        if broken:
+            why = html.escape(f"the queue does not learn from decisions: {broken[0]}")
+            note = f"{note} · {why}" if note else why
         self._note = (key, note)
         return note
 
