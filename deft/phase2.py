@@ -371,15 +371,14 @@ def train_classifier(
         best["last_pred"] = val_pred()
     cm = (confusion_matrix(best["last_pred"], eval_y, ds.K) if best["last_pred"] is not None
           else np.zeros((ds.K, ds.K), int))
-    zs_acc = zeroshot_heldout_accuracy(run, eval_idx, eval_y)
     summary = {"best_val_acc": best["acc"], "last_val_acc": last, "heldout": eval_desc, "out": str(out_dir),
-               "zeroshot_acc": zs_acc,
+               "zeroshot_acc": zeroshot_heldout_accuracy(run, eval_idx, eval_y),
                "history": loop.history, "confusion": cm.tolist(), "classes": ds.classes,
                "config": cfg.to_dict(), "tags": tags or {}}
     write_json(out_dir / SUMMARY, summary)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: training into this folder again starts afresh
     ddp.barrier()
-    return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir, eval_desc, zs_acc)
+    return Phase2Result(trained, loop.history, best["acc"], last, cm, out_dir, eval_desc, summary["zeroshot_acc"])
 
 
 def resume_point(out_dir: Path, fp: str, meta: dict, is_main: bool = True) -> float:
