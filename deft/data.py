@@ -312,7 +312,8 @@ def load_image_folder(
         raise DataError(
             f"{root} has no class folders. Expected <root>/<class>/<image>, e.g. {root}/cat/001.jpg."
         )
-    records = []
+    ids: list[str] = []
+    labels: list[str] = []
     for d in class_dirs:
         images, problems = scan_class_folder(root, d)
         issues += problems
@@ -320,8 +321,9 @@ def load_image_folder(
             raise DataError(
                 f"Class folder '{d.name}' has no images. Add images to {d} or remove the folder."
             )
-        records += [{"id": i, "label": d.name} for i in images]
-    rows = pd.DataFrame(records)
+        ids += images
+        labels += [d.name] * len(images)
+    rows = pd.DataFrame({"id": ids, "label": labels})
     return _finish(root, rows, [d.name for d in class_dirs], prompts, verify, str(root), issues)
 
 
@@ -344,44 +346,71 @@ def _entry_problem(root: Path, p: Path) -> str | None:
     return None
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` (a symlink) points at a folder; False for a broken or looping link."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def scan_class_folder(root: Path, folder: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Image ids under ``folder`` and a ``path, problem`` row for every other entry.
 
     Symlinked folders are not followed; symlinks to files are used only if they resolve
-    inside ``root``; FIFOs, sockets and devices are never opened.
+    inside ``root``; FIFOs, sockets and devices are never opened. Entries are typed from the
+    folder listing itself (``os.scandir``): a plain file costs no ``stat`` (a 1M-image folder
+    took ~20 s with two per file).
     """
     images: list[str] = []
     issues: list[dict[str, str]] = []
     real = RealPaths(root)  # one realpath per folder, not per file (a 100k-image folder cost ~15 s)
+    base = os.fspath(root)
 
-    def note(path: Path, problem: str) -> None:
-        issues.append({"path": shown_name(path.relative_to(root).as_posix()), "problem": problem})
+    def note(path: str, problem: str, tail: str = "") -> None:
+        issues.append({"path": shown_name(os.path.relpath(path, base).replace(os.sep, "/")) + tail,
+                       "problem": problem})
 
-    def unreadable(exc: OSError) -> None:  # os.walk skips a folder it cannot list: say so, never "no images"
-        where = Path(exc.filename) if exc.filename else folder
-        if where == folder:
-            raise DataError(f"Class folder '{folder.name}' cannot be read ({exc.strerror or type(exc).__name__}); "
-                            f"give this user read access to {folder} or remove the folder.")
-        issues.append({"path": shown_name(where.relative_to(root).as_posix()) + "/",
-                       "problem": f"folder cannot be read ({exc.strerror or type(exc).__name__}; skipped)"})
+    def listing(here: str) -> list[os.DirEntry] | None:
+        try:
+            with os.scandir(here) as it:
+                return sorted(it, key=lambda e: e.name)
+        except OSError as exc:  # never "no images" for a folder that cannot be listed: say so
+            if here == os.fspath(folder):
+                raise DataError(f"Class folder '{folder.name}' cannot be read ({exc.strerror or type(exc).__name__})"
+                                f"; give this user read access to {folder} or remove the folder.") from exc
+            note(here, f"folder cannot be read ({exc.strerror or type(exc).__name__}; skipped)", "/")
+            return None
 
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=False):
-        here = Path(dirpath)
-        rel = here.relative_to(root).as_posix()
-        for name in sorted(dirnames):
-            why = _entry_problem(root, here / name)
-            if why:
-                note(here / name, why)
-                dirnames.remove(name)
-        for name in sorted(filenames):
-            f = os.path.join(dirpath, name)
-            why = _name_problem(name) or regular_file_problem(f, root, real)
-            if why is None and os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+    todo = [os.fspath(folder)]
+    while todo:
+        here = todo.pop()
+        entries = listing(here)
+        if entries is None:
+            continue
+        rel = os.path.relpath(here, base).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        inside = real.inside(os.path.join(here, "x"), False)  # plain files here are inside the root iff here is
+        subdirs = []
+        for e in entries:
+            why = _name_problem(e.name)
+            if why is None and e.is_dir(follow_symlinks=False):
+                subdirs.append(e.path)
+                continue
+            if why is None and e.is_symlink() and _is_dir(e):
+                why = "symlinked folder (not followed)"
+            if why is None:
+                if e.is_file(follow_symlinks=False):
+                    why = None if inside else "symlink to outside the dataset root (refused, not followed)"
+                else:  # a symlink, FIFO, socket or device: the full check (never opened)
+                    why = regular_file_problem(e.path, root, real)
+            if why is None and os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
                 why = "not an image file (skipped)"
             if why:
-                note(Path(f), why)
+                note(e.path, why)
             else:
-                images.append(f"{rel}/{name}" if rel != "." else name)
+                images.append(prefix + e.name)
+        todo.extend(reversed(subdirs))
     return sorted(images), issues
 
 
