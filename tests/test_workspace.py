@@ -282,3 +282,49 @@ def test_sessions_on_an_audited_run_share_one_learning_queue(tmp_path, tiny_clip
     note = b.queue_note()
     assert note.startswith("queue re-ranked after 5 decisions")
     assert "likely remain among the 395 unreviewed (ranking model " in note
+
+
+def test_sessions_loading_at_once_import_and_fill_the_store_once(tmp_path, tiny_clip_dir, monkeypatch):
+    """Issue 24: a browser's first page and its Review tab (no session id yet) each loaded the dataset, side by
+    side: at 1M samples two imports and two 1M-row store loads on two cores (~100 s to the first card)."""
+    import threading
+    import time
+
+    from deft.store import ReviewStore
+    from ui.workspace import Workspaces
+
+    _ready(tmp_path, tiny_clip_dir)  # a finished detection in tmp_path/runs; its review store is removed below
+    for p in (tmp_path / "runs").glob("*/review.sqlite*"):
+        p.unlink()
+    calls = {"import": 0, "scores": 0}
+    real_import, real_load = Workspace._verified_import, ReviewStore.load_scores
+
+    def slow_import(self, source, root):
+        calls["import"] += 1
+        time.sleep(0.5)  # both sessions ask while the first import runs
+        return real_import(self, source, root)
+
+    def counted_load(self, scores, classes):
+        calls["scores"] += 1
+        time.sleep(0.5)
+        return real_load(self, scores, classes)
+
+    monkeypatch.setattr(Workspace, "_verified_import", slow_import)
+    monkeypatch.setattr(ReviewStore, "load_scores", counted_load)
+    reg = Workspaces(AppSettings(data=str(DEMO), runs=tmp_path / "runs", device="cpu"))
+    errors: list[BaseException] = []
+
+    def load(session: str) -> None:
+        try:
+            reg.get(session).load(str(DEMO))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(s,)) for s in ("page", "review-tab", "api")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and calls == {"import": 1, "scores": 1}
+    cards = [reg.get(s).queue("c").current()["id"] for s in ("page", "review-tab", "api")]
+    assert len(set(cards)) == 1 and reg.get("api").store.count()["total"] == 400

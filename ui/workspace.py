@@ -20,6 +20,7 @@ import html
 import json
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -81,6 +82,36 @@ class AppSettings:
         reviewer's model needs before it replaces the unsupervised ranking."""
         n = max(1, int(self.rerank_every))
         return RankConfig(every=n, min_decisions=min(RankConfig.min_decisions, n))
+
+
+class Once:
+    """Values made once per key and shared by every session, also when sessions ask at the same time: the second
+    waits for the first instead of repeating its work (a browser's first page and its Review tab both imported a
+    1M-image folder and loaded its scores into the store, side by side on two cores)."""
+
+    def __init__(self) -> None:
+        self._items: dict = {}
+        self._locks: dict = {}
+        self._lock = threading.Lock()
+
+    def lock(self, key) -> threading.Lock:
+        """The lock that serialises the work on ``key``."""
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def get(self, key, make):
+        """The value of ``key``, made by ``make()`` once (an exception is raised to each caller, and not kept)."""
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        with self.lock(key):
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            value = make()
+            with self._lock:
+                self._items[key] = value
+            return value
 
 
 class _Loading:
@@ -167,7 +198,7 @@ class Workspace:
     store: ReviewStore | None = None
     job: Job | None = None
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
-    datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
+    datasets: Once | None = None  # shared imports and store loads (set by Workspaces): sessions don't repeat them
     learners: Learners | None = None  # shared by Workspaces: one learning queue per dataset store
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     train_dir: Path | None = None  # the folder of the latest training job (its log: the whole curve of a resumed run)
@@ -223,10 +254,7 @@ class Workspace:
             return self._verified_import(source, root)
         p = Path(source)
         key = (str(p.resolve()), root, p.stat().st_mtime_ns if p.exists() else 0)
-        ds = self.datasets.get(key)
-        if ds is None:
-            ds = self.datasets[key] = self._verified_import(source, root)
-        return ds
+        return self.datasets.get(key, lambda: self._verified_import(source, root))
 
     def _verified_import(self, source: str, root: str | None) -> Dataset:
         """Import ``source``, decoding only the images no earlier import (recorded under the dataset's runs
@@ -250,16 +278,11 @@ class Workspace:
         return ds
 
     def attach(self, run: Run) -> None:
-        """Make ``run`` current and load its scores into the dataset's review store."""
-        store = ReviewStore.for_run(run, self.home / "review.sqlite")  # raises on a damaged database
-        audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
-        stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
-        if store.get_meta("issues_stamp", "") != stamp:
-            table = audit_columns(run) if stamp else None  # damaged: ignored, with a note (run.notes)
-            stamp = stamp if table is not None else ""
-            store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
-            store.set_meta("rank_report", "")  # a fresh combined order: the last re-rank's report is void,
-            store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
+        """Make ``run`` current and load its scores into the dataset's review store (once: a session attaching
+        the same store meanwhile waits, then finds it loaded)."""
+        path = self.home / "review.sqlite"
+        with self.datasets.lock(("store", str(path.resolve()))) if self.datasets is not None else nullcontext():
+            store = self._load_store(run, path)
         if self.learners is None:
             self.learners = Learners(self.settings.rank_config())
         self.learners.get(store, run, wait=False)  # starts loading it in the background
@@ -268,6 +291,20 @@ class Workspace:
             self.notes = list(run.notes)
             self.queues.clear()
         self.learn()
+
+    @staticmethod
+    def _load_store(run: Run, path: Path) -> ReviewStore:
+        """``run``'s scores and data issues in the review store at ``path``, loaded where they changed."""
+        store = ReviewStore.for_run(run, path)  # raises on a damaged database
+        audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
+        stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
+        if store.get_meta("issues_stamp", "") != stamp:
+            table = audit_columns(run) if stamp else None  # damaged: ignored, with a note (run.notes)
+            stamp = stamp if table is not None else ""
+            store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
+            store.set_meta("rank_report", "")  # a fresh combined order: the last re-rank's report is void,
+            store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
+        return store
 
     @property
     def learner(self) -> QueueLearner | None:
@@ -531,7 +568,7 @@ class Workspaces:
     settings: AppSettings
     cap: int = 64
     _sessions: OrderedDict = field(default_factory=OrderedDict)
-    _datasets: dict = field(default_factory=dict)
+    _datasets: Once = field(default_factory=Once)
     _learners: Learners | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
