@@ -300,7 +300,9 @@ class RankConfig:
     ``every``: refit after this many new decisions; ``min_decisions``: decisions (with both outcomes) needed
     before the reviewer's model is fitted (then blended with the unsupervised one by ``trust_after``);
     ``holdout_every``: every n-th decision is held out to measure the model's precision; ``C``: inverse L2
-    strength of the logistic models.
+    strength of the logistic models; ``head``: a re-rank writes the first ``head`` unseen samples of the new
+    order (and those an earlier one placed) once more than twice as many are unseen (see
+    :meth:`deft.store.ReviewStore.rerank`), not every sample.
     """
 
     every: int = 25
@@ -311,6 +313,7 @@ class RankConfig:
     neighbours: int = 10
     top_k: int = 5
     seed: int = 0
+    head: int = 5000
 
 
 def _logistic(C: float, seed: int):  # noqa: N803

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -157,6 +158,35 @@ def _sql_values(col: pd.Series) -> list:
     if pd.api.types.is_float_dtype(col.dtype) and not isinstance(col.dtype, pd.ArrowDtype):
         return col.to_numpy(dtype=np.float64).tolist()
     return col.to_numpy(dtype=object, na_value=None).tolist()
+
+
+def head_plan(order: list[str], unseen: dict[str, float], edge: float, head: int,
+              band_end: float) -> tuple[list[str], list[float], float] | None:
+    """Which unseen samples a head-only re-rank writes, their new keys, and where the written band ends.
+
+    ``unseen``: sample id -> key of every unseen sample after ``edge`` (the last place kept). Written: the
+    first ``head`` of them in ``order``, then every one an earlier head placed (key below ``band_end``) in
+    ``order``'s order, so none is left among the new head. Their keys are spread evenly between ``edge`` and
+    the smallest key of the samples not written, which keep theirs. None when the keys would get too close
+    to tell apart (then every sample is re-ranked).
+    """
+    picked: list[str] = []
+    for sid in order:
+        if sid in unseen:
+            picked.append(sid)
+            if len(picked) == head:
+                break
+    chosen = set(picked)
+    band = {sid for sid, key in unseen.items() if key < band_end and sid not in chosen}
+    ids = picked + [sid for sid in order if sid in band]
+    written = chosen | band
+    end = min((key for sid, key in unseen.items() if sid not in written), default=None)
+    if end is None:
+        return None
+    step = (end - edge) / (len(ids) + 1)
+    if step <= max(abs(end), 1.0) * 1e-9:
+        return None
+    return ids, [edge + (i + 1) * step for i in range(len(ids))], end
 
 
 @contextlib.contextmanager
@@ -802,7 +832,7 @@ class ReviewStore:
             return [r[0] for r in con.execute("SELECT id FROM samples ORDER BY idx")]
 
     def rerank(self, name: str, order: list[str], values: pd.DataFrame | None = None, slack: int = 20,
-               chunk: int = 2000, pause: float = 0.005) -> int:
+               chunk: int = 2000, pause: float = 0.005, head: int | None = None) -> int:
         """Re-rank the samples of review order ``name`` that nobody has seen, in ``order`` (sample ids, first
         = reviewed first), and set their :data:`RANKED_COLUMNS` from ``values`` (indexed by sample id).
 
@@ -810,8 +840,12 @@ class ReviewStore:
         places after the furthest card any reviewer has on screen or has decided in this order (a card
         rendered but not yet saved as a reviewer's place is within that slack). Written in transactions of
         ``chunk`` samples, so a reviewer's key never waits for the whole queue (100,000 samples: ~2 s):
-        re-ranked samples get keys after every existing one, in the new order, and each transaction skips
-        samples seen since the plan, pausing ``pause`` seconds after each so a waiting reviewer takes the lock.
+        each transaction skips samples seen since the plan, pausing ``pause`` seconds after each so a waiting
+        reviewer takes the lock. With ``head``, and more than twice as many unseen samples, only the head is
+        written (:func:`head_plan`: the first ``head`` unseen samples of ``order``, then those an earlier
+        head placed, before every other unseen one): a re-rank of every sample took ~4 minutes of writes at
+        1M samples, keys waiting behind it all along; reviewers see a few dozen cards between two re-ranks.
+        Otherwise every unseen sample gets a key after every existing one, in the new order.
         Returns the number of samples re-ranked.
         """
         with self._read() as con:
@@ -827,10 +861,18 @@ class ReviewStore:
             edge = float(row[0])
             top = float(con.execute("SELECT MAX(key) FROM orders WHERE name = ? AND key < ?",
                                     (name, UNRANKED)).fetchone()[0] or 0.0)
-            unseen = {r[0] for r in con.execute(
-                "SELECT o.sample_id FROM orders o LEFT JOIN state st ON st.sample_id = o.sample_id "
-                "WHERE o.name = ? AND o.key > ? AND st.sample_id IS NULL", (name, edge))}
-        ids = [sid for sid in order if sid in unseen]
+            unseen = dict(con.execute(
+                "SELECT o.sample_id, o.key FROM orders o LEFT JOIN state st ON st.sample_id = o.sample_id "
+                "WHERE o.name = ? AND o.key > ? AND st.sample_id IS NULL", (name, edge)))
+            band_end = con.execute("SELECT value FROM meta WHERE key = ?", (f"head_end:{name}",)).fetchone()
+        plan = None
+        if head is not None and len(unseen) > 2 * head:
+            plan = head_plan(order, unseen, edge, head, float(band_end[0]) if band_end else -math.inf)
+        if plan is not None:
+            ids, keys, end = plan
+        else:
+            ids = [sid for sid in order if sid in unseen]
+            keys, end = [top + 1 + i for i in range(len(ids))], None
         cols = [c for c in RANKED_COLUMNS if values is not None and c in values.columns]
         rows = []
         if cols and ids:
@@ -841,7 +883,7 @@ class ReviewStore:
             con.execute("PRAGMA synchronous=NORMAL")  # tail, redone at the next refit) and, in the re-rank's own
             con.execute("PRAGMA wal_autocheckpoint=1000")  # thread, checkpoint as they go: left to the background
         try:  # thread, the WAL grew to hundreds of MB during a 1M re-rank and every read in it took seconds
-            moved = self._rerank_chunks(name, ids, rows, cols, top, chunk, pause)
+            moved = self._rerank_chunks(name, ids, keys, rows, cols, chunk, pause)
         finally:
             with self._read() as con:
                 con.execute("PRAGMA synchronous=FULL")
@@ -853,11 +895,13 @@ class ReviewStore:
         with self._tx() as con:
             rank_gen = os.urandom(8).hex()
             con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rank_gen', ?)", (rank_gen,))
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        (f"head_end:{name}", repr(end if end is not None else -math.inf)))
             _set_wrong_sum(con, _gens(con)[0], rank_gen, total, n)
         return moved
 
-    def _rerank_chunks(self, name: str, ids: list[str], rows: list, cols: list[str], top: float, chunk: int,
-                       pause: float) -> int:
+    def _rerank_chunks(self, name: str, ids: list[str], keys: list[float], rows: list, cols: list[str],
+                       chunk: int, pause: float) -> int:
         """:meth:`rerank`'s writes: ``chunk`` samples per transaction, skipping those seen since the plan."""
         moved = 0
         for start in range(0, len(ids), chunk):
@@ -869,7 +913,7 @@ class ReviewStore:
                     f"SELECT sample_id FROM cursors WHERE sample_id IN ({marks})", (*part, *part))}
                 keep = [i for i in range(start, start + len(part)) if ids[i] not in seen]
                 con.executemany("UPDATE orders SET key = ? WHERE name = ? AND sample_id = ?",
-                                [(top + 1 + i, name, ids[i]) for i in keep])
+                                [(keys[i], name, ids[i]) for i in keep])
                 if rows:
                     con.executemany(f"UPDATE samples SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                                     [(*rows[i], ids[i]) for i in keep])
