@@ -160,6 +160,21 @@ def _sql_values(col: pd.Series) -> list:
     return col.to_numpy(dtype=object, na_value=None).tolist()
 
 
+def score_summary(scores: pd.DataFrame, bins: int = 20) -> dict:
+    """What the Detect tab shows of a scores table (``label``, ``is_clean``, ``margin``), small enough to keep:
+    ``n``, ``suspects``, the suspect rate per label, and the margin histogram of clean and suspect samples on
+    shared bins (``edges``; the last bin holds the maximum)."""
+    clean = scores["is_clean"].astype(bool).to_numpy()
+    margin = pd.to_numeric(scores["margin"], errors="coerce").to_numpy(dtype=np.float64)
+    rates = pd.Series(~clean, index=scores["label"].to_numpy()).groupby(level=0).mean()
+    lo, hi = (float(np.nanmin(margin)), float(np.nanmax(margin))) if np.isfinite(margin).any() else (0.0, 0.0)
+    edges = np.linspace(lo, hi + 1e-9, bins + 1)
+    return {"n": int(len(scores)), "suspects": int((~clean).sum()),
+            "rates": {str(k): float(v) for k, v in rates.items()}, "edges": edges.tolist(),
+            "clean": np.histogram(margin[clean], edges)[0].tolist(),
+            "suspect": np.histogram(margin[~clean], edges)[0].tolist()}
+
+
 def head_plan(order: list[str], unseen: dict[str, float], edge: float, head: int,
               band_end: float) -> tuple[list[str], list[float], float] | None:
     """Which unseen samples a head-only re-rank writes, their new keys, and where the written band ends.
@@ -397,8 +412,20 @@ class ReviewStore:
             _bump_samples_gen(con)
             total = None if wrong is None or not wrong.notna().any() else float(wrong.sum())
             _set_wrong_sum(con, *_gens(con), total, len(df))
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('score_summary', ?)",
+                        (json.dumps(score_summary(df)),))
         self._checkpoint_now()
         self.classes = list(classes)
+
+    def score_summary(self) -> dict:
+        """:func:`score_summary` of the samples table, kept since the scores were loaded (reading the table
+        for it took seconds of the server's time at every page load at 1M samples)."""
+        raw = self.get_meta("score_summary")
+        if raw:
+            return json.loads(raw)
+        summary = score_summary(self.scores(["label", "is_clean", "margin"]))  # a store loaded before it was kept
+        self.set_meta("score_summary", json.dumps(summary))
+        return summary
 
     def load_issues(self, rows: list[tuple[str, str]], stamp: str = "",
                     orders: list[tuple[str, str, float]] = ()) -> None:

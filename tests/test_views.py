@@ -11,7 +11,7 @@ import pytest
 
 from deft.progress import ProgressEvent
 from deft.ranking import remaining_estimate
-from deft.store import BatchResult, Decision
+from deft.store import BatchResult, Decision, ReviewStore, score_summary
 from ui import views
 
 
@@ -48,14 +48,13 @@ def test_job_outcome_replaces_started_and_cancelling():
 
 
 def test_suspect_rates_per_class():
-    rate = views.suspect_rates(_scores())
+    rate = views.suspect_rates(score_summary(_scores()))
     assert list(rate.columns) == ["class", "suspect_rate"]
     assert dict(zip(rate["class"], rate["suspect_rate"], strict=True)) == pytest.approx({"cat": 1 / 3, "dog": 2 / 5})
 
 
 def test_margin_histogram_splits_clean_and_suspect_on_shared_bins():
-    sc = _scores()
-    hist = views.margin_histogram(sc, bins=4)
+    hist = views.margin_histogram(score_summary(_scores(), bins=4))
     assert list(hist.columns) == ["margin", "count", "kind"] and len(hist) == 8
     clean, sus = hist[hist["kind"] == "clean"], hist[hist["kind"] == "suspect"]
     assert clean["count"].sum() == 5 and sus["count"].sum() == 3
@@ -66,11 +65,11 @@ def test_margin_histogram_splits_clean_and_suspect_on_shared_bins():
 
 
 def test_detect_summary_counts_and_warns_when_almost_all_flagged():
-    msg = views.detect_summary(_scores(), Path("runs/demo"))
+    msg = views.detect_summary(score_summary(_scores()), Path("runs/demo"))
     assert msg.startswith("### 3 suspects of 8 samples (37.5%)") and "`runs/demo`" in msg
     assert "Almost every sample" not in msg
     noisy = _scores().assign(is_clean=False)
-    assert "Almost every sample is flagged" in views.detect_summary(noisy, "r")
+    assert "Almost every sample is flagged" in views.detect_summary(score_summary(noisy), "r")
 
 
 def test_counter_and_lines():
@@ -272,3 +271,14 @@ def test_a_batch_that_applied_nothing_does_not_offer_to_undo_it():
     assert "no batch was recorded" in line
     one = Decision(1, "a", "accept", "dog", "t", batch=4)
     assert "u undoes the whole batch" in views.batch_line(BatchResult(4, [one], []), "Accepted")
+
+
+def test_detect_tab_summary_is_kept_with_the_scores(tmp_path):
+    """Issue 24: the Detect tab read the samples table at every page load (seconds of the server at 1M): the
+    store keeps its summary from the load of the scores, and makes it once for a store that has none."""
+    df = _scores().assign(id=[f"s{i}.png" for i in range(8)])
+    store = ReviewStore(tmp_path / "review.sqlite")
+    store.load_scores(df, ["cat", "dog"])
+    assert store.score_summary() == score_summary(df) and store.score_summary()["suspects"] == 3
+    store.set_meta("score_summary", "")  # as in a store loaded before the summary was kept
+    assert store.score_summary() == score_summary(df) and store.get_meta("score_summary")

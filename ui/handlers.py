@@ -236,9 +236,9 @@ class Handlers:
         c = self.c
         if ws.store is None:
             return {c.det_summary: "", c.rate_plot: None, c.hist_plot: None}
-        sc = ws.store.scores(["id", "label", "is_clean", "margin"])  # what the summary, rates and histogram use
-        return {c.det_summary: v.detect_summary(sc, ws.run.path, ws.planted_summary()),
-                c.rate_plot: v.suspect_rates(sc), c.hist_plot: v.margin_histogram(sc)}
+        sm = ws.store.score_summary()  # kept in the store: no read of the samples table
+        return {c.det_summary: v.detect_summary(sm, ws.run.path, ws.planted_summary()),
+                c.rate_plot: v.suspect_rates(sm), c.hist_plot: v.margin_histogram(sm)}
 
     def detect_curves(self, sid) -> dict:
         loss, clean = v.plot_frames(self.reg.get(sid).detect_curves())

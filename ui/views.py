@@ -269,32 +269,29 @@ def grid_html(ws, rows: list[dict]) -> str:
     return f'<div id="grid"><span id="grid-count">0 selected</span>{"".join(parts)}</div>'
 
 
-def suspect_rates(scores: pd.DataFrame) -> pd.DataFrame:
-    """Share of suspects per given label: columns ``class``, ``suspect_rate``."""
-    rate = scores.assign(s=~scores["is_clean"]).groupby("label")["s"].mean().reset_index()
-    rate.columns = ["class", "suspect_rate"]
-    return rate
+def suspect_rates(summary: dict) -> pd.DataFrame:
+    """Share of suspects per given label (of a :func:`deft.store.score_summary`): ``class``, ``suspect_rate``."""
+    return pd.DataFrame({"class": list(summary["rates"]), "suspect_rate": list(summary["rates"].values())})
 
 
-def margin_histogram(scores: pd.DataFrame, bins: int = 20) -> pd.DataFrame:
-    """Margin histogram, clean and suspect on the same bins: columns ``margin`` (bin centre), ``count``, ``kind``."""
-    edges = np.linspace(scores["margin"].min(), scores["margin"].max() + 1e-9, bins + 1)
+def margin_histogram(summary: dict) -> pd.DataFrame:
+    """Margin histogram of a :func:`deft.store.score_summary`, clean and suspect on the same bins: columns
+    ``margin`` (bin centre), ``count``, ``kind``."""
+    edges = np.asarray(summary["edges"])
     centers = np.round((edges[:-1] + edges[1:]) / 2, 3)
-    rows = []
-    for kind, part in (("clean", scores[scores["is_clean"]]), ("suspect", scores[~scores["is_clean"]])):
-        cnt, _ = np.histogram(part["margin"], edges)
-        rows += [{"margin": c, "count": int(n), "kind": kind} for c, n in zip(centers, cnt, strict=True)]
+    rows = [{"margin": c, "count": int(n), "kind": kind} for kind in ("clean", "suspect")
+            for c, n in zip(centers, summary[kind], strict=True)]
     return pd.DataFrame(rows)
 
 
-def detect_summary(scores: pd.DataFrame, run_path, planted: dict | None = None) -> str:
+def detect_summary(summary: dict, run_path, planted: dict | None = None) -> str:
     """The Detect tab's result: suspects of samples, the run, planted-error recall, a warning if all look noisy."""
-    n_sus = int((~scores["is_clean"]).sum())
-    msg = (f"### {n_sus} suspects of {len(scores)} samples ({n_sus / max(1, len(scores)):.1%}) — "
+    n, n_sus = summary["n"], summary["suspects"]
+    msg = (f"### {n_sus} suspects of {n} samples ({n_sus / max(1, n):.1%}) — "
            f"go to **Review**. Run: `{run_path}`")
     if planted is not None:
         msg += "\n\n" + planted_line(planted)
-    if n_sus >= 0.9 * len(scores):
+    if n_sus >= 0.9 * n:
         msg += ("\n\n**⚠ Almost every sample is flagged: these detections look like noise** (an untrained "
                 "or tiny random checkpoint, or far too few epochs). The review flow still works; train on "
                 "the reviewed set (clean + reviewed relabels) rather than the clean set.")
