@@ -35,7 +35,7 @@ from deft.device import pick_device
 from deft.embeddings import embeddings_path
 from deft.errors import ReviewError, RunError
 from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
-from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
+from deft.evidence import EvidenceIndex, Neighbour, apply_decisions, clean_verdicts
 from deft.interop import FIFTYONE_PREFIX
 from deft.jobs import Job
 from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path, unreviewed_suspects
@@ -205,6 +205,7 @@ class Workspace:
     notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
+    _verdicts: tuple | None = None  # ((index, store path, samples generation), DEFT's labels, trusted, rows)
     _ids: tuple[Dataset, frozenset[str]] | None = None  # (dataset, its sample ids): what a client may name
     _note: tuple | None = None  # ((store, stamp, rank report), the counter's queue note)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -515,13 +516,21 @@ class Workspace:
         index = self._evidence[1]
         if index is None:
             return None
-        # who is trusted with which label changes only with a decision or new scores: re-read both tables
-        # (the whole store) only then, not on every settled card. The key is read before the tables, so a
-        # decision landing in between makes the next card recompute.
-        key = (index, str(store.path), store.stamp())
+        # who is trusted with which label changes only with a decision or new scores: DEFT's verdicts are read
+        # with new scores only (at 1M samples a read of the samples table after each decision took seconds),
+        # the decisions after each one. The key is read before the tables, so a decision landing in between
+        # makes the next card recompute.
+        stamp = store.stamp()
+        key = (index, str(store.path), stamp)
         if self._trusted != key:
-            samples = run.dataset.samples
-            index.trust(*trusted_labels(samples["id"], samples["label"], store.scores(), store.current()))
+            base = (index, str(store.path), stamp[0])
+            if self._verdicts is None or self._verdicts[0] != base:
+                samples = run.dataset.samples
+                labels, trusted = clean_verdicts(samples["id"], samples["label"], store.scores(["id", "is_clean"]))
+                row = {sid: i for i, sid in enumerate(samples["id"].astype(str))}
+                self._verdicts = (base, labels, trusted, row)
+            _, labels, trusted, row = self._verdicts
+            index.trust(*apply_decisions(labels, trusted, row, store.current()))
             self._trusted = key
         sid, given = str(item["id"]), str(item["label"])
         out = [("given label", given, index.nearest(sid, given, k))]
