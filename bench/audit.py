@@ -36,8 +36,8 @@ except ModuleNotFoundError:  # python3 bench/audit.py: bench/ is on sys.path; co
 from deft import data_issues as di  # noqa: E402
 from deft.audit import data_issue_frames, method_frames  # noqa: E402
 from deft.config import Phase1Config  # noqa: E402
-from deft.data import load_dataset  # noqa: E402
 from deft.embeddings import Embeddings  # noqa: E402
+from deft.load import load_dataset  # noqa: E402
 from deft.phase1 import class_texts, image_features, load_run_images, zero_shot_text  # noqa: E402
 from deft.projection import project_2d  # noqa: E402
 from deft.run import Run  # noqa: E402

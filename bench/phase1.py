@@ -19,8 +19,8 @@ try:  # python -m bench.phase1 (the repository root is the cwd)
 except ModuleNotFoundError:  # python3 bench/phase1.py: bench/ is on sys.path; common puts the repo root there
     from common import bench_args, run_bench, timed_training_step  # noqa: I001
 
+from deft.batches import augment
 from deft.config import phase1_preset
-from deft.images import augment
 from deft.losses import deft_losses
 from deft.models import PromptLearner
 from deft.phase1 import DeftModel, phase1_step

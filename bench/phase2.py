@@ -21,8 +21,8 @@ try:  # python -m bench.phase2 (the repository root is the cwd)
 except ModuleNotFoundError:  # python3 bench/phase2.py: bench/ is on sys.path; common puts the repo root there
     from common import bench_args, run_bench, timed_training_step  # noqa: I001
 
+from deft.batches import augment
 from deft.config import Phase2Config
-from deft.images import augment
 from deft.phase2 import Classifier, phase2_step
 from deft.train_loop import make_optimizer
 

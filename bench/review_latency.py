@@ -41,7 +41,7 @@ except ModuleNotFoundError:  # python3 bench/review_latency.py: bench/ is on sys
     from common import ROOT  # noqa: I001
 
 from deft.config import Phase1Config  # noqa: E402
-from deft.data import load_dataset  # noqa: E402
+from deft.load import load_dataset  # noqa: E402
 from deft.review import dataset_key  # noqa: E402
 from deft.run import Run  # noqa: E402
 from deft.store import SAMPLE_COLUMNS  # noqa: E402

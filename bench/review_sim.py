@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 
 from deft.audit import AuditConfig, audit  # noqa: E402
 from deft.config import phase1_preset  # noqa: E402
-from deft.data import load_dataset  # noqa: E402
+from deft.load import load_dataset  # noqa: E402
 from deft.noise import make_noise  # noqa: E402
 from deft.phase1 import detect  # noqa: E402
 from deft.simulate import ORDER_NAMES, SimConfig, simulate, table  # noqa: E402

@@ -11,7 +11,7 @@ _EXPORTS = {
     "Phase1Config": "config", "Phase2Config": "config",
     "EXPORT_COLUMNS": "schema", "curated_labels": "curation", "export_table": "curation",
     "read_curated": "curation", "write_export": "curation",
-    "Dataset": "data", "load_dataset": "data", "load_image_folder": "data", "load_table": "data",
+    "Dataset": "data", "load_dataset": "load", "load_image_folder": "data", "load_table": "data",
     "DeftError": "errors", "DataError": "errors", "ModelLoadError": "errors", "RunError": "errors",
     "ReviewError": "errors",
     "DeftModel": "detector", "score": "detector",

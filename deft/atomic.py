@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import write_error, writing
+from deft.errors import write_error, writing
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import RunError, read_derived
-from .schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
-from .schema import REVIEW_ORDERS as ORDERS
+from deft.errors import RunError, read_derived
+from deft.schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
+from deft.schema import REVIEW_ORDERS as ORDERS
 
 __all__ = ["AuditView", "load_audit", "issue_rows", "order_rows", "ORDERS", "ISSUES", "issue_mask", "issue_counts",
            "conflict_line", "methods_table", "map_points", "MAP_MAX_POINTS"]
@@ -45,11 +45,11 @@ def issue_rows(table: pd.DataFrame) -> list[tuple[str, str]]:
 def order_rows(table: pd.DataFrame) -> list[tuple[str, str, float]]:
     """``(order, sample id, rank)`` for every review order the audit table supports (see
     :func:`deft.audit.review_order`); DEFT margin needs none (the store sorts by it)."""
-    from .audit import review_order  # loads torch: only once a run was audited
+    from deft.audit import review_order  # loads torch: only once a run was audited
 
     out: list[tuple[str, str, float]] = []
     if "p_wrong" in table:
-        from .learning import order_rows as combined_rows
+        from deft.learning import order_rows as combined_rows
 
         out += combined_rows(table)
     for by in ORDERS.values():

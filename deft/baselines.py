@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .metrics import detection_metrics
-from .schema import METHODS, issue_column, pred_column, score_column
+from deft.metrics import detection_metrics
+from deft.schema import METHODS, issue_column, pred_column, score_column
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
-from .schema import DEFAULT_MODEL
+from deft.schema import DEFAULT_MODEL
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 LR_SCHEDULES = ("epoch", "step", "constant")

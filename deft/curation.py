@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_csv, write_parquet
-from .data import DataError, read_table
-from .errors import WriteError
-from .schema import EXPORT_COLUMNS, STATUSES, TRAIN_MODES, Status
+from deft.atomic import write_csv, write_parquet
+from deft.data import DataError, read_table
+from deft.errors import WriteError
+from deft.schema import EXPORT_COLUMNS, STATUSES, TRAIN_MODES, Status
 
 
 def export_table(scores: pd.DataFrame, decisions: pd.DataFrame | None = None, pseudo: bool = False) -> pd.DataFrame:

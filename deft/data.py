@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .imageio import PixelBudget, RealPaths, check_image, check_image_chunk, regular_file_problem
-from .parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
+from deft.imageio import PixelBudget, RealPaths, check_image, check_image_chunk, regular_file_problem
+from deft.parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # line breaks, tabs, NUL...: never part of a class name
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-from .errors import DataError  # noqa: E402  (re-exported)
+from deft.errors import DataError  # noqa: E402  (re-exported)
 
 
 @dataclass
@@ -502,44 +502,6 @@ def load_table(
         cls_list = sorted(df["label"].unique())
     keep = ["id", "label"] + [c for c in ("split", "true_label") if c in df.columns]
     return _finish(root, df[keep], cls_list, prompts, verify, str(table))
-
-
-def load_dataset(
-    source: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    descriptions: str | os.PathLike | None = None,
-    verify=True,
-    label_column: str | None = None,
-) -> Dataset:
-    """Import a dataset (dispatch on ``source``, see :func:`deft.interop.source_kind`): an ImageFolder, a
-    CSV/Parquet table, a Hugging Face dataset folder (``label_column``: which column holds the label; default the
-    first ``ClassLabel``), a Label Studio JSON export (``root``: the folder its local-files / upload paths are
-    relative to), a FiftyOne image-classification folder or ``fiftyone:NAME``.
-
-    ``verify``: True decodes every image, False none, a :class:`deft.verified.VerifiedFiles` only those an
-    earlier import did not decode (new or changed files)."""
-    from .interop import source_kind
-
-    prompts = load_class_descriptions(descriptions) if descriptions else None
-    src = Path(source)
-    kind = source_kind(source)
-    if label_column is not None and kind != "hf":
-        raise DataError(f"--label-column applies to Hugging Face datasets only; {source} is not one.")
-    if kind == "table":
-        return load_table(src, root=root, prompts=prompts, verify=verify)
-    if kind == "hf":
-        from .interop_hf import load_hf
-
-        return load_hf(src, prompts=prompts, verify=verify, label_column=label_column)
-    if kind == "label-studio":
-        from .interop_ls import load_label_studio
-
-        return load_label_studio(src, root=root, prompts=prompts, verify=verify)
-    if kind in ("fiftyone", "fiftyone-db"):
-        from .interop_fo import load_fiftyone
-
-        return load_fiftyone(source, prompts=prompts, verify=verify)
-    return load_image_folder(src, prompts=prompts, verify=verify)
 
 
 def dataset_from_manifest(

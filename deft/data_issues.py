@@ -14,18 +14,14 @@ Laplacian variance, histogram entropy), not its code.
 
 from __future__ import annotations
 
-import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from .schema import IMAGE_PROBLEMS, ISSUE_FLAGS  # noqa: F401  (IMAGE_PROBLEMS re-exported)
+from deft.schema import IMAGE_PROBLEMS, ISSUE_FLAGS  # noqa: F401  (IMAGE_PROBLEMS re-exported)
 
 
 @dataclass
@@ -49,19 +45,6 @@ class DataIssueConfig:
 
 
 # -- duplicates -------------------------------------------------------------
-
-def file_hashes(paths: list[Path], workers: int = 8) -> list[str]:
-    """BLAKE2b digest of every file's bytes (exact duplicates regardless of name)."""
-    def one(p: Path) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, paths))
-
 
 def _group_conflicts(group: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """True where a sample's group (``-1``: none) holds more than one distinct label."""
@@ -250,17 +233,6 @@ def image_stats(images: np.ndarray, cfg: DataIssueConfig | None = None) -> pd.Da
         out["sharpness"].append((lap.flatten(1).var(1) / (flat.var(1) + 1e-6)).numpy())
         out["chroma"].append((x.amax(1) - x.amin(1)).flatten(1).mean(1).numpy())
     return pd.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()})
-
-
-def image_sizes(paths: list[Path], workers: int = 8) -> pd.DataFrame:
-    """Original ``width, height`` of every file (header only, no decode)."""
-    def one(p: Path) -> tuple[int, int]:
-        with Image.open(p) as im:
-            return im.size
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        wh = np.array(list(pool.map(one, paths)), dtype=np.int64).reshape(-1, 2)
-    return pd.DataFrame({"width": wh[:, 0], "height": wh[:, 1]})
 
 
 def find_image_problems(stats: pd.DataFrame, sizes: pd.DataFrame | None = None,

@@ -17,7 +17,7 @@ How images become embeddings is one of two *image-encoder strategies*
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -25,17 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DEFAULT_TEMPLATE, ImageEncoder, InferenceConfig, Phase1Config
-from .device import autocast
-from .images import Normalizer, make_batch
-from .inference import run_batches
-from .losses import DeftScores, clean_mask, deft_losses, deft_scores
-from .models import ClipBundle, DeepVPT, PromptLearner, encode_image
-from .progress import CancelToken, ProgressCallback, null_progress
-from .stages import Stage
+from deft.batches import Normalizer, make_batch
+from deft.config import DEFAULT_TEMPLATE, ImageEncoder, InferenceConfig, Phase1Config
+from deft.device import autocast
+from deft.inference import run_batches
+from deft.losses import DeftScores, clean_mask, deft_losses, deft_scores
+from deft.models import ClipBundle, DeepVPT, PromptLearner, encode_image
+from deft.progress import CancelToken, ProgressCallback, null_progress
+from deft.schema import Stage
 
-if TYPE_CHECKING:
-    from .data import Dataset
+
+class ClassTexts(Protocol):
+    """What the detector needs of a dataset (:class:`deft.data.Dataset` has it): the classes and their prompts."""
+
+    classes: list[str]
+    prompts: dict[str, str]
 
 
 class DeftModel(nn.Module):
@@ -200,7 +204,7 @@ def neg_target_is_given(cfg: Phase1Config, epoch: int) -> bool:
 # -- text and frozen features -----------------------------------------------------------------
 
 
-def class_texts(dataset: Dataset) -> list[str]:
+def class_texts(dataset: ClassTexts) -> list[str]:
     """The prompt text of every class, in class order."""
     return [dataset.prompts[c] for c in dataset.classes]
 

@@ -79,13 +79,13 @@ def measure_full_deft_step(dataset, config, device: str = "auto", steps: int = 2
     """Seconds per step of full DEFT's training (image encoder with VPT, both losses, backward, optimiser step,
     at ``config``'s precision) at ``config.optim.batch_size``, capped by the training rows (what the run's
     batches hold); one warm-up step is not timed. Returns ``(seconds per step, batch size measured)``."""
-    from . import train_loop
-    from .detector import DeftModel, class_texts, phase1_step
-    from .device import pick_device
-    from .distributed import Dist
-    from .images import decode_images
-    from .models import load_clip
-    from .stages import Stage
+    from deft import train_loop
+    from deft.detector import DeftModel, class_texts, phase1_step
+    from deft.device import pick_device
+    from deft.distributed import Dist
+    from deft.images import decode_images
+    from deft.models import load_clip
+    from deft.schema import Stage
 
     dev = pick_device(device)
     bundle = load_clip(config.model, dev, config.attn_implementation)

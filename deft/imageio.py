@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+if TYPE_CHECKING:
+    import pandas as pd
+
+from deft.errors import DataError
 
 MAX_PIXELS = 64_000_000  # per image; PIL's own bomb check only starts at 89 Mpx (warning) / 179 Mpx (error)
 DECODE_BUDGET_PIXELS = 256_000_000  # decoded pixels held by all decoder threads together (~1 GiB as RGBA)
@@ -226,3 +232,31 @@ def check_image_chunk(paths: list[str], root: str | None) -> list[str | None]:
     """
     real = RealPaths(root) if root is not None else None
     return [check_image(p, root, None, real) for p in paths]
+
+
+# -- facts about whole files, for the audit's data issues ----------------------------------------------
+
+def file_hashes(paths: list[Path], workers: int = 8) -> list[str]:
+    """BLAKE2b digest of every file's bytes (exact duplicates regardless of name)."""
+    def one(p: Path) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, paths))
+
+
+def image_sizes(paths: list[Path], workers: int = 8) -> pd.DataFrame:
+    """Original ``width, height`` of every file (header only, no decode)."""
+    import pandas as pd  # light module: worker processes import this one without pandas
+
+    def one(p: Path) -> tuple[int, int]:
+        with Image.open(p) as im:
+            return im.size
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        wh = np.array(list(pool.map(one, paths)), dtype=np.int64).reshape(-1, 2)
+    return pd.DataFrame({"width": wh[:, 0], "height": wh[:, 1]})

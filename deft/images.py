@@ -1,4 +1,7 @@
-"""Decode-once image pipeline: uint8 cache at model resolution, augmentation on device."""
+"""Decode-once image pipeline: every image decoded once into a uint8 cache at model resolution.
+
+The batches the training and scoring passes make of that cache (augmentation on device,
+normalisation) are :mod:`deft.batches`."""
 
 from __future__ import annotations
 
@@ -7,22 +10,15 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .errors import writing
-from .imageio import PixelBudget, decode_image  # noqa: F401  (decode_image: re-exported)
-from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
-from .stages import Stage
-
-if TYPE_CHECKING:
-    from .shards import ShardImages
+from deft.errors import writing
+from deft.imageio import PixelBudget, decode_image  # noqa: F401  (decode_image: re-exported)
+from deft.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.schema import Stage
 
 
 def content_key(paths: Sequence[str | Path | Image.Image]) -> str:
@@ -104,58 +100,3 @@ def decode_images(
         tmp.replace(cache_file)
         cache_file.with_name(cache_file.name + ".key").write_text(key)
     return np.load(cache_file, mmap_mode="r")
-
-
-def make_batch(
-    images: np.ndarray | ShardImages,
-    idx: torch.Tensor,
-    device: torch.device,
-    normalizer: Normalizer,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Gather a uint8 batch, move it to ``device``, augment there (if ``generator``), normalise.
-
-    ``images`` is the raw uint8 cache or a :class:`deft.shards.ShardImages` store, whose
-    ``decode_to`` decodes the batch on the GPU (nvJPEG) when ``device`` is CUDA.
-    """
-    if hasattr(images, "decode_to"):  # not `to_device`: numpy 2 arrays have one
-        x = images.decode_to(idx.numpy(), device)
-    else:
-        x = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).to(device, non_blocking=True)
-    if generator is not None:
-        x = augment(x, generator)
-    return normalizer(x)
-
-
-@dataclass(frozen=True)
-class Normalizer:
-    """CLIP pixel normalisation, kept with the model bundle."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __call__(self, x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        x = x_uint8.to(dtype) / 255.0
-        mean = torch.tensor(self.mean, device=x.device, dtype=dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with 1/8 zero padding (CIFAR's crop 32 pad 4, scaled) and horizontal flip.
-
-    Works on a uint8 or float batch on any device; randomness comes from a CPU
-    ``generator`` so runs are reproducible and resumable.
-    """
-    b, _, h, w = x.shape
-    pad = max(1, h // 8)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
-    rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).to(x.device)
-    cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).to(x.device)
-    cols = torch.where(flip.to(x.device).view(b, 1), cols.flip(1), cols)
-    bidx = torch.arange(b, device=x.device).view(b, 1, 1)
-    out = xp.permute(0, 2, 3, 1)[bidx, rows.view(b, h, 1), cols.view(b, 1, w)]
-    return out.permute(0, 3, 1, 2).contiguous()

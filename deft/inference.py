@@ -12,8 +12,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .device import autocast
-from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.device import autocast
+from deft.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 T = TypeVar("T")
 R = TypeVar("R")

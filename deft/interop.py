@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import DataError
+from deft.errors import DataError
 
 HF_MARKERS = ("dataset_dict.json", "state.json")
 TABLE_FILES = (".parquet", ".arrow")

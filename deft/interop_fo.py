@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import write_json
-from .data import IMAGE_EXTENSIONS, Dataset, _finish, shown_name
-from .errors import DataError
-from .interop import FIFTYONE_PREFIX
+from deft.atomic import write_json
+from deft.data import IMAGE_EXTENSIONS, Dataset, _finish, shown_name
+from deft.errors import DataError
+from deft.interop import FIFTYONE_PREFIX
 
 LEGACY_NOTE = "written by deft-audit in FiftyOne's legacy FiftyOneDataset layout (no 'version' key)"
 
@@ -170,7 +170,7 @@ def sample_dict(r, filepath: str) -> dict:
 def write_fiftyone(run, frame: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write the export as a FiftyOneDataset folder (see the module docstring); held-out rows come with status
     ``heldout`` and no suggestion."""
-    from .interop_hf import export_rows
+    from deft.interop_hf import export_rows
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "samples.json").is_file())):

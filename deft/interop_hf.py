@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import Dataset, _finish
-from .errors import DataError
-from .interop import HF_MARKERS, ensure_writable, fingerprint, image_suffix, import_cache, table_files
-from .schema import EXPORT_COLUMNS, SCORE_COLUMNS
+from deft.data import Dataset, _finish
+from deft.errors import DataError
+from deft.interop import HF_MARKERS, ensure_writable, fingerprint, image_suffix, import_cache, table_files
+from deft.schema import EXPORT_COLUMNS, SCORE_COLUMNS
 
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev")
 CACHE_VERSION = "1"

@@ -28,9 +28,9 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from .atomic import write_json, write_text
-from .data import Dataset, _finish, not_a_file, relative_ids
-from .errors import DataError
+from deft.atomic import write_json, write_text
+from deft.data import Dataset, _finish, not_a_file, relative_ids
+from deft.errors import DataError
 
 IMAGE_KEYS = ("image", "img", "image_url", "url")
 EXCLUDE = "__deft_exclude__"  # the choice (alias) that excludes a sample
@@ -165,8 +165,8 @@ def image_url(path: Path, document_root: Path) -> str:
 def write_tasks(run, frame: pd.DataFrame, out: str | os.PathLike, every: bool = False,
                 document_root: str | os.PathLike | None = None) -> tuple[int, Path]:
     """Write the task list to ``out`` and the labeling config beside it; ``(tasks, config path)``."""
-    from .curation import check_output_file
-    from .store import ReviewStore
+    from deft.curation import check_output_file
+    from deft.store import ReviewStore
 
     out = check_output_file(out)
     store = ReviewStore.for_run(run)
@@ -242,7 +242,7 @@ def plan(tasks: list[dict], scores: pd.DataFrame, res: ReviewImport) -> dict[str
 
 def import_review(run, tasks_path: str | os.PathLike) -> ReviewImport:
     """Record the annotations of a Label Studio export as decisions (see the module docstring)."""
-    from .store import ReviewStore
+    from deft.store import ReviewStore
 
     tasks = read_tasks(tasks_path)
     store = ReviewStore.for_run(run)

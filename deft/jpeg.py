@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .imageio import PixelBudget, decode_image, regular_file_problem, too_large
+from deft.imageio import PixelBudget, decode_image, regular_file_problem, too_large
 
 JPEG_QUALITY = 90
 

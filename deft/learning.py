@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import ranking as rk
-from .atomic import save_safetensors
-from .errors import RunError
-from .schema import METHODS as FLAG_METHODS
-from .schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order, issue_column
+from deft import ranking as rk
+from deft.atomic import save_safetensors
+from deft.errors import RunError
+from deft.schema import METHODS as FLAG_METHODS
+from deft.schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order, issue_column
 
 SIGNALS_FILE = "signals.safetensors"
 ORDER = Order.COMBINED.value
@@ -100,7 +100,7 @@ def build_signals(scores: pd.DataFrame, labels: np.ndarray, classes: list[str], 
     probs : dense (N, K) class probabilities per method, e.g. ``{"zeroshot": ..., "cleanlab": ...}``.
     table : the audit table (method flags, data issues), same rows.
     """
-    from .data_issues import knn
+    from deft.data_issues import knn
 
     cfg = config or rk.RankConfig()
     K = len(classes)  # noqa: N806
@@ -363,7 +363,7 @@ class ProcessLearner(_RefitsInBackground):
 
 def _serve(conn, store_path: str, run_path: str, config: rk.RankConfig) -> None:
     """The worker of :class:`ProcessLearner`: load, then one refit per request until the pipe closes."""
-    from .store import ReviewStore
+    from deft.store import ReviewStore
 
     try:
         notes: list[str] = []
@@ -413,8 +413,8 @@ PROBE_MAX_SAMPLES = 200_000  # above this the probe on reviewed labels is left o
 def review_embeddings(run_path: str | os.PathLike, ids: np.ndarray) -> np.ndarray | None:
     """The run's cached CLIP image embeddings for the samples ``ids`` (the probe on reviewed labels), or None
     when there are none, they are stale or damaged, or there are more than :data:`PROBE_MAX_SAMPLES`."""
-    from .embeddings import EMBEDDINGS_FILE, load_embeddings
-    from .run import Run
+    from deft.embeddings import EMBEDDINGS_FILE, load_embeddings
+    from deft.run import Run
 
     path = Path(run_path) / EMBEDDINGS_FILE
     if len(ids) > PROBE_MAX_SAMPLES or not path.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -53,3 +54,30 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, k: int) -> np.ndarray
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (np.asarray(target, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
     return cm
+
+
+def planted_errors_caught(scores: pd.DataFrame, sample_ids: pd.Series, truly_clean: np.ndarray) -> dict:
+    """How the detection compares with ground truth (``truly_clean`` per sample of ``sample_ids``).
+
+    Returns the paper's clean-set ``precision``/``recall`` (:func:`detection_metrics`,
+    over the scored rows), ``n_planted`` (truly wrong labels among them), ``caught`` (those flagged as
+    suspects), ``n_suspects`` and ``suspect_precision`` (the share of suspects that are planted errors).
+    """
+    truth = pd.Series(np.asarray(truly_clean, dtype=bool), index=sample_ids.astype(str).to_numpy())
+    clean = truth.reindex(scores["id"].astype(str).to_numpy()).fillna(True).to_numpy(dtype=bool)
+    flagged = ~scores["is_clean"].to_numpy(dtype=bool)
+    m = detection_metrics(~flagged, clean, scores["margin"].to_numpy())
+    caught = int((flagged & ~clean).sum())
+    n_sus = int(flagged.sum())
+    return {**m, "n_planted": int((~clean).sum()), "caught": caught, "n_suspects": n_sus,
+            "suspect_precision": caught / n_sus if n_sus else float("nan")}
+
+
+def planted_line(m: dict) -> str:
+    """One Markdown line for the Detect tab's summary."""
+    def pct(x: float, digits: int = 1) -> str:
+        return "n/a" if x != x else f"{x:.{digits}%}"  # NaN: nothing selected
+
+    return (f"**Ground truth:** caught **{m['caught']} of {m['n_planted']}** planted errors "
+            f"({pct(m['suspect_precision'], 0)} of the {m['n_suspects']} suspects are planted errors). "
+            f"Clean set: precision {pct(m['precision'])}, recall {pct(m['recall'])} (as the paper's tables).")

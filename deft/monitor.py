@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .metrics import detection_metrics
-from .stages import Stage
+from deft.schema import Stage
 
 
 def epoch_history(log: Path, stage: str = Stage.PHASE1.value) -> list[dict]:
@@ -49,30 +47,3 @@ def training_curves(steps: list[dict], steps_per_epoch: int, epochs: list[dict])
     clean = pd.DataFrame([{"epoch": float(e["epoch"]), "clean fraction": float(e["clean_frac"])}
                           for e in epochs if "clean_frac" in e], columns=["epoch", "clean fraction"])
     return loss, clean
-
-
-def planted_errors_caught(scores: pd.DataFrame, sample_ids: pd.Series, truly_clean: np.ndarray) -> dict:
-    """How the detection compares with ground truth (``truly_clean`` per sample of ``sample_ids``).
-
-    Returns the paper's clean-set ``precision``/``recall`` (:func:`deft.metrics.detection_metrics`,
-    over the scored rows), ``n_planted`` (truly wrong labels among them), ``caught`` (those flagged as
-    suspects), ``n_suspects`` and ``suspect_precision`` (the share of suspects that are planted errors).
-    """
-    truth = pd.Series(np.asarray(truly_clean, dtype=bool), index=sample_ids.astype(str).to_numpy())
-    clean = truth.reindex(scores["id"].astype(str).to_numpy()).fillna(True).to_numpy(dtype=bool)
-    flagged = ~scores["is_clean"].to_numpy(dtype=bool)
-    m = detection_metrics(~flagged, clean, scores["margin"].to_numpy())
-    caught = int((flagged & ~clean).sum())
-    n_sus = int(flagged.sum())
-    return {**m, "n_planted": int((~clean).sum()), "caught": caught, "n_suspects": n_sus,
-            "suspect_precision": caught / n_sus if n_sus else float("nan")}
-
-
-def planted_line(m: dict) -> str:
-    """One Markdown line for the Detect tab's summary."""
-    def pct(x: float, digits: int = 1) -> str:
-        return "n/a" if x != x else f"{x:.{digits}%}"  # NaN: nothing selected
-
-    return (f"**Ground truth:** caught **{m['caught']} of {m['n_planted']}** planted errors "
-            f"({pct(m['suspect_precision'], 0)} of the {m['n_suspects']} suspects are planted errors). "
-            f"Clean set: precision {pct(m['precision'])}, recall {pct(m['recall'])} (as the paper's tables).")

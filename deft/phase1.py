@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from .atomic import save_safetensors
-from .config import ImageEncoder, InferenceConfig, Phase1Config
-from .data import Dataset
-from .detector import (
+from deft.atomic import save_safetensors
+from deft.config import ImageEncoder, InferenceConfig, Phase1Config
+from deft.data import Dataset
+from deft.detector import (
     DeftModel,
     FrozenFeatures,
     PromptedTower,
@@ -31,15 +31,15 @@ from .detector import (
     score_samples,
     zero_shot_text,
 )
-from .device import pick_device
-from .distributed import Dist, init_distributed
-from .metrics import detection_metrics
-from .models import ClipBundle, load_clip
-from .progress import CancelToken, ProgressCallback, null_progress
-from .run import Run, RunError
-from .run_images import load_run_images, run_normalizer
-from .stages import RunStatus, Stage
-from .train_loop import train_epochs
+from deft.device import pick_device
+from deft.distributed import Dist, init_distributed
+from deft.metrics import detection_metrics
+from deft.models import ClipBundle, load_clip
+from deft.progress import CancelToken, ProgressCallback, null_progress
+from deft.run import Run, RunError
+from deft.run_images import load_run_images, run_normalizer
+from deft.schema import RunStatus, Stage
+from deft.train_loop import train_epochs
 
 __all__ = [
     "DeftModel", "DetectionResult", "FrozenFeatures", "PromptedTower", "build_scores_table", "class_texts",

@@ -16,23 +16,24 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .atomic import save_safetensors, write_json
-from .config import InferenceConfig, Phase2Config
-from .data import Dataset
-from .device import pick_device
-from .distributed import init_distributed
-from .errors import RunError
-from .images import Normalizer, decode_images, make_batch
-from .inference import run_batches
-from .metrics import accuracy, confusion_matrix
-from .models import ClipBundle, load_clip
-from .models.vpt import vision_tokens
-from .progress import CancelToken, ProgressCallback, null_progress
-from .run import Run
-from .run_images import load_run_images, run_normalizer
-from .stages import Stage
-from .train_loop import train_epochs
-from .train_runs import CHECKPOINT, EPOCH_LOG, SUMMARY, TRAIN_META, fingerprint, log_epoch
+from deft.atomic import save_safetensors, write_json
+from deft.batches import Normalizer, make_batch
+from deft.config import InferenceConfig, Phase2Config
+from deft.data import Dataset
+from deft.device import pick_device
+from deft.distributed import init_distributed
+from deft.errors import RunError
+from deft.images import decode_images
+from deft.inference import run_batches
+from deft.metrics import accuracy, confusion_matrix
+from deft.models import ClipBundle, load_clip
+from deft.models.vpt import vision_tokens
+from deft.progress import CancelToken, ProgressCallback, null_progress
+from deft.run import Run
+from deft.run_images import load_run_images, run_normalizer
+from deft.schema import Stage
+from deft.train_loop import train_epochs
+from deft.train_runs import CHECKPOINT, EPOCH_LOG, SUMMARY, TRAIN_META, fingerprint, log_epoch
 
 TRAINABLE_SETS = ("blocks", "all")
 
@@ -203,7 +204,7 @@ class Phase2Result:
 def zeroshot_heldout_accuracy(run: Run, eval_idx: np.ndarray, eval_y: np.ndarray) -> float:
     """Zero-shot CLIP's accuracy on the held-out rows, from the run's cached embeddings (``deft audit`` or the
     app wrote them); NaN when there are none or they are for other samples."""
-    from .embeddings import EMBEDDINGS_FILE, load_embeddings
+    from deft.embeddings import EMBEDDINGS_FILE, load_embeddings
 
     path = run.path / EMBEDDINGS_FILE
     if not len(eval_idx) or not path.is_file():

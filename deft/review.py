@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .schema import Action, Status
-from .store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
+from deft.schema import Action, Status
+from deft.store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
 
 __all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title", "dataset_key",
            "BATCH_SOURCES"]

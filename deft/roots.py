@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from deft.errors import DataError
 
 
 class OutsideRootsError(DataError):

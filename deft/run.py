@@ -30,11 +30,11 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import write_csv, write_json, write_parquet
-from .config import Phase1Config
-from .data import Dataset, dataset_from_manifest
-from .errors import RunError, read_derived, writing  # noqa: E402  (RunError re-exported)
-from .schema import SCORE_COLUMNS  # noqa: E402
+from deft.atomic import write_csv, write_json, write_parquet
+from deft.config import Phase1Config
+from deft.data import Dataset, dataset_from_manifest
+from deft.errors import RunError, read_derived, writing  # noqa: E402  (RunError re-exported)
+from deft.schema import SCORE_COLUMNS  # noqa: E402
 
 
 def with_resolved_model(config: Phase1Config) -> Phase1Config:

@@ -18,13 +18,14 @@ import os
 import numpy as np
 import torch
 
-from .config import OFFICIAL_PIXEL_STATS
-from .distributed import Dist
-from .errors import RunError
-from .images import Normalizer, decode_images, make_batch
-from .progress import CancelToken, ProgressCallback, null_progress
-from .run import Run
-from .shards import ShardImages, build_shards
+from deft.batches import Normalizer, make_batch
+from deft.config import OFFICIAL_PIXEL_STATS
+from deft.distributed import Dist
+from deft.errors import RunError
+from deft.images import decode_images
+from deft.progress import CancelToken, ProgressCallback, null_progress
+from deft.run import Run
+from deft.shards import ShardImages, build_shards
 
 IMAGE_CACHES = ("shards", "raw")
 

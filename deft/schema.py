@@ -6,7 +6,8 @@
   issue-manager registry derives ``is_<issue>_issue`` / ``<issue>_score``) and the review orders;
 * the data-issue registry (:data:`IMAGE_PROBLEMS`, :data:`ISSUE_FLAGS`, :data:`ISSUES`);
 * the columns of the scores table, the review store's ``samples`` table and the export, with dtypes;
-* stage, run-status and job names (defined in :mod:`deft.stages`, re-exported here).
+* stage, run-status and job names: :class:`Stage` names progress events and log lines, :class:`RunStatus` is
+  ``run.json``'s ``status``, :class:`JobName` names the app's background jobs.
 
 Every value is a string stored on disk (SQLite, Parquet, CSV, ``run.json``) or shown in the UI, so none
 may change. Enums are ``StrEnum``: members compare equal to, hash as and format as their plain strings.
@@ -22,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .stages import JobName, RunStatus, Stage
-
 __all__ = [
     "ACTIONS", "ALL_METHODS", "Action", "BASELINES", "COLUMN_DTYPES", "DECIDED_STATUSES", "DECISION_STATUS",
     "DEFAULT_MODEL", "DETECT_METHODS", "EXPORT_COLUMNS", "IMAGE_PROBLEMS", "ISSUES", "ISSUE_FLAGS", "JobName",
@@ -35,6 +34,32 @@ __all__ = [
 
 #: The CLIP checkpoint every front end starts from (hub id; a local folder works too).
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+
+
+class Stage(StrEnum):
+    """A long loop, as reported in :class:`deft.progress.ProgressEvent` and ``RUN/log.jsonl``."""
+
+    DECODE = "decode"  # images decoded into the run's cache
+    FEATURES = "features"  # frozen image embeddings (quick preview, audit)
+    PHASE1 = "phase1"  # detector training epochs
+    SCORE = "score"  # the detector's scoring pass
+    PHASE2 = "phase2"  # classifier fine-tuning epochs
+
+
+class RunStatus(StrEnum):
+    """``RUN/run.json``'s ``status``."""
+
+    CREATED = "created"
+    TRAINING = "training"
+    SCORED = "scored"
+
+
+class JobName(StrEnum):
+    """The app's background jobs (:class:`deft.jobs.Job` names)."""
+
+    DETECTION = "detection"
+    AUDIT = "audit"
+    TRAINING = "training"
 
 
 # -- review actions and statuses ----------------------------------------------

@@ -66,13 +66,13 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from .errors import DataError, writing
-from .imageio import PixelBudget
-from .images import content_key
-from .jpeg import JPEG_QUALITY, encode_chunk, encode_image, reencode  # noqa: F401  (encode_image: re-exported)
-from .parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
-from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
-from .stages import Stage
+from deft.errors import DataError, writing
+from deft.imageio import PixelBudget
+from deft.images import content_key
+from deft.jpeg import JPEG_QUALITY, encode_chunk, encode_image, reencode  # noqa: F401  (encode_image: re-exported)
+from deft.parallel import CHUNK, ordered_map, process_pool, process_workers, use_processes
+from deft.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.schema import Stage
 
 FORMAT_VERSION = 1
 SHARD_SIZE = 4096  # images per shard: ~80 MB at 224 px

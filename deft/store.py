@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .curation import export_table
-from .schema import (
+from deft.curation import export_table
+from deft.schema import (
     ACTIONS,
     DECISION_STATUS,
     LABEL_ACTIONS,
@@ -75,7 +75,7 @@ VERSION_SQL = "(SELECT COUNT(*) FROM decisions d WHERE d.sample_id = s.id)"
 RANKED_COLUMNS = ("p_wrong", "suggestion", "suggestion_conf", *SUGGESTION_COLUMNS)
 
 
-from .errors import ReviewError, RunError, disk_full, file_size_limit  # noqa: E402  (ReviewError re-exported)
+from deft.errors import ReviewError, RunError, disk_full, file_size_limit  # noqa: E402  (ReviewError re-exported)
 
 
 class StaleError(ReviewError):

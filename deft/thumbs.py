@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .imageio import ImageProblem, read_regular, to_rgb, too_large
+from deft.imageio import ImageProblem, read_regular, to_rgb, too_large
 
 
 def thumbnail(path: str | os.PathLike | bytes, size: int = 256) -> Image.Image:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from .atomic import save_torch
-from .config import OptimConfig
-from .device import autocast
-from .distributed import Dist
-from .errors import RunError
-from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.atomic import save_torch
+from deft.config import OptimConfig
+from deft.device import autocast
+from deft.distributed import Dist
+from deft.errors import RunError
+from deft.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, steps_per_epoch: int):

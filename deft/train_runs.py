@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import writing
-from .monitor import epoch_history
-from .stages import Stage
+from deft.errors import writing
+from deft.monitor import epoch_history
+from deft.schema import Stage
 
 TRAIN_META = "train.json"
 SUMMARY = "summary.json"

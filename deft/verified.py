@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_parquet
+from deft.atomic import write_parquet
 
 FILE = "verified.parquet"
 KEY = ["id", "size", "mtime_ns", "ino"]
@@ -150,7 +150,7 @@ def stamps_hold(root: Path, stamps: dict[str, list[int]]) -> bool:
 
 def save_listing(home: Path, dataset, stamps: dict[str, list[int]]) -> None:
     """Record an image folder's import (samples, classes, files excluded) under the folder stamps it was made at."""
-    from .atomic import write_json
+    from deft.atomic import write_json
 
     try:
         write_parquet(home / "listing.parquet", dataset.samples)
@@ -165,7 +165,7 @@ def load_listing(home: Path, source: str):
     """The recorded import of the image folder ``source`` when no folder in it changed since, else None."""
     import json
 
-    from .data import Dataset, class_prompt, label_warnings
+    from deft.data import Dataset, class_prompt, label_warnings
 
     try:
         meta = json.loads((home / LISTING).read_text())
@@ -198,7 +198,7 @@ def recheck_in_background(home: Path, root: Path) -> None:
 
 
 def _recheck(home: str, root: str) -> None:
-    from .data import check_images, joined_paths
+    from deft.data import check_images, joined_paths
 
     ids = pd.read_parquet(Path(home) / "listing.parquet", columns=["id"])["id"].astype(str).tolist()
     v = for_dataset(home, root)

@@ -83,7 +83,7 @@ def run(csv: Path, clip_dir: str, run_dir: Path, out_json: Path) -> dict:
     import torch
 
     from deft.config import InferenceConfig, OptimConfig, Phase1Config
-    from deft.data import load_dataset
+    from deft.load import load_dataset
     from deft.phase1 import detect
     from deft.run import Run
     from deft.run_images import load_run_images

@@ -18,8 +18,8 @@ from deft import baselines as bl
 from deft import data_issues as di
 from deft.audit import AuditConfig, audit, ground_truth, review_order
 from deft.config import Phase1Config
-from deft.data import load_dataset
 from deft.embeddings import embeddings_path, load_embeddings, run_embeddings
+from deft.load import load_dataset
 from deft.projection import project_2d
 from deft.run import Run
 

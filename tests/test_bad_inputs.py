@@ -31,9 +31,10 @@ from deft import cli
 from deft.audit import AuditConfig, audit
 from deft.config import OptimConfig, Phase1Config
 from deft.curation import read_curated, write_export
-from deft.data import DataError, load_dataset
+from deft.data import DataError
 from deft.imageio import MAX_PIXELS, PixelBudget, check_image
 from deft.images import decode_image, decode_images
+from deft.load import load_dataset
 from deft.phase1 import detect
 from deft.run import Run, RunError, run_folder_lock
 from deft.run_images import load_run_images

@@ -5,7 +5,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from deft.data import DataError, load_class_descriptions, load_dataset
+from deft.data import DataError, load_class_descriptions
+from deft.load import load_dataset
 
 
 def test_image_folder_ids_and_classes(cifar_small):

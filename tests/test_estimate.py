@@ -5,7 +5,6 @@ import json
 import pytest
 
 from deft.config import OptimConfig, Phase1Config
-from deft.data import load_dataset
 from deft.estimate import (
     format_duration,
     measure_full_deft_step,
@@ -15,6 +14,7 @@ from deft.estimate import (
     steps_per_epoch,
     vision_width,
 )
+from deft.load import load_dataset
 
 
 def test_checkpoint_width_from_a_local_config_or_a_hub_name(tmp_path, tiny_clip_dir):

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from deft.config import Phase1Config
-from deft.data import load_dataset
 from deft.embeddings import run_embeddings
 from deft.evidence import EvidenceIndex, nearest_rows, trusted_labels
+from deft.load import load_dataset
 from deft.run import Run
 
 from .conftest import extract_cifar

@@ -6,9 +6,9 @@ import pytest
 from safetensors.torch import load_file
 
 from deft.config import OptimConfig, Phase1Config
-from deft.data import load_dataset
 from deft.device import cpu_has_native_bf16
 from deft.images import decode_images
+from deft.load import load_dataset
 from deft.models import load_clip
 from deft.phase1 import class_texts, detect, load_detector, score_samples, zero_shot_text
 from deft.run import Run

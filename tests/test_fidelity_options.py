@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from deft.config import OFFICIAL_PIXEL_STATS, OptimConfig, Phase1Config, Phase2Config
-from deft.data import load_dataset
+from deft.load import load_dataset
 from deft.phase1 import detect, rescore
 from deft.phase2 import train_classifier
 

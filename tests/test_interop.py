@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deft.data import DataError, load_dataset
+from deft.data import DataError
+from deft.load import load_dataset
 from deft.run import Run
 from deft.store import ReviewStore
 

@@ -24,8 +24,8 @@ import urllib.request
 import pytest
 
 from deft.config import OptimConfig, Phase1Config
-from deft.data import load_dataset
 from deft.errors import ReviewError
+from deft.load import load_dataset
 from deft.phase1 import detect
 from deft.store import ReviewStore
 from tests.browser.conftest import free_port

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft.monitor import epoch_history, planted_errors_caught, planted_line, training_curves
+from deft.metrics import planted_errors_caught, planted_line
+from deft.monitor import epoch_history, training_curves
 
 
 def test_a_resumed_run_continues_the_same_curve_in_epochs(tmp_path):

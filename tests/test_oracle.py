@@ -511,7 +511,7 @@ def test_run_scores_follow_the_runs_real_world_mode(noise_folder, tiny_clip_dir,
     import numpy as np
 
     from deft.config import OptimConfig, Phase1Config
-    from deft.data import load_dataset
+    from deft.load import load_dataset
     from deft.models import load_clip
     from deft.phase1 import detect, load_detector, rescore
     from deft.run_images import load_run_images

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from deft.config import OptimConfig, Phase1Config
-from deft.data import load_dataset
+from deft.load import load_dataset
 from deft.models import load_clip
 from deft.phase1 import detect, rescore
 from deft.progress import Cancelled, CancelToken

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from deft.config import OptimConfig, Phase1Config, Phase2Config
-from deft.data import load_dataset
+from deft.load import load_dataset
 from deft.phase1 import detect
 from deft.phase2 import TrainedClassifier, split_train_val, train_classifier
 from deft.train_runs import epoch_log, list_training_runs
@@ -96,7 +96,7 @@ def test_masked_batching_iterates_all_samples_and_learns_from_curated_only(tiny_
     images = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
     step = phase2_step(model, images, rows, labels, bundle.normalizer, augment=False)
     out = step(torch.tensor([0, 1, 2, 4]), 0, torch.Generator())
-    from deft.images import make_batch
+    from deft.batches import make_batch
     logits = model(make_batch(images, torch.tensor([1, 4]), torch.device("cpu"), bundle.normalizer))
     assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, torch.tensor([2, 0])).item(), rel=1e-5)
     assert out["curated_frac"].item() == 0.5

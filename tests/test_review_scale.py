@@ -123,7 +123,7 @@ def test_an_import_decodes_only_new_or_changed_images(tmp_path):
 
     from PIL import Image
 
-    from deft.data import load_dataset
+    from deft.load import load_dataset
     from deft.verified import VerifiedFiles
 
     data = tmp_path / "data"

@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from deft.data import DataError, load_dataset
-from deft.images import Normalizer, decode_image, decode_images, make_batch
+from deft.batches import Normalizer, make_batch
+from deft.data import DataError
+from deft.images import decode_image, decode_images
+from deft.load import load_dataset
 from deft.phase1 import rescore
 from deft.progress import Cancelled, CancelToken, ProgressEvent
 from deft.run import Run

@@ -16,7 +16,7 @@ import pandas as pd
 from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
 from deft.errors import DataError
 from deft.learning import RerankReport
-from deft.monitor import planted_line
+from deft.metrics import planted_line
 from deft.ranking import Remaining
 from deft.review import group_title, suggestions
 from deft.schema import LABEL_ACTIONS, JobName, Stage, Status

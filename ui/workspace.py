@@ -29,7 +29,7 @@ from deft.audit import audit_columns, ground_truth
 from deft.audit_view import issue_rows, order_rows
 from deft.config import Phase1Config, Phase2Config, phase1_preset
 from deft.curation import curated_labels, write_export
-from deft.data import Dataset, load_dataset
+from deft.data import Dataset
 from deft.device import pick_device
 from deft.embeddings import embeddings_path
 from deft.errors import ReviewError, RunError
@@ -38,7 +38,9 @@ from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
 from deft.interop import FIFTYONE_PREFIX
 from deft.jobs import Job
 from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path, unreviewed_suspects
-from deft.monitor import epoch_history, planted_errors_caught, training_curves
+from deft.load import load_dataset
+from deft.metrics import planted_errors_caught
+from deft.monitor import epoch_history, training_curves
 from deft.ranking import RankConfig, remaining_estimate
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
 from deft.roots import DataRoots

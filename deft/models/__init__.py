@@ -1,8 +1,8 @@
 """Model pieces: CLIP loading, CoOp prompt learner, deep VPT, classifier."""
 
-from .clip import ClipBundle, ModelLoadError, load_clip
-from .prompts import PromptLearner, encode_text_embeddings
-from .vpt import DeepVPT, encode_image
+from deft.models.clip import ClipBundle, ModelLoadError, load_clip
+from deft.models.prompts import PromptLearner, encode_text_embeddings
+from deft.models.vpt import DeepVPT, encode_image
 
 __all__ = [
     "ClipBundle",

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, CLIPModel
 
-from ..images import Normalizer
+from deft.batches import Normalizer
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-from ..errors import ModelLoadError  # noqa: E402  (re-exported)
+from deft.errors import ModelLoadError  # noqa: E402  (re-exported)
 
 
 @dataclass
