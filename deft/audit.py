@@ -22,20 +22,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from deft import baselines as bl
-from deft import data_issues as di
-from deft.atomic import write_csv, write_json, write_parquet
+from deft.core import baselines as bl
+from deft.core import data_issues as di
+from deft.core.errors import read_derived
+from deft.core.progress import CancelToken, ProgressCallback, null_progress
+from deft.core.schema import BASELINES, RunStatus, issue_column, pred_column, score_column
 from deft.embeddings import Embeddings, run_embeddings
-from deft.errors import read_derived
-from deft.imageio import file_hashes, image_sizes
-from deft.progress import CancelToken, ProgressCallback, null_progress
-from deft.run import Run
-from deft.schema import BASELINES, RunStatus, issue_column, pred_column, score_column
+from deft.storage.atomic import write_csv, write_json, write_parquet
+from deft.storage.imageio import file_hashes, image_sizes
+from deft.storage.run import Run
 
 if TYPE_CHECKING:
-    from deft.config import Phase1Config
-    from deft.data import Dataset
-    from deft.models import ClipBundle
+    from deft.core.config import Phase1Config
+    from deft.core.models import ClipBundle
+    from deft.storage.data import Dataset
 
 AUDIT_FILE = "audit.parquet"
 
@@ -124,7 +124,7 @@ def data_issue_frames(run: Run, emb: Embeddings, cfg: di.DataIssueConfig, timing
                       progress: ProgressCallback = null_progress, cancel: CancelToken | None = None
                       ) -> tuple[pd.DataFrame, float]:
     """Duplicates, outliers and image problems of every sample; and the near-duplicate cosine distance."""
-    from deft.run_images import load_run_images
+    from deft.storage.run_images import load_run_images
 
     labels = run.dataset.labels
     paths = run.dataset.paths()
@@ -314,7 +314,7 @@ def detect_with_baseline(dataset: Dataset, out: str | os.PathLike, config: Phase
     run.save_scores(scores)
     truth = ground_truth(run)
     if truth is not None:
-        from deft.metrics import detection_metrics
+        from deft.core.metrics import detection_metrics
 
         truth = truth[run.dataset.train_rows]
         m = detection_metrics(scores["is_clean"].to_numpy(), truth, scores["margin"].to_numpy())

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deft.errors import RunError, read_derived
-from deft.schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
-from deft.schema import REVIEW_ORDERS as ORDERS
+from deft.core.errors import RunError, read_derived
+from deft.core.schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
+from deft.core.schema import REVIEW_ORDERS as ORDERS
 
 __all__ = ["AuditView", "load_audit", "issue_rows", "order_rows", "ORDERS", "ISSUES", "issue_mask", "issue_counts",
            "conflict_line", "methods_table", "map_points", "MAP_MAX_POINTS"]
@@ -156,7 +156,7 @@ def load_audit(run_path: str | Path) -> AuditView | None:
     """Read a run folder's audit outputs; None before the run was audited.
 
     Each is derived from the run (``deft audit`` or the app's Audit writes it again): a damaged
-    ``audit.parquet`` is a :class:`~deft.errors.RunError` saying so; any other damaged output is left out,
+    ``audit.parquet`` is a :class:`~deft.core.errors.RunError` saying so; any other damaged output is left out,
     with a sentence in :attr:`AuditView.notes`.
     """
     p = Path(run_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deft.config import (
+from deft.core.config import (
     LR_SCHEDULES,
     PIXEL_STATS,
     PRESETS,
@@ -28,13 +28,13 @@ from deft.config import (
     Phase2Config,
     phase1_preset,
 )
-from deft.curation import curated_labels, read_curated, write_export
-from deft.errors import USER_ERRORS, DamagedFileWarning, write_error
-from deft.load import load_dataset
-from deft.noise import make_noise
-from deft.progress import Cancelled, TqdmProgress
-from deft.run import Run, run_folder_lock
-from deft.schema import ALL_METHODS, BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
+from deft.core.errors import USER_ERRORS, DamagedFileWarning, write_error
+from deft.core.noise import make_noise
+from deft.core.progress import Cancelled, TqdmProgress
+from deft.core.schema import ALL_METHODS, BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
+from deft.storage.export import curated_labels, read_curated, write_export
+from deft.storage.load import load_dataset
+from deft.storage.run import Run, run_folder_lock
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _export_frame(run: Run, pseudo: bool) -> pd.DataFrame:
     from deft.audit import audit_columns, merge_audit_columns
-    from deft.curation import export_table
-    from deft.store import ReviewStore
+    from deft.storage.export import export_table
+    from deft.storage.store import ReviewStore
 
     if ReviewStore.path_for_run(run).is_file():  # decisions made in the app (or the library)
         df = ReviewStore.for_run(run).export(pseudo=pseudo)
@@ -229,7 +229,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from deft.phase1 import detect
+    from deft.detection import detect
 
     ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     if len(ds.issues):
@@ -293,7 +293,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    from deft.ranking import RankConfig
+    from deft.core.ranking import RankConfig
     from deft.simulate import SimConfig, simulate
 
     try:
@@ -317,7 +317,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
-    from deft.phase1 import rescore
+    from deft.detection import rescore
 
     Run.open(a.run)  # a clear error for a damaged run folder before the lock file is created
     with run_folder_lock(a.run) if _main_rank() else contextlib.nullcontext():
@@ -327,7 +327,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from deft.phase2 import train_classifier
+    from deft.training import train_classifier
 
     run = Run.open(a.run)
     curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
@@ -350,13 +350,13 @@ def cmd_export(a: argparse.Namespace) -> int:
     fmt = a.format or ("parquet" if Path(a.out).suffix.lower() in {".parquet", ".pq"} else "csv")
     counts = df["status"].value_counts().to_dict()
     if fmt == "hf":
-        from deft.interop_hf import write_hf
+        from deft.storage.interop_hf import write_hf
 
         write_hf(run, df, a.out)
         say(f"wrote a Hugging Face DatasetDict of {len(run.dataset.samples)} rows to {a.out} ({counts}); "
             f"read it with datasets.load_from_disk({str(a.out)!r})")
     elif fmt == "label-studio":
-        from deft.interop_ls import write_tasks
+        from deft.storage.interop_ls import write_tasks
 
         n, config = write_tasks(run, df, a.out, every=a.all, document_root=a.document_root)
         root = a.document_root or run.dataset.root
@@ -364,7 +364,7 @@ def cmd_export(a: argparse.Namespace) -> int:
             f"with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
             f"then import the tasks; bring the annotations back with: deft import-review {a.run} EXPORT.json")
     elif fmt == "fiftyone":
-        from deft.interop_fo import write_fiftyone
+        from deft.storage.interop_fo import write_fiftyone
 
         write_fiftyone(run, df, a.out)
         say(f"wrote a FiftyOne dataset of {len(run.dataset.samples)} samples to {a.out} ({counts}); load it with "
@@ -379,7 +379,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_import_review(a: argparse.Namespace) -> int:
-    from deft.interop_ls import import_review
+    from deft.storage.interop_ls import import_review
 
     res = import_review(Run.open(a.run), a.tasks)
     by = ", ".join(f"{n} by {who}" for who, n in sorted(res.by_annotator.items())) or "none"
@@ -391,7 +391,7 @@ def cmd_import_review(a: argparse.Namespace) -> int:
 
 
 def cmd_noise(a: argparse.Namespace) -> int:
-    from deft.images import decode_images
+    from deft.storage.images import decode_images
 
     ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     rows = ds.train_rows  # test/val rows keep their true label: a clean measure for Phase 2
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # every option after it is the app's (ui.serve parses them)
         return cmd_serve(argv[1:])
     a = build_parser().parse_args(argv)
-    if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
+    if getattr(a, "image_cache", None):  # read by deft.storage.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
     with _damaged_files_as_warnings():
         try:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from deft.core.schema import WRONG_STATUSES, Status
 from deft.embeddings import _cached, _cached_meta, content_key, embeddings_path
-from deft.run import Run, RunError
-from deft.schema import WRONG_STATUSES, Status
+from deft.storage.run import Run, RunError
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deft.atomic import write_parquet
-from deft.errors import read_derived
-from deft.run import Run
+from deft.core.errors import read_derived
+from deft.storage.atomic import write_parquet
+from deft.storage.run import Run
 
 PROJECTION_FILE = "projection.parquet"
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deft.errors import DeftError
-from deft.ranking import RankConfig, Remaining, estimate_remaining, remaining_estimate
-from deft.schema import ORDER_NAMES, Action, Order
+from deft.core.errors import DeftError
+from deft.core.ranking import RankConfig, Remaining, estimate_remaining, remaining_estimate
+from deft.core.schema import ORDER_NAMES, Action, Order
 
 
 class SimulationError(DeftError):
@@ -55,7 +55,7 @@ def _truth(run) -> dict[str, str]:
 def _store(run, path: Path, order: str):
     from deft.audit import audit_columns
     from deft.audit_view import issue_rows, order_rows
-    from deft.store import ReviewStore
+    from deft.storage.store import ReviewStore
 
     store = ReviewStore(path)
     store.load_scores(run.scores(), run.dataset.classes)
@@ -111,7 +111,7 @@ def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
     """Replay an oracle reviewer on a run; see the module docstring. Returns the JSON-ready result."""
     from deft.learning import load_learner, unreviewed_suspects
     from deft.review import ReviewFilter, ReviewQueue
-    from deft.run import Run
+    from deft.storage.run import Run
 
     cfg = config or SimConfig()
     if cfg.order not in ORDER_NAMES:
@@ -174,8 +174,8 @@ class SourceBest:
             for name, src in sig.sources.items():
                 second = src.idx[:, 1] if src.idx.shape[1] > 1 else np.full(len(self.ids), -1)
                 self.best[name] = names[np.where(src.idx[:, 0] == sig.labels, second, src.idx[:, 0])]
+            from deft.core.ranking import prior_mixups
             from deft.learning import unsupervised
-            from deft.ranking import prior_mixups
 
             mix = prior_mixups(sig.sources, sig.labels, unsupervised(sig).p_wrong, len(sig.classes))
             np.fill_diagonal(mix, -1.0)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from deft.atomic import save_torch
-from deft.config import OptimConfig
-from deft.device import autocast
-from deft.distributed import Dist
-from deft.errors import RunError
-from deft.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.core.config import OptimConfig
+from deft.core.device import autocast
+from deft.core.distributed import Dist
+from deft.core.errors import RunError
+from deft.core.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.storage.atomic import save_torch
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, steps_per_epoch: int):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deft import errors
-from deft.atomic import write_json, write_parquet, write_text
+from deft.core import errors
+from deft.storage.atomic import write_json, write_parquet, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,8 @@ def test_no_function_in_deft_or_ui_is_longer_than_100_lines():
     assert _long_functions(REPO / "ui") == []
 
 
-def test_phase2_does_not_import_phase1():
-    assert not {m for m in _imports(REPO / "deft" / "phase2.py") if m.startswith("deft.phase1")}
+def test_training_does_not_import_detection():
+    assert not {m for m in _imports(REPO / "deft" / "training.py") if m.startswith("deft.detection")}
 
 
 def test_bench_does_not_import_ui():
@@ -52,9 +52,9 @@ def test_bench_does_not_import_ui():
 
 
 def test_every_user_error_derives_from_deft_error():
-    from deft.imageio import ImageProblem
-    from deft.roots import OutsideRootsError
-    from deft.store import StaleError
+    from deft.storage.imageio import ImageProblem
+    from deft.storage.roots import OutsideRootsError
+    from deft.storage.store import StaleError
 
     for cls in (errors.DataError, errors.ModelLoadError, errors.RunError, errors.ReviewError, ImageProblem,
                 OutsideRootsError, StaleError):
@@ -83,7 +83,7 @@ def test_atomic_writer_keeps_the_old_file_on_failure(tmp_path: Path):
 
 def test_detect_presets_and_explicit_flags_override_them():
     from deft.cli import build_parser, phase1_config, phase2_config
-    from deft.config import Phase1Config, Phase2Config
+    from deft.core.config import Phase1Config, Phase2Config
 
     def cfg(*argv: str) -> Phase1Config:
         return phase1_config(build_parser().parse_args(["detect", "data", "--out", "o", *argv]))
@@ -101,7 +101,7 @@ def test_detect_presets_and_explicit_flags_override_them():
 
 
 def test_image_encoder_strategy_is_one_name_for_the_quick_preview():
-    from deft.config import ImageEncoder, Phase1Config
+    from deft.core.config import ImageEncoder, Phase1Config
 
     assert Phase1Config().image_encoder is ImageEncoder.PROMPTED
     assert Phase1Config(feature_cache=True).image_encoder is ImageEncoder.FROZEN

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from deft.curation import EXPORT_COLUMNS
 from deft.review import StaleError
+from deft.storage.export import EXPORT_COLUMNS
 from ui.workspace import AppSettings, Workspace
 
 from .conftest import ROOT
@@ -200,7 +200,7 @@ def test_evidence_rereads_the_store_only_after_a_decision_or_new_scores(tmp_path
     import numpy as np
 
     from deft.evidence import EvidenceIndex
-    from deft.store import ReviewStore
+    from deft.storage.store import ReviewStore
 
     ids = [f"s{i}" for i in range(6)]
     scores = pd.DataFrame({"id": ids, "label": ["cat", "cat", "dog", "dog", "dog", "cat"],

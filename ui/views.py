@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 
 from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
-from deft.errors import DataError
+from deft.core.errors import DataError
+from deft.core.metrics import planted_line
+from deft.core.ranking import Remaining
+from deft.core.schema import LABEL_ACTIONS, JobName, Stage, Status
 from deft.learning import RerankReport
-from deft.metrics import planted_line
-from deft.ranking import Remaining
 from deft.review import group_title, suggestions
-from deft.schema import LABEL_ACTIONS, JobName, Stage, Status
-from deft.store import BatchResult, Decision
-from deft.thumbs import thumbnail_file
+from deft.storage.store import BatchResult, Decision
+from deft.storage.thumbs import thumbnail_file
 
 KEYS_HELP = ("<b>Keys:</b> <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> apply suggestion 1-3 · <kbd>k</kbd> keep label · "
              "<kbd>x</kbd> exclude · <kbd>r</kbd> relabel to… (type, Enter) · <kbd>u</kbd> undo · "
