@@ -116,13 +116,12 @@ def test_modules_use_the_schema_values():
     """The old names stay importable from their modules and are the schema's objects (no copies)."""
     from deft import audit, audit_view, learning, simulate
     from deft.core import baselines, config, data_issues
-    from deft.storage import export as curation
-    from deft.storage import run, store
+    from deft.storage import export, run, store
     from ui import tabs
 
-    assert config.DEFAULT_MODEL is schema.DEFAULT_MODEL and curation.EXPORT_COLUMNS is schema.EXPORT_COLUMNS
+    assert config.DEFAULT_MODEL is schema.DEFAULT_MODEL and export.EXPORT_COLUMNS is schema.EXPORT_COLUMNS
     assert store.SAMPLE_COLUMNS is schema.SAMPLE_COLUMNS and store.ACTIONS is schema.ACTIONS
-    assert run.SCORE_COLUMNS is schema.SCORE_COLUMNS and curation.STATUSES is schema.STATUSES
+    assert run.SCORE_COLUMNS is schema.SCORE_COLUMNS and export.STATUSES is schema.STATUSES
     assert baselines.METHODS is audit_view.METHODS is learning.FLAG_METHODS is schema.METHODS
     assert audit.BASELINES is schema.BASELINES and simulate.ORDER_NAMES is schema.ORDER_NAMES
     assert audit_view.ORDERS is schema.REVIEW_ORDERS and audit_view.ISSUES is schema.ISSUES
