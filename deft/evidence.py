@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .embeddings import _cached, _cached_meta, content_key, embeddings_path
-from .run import Run, RunError
-from .schema import WRONG_STATUSES, Status
+from deft.core.schema import WRONG_STATUSES, Status
+from deft.embeddings import _cached, _cached_meta, content_key, embeddings_path
+from deft.storage.run import Run, RunError
 
 
 @dataclass(frozen=True)

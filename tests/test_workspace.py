@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from deft.curation import EXPORT_COLUMNS
 from deft.review import StaleError
+from deft.storage.export import EXPORT_COLUMNS
 from ui.workspace import AppSettings, Workspace
 
 from .conftest import ROOT
@@ -200,7 +200,7 @@ def test_evidence_rereads_the_store_only_after_a_decision_or_new_scores(tmp_path
     import numpy as np
 
     from deft.evidence import EvidenceIndex
-    from deft.store import ReviewStore
+    from deft.storage.store import ReviewStore
 
     ids = [f"s{i}" for i in range(6)]
     scores = pd.DataFrame({"id": ids, "label": ["cat", "cat", "dog", "dog", "dog", "cat"],
@@ -290,7 +290,7 @@ def test_sessions_loading_at_once_import_and_fill_the_store_once(tmp_path, tiny_
     import threading
     import time
 
-    from deft.store import ReviewStore
+    from deft.storage.store import ReviewStore
     from ui.workspace import Workspaces
 
     _ready(tmp_path, tiny_clip_dir)  # a finished detection in tmp_path/runs; its review store is removed below

@@ -28,27 +28,29 @@ import pandas as pd
 
 from deft.audit import audit_columns, ground_truth
 from deft.audit_view import issue_rows, order_rows
-from deft.config import Phase1Config, Phase2Config, phase1_preset
-from deft.curation import curated_labels, write_export
-from deft.data import Dataset, load_dataset
-from deft.device import pick_device
+from deft.core.config import Phase1Config, Phase2Config, phase1_preset
+from deft.core.device import pick_device
+from deft.core.errors import ReviewError, RunError
+from deft.core.metrics import planted_errors_caught
+from deft.core.ranking import RankConfig, remaining_estimate
+from deft.core.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
+from deft.detect_cost import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.embeddings import embeddings_path
-from deft.errors import ReviewError, RunError
-from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.evidence import EvidenceIndex, Neighbour, apply_decisions, clean_verdicts
-from deft.interop import FIFTYONE_PREFIX
 from deft.jobs import Job
 from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path, unreviewed_suspects
-from deft.monitor import epoch_history, planted_errors_caught, training_curves
-from deft.ranking import RankConfig, remaining_estimate
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
-from deft.roots import DataRoots
-from deft.run import Run, run_folder_lock
-from deft.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
-from deft.store import ReviewStore
-from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
-from deft.verified import folder_stamps, load_listing, recheck_in_background, save_listing
-from deft.verified import for_dataset as verified_files
+from deft.storage.data import Dataset
+from deft.storage.export import curated_labels, write_export
+from deft.storage.interop import FIFTYONE_PREFIX
+from deft.storage.load import load_dataset
+from deft.storage.roots import DataRoots
+from deft.storage.run import Run, run_folder_lock
+from deft.storage.store import ReviewStore
+from deft.storage.train_log import epoch_history, training_curves
+from deft.storage.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
+from deft.storage.verified import folder_stamps, load_listing, recheck_in_background, save_listing
+from deft.storage.verified import for_dataset as verified_files
 
 from .views import merge_epochs, queue_note
 
@@ -341,7 +343,7 @@ class Workspace:
 
     def queue_note(self, count: dict | None = None) -> str:
         """The Review counter's second line: the last re-rank and the stopping rule (cached per store stamp).
-        ``count``: the store's :meth:`~deft.store.ReviewStore.count` when the caller has it (DEFT's suspects
+        ``count``: the store's :meth:`~deft.storage.store.ReviewStore.count` when the caller has it (DEFT's suspects
         left unreviewed, the stopping rule's second estimate)."""
         store = self.store
         if store is None:
@@ -399,7 +401,7 @@ class Workspace:
         """Detection in the background: ``method`` deft, a baseline (zeroshot / cleanlab, no prompt
         training, then the audit pass), or all (DEFT, then the audit pass with every baseline)."""
         from deft.audit import audit, detect_with_baseline
-        from deft.phase1 import detect
+        from deft.detection import detect
 
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
@@ -446,7 +448,7 @@ class Workspace:
         return self._start(JobName.AUDIT, fn)
 
     def start_train(self, mode: str, epochs: int) -> Job:
-        from deft.phase2 import train_classifier
+        from deft.training import train_classifier
 
         if self.run is None or self.store is None:
             raise RuntimeError("run detection first (Detect tab)")
