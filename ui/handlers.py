@@ -9,7 +9,7 @@ import html
 import itertools
 import json
 import uuid
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -66,13 +66,34 @@ def clean_name(name) -> str:
     return " ".join(text.split())[:NAME_MAX].strip()
 
 
-def user_of(request: gr.Request | None, name: str = "") -> str:
+@dataclass(frozen=True)
+class Reviewer:
+    """Who sent a review action: the page's session (its workspace: which dataset), this browser's client id and
+    the logged-in user (None without a login). The lean route builds it from its JSON body and the session cookie
+    (:func:`ui.security.scope_user`), a Gradio event from its ``gr.Request`` (:meth:`of`)."""
+
+    session: str = ""
+    client: str = ""
+    username: str | None = None
+
+    @classmethod
+    def of(cls, session, client, request: gr.Request | None) -> Reviewer:
+        user = getattr(request, "username", None) if request is not None else None
+        return cls(str(session or ""), str(client or ""), user or None)
+
+
+# a session id this server did not hand out: a page opened before the server restarted, or a made-up id
+UNKNOWN_SESSION = ("This page's session is not one this server opened (the server restarted since the page was "
+                   "loaded, or the id is made up): reload the page.")
+
+
+def user_of(request: gr.Request | Reviewer | None, name: str = "") -> str:
     """Who decides: the logged-in user; without a login, the name this browser gave, else ``local``."""
     user = getattr(request, "username", None) if request is not None else None
     return user or name or "local"
 
 
-def owner_of(cid: str, request: gr.Request | None) -> str:
+def owner_of(cid: str, request: gr.Request | Reviewer | None) -> str:
     """Whose place and undo stack: the logged-in user, else this browser."""
     user = getattr(request, "username", None) if request is not None else None
     return f"user:{user}" if user else (cid or "anonymous")
@@ -114,7 +135,12 @@ class Handlers:
 
     # ------------------------------------------------------------------ sessions
     def session_ws(self, sid: str) -> Workspace:
-        ws = self.reg.get(sid or "api")
+        """The workspace of page session ``sid``; "" (an API client, no page): the server's own one, on the
+        server's dataset. A session id this server did not hand out is refused (:data:`UNKNOWN_SESSION`): it
+        would otherwise create a workspace (pushing a reviewer's out of the registry) and import a dataset."""
+        ws = self.reg.find(sid) if sid else self.reg.get("api")
+        if ws is None:
+            raise ReviewError(UNKNOWN_SESSION)
         if ws.dataset is None:
             try:
                 ws.load(self.s.data, self.s.root)
@@ -122,9 +148,9 @@ class Handlers:
                 pass
         return ws
 
-    def queue_of(self, sid: str, cid: str, request: gr.Request | None) -> tuple[Workspace, ReviewQueue]:
-        ws = self.session_ws(sid)
-        return ws, ws.queue(owner_of(cid, request), user_of(request, self.names.get(cid, "")))
+    def queue_of(self, who: Reviewer) -> tuple[Workspace, ReviewQueue]:
+        ws = self.session_ws(who.session)
+        return ws, ws.queue(owner_of(who.client, who), user_of(who, self.names.get(who.client, "")))
 
     def set_name(self, cid, name, state):
         """This browser's reviewer name (no login): recorded with its decisions from now on, and kept in the
@@ -342,7 +368,7 @@ class Handlers:
         filter that leaves it out is cleared, and the message under the counter says which."""
         c = self.c
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             sample = str(sample or "")
             ws.sample_path(sample)  # an id of this dataset, or one neutral sentence
             before = q.filter
@@ -412,7 +438,8 @@ class ReviewHandlers(Handlers):
     """
 
     def render(self, ws: Workspace, q: ReviewQueue, msg: str = "", item: dict | None = None, dd=None) -> dict:
-        """Card outputs; ``dd`` updates "Relabel to" (default: untouched, re-rendering it costs a key press)."""
+        """Card outputs for ``item``, the card on screen as the queue's last move found it (None: look it up);
+        ``dd`` updates "Relabel to" (default: untouched, re-rendering it costs a key press)."""
         c = self.c
         item = item if item is not None else q.current()
         q.save_place()
@@ -442,92 +469,109 @@ class ReviewHandlers(Handlers):
 
     def show_card(self, sid, cid, request: gr.Request):
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
         except USER_ERRORS as exc:
             return self.empty(exc)
         return self.render(ws, q, dd=gr.update(choices=ws.store.classes, value=None))
 
-    def decide(self, session: str, client: str, sample_id: str, version: float, action: str, label: str,
-               request: gr.Request):
-        """Apply ``action`` (accept/relabel/keep/exclude) to ``sample_id`` if it is still at ``version``.
+    def decide(self, who: Reviewer, sample_id: str, version: int, action: str, label: str) -> tuple[dict, dict]:
+        """The one way a card decision reaches the store (the lean route's ``act``, and the API's ``/decide``):
+        apply ``action`` (accept/relabel/keep/exclude) to ``sample_id`` if it is still at ``version``, then render
+        the card the queue moved to (found once, by the queue's ``act``).
 
-        Returns ``(result_json, card, counter, relabel choices, message)``; ``result_json`` is
-        ``{"status": "applied"|"stale"|"error", "sample_id", "version", "seq", "message"}``.
+        Returns ``(result, card outputs)``; ``result`` is ``{"status": "applied"|"stale"|"error", "sample_id",
+        "message"}``, with ``version`` and ``seq`` when applied.
         """
-        res = self.c.act_result
         try:
-            ws, q = self.queue_of(session, client, request)
+            ws, q = self.queue_of(who)
         except USER_ERRORS as exc:
-            return {res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})} | self.empty(exc)
-        dd = gr.update(value=None) if action == Action.RELABEL else None  # the field clears for the next card
+            return {"status": "error", "sample_id": sample_id, "message": str(exc)}, self.empty(exc)
         try:
-            d = q.act(str(sample_id), version_of(version), str(action), label or None)
+            d, item = q.act(sample_id, version, action, label or None)
         except StaleError as exc:
             msg = (f"ignored a key press: {exc}" if exc.client == q.client else f"{exc}; here is its current state")
-            return ({res: json.dumps({"status": "stale", "sample_id": sample_id, "message": str(exc)})}
-                    | self.render(ws, q, v.err_html(ValueError(msg)), dd=dd))
+            return ({"status": "stale", "sample_id": sample_id, "message": str(exc)},
+                    self.render(ws, q, v.err_html(ValueError(msg))))
         except USER_ERRORS as exc:
-            return ({res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})}
-                    | self.render(ws, q, v.err_html(exc), dd=dd))
-        out = ({res: json.dumps({"status": "applied", "sample_id": d.sample_id, "version": d.version,
-                                 "seq": d.seq, "message": v.decision_line(d)})}
-               | self.render(ws, q, html.escape(v.decision_line(d)), dd=dd))
+            return {"status": "error", "sample_id": sample_id, "message": str(exc)}, self.render(ws, q, v.err_html(exc))
+        line = v.decision_line(d)
+        out = self.render(ws, q, html.escape(line), item)
         ws.learn()  # after the answer is computed: a due refit starts in the background, nothing waits for it
-        return out
+        return {"status": "applied", "sample_id": d.sample_id, "version": d.version, "seq": d.seq, "message": line}, out
 
-    def nav(self, fn):
-        """A card handler that applies ``fn(queue) -> message`` (move, undo, next pending), then renders."""
+    def api_decide(self, session: str, client: str, sample_id: str, version: int | str | None, action: str,
+                   label: str | None, request: gr.Request) -> str:
+        """The API's ``/decide`` (``[session, client, sample_id, version, action, label]``): :meth:`decide`,
+        answered with its result as JSON. ``session`` "": the server's own dataset; a session id this server
+        did not hand out is refused (an error result), never given a workspace."""
+        try:
+            version = version_of(version)
+        except ReviewError as exc:
+            return json.dumps({"status": "error", "sample_id": str(sample_id), "message": str(exc)})
+        who = Reviewer.of(session, client, request)
+        return json.dumps(self.decide(who, str(sample_id or ""), version, str(action or ""), str(label or ""))[0])
+
+    def navigate(self, who: Reviewer, op) -> dict:
+        """Apply a card op (:data:`NAV_OPS`: ``op(queue) -> (message, card now on screen)``), then render."""
+        try:
+            ws, q = self.queue_of(who)
+            msg, item = op(q)
+        except USER_ERRORS as exc:
+            return self.empty(exc)
+        return self.render(ws, q, msg, item)
+
+    def nav(self, op):
+        """The Gradio handler of a card op's button (:meth:`navigate`)."""
         def handler(sid, cid, request: gr.Request):
-            try:
-                ws, q = self.queue_of(sid, cid, request)
-                msg = fn(q)
-            except USER_ERRORS as exc:
-                return self.empty(exc)
-            return self.render(ws, q, msg or "")
+            return self.navigate(Reviewer.of(sid, cid, request), op)
         return handler
 
     def lean(self, body: dict, user: str | None) -> dict:
         """One key press on the lean route: ``body`` is ``{"op": "act"|"next"|"prev"|"undo"|"pending"|"counter",
         "session", "client"}`` (optionally ``name``: the reviewer's name field, used without a login), and for
-        ``act`` also ``sample_id``, ``version``, ``action``, ``label``.
+        ``act`` also ``sample_id``, ``version``, ``action``, ``label``; ``user``: the logged-in user, if any.
 
-        Runs the same handler as the Gradio event and returns its card outputs as
-        ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "");
-        ``counter`` (the page's poll, every few seconds) answers the counter alone, for the card on screen.
+        Returns the card outputs as ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is
+        :meth:`decide`'s result as JSON, or ""); ``counter`` (the page's poll, every few seconds) answers the
+        counter alone, for the card on screen.
         """
-        op, req = text_of(body, "op"), SimpleNamespace(username=user)
-        session, client = text_of(body, "session"), text_of(body, "client")
-        if "name" in body and client:  # the name field as the key was pressed (its blur event may still be on its way)
-            self.names[client] = clean_name(text_of(body, "name"))
+        op = text_of(body, "op")
+        who = Reviewer(text_of(body, "session"), text_of(body, "client"), user or None)
+        if "name" in body and who.client:  # the name field as the key was pressed (its blur may still be on its way)
+            self.names[who.client] = clean_name(text_of(body, "name"))
         if op == "counter":  # the page's poll: counts change with other reviewers' decisions too
-            ws, q = self.queue_of(session, client, req)
+            ws, q = self.queue_of(who)
             return {"counter": self.counter_of(ws, q)}
+        result = ""
         if op == "act":
-            out = self.decide(session, client, text_of(body, "sample_id"), version_of(body.get("version", 0)),
-                              text_of(body, "action"), text_of(body, "label"), req)
+            res, out = self.decide(who, text_of(body, "sample_id"), version_of(body.get("version", 0)),
+                                   text_of(body, "action"), text_of(body, "label"))
+            result = json.dumps(res)
         elif op in NAV_OPS:
-            out = self.nav(NAV_OPS[op])(session, client, req)
+            out = self.navigate(who, NAV_OPS[op])
         else:
             raise ValueError(f"unknown review op {op!r}")
         c = self.c  # the script takes #card, #counter-live and #msg-live out of these; the serial is ignored
-        return {"card": out[c.card], "counter": out[c.counter], "msg": out[c.review_msg],
-                "result": out.get(c.act_result, "")}
+        return {"card": out[c.card], "counter": out[c.counter], "msg": out[c.review_msg], "result": result}
 
     @staticmethod
-    def do_undo(q: ReviewQueue) -> str:
+    def do_undo(q: ReviewQueue) -> tuple[str, dict | None]:
         """Undo, and say so; an undone batch is marked (``undid-batch``): the page script then clears the
         batch's own message ("Accepted 12 sample(s)…", now untrue)."""
         done = q.undo()
         line = html.escape(v.undo_line(done))
-        return f'<span class="undid-batch">{line}</span>' if undid_batch(done) else line
+        return f'<span class="undid-batch">{line}</span>' if undid_batch(done) else line, q.current()
 
     @staticmethod
-    def do_pending(q: ReviewQueue) -> str:
-        return "" if q.next_pending() is not None else "All samples in this filter are decided."
+    def do_pending(q: ReviewQueue) -> tuple[str, dict | None]:
+        item = q.next_pending()
+        if item is not None:
+            return "", item
+        return "All samples in this filter are decided.", q.current()
 
     def set_filter(self, sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             q.set_filter(ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
                                       margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
                                       issue=issue or None, order=ORDERS.get(order or "")))
@@ -539,7 +583,7 @@ class ReviewHandlers(Handlers):
         """After a (re)connect: this reviewer's filters, card, and the last decisions recorded."""
         c = self.c
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
         except USER_ERRORS as exc:
             return self.empty(exc) | {c.recent: "", c.g_label: gr.update()}
         f = q.filter
@@ -558,7 +602,7 @@ class ReviewHandlers(Handlers):
         The id comes from the client: only a sample of the loaded dataset is opened (:meth:`Workspace.sample_path`).
         """
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             sample = str(shown_id or q.anchor or "")
             path = ws.sample_path(sample)
             with open_image(path, ws.dataset.root) as im:  # a regular file inside the root, pixels capped
@@ -571,7 +615,7 @@ class ReviewHandlers(Handlers):
     def evidence(self, sid, cid, request: gr.Request):
         """The evidence strip for the card this reviewer has on screen (after every card change)."""
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             return evidence_html(ws, q.current())
         except (*USER_ERRORS, OSError) as exc:
             return v.err_html(exc)
@@ -580,7 +624,7 @@ class ReviewHandlers(Handlers):
     def batch_preview(self, sid, cid, t, src, request: gr.Request):
         c = self.c
         try:
-            _, q = self.queue_of(sid, cid, request)
+            _, q = self.queue_of(Reviewer.of(sid, cid, request))
             items = q.batch_candidates(float(t), src)
         except USER_ERRORS as exc:
             return {c.batch_msg: v.err_md(exc), c.batch_items: [],
@@ -594,7 +638,7 @@ class ReviewHandlers(Handlers):
     def batch_confirm(self, sid, cid, items, request: gr.Request):
         c = self.c
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             res = q.apply_many([tuple(i) for i in items], Action.ACCEPT.value)
         except USER_ERRORS as exc:
             return {c.batch_msg: v.err_md(exc), c.batch_items: [],
@@ -609,7 +653,7 @@ class ReviewHandlers(Handlers):
         """A page of the grid, its message, and the counter (a grid action changes what is reviewed)."""
         c = self.c
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             return {c.grid: v.grid_html(ws, grid_rows(q, int(page or 0))), c.grid_msg: msg,
                     c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
@@ -633,7 +677,7 @@ class ReviewHandlers(Handlers):
     def grid_apply(self, sid: str, cid: str, selection: str, action: str, label: str, page: int,
                    request: gr.Request):
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             items = json.loads(selection or "[]")
             if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 2 for i in items):
                 raise ReviewError("The selection must be a list of [sample id, version] pairs.")
@@ -652,7 +696,7 @@ class ReviewHandlers(Handlers):
         """Undo this reviewer's last step; a batch taken back also clears the batch accept's message."""
         batch = False
         try:
-            _, q = self.queue_of(sid, cid, request)
+            _, q = self.queue_of(Reviewer.of(sid, cid, request))
             done = q.undo()
             msg, batch = html.escape(v.undo_line(done)), undid_batch(done)
         except USER_ERRORS as exc:
@@ -661,7 +705,7 @@ class ReviewHandlers(Handlers):
 
 
 def _move(step: int):
-    return lambda q: q.move(step) and None
+    return lambda q: ("", q.move(step))
 
 
 # the card's navigation keys, shared by the Gradio buttons and the lean route

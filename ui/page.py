@@ -4,13 +4,12 @@
 # carries the sample id and version read from the card on screen (#card data-sid / data-ver) when
 # the key was pressed. Bursts are queued in order; one that arrives for a card that changed is
 # refused by the server with a message (not silently dropped, never applied to another sample).
-# Keys (and the card's own buttons) take the lean route (POST deft/act, see ui/lean.py): one request at
-# a time, in order, and the answer's HTML is swapped into #card, #counter-live and #msg-live here.
-# "Relabel to" (dropdown + Enter) goes through Gradio's /decide event, which also clears the field.
+# Keys, the card's own buttons and "Relabel to" take the lean route (POST deft/act, see ui/lean.py), the only
+# way a card decision reaches the server: one request at a time, in order, and the answer's HTML is swapped
+# into #card, #counter-live and #msg-live here.
 KEYBOARD_JS = """
 <script>
 (() => {
-  const Q = [];
   const G = [];
   const L = [];
   let leanBusy = false;
@@ -82,12 +81,10 @@ KEYBOARD_JS = """
   setInterval(pollCounter, 3000);
   window.addEventListener('focus', pollCounter);
   document.addEventListener('visibilitychange', pollCounter);
-  window.deftAct = (action, label, viaGradio) => {
+  window.deftAct = (action, label) => {
     const c = document.getElementById('card');
     if (!c || !c.dataset.sid) return;
-    const p = {sid: c.dataset.sid, ver: Number(c.dataset.ver), action: action, label: label || ''};
-    if (viaGradio) { Q.push(p); document.getElementById('btn-act').click(); return; }
-    L.push({op: 'act', sample_id: p.sid, version: p.ver, action: action, label: p.label});
+    L.push({op: 'act', sample_id: c.dataset.sid, version: Number(c.dataset.ver), action: action, label: label || ''});
     pump();
   };
   // The evidence strip follows the card on screen, 300 ms after it last changed: its request never
@@ -101,10 +98,6 @@ KEYBOARD_JS = """
     clearTimeout(evTimer);
     evTimer = setTimeout(() => { const b = document.getElementById('btn-evidence'); if (b) b.click(); }, 300);
   }).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-sid', 'data-ver']});
-  window.deftTake = (...a) => {
-    const p = Q.shift();
-    return p ? [a[0], a[1], p.sid, p.ver, p.action, p.label] : a;
-  };
   const tiles = () => Array.from(document.querySelectorAll('#grid .tile'));
   window.deftGrid = (action) => {
     const sel = tiles().filter(t => t.classList.contains('sel')).map(t => [t.dataset.sid, Number(t.dataset.ver)]);

@@ -105,7 +105,7 @@ def show_choice(suspects: bool | None) -> str:
 
 
 def review_tab(c) -> None:
-    """3 · Review: filters, then the card and grid modes, then the hidden decision plumbing."""
+    """3 · Review: filters, then the card and grid modes, then the hidden plumbing (grid, evidence, zoom)."""
     with gr.Row():
         # one row at 1440 px (the card stays above the fold): widths sum to the row, the radio takes two lines
         c.f_suspects = gr.Radio(list(SHOW), value="suspects", label="Show", elem_id="f-show", scale=5,
@@ -128,14 +128,9 @@ def review_tab(c) -> None:
             _card_mode(c)
         with gr.Tab("Grid", id="grid-mode") as c.grid_tab:
             _grid_mode(c)
-    # hidden plumbing: one route for every card decision (also the API: /decide)
+    # hidden plumbing of the grid, the evidence strip and the zoom (card decisions take the lean route: ui.lean)
     with gr.Row(elem_id="review-plumbing"):  # hidden by CSS (a Row's visible="hidden" showed it): scripts click it
-        c.act_sid = gr.Textbox(elem_id="act-sid")
-        c.act_ver = gr.Textbox("0", elem_id="act-ver")  # text: a malformed number is refused by decide, not Gradio
-        c.act_what = gr.Textbox(elem_id="act-action")
-        c.act_label = gr.Textbox(elem_id="act-label")
-        c.act_btn = gr.Button("act", elem_id="btn-act")
-        c.act_result = gr.Textbox(elem_id="act-result")
+        c.zoom_sid = gr.Textbox(elem_id="zoom-sid")  # the zoom's sample: the card's, filled by the event's script
         c.g_sel = gr.Textbox(elem_id="grid-sel")
         c.g_what = gr.Textbox(elem_id="grid-action")
         c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
