@@ -242,14 +242,13 @@ class ReviewQueue:
         one batch in the log (one undo step)."""
         return self.store.decide_many(items, action, label, client=self.client, by=self.user)
 
-    def page(self, limit: int = 36) -> list[dict]:
-        """Up to ``limit`` samples from the card on screen on, for the grid."""
+    def page(self, number: int = 0, limit: int = 36) -> list[dict]:
+        """Page ``number`` of the grid (``limit`` samples a page): the filter's samples, only the pending ones
+        when it shows suspects or every sample and no status (decided tiles would crowd out the rest)."""
         f = self.filter.kwargs()
-        first = self.current()
-        if first is None:
-            return []
-        where_rows = self.store.query(**f, offset=self.position(first), limit=limit)
-        return where_rows.to_dict("records")
+        if f["status"] is None and f["suspects"] is not False:
+            f["status"] = Status.PENDING.value
+        return self.store.query(**f, offset=max(0, number) * limit, limit=limit).to_dict("records")
 
     # -- place ----------------------------------------------------------------
     def save_place(self) -> None:

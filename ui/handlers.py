@@ -19,7 +19,7 @@ from deft.errors import ReviewError, RunError
 from deft.imageio import open_image
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
-from deft.schema import Action, JobName, Status
+from deft.schema import Action, JobName
 from deft.thumbs import thumbnail_file
 
 from . import views as v
@@ -102,14 +102,6 @@ def owner_of(cid: str, request: gr.Request | Reviewer | None) -> str:
 def undid_batch(done: list) -> bool:
     """Whether the decisions an undo took back were a batch (batch accept, or a grid action)."""
     return any(d.batch is not None for d in done)
-
-
-def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
-    """One page of the grid: the filter's samples, pending only when showing suspects without a status."""
-    f = q.filter.kwargs()
-    if f["status"] is None and f["suspects"] is not False:  # suspects, or every sample: the pending ones
-        f["status"] = Status.PENDING.value
-    return q.store.query(**f, offset=max(0, page) * GRID_PAGE, limit=GRID_PAGE).to_dict("records")
 
 
 def curve_update(epochs: list[dict]):
@@ -654,7 +646,7 @@ class ReviewHandlers(Handlers):
         c = self.c
         try:
             ws, q = self.queue_of(Reviewer.of(sid, cid, request))
-            return {c.grid: v.grid_html(ws, grid_rows(q, int(page or 0))), c.grid_msg: msg,
+            return {c.grid: v.grid_html(ws, q.page(int(page or 0), GRID_PAGE)), c.grid_msg: msg,
                     c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
             return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
