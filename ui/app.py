@@ -2,7 +2,8 @@
 
 :mod:`ui.tabs` builds each tab's components, :mod:`ui.handlers` holds the event handlers,
 :mod:`ui.views` the pure view functions (text, HTML, frames) and :mod:`ui.page` the page's scripts and
-style sheet; this module wires the events (in the order the page relies on) and launches the app.
+style sheet (files under ``ui/static/``); this module wires the events (in the order the page relies on) and
+launches the app.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import gradio as gr
 from . import tabs
 from .handlers import NAV_OPS, USER_ERRORS, ReviewHandlers
 from .lean import act_route
-from .page import CSS, KEYBOARD_JS, MAP_JS
+from .page import css_paths, head_html
 from .security import MAX_UPLOAD
 from .tabs import STATUSES, job_controls
 from .views import (
@@ -37,7 +38,7 @@ from .views import (
 )
 from .workspace import Workspace, Workspaces
 
-__all__ = ["CSS", "GRID_HELP", "KEYBOARD_JS", "KEYS_HELP", "MAP_COLOURS", "MAP_JS", "STATUSES", "USER_ERRORS",
+__all__ = ["GRID_HELP", "KEYS_HELP", "MAP_COLOURS", "STATUSES", "USER_ERRORS",
            "batch_line", "build", "card_html", "decision_line", "file_url", "grid_html", "job_controls",
            "launch", "map_html", "parse_bound", "plot_frames", "progress_html", "recent_html",
            "train_summary_md", "undo_line"]
@@ -230,6 +231,6 @@ def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 786
     demo.queue(default_concurrency_limit=4)
     app_kwargs = extra.pop("app_kwargs", {})
     app_kwargs = {**app_kwargs, "routes": [*app_kwargs.get("routes", []), act_route(h)]}
-    demo.launch(server_name=host, server_port=port, auth=auth, share=share, css=CSS, head=KEYBOARD_JS + MAP_JS,
+    demo.launch(server_name=host, server_port=port, auth=auth, share=share, css_paths=css_paths(), head=head_html(),
                 ssr_mode=False, show_error=True, inbrowser=False, app_kwargs=app_kwargs, max_file_size=MAX_UPLOAD,
                 allowed_paths=[str(thumbs), *extra.pop("allowed_paths", [])], **extra)
