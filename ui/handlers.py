@@ -15,7 +15,7 @@ import gradio as gr
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
 from deft.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
-from deft.errors import ReviewError, RunError
+from deft.errors import DataError, ReviewError, RunError
 from deft.imageio import open_image
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
@@ -440,13 +440,24 @@ class ReviewHandlers(Handlers):
         pos = q.position(item) + 1 if item is not None else 0
         count = ws.store.count()
         counter = v.counter_html(count, pos, q.size(), ws.queue_note(count))
-        out = self.card_outputs(v.card_html(ws, item), counter, msg)
+        out = self.card_outputs(v.card_html(item, self.card_image(ws, item)), counter, msg)
         if dd is not None:
             out[c.relabel_dd] = dd
         return out
 
     def empty(self, exc: Exception) -> dict:
-        return self.card_outputs(v.card_html(None, None), "", v.err_html(exc)) | {self.c.relabel_dd: gr.update()}
+        return self.card_outputs(v.card_html(None), "", v.err_html(exc)) | {self.c.relabel_dd: gr.update()}
+
+    @staticmethod
+    def card_image(ws: Workspace, item: dict | None) -> str:
+        """The card's image (:func:`ui.views.card_image`): its 300 px thumbnail, written once to the cache."""
+        if item is None or ws.dataset is None:
+            return ""
+        sid = str(item["id"])
+        try:
+            return v.card_image(sid, v.file_url(thumbnail_file(ws.dataset.root / sid, 300, ws.thumbs)))
+        except (OSError, DataError) as exc:  # DataError: not a regular file, too many pixels
+            return v.card_image(sid, None, str(exc))
 
     def card_outputs(self, card: str, counter: str, msg: str) -> dict:
         """Card, counter (in ``#counter-live``), message (in ``#msg-live``) and a cleared zoom box, each ending
@@ -584,7 +595,8 @@ class ReviewHandlers(Handlers):
             c.f_class: gr.update(choices=v.filter_choices(ws.store.classes), value=f.label or ""),
             c.f_status: f.status or "",
             c.f_min: "" if f.margin_min is None else str(f.margin_min),
-            c.f_max: "" if f.margin_max is None else str(f.margin_max), c.recent: v.recent_html(ws.store, q.client),
+            c.f_max: "" if f.margin_max is None else str(f.margin_max),
+            c.recent: v.recent_html(ws.store.recent(q.client, 5)),
             c.g_label: gr.update(choices=ws.store.classes, value=None), c.f_issue: f.issue or "",
             c.f_order: next((k for k, o in ORDERS.items() if o == (f.order or "margin")), "DEFT margin")}
 
@@ -646,7 +658,10 @@ class ReviewHandlers(Handlers):
         c = self.c
         try:
             ws, q = self.queue_of(Reviewer.of(sid, cid, request))
-            return {c.grid: v.grid_html(ws, q.page(int(page or 0), GRID_PAGE)), c.grid_msg: msg,
+            rows = q.page(int(page or 0), GRID_PAGE)
+            srcs = {str(r["id"]): v.file_url(thumbnail_file(ws.dataset.root / str(r["id"]), 112, ws.thumbs))
+                    for r in rows}
+            return {c.grid: v.grid_html(rows, srcs), c.grid_msg: msg,
                     c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
             return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
