@@ -91,8 +91,8 @@ def wire_card(h: ReviewHandlers) -> None:
             ev.then(None, js="() => window.deftUndone()")
     # an undone batch: its "Accepted 12 sample(s) as one batch" (card or grid) is no longer true
     c.batch_clear.click(None, None, [c.batch_msg, c.grid_msg], js="() => ['', '']", queue=False)
-    filter_inputs = [c.session, c.client, c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.f_issue,
-                     c.f_order]
+    filter_inputs = {c.session, c.client, c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.f_issue,
+                     c.f_order}  # a set: the handler gets them by component
     for comp, ev in ((c.f_suspects, "input"), (c.f_class, "input"), (c.f_status, "input"), (c.f_issue, "input"),
                      (c.f_order, "input"),
                      (c.f_min, "submit"), (c.f_max, "submit"), (c.f_min, "blur"), (c.f_max, "blur")):
@@ -142,7 +142,7 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
         lambda sid: h.detect_results(reg.get(sid)), c.session, [c.det_summary, c.rate_plot, c.hist_plot],
         show_progress="hidden").then(  # background refreshes: no timer over results already on screen
         lambda sid: h.detect_curves(sid), c.session, [c.loss_plot, c.clean_plot], show_progress="hidden").then(
-        h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], show_progress="hidden").then(
+        h.advise, [c.session, c.model_in], [c.preview_in, c.det_note], show_progress="hidden").then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c), show_progress="hidden").then(
         h.train_view, c.session, train_outputs(c), show_progress="hidden")
     c.load_btn.click(h.on_load, [c.session, c.data_in, c.root_in, c.saved], [*dataset_outputs(c), c.saved]).then(
@@ -165,14 +165,14 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
 def wire_jobs(h: ReviewHandlers) -> None:
     """Detect, Train and Export buttons, the job timer, and the card refresh on a tab change."""
     c = h.c
-    c.run_btn.click(h.on_detect, [c.session, c.model_in, c.rw_in, c.ep_in, c.pv_in, c.det_method],
-                    [c.det_msg, c.det_summary])
+    c.run_btn.click(h.on_detect, {c.session, c.model_in, c.real_world_in, c.epochs_in, c.preview_in, c.det_method},
+                    [c.det_msg, c.det_summary])  # a set: the handler gets them by component
     c.cancel_btn.click(h.cancel_into(c.det_msg), c.session, c.det_msg)
     for ev in (c.model_in.blur, c.model_in.submit):
-        ev(h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], api_visibility="private")
-    c.est_btn.click(h.estimate, [c.session, c.model_in, c.ep_in], c.det_note, concurrency_limit=1,
+        ev(h.advise, [c.session, c.model_in], [c.preview_in, c.det_note], api_visibility="private")
+    c.est_btn.click(h.estimate, [c.session, c.model_in, c.epochs_in], c.det_note, concurrency_limit=1,
                     concurrency_id="estimate", api_visibility="private")
-    c.train_btn.click(h.on_train, [c.session, c.mode_in, c.tep_in], c.train_msg)
+    c.train_btn.click(h.on_train, [c.session, c.mode_in, c.train_epochs_in], c.train_msg)
     c.tcancel_btn.click(h.cancel_into(c.train_msg), c.session, c.train_msg)
     for ev in (c.train_tab.select, c.train_summary.change):
         ev(h.runs_list, c.session, c.train_runs, api_visibility="private")

@@ -209,11 +209,14 @@ class Handlers:
         return self.dataset_view(ws)
 
     # ------------------------------------------------------------------ detect
-    def on_detect(self, sid, model, rw, epochs, preview, method="deft"):
-        """Start detection; the previous run's summary gives way to a line saying it is still the one in Review."""
-        c, ws = self.c, self.reg.get(sid)
+    def on_detect(self, form: dict):
+        """Start detection; the previous run's summary gives way to a line saying it is still the one in Review.
+        ``form``: the Detect tab's settings (and the session) by component (the event's inputs are a set)."""
+        c = self.c
+        ws = self.reg.get(form[c.session])
         try:
-            ws.start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
+            ws.start_detect((form[c.model_in] or "").strip(), bool(form[c.real_world_in]), int(form[c.epochs_in] or 1),
+                            bool(form[c.preview_in]), form[c.det_method] or "deft")
         except USER_ERRORS as exc:
             return {c.det_msg: v.err_md(exc)}
         return {c.det_msg: "Detection started.", c.det_summary: v.RUNNING_SUMMARY if ws.store is not None else ""}
@@ -241,7 +244,7 @@ class Handlers:
 
     def advise(self, sid, model):
         pre, why = self.reg.get(sid).preview_advice((model or "").strip())
-        return {self.c.pv_in: gr.update(value=pre), self.c.det_note: why}
+        return {self.c.preview_in: gr.update(value=pre), self.c.det_note: why}
 
     def estimate(self, sid, model, epochs):
         try:
@@ -572,12 +575,16 @@ class ReviewHandlers(Handlers):
             return "", item
         return "All samples in this filter are decided.", q.current()
 
-    def set_filter(self, sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
+    def set_filter(self, form: dict, request: gr.Request):
+        """A Review filter changed: ``form`` holds every filter control's value (and the session and client) by
+        component (the event's inputs are a set: no handler depends on their order)."""
+        c = self.c
         try:
-            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
-            q.set_filter(ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
-                                      margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
-                                      issue=issue or None, order=ORDERS.get(order or "")))
+            ws, q = self.queue_of(Reviewer.of(form[c.session], form[c.client], request))
+            q.set_filter(ReviewFilter(suspects=SHOW.get(form[c.f_suspects], True), label=form[c.f_class] or None,
+                                      status=form[c.f_status] or None, margin_min=v.parse_bound(form[c.f_min]),
+                                      margin_max=v.parse_bound(form[c.f_max]), issue=form[c.f_issue] or None,
+                                      order=ORDERS.get(form[c.f_order] or "")))
         except USER_ERRORS as exc:
             return self.empty(exc)
         return self.render(ws, q)

@@ -67,9 +67,9 @@ def detect_tab(c, s) -> None:
     with gr.Row():
         c.model_in = gr.Textbox(s.model, label="CLIP checkpoint (hub id or local folder)", scale=4,
                                 elem_id="model")
-        c.rw_in = gr.Checkbox(False, label="Real-world (human) noise")
-        c.pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
-        c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1, elem_id="det-epochs")
+        c.real_world_in = gr.Checkbox(False, label="Real-world (human) noise")
+        c.preview_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
+        c.epochs_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1, elem_id="det-epochs")
     c.det_method = gr.Radio(list(DETECT_METHODS), value="deft", label="Method "
                             "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
                             "then every baseline and the data-issue audit)", elem_id="det-method")
@@ -210,7 +210,7 @@ def train_tab(c, s) -> None:
         c.mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
                               ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                              value="relabels", label="Training set")
-        c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
+        c.train_epochs_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
     c.train_btn, c.tcancel_btn, c.train_msg, c.train_prog = job_controls("Train classifier", "train")
     c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy (x: epochs)",
                                height=260, elem_id="train-curve")
