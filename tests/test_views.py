@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -270,3 +271,22 @@ def test_a_batch_that_applied_nothing_does_not_offer_to_undo_it():
     assert "no batch was recorded" in line
     one = Decision(1, "a", "accept", "dog", "t", batch=4)
     assert "u undoes the whole batch" in views.batch_line(BatchResult(4, [one], []), "Accepted")
+
+
+def test_a_decision_for_a_session_the_server_did_not_open_is_refused(tmp_path):
+    """Issue 22: the API's /decide (and the lean route) for a made-up session created a workspace (pushing a
+    reviewer's out of the registry) and imported the server's dataset. It is refused with a sentence; nothing is
+    created or imported. A bad version is refused before anything else, as before."""
+    from ui.handlers import ReviewHandlers
+    from ui.workspace import AppSettings, Workspaces
+
+    reg = Workspaces(AppSettings(data=str(tmp_path / "never-read"), runs=tmp_path / "runs"))
+    names = ("card", "counter", "review_msg", "zoom_box", "relabel_dd")
+    h = ReviewHandlers(reg, SimpleNamespace(**{k: k for k in names}))
+    got = json.loads(h.api_decide("made-up", "c", "cat/1.png", 0, "keep", "", None))
+    assert got["status"] == "error" and "reload the page" in got["message"], got
+    lean = h.lean({"op": "act", "session": "made-up", "client": "c", "sample_id": "cat/1.png", "version": 0,
+                   "action": "keep"}, None)
+    assert json.loads(lean["result"])["status"] == "error" and "reload the page" in lean["msg"]
+    assert "whole number" in json.loads(h.api_decide("made-up", "c", "x", [1], "keep", "", None))["message"]
+    assert reg.find("made-up") is None and not (tmp_path / "runs").exists()
