@@ -282,7 +282,7 @@ def test_a_decision_for_a_session_the_server_did_not_open_is_refused(tmp_path):
 
     reg = Workspaces(AppSettings(data=str(tmp_path / "never-read"), runs=tmp_path / "runs"))
     names = ("card", "counter", "review_msg", "zoom_box", "relabel_dd")
-    h = ReviewHandlers(reg, SimpleNamespace(**{k: k for k in names}))
+    h = ReviewHandlers(reg, SimpleNamespace(review=SimpleNamespace(**{k: k for k in names})))
     got = json.loads(h.api_decide("made-up", "c", "cat/1.png", 0, "keep", "", None))
     assert got["status"] == "error" and "reload the page" in got["message"], got
     lean = h.lean({"op": "act", "session": "made-up", "client": "c", "sample_id": "cat/1.png", "version": 0,

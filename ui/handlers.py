@@ -1,7 +1,7 @@
 """The app's event handlers: one :class:`Handlers` per app, holding the registry of workspaces and the
-components (``c``, filled by :mod:`ui.tabs`). Handlers with several outputs return ``{component: value}``
-dicts (Gradio orders them by the event's outputs; a component left out is not updated), so no handler
-depends on the position of an output in a list."""
+components (``c``: :class:`ui.tabs.Components`, one group per tab). Handlers with several outputs return
+``{component: value}`` dicts (Gradio orders them by the event's outputs; a component left out is not updated),
+so no handler depends on the position of an output in a list."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def audit_of(ws: Workspace) -> AuditView | None:
 
 
 class Handlers:
-    """The handlers of one app; ``c`` is the namespace of its components."""
+    """The handlers of one app; ``c`` is its components (:class:`ui.tabs.Components`: one group per tab)."""
 
     def __init__(self, reg: Workspaces, c):
         self.reg, self.s, self.c = reg, reg.settings, c
@@ -168,20 +168,22 @@ class Handlers:
             except USER_ERRORS:
                 pass
         c = self.c
+        dtab = c.dataset
         name = clean_name(state.get("name"))
         self.names[state["cid"]] = name
-        return {c.session: sid, c.client: state["cid"], c.saved: state, c.data_in: data, c.root_in: root or "",
+        return {c.session: sid, c.client: state["cid"], c.saved: state, dtab.data_in: data, dtab.root_in: root or "",
                 c.name_in: name}
 
     # ------------------------------------------------------------------ dataset
     def dataset_view(self, ws: Workspace) -> dict:
         c, ds = self.c, ws.dataset
+        dtab = c.dataset
         counts = v.class_counts_frame(ds)
         chart = gr.update(value=counts, y_lim=[0, int(counts["images"].max() * 1.1) + 1])
-        return {c.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None, ws.all_notes()),
-                c.counts_plot: chart, c.issues_df: ds.issues,
-                c.thumb_class: gr.update(choices=ds.classes, value=ds.classes[0]),
-                c.gallery: self.class_thumbs_of(ws, ds.classes[0])}
+        return {dtab.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None, ws.all_notes()),
+                dtab.counts_plot: chart, dtab.issues_df: ds.issues,
+                dtab.thumb_class: gr.update(choices=ds.classes, value=ds.classes[0]),
+                dtab.gallery: self.class_thumbs_of(ws, ds.classes[0])}
 
     @staticmethod
     def class_thumbs_of(ws: Workspace, cls):
@@ -193,19 +195,22 @@ class Handlers:
 
     def on_load(self, sid, path, root, state):
         c, ws = self.c, self.reg.get(sid)
+        dtab = c.dataset
         try:
             ws.load(path.strip(), root.strip() or None)
         except USER_ERRORS as exc:
-            return {c.data_msg: v.err_md(exc), c.counts_plot: None, c.issues_df: None, c.thumb_class: gr.update(),
-                    c.gallery: [], c.saved: state}
+            return {dtab.data_msg: v.err_md(exc), dtab.counts_plot: None, dtab.issues_df: None,
+                    dtab.thumb_class: gr.update(),
+                    dtab.gallery: [], c.saved: state}
         state = dict(state or {}) | {"data": path.strip(), "root": root.strip()}
         return self.dataset_view(ws) | {c.saved: state}
 
     def on_page_load(self, sid):
         c, ws = self.c, self.reg.get(sid)
+        dtab = c.dataset
         if ws.dataset is None:
-            return {c.data_msg: "Load a dataset to start.", c.counts_plot: None, c.issues_df: None,
-                    c.thumb_class: gr.update(), c.gallery: []}
+            return {dtab.data_msg: "Load a dataset to start.", dtab.counts_plot: None, dtab.issues_df: None,
+                    dtab.thumb_class: gr.update(), dtab.gallery: []}
         return self.dataset_view(ws)
 
     # ------------------------------------------------------------------ detect
@@ -213,13 +218,15 @@ class Handlers:
         """Start detection; the previous run's summary gives way to a line saying it is still the one in Review.
         ``form``: the Detect tab's settings (and the session) by component (the event's inputs are a set)."""
         c = self.c
+        det = c.detect
         ws = self.reg.get(form[c.session])
         try:
-            ws.start_detect((form[c.model_in] or "").strip(), bool(form[c.real_world_in]), int(form[c.epochs_in] or 1),
-                            bool(form[c.preview_in]), form[c.det_method] or "deft")
+            ws.start_detect((form[det.model_in] or "").strip(), bool(form[det.real_world_in]),
+                            int(form[det.epochs_in] or 1),
+                            bool(form[det.preview_in]), form[det.det_method] or "deft")
         except USER_ERRORS as exc:
-            return {c.det_msg: v.err_md(exc)}
-        return {c.det_msg: "Detection started.", c.det_summary: v.RUNNING_SUMMARY if ws.store is not None else ""}
+            return {det.det_msg: v.err_md(exc)}
+        return {det.det_msg: "Detection started.", det.det_summary: v.RUNNING_SUMMARY if ws.store is not None else ""}
 
     def cancel_into(self, msg):
         """The Cancel handler of the tab whose message line is ``msg``: that line says "Cancelling…" until the
@@ -236,15 +243,17 @@ class Handlers:
     def job_end(self, job: Job) -> dict:
         """A finished job's outcome, in place of its "… started." line and of any "Cancelling…" it caused."""
         c = self.c
+        det = c.detect
         line = v.job_outcome(job)
-        msg = {JobName.DETECTION: c.det_msg, JobName.AUDIT: c.audit_msg, JobName.TRAINING: c.train_msg}
+        msg = {JobName.DETECTION: det.det_msg, JobName.AUDIT: det.audit_msg, JobName.TRAINING: c.train.train_msg}
         out = {msg[job.name]: line}
         where = self.cancels.pop(id(job), None)
         return out | ({where: line} if where is not None else {})
 
     def advise(self, sid, model):
+        det = self.c.detect
         pre, why = self.reg.get(sid).preview_advice((model or "").strip())
-        return {self.c.preview_in: gr.update(value=pre), self.c.det_note: why}
+        return {det.preview_in: gr.update(value=pre), det.det_note: why}
 
     def estimate(self, sid, model, epochs):
         try:
@@ -255,15 +264,17 @@ class Handlers:
     def detect_results(self, ws: Workspace) -> dict:
         """Detect summary, suspect rate per class and margin histogram of the workspace's run."""
         c = self.c
+        det = c.detect
         if ws.store is None:
-            return {c.det_summary: "", c.rate_plot: None, c.hist_plot: None}
+            return {det.det_summary: "", det.rate_plot: None, det.hist_plot: None}
         sc = ws.store.scores(["id", "label", "is_clean", "margin"])  # what the summary, rates and histogram use
-        return {c.det_summary: v.detect_summary(sc, ws.run.path, ws.planted_summary()),
-                c.rate_plot: v.suspect_rates(sc), c.hist_plot: v.margin_histogram(sc)}
+        return {det.det_summary: v.detect_summary(sc, ws.run.path, ws.planted_summary()),
+                det.rate_plot: v.suspect_rates(sc), det.hist_plot: v.margin_histogram(sc)}
 
     def detect_curves(self, sid) -> dict:
+        det = self.c.detect
         loss, clean = v.plot_frames(self.reg.get(sid).detect_curves())
-        return {self.c.loss_plot: loss, self.c.clean_plot: clean}
+        return {det.loss_plot: loss, det.clean_plot: clean}
 
     def job_news(self, sid, seen: dict[str, tuple[int, str]]) -> tuple[Workspace | None, Job | None]:
         """A timer tick's session and its job, or job None when there is nothing new to show: no job, or a
@@ -281,6 +292,8 @@ class Handlers:
     def on_tick(self, sid):
         """Progress, curves and results of the running detection or training (the audit: on_audit_tick)."""
         c = self.c
+        tr = c.train
+        det = c.detect
         ws, job = self.job_news(sid, self.seen)
         if job is None or job.name == JobName.AUDIT:  # the audit is shown by on_audit_tick
             return gr.skip()
@@ -288,37 +301,39 @@ class Handlers:
         end = self.job_end(job) if not job.running else {}
         if job.name == JobName.DETECTION:
             loss, clean = v.plot_frames(ws.detect_curves(job))
-            out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean} | end
+            out = {det.det_prog: prog, det.loss_plot: loss, det.clean_plot: clean} | end
             if end:  # done: the new run's results; else the previous run's, still the one in Review
                 out |= self.detect_results(ws)
             if job.status == "done":
-                out[c.f_class] = gr.update(choices=v.filter_choices(ws.dataset.classes))
+                out[c.review.f_class] = gr.update(choices=v.filter_choices(ws.dataset.classes))
             return out
-        out = {c.train_prog: prog, c.curve_plot: curve_update(ws.train_epochs(job))} | end
+        out = {tr.train_prog: prog, tr.curve_plot: curve_update(ws.train_epochs(job))} | end
         if job.status == "done":
             res = job.result
-            out[c.train_summary] = v.train_summary_md(res)
-            out[c.confusion] = gr.update(value=v.confusion_frame(res.confusion, res.classifier.classes), visible=True)
+            out[tr.train_summary] = v.train_summary_md(res)
+            out[tr.confusion] = gr.update(value=v.confusion_frame(res.confusion, res.classifier.classes), visible=True)
         elif job.status == "cancelled":  # also refreshes the list of runs (train_summary.change)
-            out[c.train_summary] = "Training cancelled: run it again with the same set to resume at the next epoch."
+            out[tr.train_summary] = "Training cancelled: run it again with the same set to resume at the next epoch."
         return out
 
     # ------------------------------------------------------------------ audit and map
     def audit_views(self, ws: Workspace) -> dict:
         c = self.c
+        det = c.detect
+        dtab = c.dataset
         run_path = ws.run.path if ws.run is not None else None
         try:
             view = audit_of(ws)
         except RunError as exc:  # audit.parquet damaged: say so (Audit rebuilds it); the rest of the app works
-            return {c.methods_msg: v.err_md(exc), c.methods_df: gr.update(value=None, visible=False),
-                    c.issues_msg: "", c.issue_counts_df: gr.update(value=None, visible=False),
-                    c.class_report_df: gr.update(value=None, visible=False)}
+            return {det.methods_msg: v.err_md(exc), det.methods_df: gr.update(value=None, visible=False),
+                    dtab.issues_msg: "", dtab.issue_counts_df: gr.update(value=None, visible=False),
+                    dtab.class_report_df: gr.update(value=None, visible=False)}
         mmsg, methods, imsg, counts, report = v.audit_texts(view, run_path)
 
         def table(df):  # a table only once there is one: an empty Dataframe shows "1 2 3" headers
             return gr.update(value=df, visible=df is not None)
-        return {c.methods_msg: mmsg, c.methods_df: table(methods), c.issues_msg: imsg,
-                c.issue_counts_df: table(counts), c.class_report_df: table(report)}
+        return {det.methods_msg: mmsg, det.methods_df: table(methods), dtab.issues_msg: imsg,
+                dtab.issue_counts_df: table(counts), dtab.class_report_df: table(report)}
 
     def on_audit(self, sid):
         try:
@@ -335,7 +350,7 @@ class Handlers:
         prog = v.progress_html(job) if job.name == JobName.AUDIT else gr.skip()
         if job.name == JobName.AUDIT and job.status == "done":
             prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
-        out = {self.c.audit_prog: prog}
+        out = {self.c.detect.audit_prog: prog}
         if job.name == JobName.AUDIT and not job.running:
             out |= self.job_end(job)
         if job.running or job.status != "done":
@@ -344,24 +359,26 @@ class Handlers:
 
     def map_view(self, sid):
         c, ws = self.c, self.reg.get(sid)
+        mp = c.map
         try:
             view = audit_of(ws)
         except RunError as exc:
-            return {c.map_msg: v.err_md(exc), c.map_box: ""}
+            return {mp.map_msg: v.err_md(exc), mp.map_box: ""}
         damaged = [n for n in view.notes if "projection.parquet" in n] if view is not None else []
         if damaged:
-            return {c.map_msg: v.err_md(damaged[0]), c.map_box: ""}
+            return {mp.map_msg: v.err_md(damaged[0]), mp.map_box: ""}
         if view is None or view.projection is None:
-            return {c.map_msg: "No map yet: run **Audit** in the Detect tab (it computes the 2-D projection).",
-                    c.map_box: ""}
+            return {mp.map_msg: "No map yet: run **Audit** in the Detect tab (it computes the 2-D projection).",
+                    mp.map_box: ""}
         labels = ws.dataset.samples.set_index(ws.dataset.samples["id"].astype(str))["label"]
         pts, total = map_points(view.projection, view.table, labels)
-        return {c.map_msg: v.map_note(len(pts), total), c.map_box: v.map_html(pts, total, ws.dataset.classes)}
+        return {mp.map_msg: v.map_note(len(pts), total), mp.map_box: v.map_html(pts, total, ws.dataset.classes)}
 
     def map_open(self, sid, cid, sample, request: gr.Request):
         """Open the clicked point in Review (its card, in card mode) under this reviewer's filters: only a
         filter that leaves it out is cleared, and the message under the counter says which."""
         c = self.c
+        mp = c.map
         try:
             ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             sample = str(sample or "")
@@ -369,11 +386,12 @@ class Handlers:
             before = q.filter
             dropped = q.open(sample)
         except USER_ERRORS as exc:
-            return {c.map_msg: v.err_md(exc)}
+            return {mp.map_msg: v.err_md(exc)}
         changes = [(FILTER_NAMES[k], self.filter_text(k, getattr(before, k)), self.filter_text(k, None))
                    for k in dropped]
         return (self.restore_view(sid, cid, request, html.escape(v.map_open_line(sample, changes)))
-                | {c.map_msg: "", c.tabs: gr.Tabs(selected="review"), c.review_modes: gr.Tabs(selected="card-mode")})
+                | {mp.map_msg: "", c.tabs: gr.Tabs(selected="review"),
+                   c.review.review_modes: gr.Tabs(selected="card-mode")})
 
     @staticmethod
     def filter_text(name: str, value) -> str:
@@ -390,17 +408,18 @@ class Handlers:
         """The Train tab as the run folders leave it (page load, dataset load): the latest training run's curve,
         result line and confusion matrix, and the list of runs; tables stay hidden until there is a run."""
         c, ws = self.c, self.reg.get(sid)
+        tr = c.train
         try:
             latest = ws.latest_training_run()
         except OSError:
             latest = None
-        out = {c.train_runs: self.runs_list(sid)}
+        out = {tr.train_runs: self.runs_list(sid)}
         if latest is None:
-            return out | {c.curve_plot: None, c.train_summary: "", c.confusion: gr.update(value=None, visible=False)}
+            return out | {tr.curve_plot: None, tr.train_summary: "", tr.confusion: gr.update(value=None, visible=False)}
         cm = (v.confusion_frame(latest.confusion, latest.classes)
               if latest.confusion is not None and latest.classes is not None else None)
-        return out | {c.curve_plot: curve_update(latest.history), c.train_summary: v.training_run_md(latest),
-                      c.confusion: gr.update(value=cm, visible=cm is not None)}
+        return out | {tr.curve_plot: curve_update(latest.history), tr.train_summary: v.training_run_md(latest),
+                      tr.confusion: gr.update(value=cm, visible=cm is not None)}
 
     def runs_list(self, sid):
         """The list of past training runs; hidden while there is none (an empty table showed "1 2 3")."""
@@ -416,12 +435,13 @@ class Handlers:
 
     def on_export(self, sid, pseudo):
         c = self.c
+        ex = c.export
         try:
             csv, pq, df = self.reg.get(sid).export(bool(pseudo))
         except USER_ERRORS as exc:
-            return {c.export_msg: v.err_md(exc), c.export_files: None, c.export_preview: None}
-        return {c.export_msg: v.export_line(df, csv), c.export_files: [str(csv), str(pq)],
-                c.export_preview: df.head(50)}
+            return {ex.export_msg: v.err_md(exc), ex.export_files: None, ex.export_preview: None}
+        return {ex.export_msg: v.export_line(df, csv), ex.export_files: [str(csv), str(pq)],
+                ex.export_preview: df.head(50)}
 
 
 class ReviewHandlers(Handlers):
@@ -445,11 +465,11 @@ class ReviewHandlers(Handlers):
         counter = v.counter_html(count, pos, q.size(), ws.queue_note(count))
         out = self.card_outputs(v.card_html(item, self.card_image(ws, item)), counter, msg)
         if dd is not None:
-            out[c.relabel_dd] = dd
+            out[c.review.relabel_dd] = dd
         return out
 
     def empty(self, exc: Exception) -> dict:
-        return self.card_outputs(v.card_html(None), "", v.err_html(exc)) | {self.c.relabel_dd: gr.update()}
+        return self.card_outputs(v.card_html(None), "", v.err_html(exc)) | {self.c.review.relabel_dd: gr.update()}
 
     @staticmethod
     def card_image(ws: Workspace, item: dict | None) -> str:
@@ -466,8 +486,9 @@ class ReviewHandlers(Handlers):
         """Card, counter (in ``#counter-live``), message (in ``#msg-live``) and a cleared zoom box, each ending
         in this render's serial comment (see the class docstring)."""
         c, n = self.c, self.serial()
-        return {c.card: card + n, c.counter: v.live("counter-live", counter) + n,
-                c.review_msg: v.live("msg-live", msg) + n, c.zoom_box: n}
+        rv = c.review
+        return {rv.card: card + n, rv.counter: v.live("counter-live", counter) + n,
+                rv.review_msg: v.live("msg-live", msg) + n, rv.zoom_box: n}
 
     def serial(self) -> str:
         """A new ``<!--r<n>-->`` for one Gradio render (see the class docstring)."""
@@ -558,7 +579,8 @@ class ReviewHandlers(Handlers):
         else:
             raise ValueError(f"unknown review op {op!r}")
         c = self.c  # the script takes #card, #counter-live and #msg-live out of these; the serial is ignored
-        return {"card": out[c.card], "counter": out[c.counter], "msg": out[c.review_msg], "result": result}
+        rv = c.review
+        return {"card": out[rv.card], "counter": out[rv.counter], "msg": out[rv.review_msg], "result": result}
 
     @staticmethod
     def do_undo(q: ReviewQueue) -> tuple[str, dict | None]:
@@ -579,12 +601,13 @@ class ReviewHandlers(Handlers):
         """A Review filter changed: ``form`` holds every filter control's value (and the session and client) by
         component (the event's inputs are a set: no handler depends on their order)."""
         c = self.c
+        rv = c.review
         try:
             ws, q = self.queue_of(Reviewer.of(form[c.session], form[c.client], request))
-            q.set_filter(ReviewFilter(suspects=SHOW.get(form[c.f_suspects], True), label=form[c.f_class] or None,
-                                      status=form[c.f_status] or None, margin_min=v.parse_bound(form[c.f_min]),
-                                      margin_max=v.parse_bound(form[c.f_max]), issue=form[c.f_issue] or None,
-                                      order=ORDERS.get(form[c.f_order] or "")))
+            q.set_filter(ReviewFilter(suspects=SHOW.get(form[rv.f_suspects], True), label=form[rv.f_class] or None,
+                                      status=form[rv.f_status] or None, margin_min=v.parse_bound(form[rv.f_min]),
+                                      margin_max=v.parse_bound(form[rv.f_max]), issue=form[rv.f_issue] or None,
+                                      order=ORDERS.get(form[rv.f_order] or "")))
         except USER_ERRORS as exc:
             return self.empty(exc)
         return self.render(ws, q)
@@ -592,20 +615,21 @@ class ReviewHandlers(Handlers):
     def restore_view(self, sid, cid, request: gr.Request, msg: str = ""):
         """After a (re)connect: this reviewer's filters, card, and the last decisions recorded."""
         c = self.c
+        rv = c.review
         try:
             ws, q = self.queue_of(Reviewer.of(sid, cid, request))
         except USER_ERRORS as exc:
-            return self.empty(exc) | {c.recent: "", c.g_label: gr.update()}
+            return self.empty(exc) | {rv.recent: "", rv.g_label: gr.update()}
         f = q.filter
         return self.render(ws, q, msg, dd=gr.update(choices=ws.store.classes, value=None)) | {
-            c.f_suspects: show_choice(f.suspects), c.batch_src: "combined" if ws.ranked else "learned prompts",
-            c.f_class: gr.update(choices=v.filter_choices(ws.store.classes), value=f.label or ""),
-            c.f_status: f.status or "",
-            c.f_min: "" if f.margin_min is None else str(f.margin_min),
-            c.f_max: "" if f.margin_max is None else str(f.margin_max),
-            c.recent: v.recent_html(ws.store.recent(q.client, 5)),
-            c.g_label: gr.update(choices=ws.store.classes, value=None), c.f_issue: f.issue or "",
-            c.f_order: next((k for k, o in ORDERS.items() if o == (f.order or "margin")), "DEFT margin")}
+            rv.f_suspects: show_choice(f.suspects), rv.batch_src: "combined" if ws.ranked else "learned prompts",
+            rv.f_class: gr.update(choices=v.filter_choices(ws.store.classes), value=f.label or ""),
+            rv.f_status: f.status or "",
+            rv.f_min: "" if f.margin_min is None else str(f.margin_min),
+            rv.f_max: "" if f.margin_max is None else str(f.margin_max),
+            rv.recent: v.recent_html(ws.store.recent(q.client, 5)),
+            rv.g_label: gr.update(choices=ws.store.classes, value=None), rv.f_issue: f.issue or "",
+            rv.f_order: next((k for k, o in ORDERS.items() if o == (f.order or "margin")), "DEFT margin")}
 
     def zoom(self, sid, cid, shown_id, request: gr.Request):
         """The card on screen at its full resolution (a content-addressed copy; the data root is never served).
@@ -634,51 +658,54 @@ class ReviewHandlers(Handlers):
     # ---- batch accept: preview (exact list + versions kept), then confirm; one batch in the log
     def batch_preview(self, sid, cid, t, src, request: gr.Request):
         c = self.c
+        rv = c.review
         try:
             _, q = self.queue_of(Reviewer.of(sid, cid, request))
             items = q.batch_candidates(float(t), src)
         except USER_ERRORS as exc:
-            return {c.batch_msg: v.err_md(exc), c.batch_items: [],
-                    c.batch_ok: gr.update(interactive=False, value="Confirm")}
+            return {rv.batch_msg: v.err_md(exc), rv.batch_items: [],
+                    rv.batch_ok: gr.update(interactive=False, value="Confirm")}
         if not items:
-            return {c.batch_msg: "No pending sample in this filter has such a suggestion.", c.batch_items: [],
-                    c.batch_ok: gr.update(interactive=False)}
-        return {c.batch_msg: v.batch_preview_line(len(items), src, float(t)), c.batch_items: items,
-                c.batch_ok: gr.update(interactive=True, value=f"Confirm: accept {len(items)}")}
+            return {rv.batch_msg: "No pending sample in this filter has such a suggestion.", rv.batch_items: [],
+                    rv.batch_ok: gr.update(interactive=False)}
+        return {rv.batch_msg: v.batch_preview_line(len(items), src, float(t)), rv.batch_items: items,
+                rv.batch_ok: gr.update(interactive=True, value=f"Confirm: accept {len(items)}")}
 
     def batch_confirm(self, sid, cid, items, request: gr.Request):
         c = self.c
+        rv = c.review
         try:
             ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             res = q.apply_many([tuple(i) for i in items], Action.ACCEPT.value)
         except USER_ERRORS as exc:
-            return {c.batch_msg: v.err_md(exc), c.batch_items: [],
-                    c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
+            return {rv.batch_msg: v.err_md(exc), rv.batch_items: [],
+                    rv.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
         line = v.batch_line(res, "Accepted")
         ws.learn()
-        return {c.batch_msg: line, c.batch_items: [],
-                c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.render(ws, q, line)
+        return {rv.batch_msg: line, rv.batch_items: [],
+                rv.batch_ok: gr.update(interactive=False, value="Confirm")} | self.render(ws, q, line)
 
     # ---- grid
     def grid_view(self, sid, cid, page, request: gr.Request, msg: str = ""):
         """A page of the grid, its message, and the counter (a grid action changes what is reviewed)."""
         c = self.c
+        rv = c.review
         try:
             ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             rows = q.page(int(page or 0), GRID_PAGE)
             srcs = {str(r["id"]): v.file_url(thumbnail_file(ws.dataset.root / str(r["id"]), 112, ws.thumbs))
                     for r in rows}
-            return {c.grid: v.grid_html(rows, srcs), c.grid_msg: msg,
-                    c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
+            return {rv.grid: v.grid_html(rows, srcs), rv.grid_msg: msg,
+                    rv.g_label: gr.update(choices=ws.store.classes), rv.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
-            return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
+            return {rv.grid: "", rv.grid_msg: v.err_md(exc), rv.g_label: gr.update()}
 
     def grid_follow(self, sid, cid, mode, request: gr.Request):
         """After a filter edit: the grid's first page under the new filter when the grid is on screen (it showed
         the old filter's tiles, and a click on Grid, already selected, did nothing)."""
         if mode != "grid":
             return gr.skip()
-        return self.grid_view(sid, cid, 0, request) | {self.c.grid_page: 0}
+        return self.grid_view(sid, cid, 0, request) | {self.c.review.grid_page: 0}
 
     def counter_of(self, ws: Workspace, q: ReviewQueue) -> str:
         """The counter for the card this reviewer has (its anchor, which is not moved: the card is not
@@ -715,7 +742,7 @@ class ReviewHandlers(Handlers):
             msg, batch = html.escape(v.undo_line(done)), undid_batch(done)
         except USER_ERRORS as exc:
             msg = v.err_md(exc)
-        return self.grid_view(sid, cid, page, request, msg) | ({self.c.batch_msg: ""} if batch else {})
+        return self.grid_view(sid, cid, page, request, msg) | ({self.c.review.batch_msg: ""} if batch else {})
 
 
 def _move(step: int):
