@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft import ranking as rk
+from deft.core import ranking as rk
 from deft.learning import ORDER, QueueLearner, Signals, order_rows, rank_columns
 from deft.review import ReviewFilter, ReviewQueue, suggestions
-from deft.store import ReviewStore, StaleError
+from deft.storage.store import ReviewStore, StaleError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
@@ -316,8 +316,8 @@ def test_simulate_cli_reports_every_budget_and_leaves_the_run_untouched(demo_run
 def test_simulate_with_a_planted_signal_learns_to_find_it(demo_run, tmp_path):
     """The real simulator on a run whose signals file gains a feature that reveals the planted errors."""
     from deft.audit import true_labels
-    from deft.run import Run
     from deft.simulate import SimConfig, simulate
+    from deft.storage.run import Run
 
     run_dir = tmp_path / "run"
     shutil.copytree(demo_run, run_dir)
@@ -342,8 +342,8 @@ def test_simulate_with_a_planted_signal_learns_to_find_it(demo_run, tmp_path):
 def test_learner_suggests_from_a_probe_on_the_reviewers_labels(demo_run, tmp_path):
     from deft.audit import true_labels
     from deft.learning import load_learner
-    from deft.run import Run
     from deft.simulate import _store
+    from deft.storage.run import Run
 
     run = Run.open(demo_run)
     store = _store(run, tmp_path / "review.sqlite", "combined")
@@ -378,3 +378,41 @@ def test_simulate_refuses_a_run_without_ground_truth(tmp_path, demo_run):
     (run_dir / "run.json").write_text(json.dumps(meta))
     r = deft("simulate", run_dir, "--budget", "10")
     assert r.returncode != 0 and "no ground truth" in r.stderr + r.stdout
+
+
+def test_rerank_of_a_large_queue_writes_only_its_head_and_keeps_every_sample(tmp_path):
+    """Issue 24: at 1M samples a re-rank wrote every unseen sample (~4 minutes of writes, keys waiting behind
+    them). With ``head`` it writes the first ``head`` unseen samples of the new order, then those an earlier
+    head placed; every other sample keeps its place after them."""
+    scores, sig, _ = synthetic(300)
+    store = fresh_store(tmp_path, scores, sig)
+    ReviewQueue(store, ReviewFilter(suspects=None, order=ORDER), client="a", user="alice").save_place()
+    order0 = store.query(suspects=None, order=ORDER, limit=-1)["id"].tolist()
+    values = store.query(suspects=None, order=ORDER, limit=-1).set_index("id")[["p_wrong"]]
+    new = order0[::-1]  # reversed: the old tail comes first
+    assert store.rerank(ORDER, new, values.assign(p_wrong=0.5), slack=5, head=20) == 20
+    after = store.query(suspects=None, order=ORDER, limit=-1)
+    ids = after["id"].tolist()
+    head = [s for s in new if s not in order0[:5]][:20]
+    assert ids[:5] == order0[:5] and ids[5:25] == head  # the kept places, then the new head
+    assert ids[25:] == [s for s in order0[5:] if s not in head]  # the rest as it was
+    assert (after["p_wrong"].to_numpy()[5:25] == 0.5).all() and (after["p_wrong"].to_numpy()[25:] != 0.5).all()
+
+    # a second re-rank (the reviewer moved on 10 cards): its head, then the first head's leftovers, then the rest
+    q = ReviewQueue(store, ReviewFilter(suspects=None, order=ORDER), client="a", user="alice")
+    q.move(10)
+    q.save_place()
+    order1 = ids
+    kept = order1[: order1.index(q.current()["id"]) + 6]  # through the card on screen and the 5 after it
+    newer = sorted(order1, key=lambda s: (s not in order1[100:130], order1.index(s)))  # 30 from the rest first
+    moved = store.rerank(ORDER, newer, values.assign(p_wrong=0.25), slack=5, head=20)
+    ids2 = store.query(suspects=None, order=ORDER, limit=-1)["id"].tolist()
+    head2 = [s for s in newer if s not in kept][:20]
+    leftovers = [s for s in newer if s in head and s not in kept and s not in head2]
+    assert moved == len(head2) + len(leftovers) <= 40
+    assert ids2[: len(kept)] == kept and ids2[len(kept): len(kept) + len(head2)] == head2
+    assert ids2[len(kept) + len(head2): len(kept) + len(head2) + len(leftovers)] == leftovers
+    assert sorted(ids2) == sorted(order0) and len(set(ids2)) == 300  # nothing lost or doubled
+
+    # a small queue (fewer than twice the head unseen) is re-ranked whole, as before
+    assert store.rerank(ORDER, newer, values, slack=5, head=200) == 300 - len(kept)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft.progress import ProgressEvent
-from deft.ranking import remaining_estimate
-from deft.store import BatchResult, Decision
+from deft.core.progress import ProgressEvent
+from deft.core.ranking import remaining_estimate
+from deft.storage.store import BatchResult, Decision, ReviewStore, score_summary
 from ui import views
 
 
@@ -49,14 +49,13 @@ def test_job_outcome_replaces_started_and_cancelling():
 
 
 def test_suspect_rates_per_class():
-    rate = views.suspect_rates(_scores())
+    rate = views.suspect_rates(score_summary(_scores()))
     assert list(rate.columns) == ["class", "suspect_rate"]
     assert dict(zip(rate["class"], rate["suspect_rate"], strict=True)) == pytest.approx({"cat": 1 / 3, "dog": 2 / 5})
 
 
 def test_margin_histogram_splits_clean_and_suspect_on_shared_bins():
-    sc = _scores()
-    hist = views.margin_histogram(sc, bins=4)
+    hist = views.margin_histogram(score_summary(_scores(), bins=4))
     assert list(hist.columns) == ["margin", "count", "kind"] and len(hist) == 8
     clean, sus = hist[hist["kind"] == "clean"], hist[hist["kind"] == "suspect"]
     assert clean["count"].sum() == 5 and sus["count"].sum() == 3
@@ -67,11 +66,11 @@ def test_margin_histogram_splits_clean_and_suspect_on_shared_bins():
 
 
 def test_detect_summary_counts_and_warns_when_almost_all_flagged():
-    msg = views.detect_summary(_scores(), Path("runs/demo"))
+    msg = views.detect_summary(score_summary(_scores()), Path("runs/demo"))
     assert msg.startswith("### 3 suspects of 8 samples (37.5%)") and "`runs/demo`" in msg
     assert "Almost every sample" not in msg
     noisy = _scores().assign(is_clean=False)
-    assert "Almost every sample is flagged" in views.detect_summary(noisy, "r")
+    assert "Almost every sample is flagged" in views.detect_summary(score_summary(noisy), "r")
 
 
 def test_counter_and_lines():
@@ -230,7 +229,7 @@ def test_train_curve_is_one_tick_per_epoch_and_a_resumed_run_draws_from_epoch_1(
 
 
 def test_a_past_training_run_is_described_after_a_reload(tmp_path):
-    from deft.train_runs import TrainingRun
+    from deft.storage.train_runs import TrainingRun
 
     done = TrainingRun(tmp_path / "001", "pseudo", 2, 2, 0.5, 0.625, "12 curated rows <held out>", "finished")
     md = views.training_run_md(done)
@@ -290,3 +289,14 @@ def test_a_decision_for_a_session_the_server_did_not_open_is_refused(tmp_path):
     assert json.loads(lean["result"])["status"] == "error" and "reload the page" in lean["msg"]
     assert "whole number" in json.loads(h.api_decide("made-up", "c", "x", [1], "keep", "", None))["message"]
     assert reg.find("made-up") is None and not (tmp_path / "runs").exists()
+
+
+def test_detect_tab_summary_is_kept_with_the_scores(tmp_path):
+    """Issue 24: the Detect tab read the samples table at every page load (seconds of the server at 1M): the
+    store keeps its summary from the load of the scores, and makes it once for a store that has none."""
+    df = _scores().assign(id=[f"s{i}.png" for i in range(8)])
+    store = ReviewStore(tmp_path / "review.sqlite")
+    store.load_scores(df, ["cat", "dog"])
+    assert store.score_summary() == score_summary(df) and store.score_summary()["suspects"] == 3
+    store.set_meta("score_summary", "")  # as in a store loaded before the summary was kept
+    assert store.score_summary() == score_summary(df) and store.get_meta("score_summary")

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import gradio as gr
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
-from deft.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
-from deft.errors import DataError, ReviewError, RunError
-from deft.imageio import open_image
+from deft.core.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
+from deft.core.errors import DataError, ReviewError, RunError
+from deft.core.schema import Action, JobName
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
-from deft.schema import Action, JobName
-from deft.thumbs import thumbnail_file
+from deft.storage.imageio import open_image
+from deft.storage.thumbs import thumbnail_file
 
 from . import views as v
 from .evidence import evidence_html
@@ -267,9 +267,9 @@ class Handlers:
         det = c.detect
         if ws.store is None:
             return {det.det_summary: "", det.rate_plot: None, det.hist_plot: None}
-        sc = ws.store.scores(["id", "label", "is_clean", "margin"])  # what the summary, rates and histogram use
-        return {det.det_summary: v.detect_summary(sc, ws.run.path, ws.planted_summary()),
-                det.rate_plot: v.suspect_rates(sc), det.hist_plot: v.margin_histogram(sc)}
+        sm = ws.store.score_summary()  # kept in the store: no read of the samples table
+        return {det.det_summary: v.detect_summary(sm, ws.run.path, ws.planted_summary()),
+                det.rate_plot: v.suspect_rates(sm), det.hist_plot: v.margin_histogram(sm)}
 
     def detect_curves(self, sid) -> dict:
         det = self.c.detect

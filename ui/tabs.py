@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from deft.audit_view import ISSUES, ORDERS
+from deft.core.schema import DECIDED_STATUSES, DETECT_METHODS, Status
 from deft.review import BATCH_SOURCES
-from deft.schema import DECIDED_STATUSES, DETECT_METHODS, Status
 
 from .views import GRID_HELP, KEYS_HELP, filter_choices
 

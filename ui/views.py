@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
+from deft.core.metrics import planted_line
+from deft.core.ranking import Remaining
+from deft.core.schema import LABEL_ACTIONS, JobName, Stage, Status
 from deft.learning import RerankReport
-from deft.monitor import planted_line
-from deft.ranking import Remaining
 from deft.review import group_title, suggestions
-from deft.schema import LABEL_ACTIONS, JobName, Stage, Status
-from deft.store import BatchResult, Decision
+from deft.storage.store import BatchResult, Decision
 
 KEYS_HELP = ("<b>Keys:</b> <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> apply suggestion 1-3 · <kbd>k</kbd> keep label · "
              "<kbd>x</kbd> exclude · <kbd>r</kbd> relabel to… (type, Enter) · <kbd>u</kbd> undo · "
@@ -268,32 +268,30 @@ def grid_html(rows: list[dict], srcs: dict[str, str]) -> str:
     return f'<div id="grid"><span id="grid-count">0 selected</span>{"".join(parts)}</div>'
 
 
-def suspect_rates(scores: pd.DataFrame) -> pd.DataFrame:
-    """Share of suspects per given label: columns ``class``, ``suspect_rate``."""
-    rate = scores.assign(s=~scores["is_clean"]).groupby("label")["s"].mean().reset_index()
-    rate.columns = ["class", "suspect_rate"]
-    return rate
+def suspect_rates(summary: dict) -> pd.DataFrame:
+    """Share of suspects per given label (of a :func:`deft.storage.store.score_summary`): ``class``,
+    ``suspect_rate``."""
+    return pd.DataFrame({"class": list(summary["rates"]), "suspect_rate": list(summary["rates"].values())})
 
 
-def margin_histogram(scores: pd.DataFrame, bins: int = 20) -> pd.DataFrame:
-    """Margin histogram, clean and suspect on the same bins: columns ``margin`` (bin centre), ``count``, ``kind``."""
-    edges = np.linspace(scores["margin"].min(), scores["margin"].max() + 1e-9, bins + 1)
+def margin_histogram(summary: dict) -> pd.DataFrame:
+    """Margin histogram of a :func:`deft.storage.store.score_summary`, clean and suspect on the same bins: columns
+    ``margin`` (bin centre), ``count``, ``kind``."""
+    edges = np.asarray(summary["edges"])
     centers = np.round((edges[:-1] + edges[1:]) / 2, 3)
-    rows = []
-    for kind, part in (("clean", scores[scores["is_clean"]]), ("suspect", scores[~scores["is_clean"]])):
-        cnt, _ = np.histogram(part["margin"], edges)
-        rows += [{"margin": c, "count": int(n), "kind": kind} for c, n in zip(centers, cnt, strict=True)]
+    rows = [{"margin": c, "count": int(n), "kind": kind} for kind in ("clean", "suspect")
+            for c, n in zip(centers, summary[kind], strict=True)]
     return pd.DataFrame(rows)
 
 
-def detect_summary(scores: pd.DataFrame, run_path, planted: dict | None = None) -> str:
+def detect_summary(summary: dict, run_path, planted: dict | None = None) -> str:
     """The Detect tab's result: suspects of samples, the run, planted-error recall, a warning if all look noisy."""
-    n_sus = int((~scores["is_clean"]).sum())
-    msg = (f"### {n_sus} suspects of {len(scores)} samples ({n_sus / max(1, len(scores)):.1%}) — "
+    n, n_sus = summary["n"], summary["suspects"]
+    msg = (f"### {n_sus} suspects of {n} samples ({n_sus / max(1, n):.1%}) — "
            f"go to **Review**. Run: `{run_path}`")
     if planted is not None:
         msg += "\n\n" + planted_line(planted)
-    if n_sus >= 0.9 * len(scores):
+    if n_sus >= 0.9 * n:
         msg += ("\n\n**⚠ Almost every sample is flagged: these detections look like noise** (an untrained "
                 "or tiny random checkpoint, or far too few epochs). The review flow still works; train on "
                 "the reviewed set (clean + reviewed relabels) rather than the clean set.")
@@ -327,7 +325,7 @@ def counter_html(count: dict, pos: int | None, n: int, note: str = "") -> str:
 def queue_note(report: dict | None, wrong: Remaining | None) -> str:
     """What the learning queue says under the counter (HTML): the last re-rank (``report``, a
     :class:`deft.learning.RerankReport` as a dict) and the stopping rule (``wrong``, a
-    :class:`deft.ranking.Remaining` for the undecided samples); '' before an audit."""
+    :class:`deft.core.ranking.Remaining` for the undecided samples); '' before an audit."""
     parts = []
     if report:
         r = RerankReport(**report)
@@ -368,7 +366,8 @@ def merge_epochs(*histories: list[dict]) -> list[dict]:
 
 
 def training_run_md(run) -> str:
-    """The Train tab's result line for a past run (a :class:`deft.train_runs.TrainingRun`), shown after a reload."""
+    """The Train tab's result line for a past run (a :class:`deft.storage.train_runs.TrainingRun`), shown after a
+    reload."""
     done = f"{run.epochs_done}/{run.epochs} epochs"
     if run.status != "finished":
         return (f"Training run `{html.escape(run.path.name)}` ({html.escape(run.mode or 'training')}) was interrupted "

@@ -20,6 +20,7 @@ import html
 import json
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,27 +28,29 @@ import pandas as pd
 
 from deft.audit import audit_columns, ground_truth
 from deft.audit_view import issue_rows, order_rows
-from deft.config import Phase1Config, Phase2Config, phase1_preset
-from deft.curation import curated_labels, write_export
-from deft.data import Dataset, load_dataset
-from deft.device import pick_device
+from deft.core.config import Phase1Config, Phase2Config, phase1_preset
+from deft.core.device import pick_device
+from deft.core.errors import ReviewError, RunError
+from deft.core.metrics import planted_errors_caught
+from deft.core.ranking import RankConfig, remaining_estimate
+from deft.core.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
+from deft.detect_cost import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.embeddings import embeddings_path
-from deft.errors import ReviewError, RunError
-from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
-from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
-from deft.interop import FIFTYONE_PREFIX
+from deft.evidence import EvidenceIndex, Neighbour, apply_decisions, clean_verdicts
 from deft.jobs import Job
 from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path, unreviewed_suspects
-from deft.monitor import epoch_history, planted_errors_caught, training_curves
-from deft.ranking import RankConfig, remaining_estimate
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
-from deft.roots import DataRoots
-from deft.run import Run, run_folder_lock
-from deft.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
-from deft.store import ReviewStore
-from deft.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
-from deft.verified import folder_stamps, load_listing, recheck_in_background, save_listing
-from deft.verified import for_dataset as verified_files
+from deft.storage.data import Dataset
+from deft.storage.export import curated_labels, write_export
+from deft.storage.interop import FIFTYONE_PREFIX
+from deft.storage.load import load_dataset
+from deft.storage.roots import DataRoots
+from deft.storage.run import Run, run_folder_lock
+from deft.storage.store import ReviewStore
+from deft.storage.train_log import epoch_history, training_curves
+from deft.storage.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
+from deft.storage.verified import folder_stamps, load_listing, recheck_in_background, save_listing
+from deft.storage.verified import for_dataset as verified_files
 
 from .views import merge_epochs, queue_note
 
@@ -81,6 +84,36 @@ class AppSettings:
         reviewer's model needs before it replaces the unsupervised ranking."""
         n = max(1, int(self.rerank_every))
         return RankConfig(every=n, min_decisions=min(RankConfig.min_decisions, n))
+
+
+class Once:
+    """Values made once per key and shared by every session, also when sessions ask at the same time: the second
+    waits for the first instead of repeating its work (a browser's first page and its Review tab both imported a
+    1M-image folder and loaded its scores into the store, side by side on two cores)."""
+
+    def __init__(self) -> None:
+        self._items: dict = {}
+        self._locks: dict = {}
+        self._lock = threading.Lock()
+
+    def lock(self, key) -> threading.Lock:
+        """The lock that serialises the work on ``key``."""
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def get(self, key, make):
+        """The value of ``key``, made by ``make()`` once (an exception is raised to each caller, and not kept)."""
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        with self.lock(key):
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            value = make()
+            with self._lock:
+                self._items[key] = value
+            return value
 
 
 class _Loading:
@@ -167,13 +200,14 @@ class Workspace:
     store: ReviewStore | None = None
     job: Job | None = None
     queues: dict[str, ReviewQueue] = field(default_factory=dict)
-    datasets: dict | None = None  # shared import cache (set by Workspaces): sessions don't re-verify images
+    datasets: Once | None = None  # shared imports and store loads (set by Workspaces): sessions don't repeat them
     learners: Learners | None = None  # shared by Workspaces: one learning queue per dataset store
     detect_dir: Path | None = None  # the run folder of the latest detection job (its log feeds the curves)
     train_dir: Path | None = None  # the folder of the latest training job (its log: the whole curve of a resumed run)
     notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
+    _verdicts: tuple | None = None  # ((index, store path, samples generation), DEFT's labels, trusted, rows)
     _ids: tuple[Dataset, frozenset[str]] | None = None  # (dataset, its sample ids): what a client may name
     _note: tuple | None = None  # ((store, stamp, rank report), the counter's queue note)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -223,10 +257,7 @@ class Workspace:
             return self._verified_import(source, root)
         p = Path(source)
         key = (str(p.resolve()), root, p.stat().st_mtime_ns if p.exists() else 0)
-        ds = self.datasets.get(key)
-        if ds is None:
-            ds = self.datasets[key] = self._verified_import(source, root)
-        return ds
+        return self.datasets.get(key, lambda: self._verified_import(source, root))
 
     def _verified_import(self, source: str, root: str | None) -> Dataset:
         """Import ``source``, decoding only the images no earlier import (recorded under the dataset's runs
@@ -250,16 +281,11 @@ class Workspace:
         return ds
 
     def attach(self, run: Run) -> None:
-        """Make ``run`` current and load its scores into the dataset's review store."""
-        store = ReviewStore.for_run(run, self.home / "review.sqlite")  # raises on a damaged database
-        audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
-        stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
-        if store.get_meta("issues_stamp", "") != stamp:
-            table = audit_columns(run) if stamp else None  # damaged: ignored, with a note (run.notes)
-            stamp = stamp if table is not None else ""
-            store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
-            store.set_meta("rank_report", "")  # a fresh combined order: the last re-rank's report is void,
-            store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
+        """Make ``run`` current and load its scores into the dataset's review store (once: a session attaching
+        the same store meanwhile waits, then finds it loaded)."""
+        path = self.home / "review.sqlite"
+        with self.datasets.lock(("store", str(path.resolve()))) if self.datasets is not None else nullcontext():
+            store = self._load_store(run, path)
         if self.learners is None:
             self.learners = Learners(self.settings.rank_config())
         self.learners.get(store, run, wait=False)  # starts loading it in the background
@@ -268,6 +294,20 @@ class Workspace:
             self.notes = list(run.notes)
             self.queues.clear()
         self.learn()
+
+    @staticmethod
+    def _load_store(run: Run, path: Path) -> ReviewStore:
+        """``run``'s scores and data issues in the review store at ``path``, loaded where they changed."""
+        store = ReviewStore.for_run(run, path)  # raises on a damaged database
+        audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
+        stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
+        if store.get_meta("issues_stamp", "") != stamp:
+            table = audit_columns(run) if stamp else None  # damaged: ignored, with a note (run.notes)
+            stamp = stamp if table is not None else ""
+            store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
+            store.set_meta("rank_report", "")  # a fresh combined order: the last re-rank's report is void,
+            store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
+        return store
 
     @property
     def learner(self) -> QueueLearner | None:
@@ -303,7 +343,7 @@ class Workspace:
 
     def queue_note(self, count: dict | None = None) -> str:
         """The Review counter's second line: the last re-rank and the stopping rule (cached per store stamp).
-        ``count``: the store's :meth:`~deft.store.ReviewStore.count` when the caller has it (DEFT's suspects
+        ``count``: the store's :meth:`~deft.storage.store.ReviewStore.count` when the caller has it (DEFT's suspects
         left unreviewed, the stopping rule's second estimate)."""
         store = self.store
         if store is None:
@@ -361,7 +401,7 @@ class Workspace:
         """Detection in the background: ``method`` deft, a baseline (zeroshot / cleanlab, no prompt
         training, then the audit pass), or all (DEFT, then the audit pass with every baseline)."""
         from deft.audit import audit, detect_with_baseline
-        from deft.phase1 import detect
+        from deft.detection import detect
 
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
@@ -408,7 +448,7 @@ class Workspace:
         return self._start(JobName.AUDIT, fn)
 
     def start_train(self, mode: str, epochs: int) -> Job:
-        from deft.phase2 import train_classifier
+        from deft.training import train_classifier
 
         if self.run is None or self.store is None:
             raise RuntimeError("run detection first (Detect tab)")
@@ -478,13 +518,21 @@ class Workspace:
         index = self._evidence[1]
         if index is None:
             return None
-        # who is trusted with which label changes only with a decision or new scores: re-read both tables
-        # (the whole store) only then, not on every settled card. The key is read before the tables, so a
-        # decision landing in between makes the next card recompute.
-        key = (index, str(store.path), store.stamp())
+        # who is trusted with which label changes only with a decision or new scores: DEFT's verdicts are read
+        # with new scores only (at 1M samples a read of the samples table after each decision took seconds),
+        # the decisions after each one. The key is read before the tables, so a decision landing in between
+        # makes the next card recompute.
+        stamp = store.stamp()
+        key = (index, str(store.path), stamp)
         if self._trusted != key:
-            samples = run.dataset.samples
-            index.trust(*trusted_labels(samples["id"], samples["label"], store.scores(), store.current()))
+            base = (index, str(store.path), stamp[0])
+            if self._verdicts is None or self._verdicts[0] != base:
+                samples = run.dataset.samples
+                labels, trusted = clean_verdicts(samples["id"], samples["label"], store.scores(["id", "is_clean"]))
+                row = {sid: i for i, sid in enumerate(samples["id"].astype(str))}
+                self._verdicts = (base, labels, trusted, row)
+            _, labels, trusted, row = self._verdicts
+            index.trust(*apply_decisions(labels, trusted, row, store.current()))
             self._trusted = key
         sid, given = str(item["id"]), str(item["label"])
         out = [("given label", given, index.nearest(sid, given, k))]
@@ -531,7 +579,7 @@ class Workspaces:
     settings: AppSettings
     cap: int = 64
     _sessions: OrderedDict = field(default_factory=OrderedDict)
-    _datasets: dict = field(default_factory=dict)
+    _datasets: Once = field(default_factory=Once)
     _learners: Learners | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
