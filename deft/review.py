@@ -136,13 +136,15 @@ class ReviewQueue:
         return item
 
     def move(self, delta: int) -> dict | None:
+        """Step ``delta`` cards from the one on screen; returns the card now on screen (None: the view is empty)."""
         cur = self.current()
         if cur is None:
             return None
         nxt = self.store.step(cur["id"], delta, **self.filter.kwargs())
-        if nxt is not None:
-            self.anchor = nxt["id"]
-        return self.current()
+        if nxt is None:  # at an end of the view: the card stays
+            return cur
+        self.anchor = nxt["id"]
+        return nxt
 
     def show(self, sample_id: str) -> dict | None:
         """Put ``sample_id`` on screen (when it matches the filter)."""
@@ -189,9 +191,11 @@ class ReviewQueue:
     def suggestions(self, item: dict) -> list[Suggestion]:
         return suggestions(item)
 
-    def act(self, sample_id: str, version: int | None, action: str, label: str | None = None) -> Decision:
+    def act(self, sample_id: str, version: int | None, action: str,
+            label: str | None = None) -> tuple[Decision, dict | None]:
         """Apply ``action`` to ``sample_id`` if it is still at ``version`` (committed), then advance.
 
+        Returns the decision and the card now on screen (the next one in the view; found once, here).
         Raises :class:`StaleError` (and shows that sample again) when it changed since it was shown.
         """
         try:
@@ -202,16 +206,11 @@ class ReviewQueue:
                 self.anchor = sample_id
             raise
         nxt = self.store.step(sample_id, 1, **self.filter.kwargs())
-        self.anchor = nxt["id"] if nxt is not None else sample_id
-        return d
-
-    def pick(self, sample_id: str, version: int | None, k: int) -> Decision:
-        """Keyboard 1-3: apply suggestion ``k`` of the sample on screen (accept or relabel)."""
-        sugg = suggestions(self.store.sample(sample_id))
-        if k < 1 or k > len(sugg):
-            raise ReviewError(f"{sample_id} has no suggestion {k}")
-        s = sugg[k - 1]
-        return self.act(sample_id, version, s.action, s.label)
+        if nxt is None:  # the last card of the view: it stays (or, gone from the view, its neighbour)
+            self.anchor = sample_id
+            return d, self.current()
+        self.anchor = nxt["id"]
+        return d, nxt
 
     def undo(self) -> list[Decision]:
         """Undo this client's last step (a decision or a whole batch) and show that sample again."""
@@ -243,14 +242,13 @@ class ReviewQueue:
         one batch in the log (one undo step)."""
         return self.store.decide_many(items, action, label, client=self.client, by=self.user)
 
-    def page(self, limit: int = 36) -> list[dict]:
-        """Up to ``limit`` samples from the card on screen on, for the grid."""
+    def page(self, number: int = 0, limit: int = 36) -> list[dict]:
+        """Page ``number`` of the grid (``limit`` samples a page): the filter's samples, only the pending ones
+        when it shows suspects or every sample and no status (decided tiles would crowd out the rest)."""
         f = self.filter.kwargs()
-        first = self.current()
-        if first is None:
-            return []
-        where_rows = self.store.query(**f, offset=self.position(first), limit=limit)
-        return where_rows.to_dict("records")
+        if f["status"] is None and f["suspects"] is not False:
+            f["status"] = Status.PENDING.value
+        return self.store.query(**f, offset=max(0, number) * limit, limit=limit).to_dict("records")
 
     # -- place ----------------------------------------------------------------
     def save_place(self) -> None:

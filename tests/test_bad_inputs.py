@@ -702,10 +702,18 @@ def test_damaged_derived_run_file_is_rebuilt_or_ignored_with_a_warning(case, fin
 
 
 class _Components:
-    """The app's components as names (the handlers key their results by component)."""
+    """The app's components as names (the handlers key their results by component); a tab's group
+    (``c.dataset``) is one too, whose components are names again (``c.dataset.data_msg``: "data_msg")."""
 
     def __getattr__(self, name: str) -> str:
-        return name
+        return _Name(name)
+
+
+class _Name(str):
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Name(name)
 
 
 def _strings(out) -> str:

@@ -64,7 +64,8 @@ def decide(base: str, store: ReviewStore, sample_id: str, action: str) -> dict:
         version = int(store.sample(sample_id)["version"])
     except ReviewError:  # the server fills the store when the first session opens the run: nothing decided yet
         version = 0
-    body = json.dumps({"data": ["kill9-session", "kill9-client", sample_id, version, action, ""]}).encode()
+    # session "": an API client with no page (the server's own dataset); an id the server never handed out is refused
+    body = json.dumps({"data": ["", "kill9-client", sample_id, version, action, ""]}).encode()
     req = urllib.request.Request(base + "gradio_api/call/decide", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=15) as r:
         event_id = json.loads(r.read())["event_id"]

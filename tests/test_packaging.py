@@ -72,3 +72,21 @@ def test_deft_serve_takes_the_options_of_app_py():
     res = subprocess.run([sys.executable, "-m", "deft", "serve", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.startswith("usage: deft serve") and "--rerank-every" in res.stdout
+
+
+def test_the_wheel_ships_the_page_scripts_and_style_sheet():
+    """The page's scripts and style sheet are files under ui/static (read when the app launches): package data,
+    so that an installed ``deft serve`` has them (a wheel built from this pyproject lists ui/static/*.js, *.css)."""
+    from fnmatch import fnmatch
+
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    from ui.page import SCRIPTS, STATIC, STYLES, css_paths, head_html
+
+    cfg = read_configuration(REPO / "pyproject.toml", expand=True)
+    globs = cfg["tool"]["setuptools"]["package-data"]["ui"]
+    for name in (*SCRIPTS, *STYLES):
+        assert (STATIC / name).is_file() and STATIC.parent == REPO / "ui", name
+        assert any(fnmatch(f"static/{name}", g) for g in globs), (name, globs)
+    assert head_html().count("<script>") == len(SCRIPTS) and "window.deftAct" in head_html()
+    assert all(p.is_file() for p in css_paths())

@@ -45,8 +45,8 @@ def server(path, samples: pd.DataFrame) -> tuple[ReviewHandlers, str]:
     ws.dataset = Dataset(root=path.parent / "images", samples=samples, classes=CLASSES,
                          prompts={c: c for c in CLASSES})  # no image files: the card says "image unreadable"
     ws.store = ReviewStore(path)
-    names = ("card", "counter", "review_msg", "zoom_box", "act_result", "relabel_dd")
-    return ReviewHandlers(reg, SimpleNamespace(**{k: k for k in names})), "s"
+    names = ("card", "counter", "review_msg", "zoom_box", "relabel_dd")
+    return ReviewHandlers(reg, SimpleNamespace(review=SimpleNamespace(**{k: k for k in names}))), "s"
 
 
 def steps_of(store: ReviewStore, fn) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -129,23 +130,22 @@ def _item(**kw):
 
 
 def test_card_html_carries_sample_version_and_suggestions():
-    ws = SimpleNamespace(dataset=None)
-    out = views.card_html(ws, _item())
+    out = views.card_html(_item())
     assert '<div id="card" data-sid="cat/1.png" data-ver="3">' in out
     assert 'id="btn-s1" data-act="accept" data-label="dog"' in out
     assert 'id="btn-s2" data-act="relabel" data-label="fox"' in out
     assert "btn-s3" not in out  # the given label is never suggested
     assert '<b id="card-status">pending</b>' in out and "<b>-0.040</b>" in out
-    decided = views.card_html(ws, _item(status="relabelled", final_label="fox", decided_by="ann<"))
+    decided = views.card_html(_item(status="relabelled", final_label="fox", decided_by="ann<"))
     assert "→ <b>fox</b>" in decided and 'by <b id="card-by">ann&lt;</b>' in decided
     assert "card-pwrong" not in out  # no combined probability before an audit
-    combined = views.card_html(ws, _item(p_wrong=0.87, s1="fox", s1_conf=0.6, s1_src="zero-shot CLIP + <x>",
+    combined = views.card_html(_item(p_wrong=0.87, s1="fox", s1_conf=0.6, s1_src="zero-shot CLIP + <x>",
                                          s2="dog", s2_conf=0.2, s2_src="learned prompts"))
     assert '<b id="card-pwrong">87%</b>' in combined
     assert ('data-label="fox">1: relabel <b>fox</b> (60%) <span class="src">zero-shot CLIP + &lt;x&gt;</span>'
             in combined)
     assert 'id="btn-s2" data-act="accept" data-label="dog"' in combined  # dog is the sample's suggestion
-    assert views.card_html(ws, None) == ('<div id="card" data-sid="" data-ver=""><p>Nothing matches this filter.'
+    assert views.card_html(None) == ('<div id="card" data-sid="" data-ver=""><p>Nothing matches this filter.'
                                          '</p></div>')
 
 
@@ -154,11 +154,10 @@ def test_recent_list():
                           "undoes": None},
                          {"seq": 6, "at": "12:01", "sample_id": "cat/1.png", "action": "undo", "label": None,
                           "undoes": 5}])
-    store = SimpleNamespace(recent=lambda client, limit: rows)
-    out = views.recent_html(store, "c1")
+    out = views.recent_html(rows)
     assert "<li>#5 12:00 · <code>cat/1.png</code> relabel → fox</li>" in out
     assert "<li>#6 12:01 · <code>cat/1.png</code> undo of #5</li>" in out
-    assert views.recent_html(SimpleNamespace(recent=lambda c, n: pd.DataFrame()), "c1") == ""
+    assert views.recent_html(pd.DataFrame()) == ""
 
 
 def test_job_curves_and_confusion():
@@ -271,6 +270,25 @@ def test_a_batch_that_applied_nothing_does_not_offer_to_undo_it():
     assert "no batch was recorded" in line
     one = Decision(1, "a", "accept", "dog", "t", batch=4)
     assert "u undoes the whole batch" in views.batch_line(BatchResult(4, [one], []), "Accepted")
+
+
+def test_a_decision_for_a_session_the_server_did_not_open_is_refused(tmp_path):
+    """Issue 22: the API's /decide (and the lean route) for a made-up session created a workspace (pushing a
+    reviewer's out of the registry) and imported the server's dataset. It is refused with a sentence; nothing is
+    created or imported. A bad version is refused before anything else, as before."""
+    from ui.handlers import ReviewHandlers
+    from ui.workspace import AppSettings, Workspaces
+
+    reg = Workspaces(AppSettings(data=str(tmp_path / "never-read"), runs=tmp_path / "runs"))
+    names = ("card", "counter", "review_msg", "zoom_box", "relabel_dd")
+    h = ReviewHandlers(reg, SimpleNamespace(review=SimpleNamespace(**{k: k for k in names})))
+    got = json.loads(h.api_decide("made-up", "c", "cat/1.png", 0, "keep", "", None))
+    assert got["status"] == "error" and "reload the page" in got["message"], got
+    lean = h.lean({"op": "act", "session": "made-up", "client": "c", "sample_id": "cat/1.png", "version": 0,
+                   "action": "keep"}, None)
+    assert json.loads(lean["result"])["status"] == "error" and "reload the page" in lean["msg"]
+    assert "whole number" in json.loads(h.api_decide("made-up", "c", "x", [1], "keep", "", None))["message"]
+    assert reg.find("made-up") is None and not (tmp_path / "runs").exists()
 
 
 def test_detect_tab_summary_is_kept_with_the_scores(tmp_path):

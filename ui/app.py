@@ -2,22 +2,22 @@
 
 :mod:`ui.tabs` builds each tab's components, :mod:`ui.handlers` holds the event handlers,
 :mod:`ui.views` the pure view functions (text, HTML, frames) and :mod:`ui.page` the page's scripts and
-style sheet; this module wires the events (in the order the page relies on) and launches the app.
+style sheet (files under ``ui/static/``); this module wires the events (in the order the page relies on) and
+launches the app.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import gradio as gr
 
 from . import tabs
 from .handlers import NAV_OPS, USER_ERRORS, ReviewHandlers
 from .lean import act_route
-from .page import CSS, KEYBOARD_JS, MAP_JS
+from .page import css_paths, head_html
 from .security import MAX_UPLOAD
-from .tabs import STATUSES, job_controls
+from .tabs import STATUSES, Components, job_controls
 from .views import (
     GRID_HELP,
     KEYS_HELP,
@@ -37,31 +37,37 @@ from .views import (
 )
 from .workspace import Workspace, Workspaces
 
-__all__ = ["CSS", "GRID_HELP", "KEYBOARD_JS", "KEYS_HELP", "MAP_COLOURS", "MAP_JS", "STATUSES", "USER_ERRORS",
+__all__ = ["GRID_HELP", "KEYS_HELP", "MAP_COLOURS", "STATUSES", "USER_ERRORS",
            "batch_line", "build", "card_html", "decision_line", "file_url", "grid_html", "job_controls",
            "launch", "map_html", "parse_bound", "plot_frames", "progress_html", "recent_html",
            "train_summary_md", "undo_line"]
 
 
 def card_outputs(c) -> list:
-    return [c.card, c.counter, c.relabel_dd, c.review_msg, c.zoom_box]
+    rv = c.review
+    return [rv.card, rv.counter, rv.relabel_dd, rv.review_msg, rv.zoom_box]
 
 
 def restore_outputs(c) -> list:
-    return [*card_outputs(c), c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.recent, c.g_label,
-            c.f_issue, c.f_order, c.batch_src]
+    rv = c.review
+    return [*card_outputs(c), rv.f_suspects, rv.f_class, rv.f_status, rv.f_min, rv.f_max, rv.recent, rv.g_label,
+            rv.f_issue, rv.f_order, rv.batch_src]
 
 
 def dataset_outputs(c) -> list:
-    return [c.data_msg, c.counts_plot, c.issues_df, c.thumb_class, c.gallery]
+    dtab = c.dataset
+    return [dtab.data_msg, dtab.counts_plot, dtab.issues_df, dtab.thumb_class, dtab.gallery]
 
 
 def audit_outputs(c) -> list:
-    return [c.methods_msg, c.methods_df, c.issues_msg, c.issue_counts_df, c.class_report_df]
+    det = c.detect
+    dtab = c.dataset
+    return [det.methods_msg, det.methods_df, dtab.issues_msg, dtab.issue_counts_df, dtab.class_report_df]
 
 
 def train_outputs(c) -> list:
-    return [c.curve_plot, c.train_summary, c.confusion, c.train_runs]
+    tr = c.train
+    return [tr.curve_plot, tr.train_summary, tr.confusion, tr.train_runs]
 
 
 # which Review mode is on screen, read when a filter's render is done (a click on Grid may have come meanwhile)
@@ -70,147 +76,160 @@ GRID_MODE_JS = ("(s, c, m) => { const g = document.getElementById('grid-box'); "
 
 
 def wire_card(h: ReviewHandlers) -> None:
-    """Card decisions (one route, also the API ``/decide``), navigation and filters."""
+    """Card decisions (the lean route; the API ``/decide``), navigation and filters."""
     c = h.c
-    act_js = "(v) => { if (v) window.deftAct('relabel', v, true); }"  # Gradio's route: it clears the field
-    c.act_btn.click(h.decide, [c.session, c.client, c.act_sid, c.act_ver, c.act_what, c.act_label],
-                    [c.act_result, *card_outputs(c)], js="(...a) => window.deftTake(...a)", api_name="decide",
-                    trigger_mode="multiple", queue=False)  # no queue round trip: ~2x faster per key
-    for btn, what in ((c.keep_btn, "keep"), (c.excl_btn, "exclude")):
+    rv = c.review
+    # every card decision takes the lean route (ui.lean, sent by the page script); the API's /decide is the same
+    # handler, with no component: nothing in the page feeds it
+    gr.api(h.api_decide, api_name="decide", queue=False)
+    for btn, what in ((rv.keep_btn, "keep"), (rv.excl_btn, "exclude")):
         btn.click(None, js=f"() => window.deftAct('{what}')")
-    c.relabel_btn.click(None, [c.relabel_dd], js=act_js)
-    c.relabel_dd.input(None, [c.relabel_dd], js=act_js)
-    c.relabel_dd.change(lambda v: gr.update(interactive=bool(v)), c.relabel_dd, c.relabel_btn, queue=False,
-                        api_visibility="private")  # Relabel only once there is a label to relabel to
-    for btn, fn in ((c.next_btn, NAV_OPS["next"]), (c.prev_btn, NAV_OPS["prev"]), (c.undo_btn, NAV_OPS["undo"]),
-                    (c.pend_btn, NAV_OPS["pending"])):
+    act_js = "(v) => { if (v) window.deftAct('relabel', v); return null; }"  # and the field clears for the next card
+    rv.relabel_btn.click(None, [rv.relabel_dd], [rv.relabel_dd], js=act_js)
+    rv.relabel_dd.input(None, [rv.relabel_dd], [rv.relabel_dd], js=act_js)
+    rv.relabel_dd.change(lambda v: gr.update(interactive=bool(v)), rv.relabel_dd, rv.relabel_btn, queue=False,
+                         api_visibility="private")  # Relabel only once there is a label to relabel to
+    for btn, fn in ((rv.next_btn, NAV_OPS["next"]), (rv.prev_btn, NAV_OPS["prev"]), (rv.undo_btn, NAV_OPS["undo"]),
+                    (rv.pend_btn, NAV_OPS["pending"])):
         ev = btn.click(h.nav(fn), [c.session, c.client], card_outputs(c), trigger_mode="multiple", queue=False,
                        api_visibility="private")
-        if btn is c.undo_btn:
+        if btn is rv.undo_btn:
             ev.then(None, js="() => window.deftUndone()")
     # an undone batch: its "Accepted 12 sample(s) as one batch" (card or grid) is no longer true
-    c.batch_clear.click(None, None, [c.batch_msg, c.grid_msg], js="() => ['', '']", queue=False)
-    filter_inputs = [c.session, c.client, c.f_suspects, c.f_class, c.f_status, c.f_min, c.f_max, c.f_issue,
-                     c.f_order]
-    for comp, ev in ((c.f_suspects, "input"), (c.f_class, "input"), (c.f_status, "input"), (c.f_issue, "input"),
-                     (c.f_order, "input"),
-                     (c.f_min, "submit"), (c.f_max, "submit"), (c.f_min, "blur"), (c.f_max, "blur")):
+    rv.batch_clear.click(None, None, [rv.batch_msg, rv.grid_msg], js="() => ['', '']", queue=False)
+    filter_inputs = {c.session, c.client, rv.f_suspects, rv.f_class, rv.f_status, rv.f_min, rv.f_max, rv.f_issue,
+                     rv.f_order}  # a set: the handler gets them by component
+    for comp, ev in ((rv.f_suspects, "input"), (rv.f_class, "input"), (rv.f_status, "input"), (rv.f_issue, "input"),
+                     (rv.f_order, "input"),
+                     (rv.f_min, "submit"), (rv.f_max, "submit"), (rv.f_min, "blur"), (rv.f_max, "blur")):
         getattr(comp, ev)(h.set_filter, filter_inputs, card_outputs(c), concurrency_limit=1,
                           concurrency_id="review", api_visibility="private").then(
-            h.grid_follow, [c.session, c.client, c.g_mode], [c.grid, c.grid_msg, c.g_label, c.counter, c.grid_page],
+            h.grid_follow, [c.session, c.client, rv.g_mode],
+            [rv.grid, rv.grid_msg, rv.g_label, rv.counter, rv.grid_page],
             js=GRID_MODE_JS, concurrency_limit=1, concurrency_id="review", show_progress="hidden",
             api_visibility="private")
-    c.ev_btn.click(h.evidence, [c.session, c.client], c.evidence, show_progress="hidden",
-                   api_visibility="private")  # clicked by the page script once the card has settled
-    c.zoom_btn.click(h.zoom, [c.session, c.client, c.act_sid], c.zoom_box,
-                     js="(a, b, c) => [a, b, (document.getElementById('card') || {dataset: {}}).dataset.sid]",
-                     api_visibility="private")
-    c.batch_btn.click(h.batch_preview, [c.session, c.client, c.batch_t, c.batch_src],
-                      [c.batch_msg, c.batch_items, c.batch_ok], concurrency_limit=1, concurrency_id="review",
+    rv.ev_btn.click(h.evidence, [c.session, c.client], rv.evidence, show_progress="hidden",
+                    api_visibility="private")  # clicked by the page script once the card has settled
+    rv.zoom_btn.click(h.zoom, [c.session, c.client, rv.zoom_sid], rv.zoom_box,
+                      js="(a, b, c) => [a, b, (document.getElementById('card') || {dataset: {}}).dataset.sid]",
                       api_visibility="private")
-    c.batch_ok.click(h.batch_confirm, [c.session, c.client, c.batch_items],
-                     [c.batch_msg, c.batch_items, c.batch_ok, *card_outputs(c)],
-                     concurrency_limit=1, concurrency_id="review", api_visibility="private")
+    rv.batch_btn.click(h.batch_preview, [c.session, c.client, rv.batch_t, rv.batch_src],
+                       [rv.batch_msg, rv.batch_items, rv.batch_ok], concurrency_limit=1, concurrency_id="review",
+                       api_visibility="private")
+    rv.batch_ok.click(h.batch_confirm, [c.session, c.client, rv.batch_items],
+                      [rv.batch_msg, rv.batch_items, rv.batch_ok, *card_outputs(c)],
+                      concurrency_limit=1, concurrency_id="review", api_visibility="private")
 
 
 def wire_grid(h: ReviewHandlers) -> None:
     """Grid mode: selection actions (``/grid_decide``), undo, paging."""
     c = h.c
-    grid_outputs = [c.grid, c.grid_msg, c.g_label, c.counter]
-    c.g_btn.click(h.grid_apply, [c.session, c.client, c.g_sel, c.g_what, c.g_label, c.grid_page], grid_outputs,
-                  js="(...a) => window.deftGridTake(...a)", trigger_mode="multiple", concurrency_limit=1,
-                  concurrency_id="review", api_name="grid_decide")
-    for btn, what in ((c.g_accept, "accept"), (c.g_keep, "keep"), (c.g_excl, "exclude"), (c.g_relabel, "relabel")):
+    rv = c.review
+    grid_outputs = [rv.grid, rv.grid_msg, rv.g_label, rv.counter]
+    rv.g_btn.click(h.grid_apply, [c.session, c.client, rv.g_sel, rv.g_what, rv.g_label, rv.grid_page], grid_outputs,
+                   js="(...a) => window.deftGridTake(...a)", trigger_mode="multiple", concurrency_limit=1,
+                   concurrency_id="review", api_name="grid_decide")
+    for btn, what in ((rv.g_accept, "accept"), (rv.g_keep, "keep"), (rv.g_excl, "exclude"), (rv.g_relabel, "relabel")):
         btn.click(None, js=f"() => window.deftGrid('{what}')")
-    c.g_undo.click(h.grid_undo, [c.session, c.client, c.grid_page], [*grid_outputs, c.batch_msg], concurrency_limit=1,
-                   concurrency_id="review", api_visibility="private")
-    for btn, d in ((c.g_prev, -1), (c.g_next, 1)):
-        btn.click(lambda p, d=d: max(0, int(p or 0) + d), c.grid_page, c.grid_page).then(
-            h.grid_view, [c.session, c.client, c.grid_page], grid_outputs)
-    c.grid_tab.select(h.grid_view, [c.session, c.client, c.grid_page], grid_outputs, concurrency_limit=1,
-                      concurrency_id="review")  # after a filter edit still being applied, not before it
+    rv.g_undo.click(h.grid_undo, [c.session, c.client, rv.grid_page], [*grid_outputs, rv.batch_msg],
+                    concurrency_limit=1,
+                    concurrency_id="review", api_visibility="private")
+    for btn, d in ((rv.g_prev, -1), (rv.g_next, 1)):
+        btn.click(lambda p, d=d: max(0, int(p or 0) + d), rv.grid_page, rv.grid_page).then(
+            h.grid_view, [c.session, c.client, rv.grid_page], grid_outputs)
+    rv.grid_tab.select(h.grid_view, [c.session, c.client, rv.grid_page], grid_outputs, concurrency_limit=1,
+                       concurrency_id="review")  # after a filter edit still being applied, not before it
 
 
 def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
     """Page load (session, dataset, review place, detection results, curves, advice, audit: in this order),
     dataset loading, audit, map."""
     c, reg = h.c, h.reg
-    demo.load(h.on_start, [c.saved], [c.session, c.client, c.saved, c.data_in, c.root_in, c.name_in]).then(
+    mp = c.map
+    det = c.detect
+    dtab = c.dataset
+    demo.load(h.on_start, [c.saved], [c.session, c.client, c.saved, dtab.data_in, dtab.root_in, c.name_in]).then(
         h.on_page_load, c.session, dataset_outputs(c)).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
-        lambda sid: h.detect_results(reg.get(sid)), c.session, [c.det_summary, c.rate_plot, c.hist_plot],
+        lambda sid: h.detect_results(reg.get(sid)), c.session, [det.det_summary, det.rate_plot, det.hist_plot],
         show_progress="hidden").then(  # background refreshes: no timer over results already on screen
-        lambda sid: h.detect_curves(sid), c.session, [c.loss_plot, c.clean_plot], show_progress="hidden").then(
-        h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], show_progress="hidden").then(
+        lambda sid: h.detect_curves(sid), c.session, [det.loss_plot, det.clean_plot], show_progress="hidden").then(
+        h.advise, [c.session, det.model_in], [det.preview_in, det.det_note], show_progress="hidden").then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c), show_progress="hidden").then(
         h.train_view, c.session, train_outputs(c), show_progress="hidden")
-    c.load_btn.click(h.on_load, [c.session, c.data_in, c.root_in, c.saved], [*dataset_outputs(c), c.saved]).then(
+    dtab.load_btn.click(h.on_load, [c.session, dtab.data_in, dtab.root_in, c.saved],
+                        [*dataset_outputs(c), c.saved]).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c)).then(
         h.train_view, c.session, train_outputs(c), show_progress="hidden")
-    c.audit_btn.click(h.on_audit, c.session, c.audit_msg)
-    c.audit_timer.tick(h.on_audit_tick, c.session, [c.audit_prog, c.audit_msg, c.det_msg, c.train_msg,
+    det.audit_btn.click(h.on_audit, c.session, det.audit_msg)
+    c.audit_timer.tick(h.on_audit_tick, c.session, [det.audit_prog, det.audit_msg, det.det_msg, c.train.train_msg,
                                                     *audit_outputs(c)], show_progress="hidden")
-    c.map_tab.select(h.map_view, c.session, [c.map_msg, c.map_box])
-    c.map_btn.click(h.map_open, [c.session, c.client, c.map_sid], [c.map_msg, c.tabs, c.review_modes,
-                                                                   *restore_outputs(c)],
-                    js="(...a) => window.deftMapTake(...a)", api_visibility="private")
+    c.map_tab.select(h.map_view, c.session, [mp.map_msg, mp.map_box])
+    mp.map_btn.click(h.map_open, [c.session, c.client, mp.map_sid], [mp.map_msg, c.tabs, c.review.review_modes,
+                                                                     *restore_outputs(c)],
+                     js="(...a) => window.deftMapTake(...a)", api_visibility="private")
     for ev in (c.name_in.blur, c.name_in.submit):
         ev(h.set_name, [c.client, c.name_in, c.saved], [c.name_in, c.saved], queue=False, api_visibility="private")
-    c.thumb_class.change(lambda sid, cls: h.class_thumbs_of(reg.get(sid), cls), [c.session, c.thumb_class],
-                         c.gallery)
+    dtab.thumb_class.change(lambda sid, cls: h.class_thumbs_of(reg.get(sid), cls), [c.session, dtab.thumb_class],
+                            dtab.gallery)
 
 
 def wire_jobs(h: ReviewHandlers) -> None:
     """Detect, Train and Export buttons, the job timer, and the card refresh on a tab change."""
     c = h.c
-    c.run_btn.click(h.on_detect, [c.session, c.model_in, c.rw_in, c.ep_in, c.pv_in, c.det_method],
-                    [c.det_msg, c.det_summary])
-    c.cancel_btn.click(h.cancel_into(c.det_msg), c.session, c.det_msg)
-    for ev in (c.model_in.blur, c.model_in.submit):
-        ev(h.advise, [c.session, c.model_in], [c.pv_in, c.det_note], api_visibility="private")
-    c.est_btn.click(h.estimate, [c.session, c.model_in, c.ep_in], c.det_note, concurrency_limit=1,
-                    concurrency_id="estimate", api_visibility="private")
-    c.train_btn.click(h.on_train, [c.session, c.mode_in, c.tep_in], c.train_msg)
-    c.tcancel_btn.click(h.cancel_into(c.train_msg), c.session, c.train_msg)
-    for ev in (c.train_tab.select, c.train_summary.change):
-        ev(h.runs_list, c.session, c.train_runs, api_visibility="private")
-    c.export_btn.click(h.on_export, [c.session, c.pseudo_in], [c.export_msg, c.export_files, c.export_preview])
-    c.timer.tick(h.on_tick, c.session, [c.det_prog, c.loss_plot, c.det_summary, c.rate_plot, c.hist_plot,
-                                        c.train_prog, c.curve_plot, c.train_summary, c.confusion, c.f_class,
-                                        c.clean_plot, c.det_msg, c.train_msg], show_progress="hidden")
+    ex = c.export
+    tr = c.train
+    det = c.detect
+    det.run_btn.click(h.on_detect, {c.session, det.model_in, det.real_world_in, det.epochs_in, det.preview_in,
+                                    det.det_method},
+                      [det.det_msg, det.det_summary])  # a set: the handler gets them by component
+    det.cancel_btn.click(h.cancel_into(det.det_msg), c.session, det.det_msg)
+    for ev in (det.model_in.blur, det.model_in.submit):
+        ev(h.advise, [c.session, det.model_in], [det.preview_in, det.det_note], api_visibility="private")
+    det.est_btn.click(h.estimate, [c.session, det.model_in, det.epochs_in], det.det_note, concurrency_limit=1,
+                      concurrency_id="estimate", api_visibility="private")
+    tr.train_btn.click(h.on_train, [c.session, tr.mode_in, tr.train_epochs_in], tr.train_msg)
+    tr.tcancel_btn.click(h.cancel_into(tr.train_msg), c.session, tr.train_msg)
+    for ev in (c.train_tab.select, tr.train_summary.change):
+        ev(h.runs_list, c.session, tr.train_runs, api_visibility="private")
+    ex.export_btn.click(h.on_export, [c.session, ex.pseudo_in], [ex.export_msg, ex.export_files, ex.export_preview])
+    c.timer.tick(h.on_tick, c.session, [det.det_prog, det.loss_plot, det.det_summary, det.rate_plot, det.hist_plot,
+                                        tr.train_prog, tr.curve_plot, tr.train_summary, tr.confusion, c.review.f_class,
+                                        det.clean_plot, det.det_msg, tr.train_msg], show_progress="hidden")
     c.tabs.select(h.show_card, [c.session, c.client], card_outputs(c))
 
 
 def build(reg: Workspaces, login: bool = False) -> tuple[gr.Blocks, ReviewHandlers]:
     """The Blocks app and its handlers (which :func:`ui.lean.act_route` serves on the same server); ``login``:
     the server asks for a login (then the login names the reviewer, else a name field in the page does)."""
-    s, c = reg.settings, SimpleNamespace()
+    s = reg.settings
     with gr.Blocks(title="deft-audit") as demo:
         # per tab: which Workspace (dataset) it shows; per browser (localStorage): the reviewer's id and dataset
-        c.session = gr.Textbox(visible="hidden", elem_id="session-id")
-        c.client = gr.Textbox(visible="hidden", elem_id="client-id")
-        c.saved = gr.BrowserState({"cid": "", "data": "", "root": ""}, storage_key="deft-audit-reviewer",
-                                  secret="deft-audit-reviewer-id")
+        session = gr.Textbox(visible="hidden", elem_id="session-id")
+        client = gr.Textbox(visible="hidden", elem_id="client-id")
+        saved = gr.BrowserState({"cid": "", "data": "", "root": ""}, storage_key="deft-audit-reviewer",
+                                secret="deft-audit-reviewer-id")
         with gr.Row(equal_height=False):
             gr.Markdown("# deft-audit\nFind wrong labels with DEFT, fix them fast, train on the cleaned set.",
                         elem_id="app-title", min_width=380)
-            tabs.reviewer_box(c, login)
-        with gr.Tabs(elem_id="tabs") as c.tabs:
+            name_in = tabs.reviewer_box(login)
+        with gr.Tabs(elem_id="tabs") as all_tabs:
             with gr.Tab("1 · Dataset", id="dataset"):
-                tabs.dataset_tab(c, s)
+                dataset = tabs.dataset_tab(s)
             with gr.Tab("2 · Detect", id="detect"):
-                tabs.detect_tab(c, s)
+                detect = tabs.detect_tab(s)
             with gr.Tab("3 · Review", id="review"):
-                tabs.review_tab(c)
-            with gr.Tab("4 · Map", id="map") as c.map_tab:
-                tabs.map_tab(c)
-            with gr.Tab("5 · Train", id="train") as c.train_tab:
-                tabs.train_tab(c, s)
+                review = tabs.review_tab()
+            with gr.Tab("4 · Map", id="map") as map_tab:
+                map_parts = tabs.map_tab()
+            with gr.Tab("5 · Train", id="train") as train_tab:
+                train = tabs.train_tab(s)
             with gr.Tab("6 · Export", id="export"):
-                tabs.export_tab(c)
-        c.timer = gr.Timer(1.0)
-        c.audit_timer = gr.Timer(1.0)
+                export = tabs.export_tab()
+        c = Components(session=session, client=client, saved=saved, name_in=name_in, tabs=all_tabs, map_tab=map_tab,
+                       train_tab=train_tab, timer=gr.Timer(1.0), audit_timer=gr.Timer(1.0), dataset=dataset,
+                       detect=detect, review=review, map=map_parts, train=train, export=export)
         h = ReviewHandlers(reg, c)
         wire_card(h)
         wire_grid(h)
@@ -230,6 +249,6 @@ def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 786
     demo.queue(default_concurrency_limit=4)
     app_kwargs = extra.pop("app_kwargs", {})
     app_kwargs = {**app_kwargs, "routes": [*app_kwargs.get("routes", []), act_route(h)]}
-    demo.launch(server_name=host, server_port=port, auth=auth, share=share, css=CSS, head=KEYBOARD_JS + MAP_JS,
+    demo.launch(server_name=host, server_port=port, auth=auth, share=share, css_paths=css_paths(), head=head_html(),
                 ssr_mode=False, show_error=True, inbrowser=False, app_kwargs=app_kwargs, max_file_size=MAX_UPLOAD,
                 allowed_paths=[str(thumbs), *extra.pop("allowed_paths", [])], **extra)

@@ -1,7 +1,7 @@
 """The app's event handlers: one :class:`Handlers` per app, holding the registry of workspaces and the
-components (``c``, filled by :mod:`ui.tabs`). Handlers with several outputs return ``{component: value}``
-dicts (Gradio orders them by the event's outputs; a component left out is not updated), so no handler
-depends on the position of an output in a list."""
+components (``c``: :class:`ui.tabs.Components`, one group per tab). Handlers with several outputs return
+``{component: value}`` dicts (Gradio orders them by the event's outputs; a component left out is not updated),
+so no handler depends on the position of an output in a list."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import html
 import itertools
 import json
 import uuid
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import gradio as gr
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
 from deft.core.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
-from deft.core.errors import ReviewError, RunError
-from deft.core.schema import Action, JobName, Status
+from deft.core.errors import DataError, ReviewError, RunError
+from deft.core.schema import Action, JobName
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
 from deft.storage.imageio import open_image
@@ -66,13 +66,34 @@ def clean_name(name) -> str:
     return " ".join(text.split())[:NAME_MAX].strip()
 
 
-def user_of(request: gr.Request | None, name: str = "") -> str:
+@dataclass(frozen=True)
+class Reviewer:
+    """Who sent a review action: the page's session (its workspace: which dataset), this browser's client id and
+    the logged-in user (None without a login). The lean route builds it from its JSON body and the session cookie
+    (:func:`ui.security.scope_user`), a Gradio event from its ``gr.Request`` (:meth:`of`)."""
+
+    session: str = ""
+    client: str = ""
+    username: str | None = None
+
+    @classmethod
+    def of(cls, session, client, request: gr.Request | None) -> Reviewer:
+        user = getattr(request, "username", None) if request is not None else None
+        return cls(str(session or ""), str(client or ""), user or None)
+
+
+# a session id this server did not hand out: a page opened before the server restarted, or a made-up id
+UNKNOWN_SESSION = ("This page's session is not one this server opened (the server restarted since the page was "
+                   "loaded, or the id is made up): reload the page.")
+
+
+def user_of(request: gr.Request | Reviewer | None, name: str = "") -> str:
     """Who decides: the logged-in user; without a login, the name this browser gave, else ``local``."""
     user = getattr(request, "username", None) if request is not None else None
     return user or name or "local"
 
 
-def owner_of(cid: str, request: gr.Request | None) -> str:
+def owner_of(cid: str, request: gr.Request | Reviewer | None) -> str:
     """Whose place and undo stack: the logged-in user, else this browser."""
     user = getattr(request, "username", None) if request is not None else None
     return f"user:{user}" if user else (cid or "anonymous")
@@ -81,14 +102,6 @@ def owner_of(cid: str, request: gr.Request | None) -> str:
 def undid_batch(done: list) -> bool:
     """Whether the decisions an undo took back were a batch (batch accept, or a grid action)."""
     return any(d.batch is not None for d in done)
-
-
-def grid_rows(q: ReviewQueue, page: int) -> list[dict]:
-    """One page of the grid: the filter's samples, pending only when showing suspects without a status."""
-    f = q.filter.kwargs()
-    if f["status"] is None and f["suspects"] is not False:  # suspects, or every sample: the pending ones
-        f["status"] = Status.PENDING.value
-    return q.store.query(**f, offset=max(0, page) * GRID_PAGE, limit=GRID_PAGE).to_dict("records")
 
 
 def curve_update(epochs: list[dict]):
@@ -102,7 +115,7 @@ def audit_of(ws: Workspace) -> AuditView | None:
 
 
 class Handlers:
-    """The handlers of one app; ``c`` is the namespace of its components."""
+    """The handlers of one app; ``c`` is its components (:class:`ui.tabs.Components`: one group per tab)."""
 
     def __init__(self, reg: Workspaces, c):
         self.reg, self.s, self.c = reg, reg.settings, c
@@ -114,7 +127,12 @@ class Handlers:
 
     # ------------------------------------------------------------------ sessions
     def session_ws(self, sid: str) -> Workspace:
-        ws = self.reg.get(sid or "api")
+        """The workspace of page session ``sid``; "" (an API client, no page): the server's own one, on the
+        server's dataset. A session id this server did not hand out is refused (:data:`UNKNOWN_SESSION`): it
+        would otherwise create a workspace (pushing a reviewer's out of the registry) and import a dataset."""
+        ws = self.reg.find(sid) if sid else self.reg.get("api")
+        if ws is None:
+            raise ReviewError(UNKNOWN_SESSION)
         if ws.dataset is None:
             try:
                 ws.load(self.s.data, self.s.root)
@@ -122,9 +140,9 @@ class Handlers:
                 pass
         return ws
 
-    def queue_of(self, sid: str, cid: str, request: gr.Request | None) -> tuple[Workspace, ReviewQueue]:
-        ws = self.session_ws(sid)
-        return ws, ws.queue(owner_of(cid, request), user_of(request, self.names.get(cid, "")))
+    def queue_of(self, who: Reviewer) -> tuple[Workspace, ReviewQueue]:
+        ws = self.session_ws(who.session)
+        return ws, ws.queue(owner_of(who.client, who), user_of(who, self.names.get(who.client, "")))
 
     def set_name(self, cid, name, state):
         """This browser's reviewer name (no login): recorded with its decisions from now on, and kept in the
@@ -150,20 +168,22 @@ class Handlers:
             except USER_ERRORS:
                 pass
         c = self.c
+        dtab = c.dataset
         name = clean_name(state.get("name"))
         self.names[state["cid"]] = name
-        return {c.session: sid, c.client: state["cid"], c.saved: state, c.data_in: data, c.root_in: root or "",
+        return {c.session: sid, c.client: state["cid"], c.saved: state, dtab.data_in: data, dtab.root_in: root or "",
                 c.name_in: name}
 
     # ------------------------------------------------------------------ dataset
     def dataset_view(self, ws: Workspace) -> dict:
         c, ds = self.c, ws.dataset
+        dtab = c.dataset
         counts = v.class_counts_frame(ds)
         chart = gr.update(value=counts, y_lim=[0, int(counts["images"].max() * 1.1) + 1])
-        return {c.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None, ws.all_notes()),
-                c.counts_plot: chart, c.issues_df: ds.issues,
-                c.thumb_class: gr.update(choices=ds.classes, value=ds.classes[0]),
-                c.gallery: self.class_thumbs_of(ws, ds.classes[0])}
+        return {dtab.data_msg: v.dataset_summary(ds, ws.run.path if ws.run is not None else None, ws.all_notes()),
+                dtab.counts_plot: chart, dtab.issues_df: ds.issues,
+                dtab.thumb_class: gr.update(choices=ds.classes, value=ds.classes[0]),
+                dtab.gallery: self.class_thumbs_of(ws, ds.classes[0])}
 
     @staticmethod
     def class_thumbs_of(ws: Workspace, cls):
@@ -175,30 +195,38 @@ class Handlers:
 
     def on_load(self, sid, path, root, state):
         c, ws = self.c, self.reg.get(sid)
+        dtab = c.dataset
         try:
             ws.load(path.strip(), root.strip() or None)
         except USER_ERRORS as exc:
-            return {c.data_msg: v.err_md(exc), c.counts_plot: None, c.issues_df: None, c.thumb_class: gr.update(),
-                    c.gallery: [], c.saved: state}
+            return {dtab.data_msg: v.err_md(exc), dtab.counts_plot: None, dtab.issues_df: None,
+                    dtab.thumb_class: gr.update(),
+                    dtab.gallery: [], c.saved: state}
         state = dict(state or {}) | {"data": path.strip(), "root": root.strip()}
         return self.dataset_view(ws) | {c.saved: state}
 
     def on_page_load(self, sid):
         c, ws = self.c, self.reg.get(sid)
+        dtab = c.dataset
         if ws.dataset is None:
-            return {c.data_msg: "Load a dataset to start.", c.counts_plot: None, c.issues_df: None,
-                    c.thumb_class: gr.update(), c.gallery: []}
+            return {dtab.data_msg: "Load a dataset to start.", dtab.counts_plot: None, dtab.issues_df: None,
+                    dtab.thumb_class: gr.update(), dtab.gallery: []}
         return self.dataset_view(ws)
 
     # ------------------------------------------------------------------ detect
-    def on_detect(self, sid, model, rw, epochs, preview, method="deft"):
-        """Start detection; the previous run's summary gives way to a line saying it is still the one in Review."""
-        c, ws = self.c, self.reg.get(sid)
+    def on_detect(self, form: dict):
+        """Start detection; the previous run's summary gives way to a line saying it is still the one in Review.
+        ``form``: the Detect tab's settings (and the session) by component (the event's inputs are a set)."""
+        c = self.c
+        det = c.detect
+        ws = self.reg.get(form[c.session])
         try:
-            ws.start_detect(model.strip(), bool(rw), int(epochs or 1), bool(preview), method or "deft")
+            ws.start_detect((form[det.model_in] or "").strip(), bool(form[det.real_world_in]),
+                            int(form[det.epochs_in] or 1),
+                            bool(form[det.preview_in]), form[det.det_method] or "deft")
         except USER_ERRORS as exc:
-            return {c.det_msg: v.err_md(exc)}
-        return {c.det_msg: "Detection started.", c.det_summary: v.RUNNING_SUMMARY if ws.store is not None else ""}
+            return {det.det_msg: v.err_md(exc)}
+        return {det.det_msg: "Detection started.", det.det_summary: v.RUNNING_SUMMARY if ws.store is not None else ""}
 
     def cancel_into(self, msg):
         """The Cancel handler of the tab whose message line is ``msg``: that line says "Cancelling…" until the
@@ -215,15 +243,17 @@ class Handlers:
     def job_end(self, job: Job) -> dict:
         """A finished job's outcome, in place of its "… started." line and of any "Cancelling…" it caused."""
         c = self.c
+        det = c.detect
         line = v.job_outcome(job)
-        msg = {JobName.DETECTION: c.det_msg, JobName.AUDIT: c.audit_msg, JobName.TRAINING: c.train_msg}
+        msg = {JobName.DETECTION: det.det_msg, JobName.AUDIT: det.audit_msg, JobName.TRAINING: c.train.train_msg}
         out = {msg[job.name]: line}
         where = self.cancels.pop(id(job), None)
         return out | ({where: line} if where is not None else {})
 
     def advise(self, sid, model):
+        det = self.c.detect
         pre, why = self.reg.get(sid).preview_advice((model or "").strip())
-        return {self.c.pv_in: gr.update(value=pre), self.c.det_note: why}
+        return {det.preview_in: gr.update(value=pre), det.det_note: why}
 
     def estimate(self, sid, model, epochs):
         try:
@@ -234,15 +264,17 @@ class Handlers:
     def detect_results(self, ws: Workspace) -> dict:
         """Detect summary, suspect rate per class and margin histogram of the workspace's run."""
         c = self.c
+        det = c.detect
         if ws.store is None:
-            return {c.det_summary: "", c.rate_plot: None, c.hist_plot: None}
+            return {det.det_summary: "", det.rate_plot: None, det.hist_plot: None}
         sm = ws.store.score_summary()  # kept in the store: no read of the samples table
-        return {c.det_summary: v.detect_summary(sm, ws.run.path, ws.planted_summary()),
-                c.rate_plot: v.suspect_rates(sm), c.hist_plot: v.margin_histogram(sm)}
+        return {det.det_summary: v.detect_summary(sm, ws.run.path, ws.planted_summary()),
+                det.rate_plot: v.suspect_rates(sm), det.hist_plot: v.margin_histogram(sm)}
 
     def detect_curves(self, sid) -> dict:
+        det = self.c.detect
         loss, clean = v.plot_frames(self.reg.get(sid).detect_curves())
-        return {self.c.loss_plot: loss, self.c.clean_plot: clean}
+        return {det.loss_plot: loss, det.clean_plot: clean}
 
     def job_news(self, sid, seen: dict[str, tuple[int, str]]) -> tuple[Workspace | None, Job | None]:
         """A timer tick's session and its job, or job None when there is nothing new to show: no job, or a
@@ -260,6 +292,8 @@ class Handlers:
     def on_tick(self, sid):
         """Progress, curves and results of the running detection or training (the audit: on_audit_tick)."""
         c = self.c
+        tr = c.train
+        det = c.detect
         ws, job = self.job_news(sid, self.seen)
         if job is None or job.name == JobName.AUDIT:  # the audit is shown by on_audit_tick
             return gr.skip()
@@ -267,37 +301,39 @@ class Handlers:
         end = self.job_end(job) if not job.running else {}
         if job.name == JobName.DETECTION:
             loss, clean = v.plot_frames(ws.detect_curves(job))
-            out = {c.det_prog: prog, c.loss_plot: loss, c.clean_plot: clean} | end
+            out = {det.det_prog: prog, det.loss_plot: loss, det.clean_plot: clean} | end
             if end:  # done: the new run's results; else the previous run's, still the one in Review
                 out |= self.detect_results(ws)
             if job.status == "done":
-                out[c.f_class] = gr.update(choices=v.filter_choices(ws.dataset.classes))
+                out[c.review.f_class] = gr.update(choices=v.filter_choices(ws.dataset.classes))
             return out
-        out = {c.train_prog: prog, c.curve_plot: curve_update(ws.train_epochs(job))} | end
+        out = {tr.train_prog: prog, tr.curve_plot: curve_update(ws.train_epochs(job))} | end
         if job.status == "done":
             res = job.result
-            out[c.train_summary] = v.train_summary_md(res)
-            out[c.confusion] = gr.update(value=v.confusion_frame(res.confusion, res.classifier.classes), visible=True)
+            out[tr.train_summary] = v.train_summary_md(res)
+            out[tr.confusion] = gr.update(value=v.confusion_frame(res.confusion, res.classifier.classes), visible=True)
         elif job.status == "cancelled":  # also refreshes the list of runs (train_summary.change)
-            out[c.train_summary] = "Training cancelled: run it again with the same set to resume at the next epoch."
+            out[tr.train_summary] = "Training cancelled: run it again with the same set to resume at the next epoch."
         return out
 
     # ------------------------------------------------------------------ audit and map
     def audit_views(self, ws: Workspace) -> dict:
         c = self.c
+        det = c.detect
+        dtab = c.dataset
         run_path = ws.run.path if ws.run is not None else None
         try:
             view = audit_of(ws)
         except RunError as exc:  # audit.parquet damaged: say so (Audit rebuilds it); the rest of the app works
-            return {c.methods_msg: v.err_md(exc), c.methods_df: gr.update(value=None, visible=False),
-                    c.issues_msg: "", c.issue_counts_df: gr.update(value=None, visible=False),
-                    c.class_report_df: gr.update(value=None, visible=False)}
+            return {det.methods_msg: v.err_md(exc), det.methods_df: gr.update(value=None, visible=False),
+                    dtab.issues_msg: "", dtab.issue_counts_df: gr.update(value=None, visible=False),
+                    dtab.class_report_df: gr.update(value=None, visible=False)}
         mmsg, methods, imsg, counts, report = v.audit_texts(view, run_path)
 
         def table(df):  # a table only once there is one: an empty Dataframe shows "1 2 3" headers
             return gr.update(value=df, visible=df is not None)
-        return {c.methods_msg: mmsg, c.methods_df: table(methods), c.issues_msg: imsg,
-                c.issue_counts_df: table(counts), c.class_report_df: table(report)}
+        return {det.methods_msg: mmsg, det.methods_df: table(methods), dtab.issues_msg: imsg,
+                dtab.issue_counts_df: table(counts), dtab.class_report_df: table(report)}
 
     def on_audit(self, sid):
         try:
@@ -314,7 +350,7 @@ class Handlers:
         prog = v.progress_html(job) if job.name == JobName.AUDIT else gr.skip()
         if job.name == JobName.AUDIT and job.status == "done":
             prog = f'<p id="audit-status">audit: done ({len(job.result.table)} samples)</p>'
-        out = {self.c.audit_prog: prog}
+        out = {self.c.detect.audit_prog: prog}
         if job.name == JobName.AUDIT and not job.running:
             out |= self.job_end(job)
         if job.running or job.status != "done":
@@ -323,36 +359,39 @@ class Handlers:
 
     def map_view(self, sid):
         c, ws = self.c, self.reg.get(sid)
+        mp = c.map
         try:
             view = audit_of(ws)
         except RunError as exc:
-            return {c.map_msg: v.err_md(exc), c.map_box: ""}
+            return {mp.map_msg: v.err_md(exc), mp.map_box: ""}
         damaged = [n for n in view.notes if "projection.parquet" in n] if view is not None else []
         if damaged:
-            return {c.map_msg: v.err_md(damaged[0]), c.map_box: ""}
+            return {mp.map_msg: v.err_md(damaged[0]), mp.map_box: ""}
         if view is None or view.projection is None:
-            return {c.map_msg: "No map yet: run **Audit** in the Detect tab (it computes the 2-D projection).",
-                    c.map_box: ""}
+            return {mp.map_msg: "No map yet: run **Audit** in the Detect tab (it computes the 2-D projection).",
+                    mp.map_box: ""}
         labels = ws.dataset.samples.set_index(ws.dataset.samples["id"].astype(str))["label"]
         pts, total = map_points(view.projection, view.table, labels)
-        return {c.map_msg: v.map_note(len(pts), total), c.map_box: v.map_html(pts, total, ws.dataset.classes)}
+        return {mp.map_msg: v.map_note(len(pts), total), mp.map_box: v.map_html(pts, total, ws.dataset.classes)}
 
     def map_open(self, sid, cid, sample, request: gr.Request):
         """Open the clicked point in Review (its card, in card mode) under this reviewer's filters: only a
         filter that leaves it out is cleared, and the message under the counter says which."""
         c = self.c
+        mp = c.map
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             sample = str(sample or "")
             ws.sample_path(sample)  # an id of this dataset, or one neutral sentence
             before = q.filter
             dropped = q.open(sample)
         except USER_ERRORS as exc:
-            return {c.map_msg: v.err_md(exc)}
+            return {mp.map_msg: v.err_md(exc)}
         changes = [(FILTER_NAMES[k], self.filter_text(k, getattr(before, k)), self.filter_text(k, None))
                    for k in dropped]
         return (self.restore_view(sid, cid, request, html.escape(v.map_open_line(sample, changes)))
-                | {c.map_msg: "", c.tabs: gr.Tabs(selected="review"), c.review_modes: gr.Tabs(selected="card-mode")})
+                | {mp.map_msg: "", c.tabs: gr.Tabs(selected="review"),
+                   c.review.review_modes: gr.Tabs(selected="card-mode")})
 
     @staticmethod
     def filter_text(name: str, value) -> str:
@@ -369,17 +408,18 @@ class Handlers:
         """The Train tab as the run folders leave it (page load, dataset load): the latest training run's curve,
         result line and confusion matrix, and the list of runs; tables stay hidden until there is a run."""
         c, ws = self.c, self.reg.get(sid)
+        tr = c.train
         try:
             latest = ws.latest_training_run()
         except OSError:
             latest = None
-        out = {c.train_runs: self.runs_list(sid)}
+        out = {tr.train_runs: self.runs_list(sid)}
         if latest is None:
-            return out | {c.curve_plot: None, c.train_summary: "", c.confusion: gr.update(value=None, visible=False)}
+            return out | {tr.curve_plot: None, tr.train_summary: "", tr.confusion: gr.update(value=None, visible=False)}
         cm = (v.confusion_frame(latest.confusion, latest.classes)
               if latest.confusion is not None and latest.classes is not None else None)
-        return out | {c.curve_plot: curve_update(latest.history), c.train_summary: v.training_run_md(latest),
-                      c.confusion: gr.update(value=cm, visible=cm is not None)}
+        return out | {tr.curve_plot: curve_update(latest.history), tr.train_summary: v.training_run_md(latest),
+                      tr.confusion: gr.update(value=cm, visible=cm is not None)}
 
     def runs_list(self, sid):
         """The list of past training runs; hidden while there is none (an empty table showed "1 2 3")."""
@@ -395,12 +435,13 @@ class Handlers:
 
     def on_export(self, sid, pseudo):
         c = self.c
+        ex = c.export
         try:
             csv, pq, df = self.reg.get(sid).export(bool(pseudo))
         except USER_ERRORS as exc:
-            return {c.export_msg: v.err_md(exc), c.export_files: None, c.export_preview: None}
-        return {c.export_msg: v.export_line(df, csv), c.export_files: [str(csv), str(pq)],
-                c.export_preview: df.head(50)}
+            return {ex.export_msg: v.err_md(exc), ex.export_files: None, ex.export_preview: None}
+        return {ex.export_msg: v.export_line(df, csv), ex.export_files: [str(csv), str(pq)],
+                ex.export_preview: df.head(50)}
 
 
 class ReviewHandlers(Handlers):
@@ -412,7 +453,8 @@ class ReviewHandlers(Handlers):
     """
 
     def render(self, ws: Workspace, q: ReviewQueue, msg: str = "", item: dict | None = None, dd=None) -> dict:
-        """Card outputs; ``dd`` updates "Relabel to" (default: untouched, re-rendering it costs a key press)."""
+        """Card outputs for ``item``, the card on screen as the queue's last move found it (None: look it up);
+        ``dd`` updates "Relabel to" (default: untouched, re-rendering it costs a key press)."""
         c = self.c
         item = item if item is not None else q.current()
         q.save_place()
@@ -421,20 +463,32 @@ class ReviewHandlers(Handlers):
         pos = q.position(item) + 1 if item is not None else 0
         count = ws.store.count()
         counter = v.counter_html(count, pos, q.size(), ws.queue_note(count))
-        out = self.card_outputs(v.card_html(ws, item), counter, msg)
+        out = self.card_outputs(v.card_html(item, self.card_image(ws, item)), counter, msg)
         if dd is not None:
-            out[c.relabel_dd] = dd
+            out[c.review.relabel_dd] = dd
         return out
 
     def empty(self, exc: Exception) -> dict:
-        return self.card_outputs(v.card_html(None, None), "", v.err_html(exc)) | {self.c.relabel_dd: gr.update()}
+        return self.card_outputs(v.card_html(None), "", v.err_html(exc)) | {self.c.review.relabel_dd: gr.update()}
+
+    @staticmethod
+    def card_image(ws: Workspace, item: dict | None) -> str:
+        """The card's image (:func:`ui.views.card_image`): its 300 px thumbnail, written once to the cache."""
+        if item is None or ws.dataset is None:
+            return ""
+        sid = str(item["id"])
+        try:
+            return v.card_image(sid, v.file_url(thumbnail_file(ws.dataset.root / sid, 300, ws.thumbs)))
+        except (OSError, DataError) as exc:  # DataError: not a regular file, too many pixels
+            return v.card_image(sid, None, str(exc))
 
     def card_outputs(self, card: str, counter: str, msg: str) -> dict:
         """Card, counter (in ``#counter-live``), message (in ``#msg-live``) and a cleared zoom box, each ending
         in this render's serial comment (see the class docstring)."""
         c, n = self.c, self.serial()
-        return {c.card: card + n, c.counter: v.live("counter-live", counter) + n,
-                c.review_msg: v.live("msg-live", msg) + n, c.zoom_box: n}
+        rv = c.review
+        return {rv.card: card + n, rv.counter: v.live("counter-live", counter) + n,
+                rv.review_msg: v.live("msg-live", msg) + n, rv.zoom_box: n}
 
     def serial(self) -> str:
         """A new ``<!--r<n>-->`` for one Gradio render (see the class docstring)."""
@@ -442,95 +496,118 @@ class ReviewHandlers(Handlers):
 
     def show_card(self, sid, cid, request: gr.Request):
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
         except USER_ERRORS as exc:
             return self.empty(exc)
         return self.render(ws, q, dd=gr.update(choices=ws.store.classes, value=None))
 
-    def decide(self, session: str, client: str, sample_id: str, version: float, action: str, label: str,
-               request: gr.Request):
-        """Apply ``action`` (accept/relabel/keep/exclude) to ``sample_id`` if it is still at ``version``.
+    def decide(self, who: Reviewer, sample_id: str, version: int, action: str, label: str) -> tuple[dict, dict]:
+        """The one way a card decision reaches the store (the lean route's ``act``, and the API's ``/decide``):
+        apply ``action`` (accept/relabel/keep/exclude) to ``sample_id`` if it is still at ``version``, then render
+        the card the queue moved to (found once, by the queue's ``act``).
 
-        Returns ``(result_json, card, counter, relabel choices, message)``; ``result_json`` is
-        ``{"status": "applied"|"stale"|"error", "sample_id", "version", "seq", "message"}``.
+        Returns ``(result, card outputs)``; ``result`` is ``{"status": "applied"|"stale"|"error", "sample_id",
+        "message"}``, with ``version`` and ``seq`` when applied.
         """
-        res = self.c.act_result
         try:
-            ws, q = self.queue_of(session, client, request)
+            ws, q = self.queue_of(who)
         except USER_ERRORS as exc:
-            return {res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})} | self.empty(exc)
-        dd = gr.update(value=None) if action == Action.RELABEL else None  # the field clears for the next card
+            return {"status": "error", "sample_id": sample_id, "message": str(exc)}, self.empty(exc)
         try:
-            d = q.act(str(sample_id), version_of(version), str(action), label or None)
+            d, item = q.act(sample_id, version, action, label or None)
         except StaleError as exc:
             msg = (f"ignored a key press: {exc}" if exc.client == q.client else f"{exc}; here is its current state")
-            return ({res: json.dumps({"status": "stale", "sample_id": sample_id, "message": str(exc)})}
-                    | self.render(ws, q, v.err_html(ValueError(msg)), dd=dd))
+            return ({"status": "stale", "sample_id": sample_id, "message": str(exc)},
+                    self.render(ws, q, v.err_html(ValueError(msg))))
         except USER_ERRORS as exc:
-            return ({res: json.dumps({"status": "error", "sample_id": sample_id, "message": str(exc)})}
-                    | self.render(ws, q, v.err_html(exc), dd=dd))
-        out = ({res: json.dumps({"status": "applied", "sample_id": d.sample_id, "version": d.version,
-                                 "seq": d.seq, "message": v.decision_line(d)})}
-               | self.render(ws, q, html.escape(v.decision_line(d)), dd=dd))
+            return {"status": "error", "sample_id": sample_id, "message": str(exc)}, self.render(ws, q, v.err_html(exc))
+        line = v.decision_line(d)
+        out = self.render(ws, q, html.escape(line), item)
         ws.learn()  # after the answer is computed: a due refit starts in the background, nothing waits for it
-        return out
+        return {"status": "applied", "sample_id": d.sample_id, "version": d.version, "seq": d.seq, "message": line}, out
 
-    def nav(self, fn):
-        """A card handler that applies ``fn(queue) -> message`` (move, undo, next pending), then renders."""
+    def api_decide(self, session: str, client: str, sample_id: str, version: int | str | None, action: str,
+                   label: str | None, request: gr.Request) -> str:
+        """The API's ``/decide`` (``[session, client, sample_id, version, action, label]``): :meth:`decide`,
+        answered with its result as JSON. ``session`` "": the server's own dataset; a session id this server
+        did not hand out is refused (an error result), never given a workspace."""
+        try:
+            version = version_of(version)
+        except ReviewError as exc:
+            return json.dumps({"status": "error", "sample_id": str(sample_id), "message": str(exc)})
+        who = Reviewer.of(session, client, request)
+        return json.dumps(self.decide(who, str(sample_id or ""), version, str(action or ""), str(label or ""))[0])
+
+    def navigate(self, who: Reviewer, op) -> dict:
+        """Apply a card op (:data:`NAV_OPS`: ``op(queue) -> (message, card now on screen)``), then render."""
+        try:
+            ws, q = self.queue_of(who)
+            msg, item = op(q)
+        except USER_ERRORS as exc:
+            return self.empty(exc)
+        return self.render(ws, q, msg, item)
+
+    def nav(self, op):
+        """The Gradio handler of a card op's button (:meth:`navigate`)."""
         def handler(sid, cid, request: gr.Request):
-            try:
-                ws, q = self.queue_of(sid, cid, request)
-                msg = fn(q)
-            except USER_ERRORS as exc:
-                return self.empty(exc)
-            return self.render(ws, q, msg or "")
+            return self.navigate(Reviewer.of(sid, cid, request), op)
         return handler
 
     def lean(self, body: dict, user: str | None) -> dict:
         """One key press on the lean route: ``body`` is ``{"op": "act"|"next"|"prev"|"undo"|"pending"|"counter",
         "session", "client"}`` (optionally ``name``: the reviewer's name field, used without a login), and for
-        ``act`` also ``sample_id``, ``version``, ``action``, ``label``.
+        ``act`` also ``sample_id``, ``version``, ``action``, ``label``; ``user``: the logged-in user, if any.
 
-        Runs the same handler as the Gradio event and returns its card outputs as
-        ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is :meth:`decide`'s JSON, or "");
-        ``counter`` (the page's poll, every few seconds) answers the counter alone, for the card on screen.
+        Returns the card outputs as ``{"card", "counter", "msg", "result"}`` (HTML strings; ``result`` is
+        :meth:`decide`'s result as JSON, or ""); ``counter`` (the page's poll, every few seconds) answers the
+        counter alone, for the card on screen.
         """
-        op, req = text_of(body, "op"), SimpleNamespace(username=user)
-        session, client = text_of(body, "session"), text_of(body, "client")
-        if "name" in body and client:  # the name field as the key was pressed (its blur event may still be on its way)
-            self.names[client] = clean_name(text_of(body, "name"))
+        op = text_of(body, "op")
+        who = Reviewer(text_of(body, "session"), text_of(body, "client"), user or None)
+        if "name" in body and who.client:  # the name field as the key was pressed (its blur may still be on its way)
+            self.names[who.client] = clean_name(text_of(body, "name"))
         if op == "counter":  # the page's poll: counts change with other reviewers' decisions too
-            ws, q = self.queue_of(session, client, req)
+            ws, q = self.queue_of(who)
             return {"counter": self.counter_of(ws, q)}
+        result = ""
         if op == "act":
-            out = self.decide(session, client, text_of(body, "sample_id"), version_of(body.get("version", 0)),
-                              text_of(body, "action"), text_of(body, "label"), req)
+            res, out = self.decide(who, text_of(body, "sample_id"), version_of(body.get("version", 0)),
+                                   text_of(body, "action"), text_of(body, "label"))
+            result = json.dumps(res)
         elif op in NAV_OPS:
-            out = self.nav(NAV_OPS[op])(session, client, req)
+            out = self.navigate(who, NAV_OPS[op])
         else:
             raise ValueError(f"unknown review op {op!r}")
         c = self.c  # the script takes #card, #counter-live and #msg-live out of these; the serial is ignored
-        return {"card": out[c.card], "counter": out[c.counter], "msg": out[c.review_msg],
-                "result": out.get(c.act_result, "")}
+        rv = c.review
+        return {"card": out[rv.card], "counter": out[rv.counter], "msg": out[rv.review_msg], "result": result}
 
     @staticmethod
-    def do_undo(q: ReviewQueue) -> str:
+    def do_undo(q: ReviewQueue) -> tuple[str, dict | None]:
         """Undo, and say so; an undone batch is marked (``undid-batch``): the page script then clears the
         batch's own message ("Accepted 12 sample(s)…", now untrue)."""
         done = q.undo()
         line = html.escape(v.undo_line(done))
-        return f'<span class="undid-batch">{line}</span>' if undid_batch(done) else line
+        return f'<span class="undid-batch">{line}</span>' if undid_batch(done) else line, q.current()
 
     @staticmethod
-    def do_pending(q: ReviewQueue) -> str:
-        return "" if q.next_pending() is not None else "All samples in this filter are decided."
+    def do_pending(q: ReviewQueue) -> tuple[str, dict | None]:
+        item = q.next_pending()
+        if item is not None:
+            return "", item
+        return "All samples in this filter are decided.", q.current()
 
-    def set_filter(self, sid, cid, shown, cls, status, mmin, mmax, issue, order, request: gr.Request):
+    def set_filter(self, form: dict, request: gr.Request):
+        """A Review filter changed: ``form`` holds every filter control's value (and the session and client) by
+        component (the event's inputs are a set: no handler depends on their order)."""
+        c = self.c
+        rv = c.review
         try:
-            ws, q = self.queue_of(sid, cid, request)
-            q.set_filter(ReviewFilter(suspects=SHOW.get(shown, True), label=cls or None, status=status or None,
-                                      margin_min=v.parse_bound(mmin), margin_max=v.parse_bound(mmax),
-                                      issue=issue or None, order=ORDERS.get(order or "")))
+            ws, q = self.queue_of(Reviewer.of(form[c.session], form[c.client], request))
+            q.set_filter(ReviewFilter(suspects=SHOW.get(form[rv.f_suspects], True), label=form[rv.f_class] or None,
+                                      status=form[rv.f_status] or None, margin_min=v.parse_bound(form[rv.f_min]),
+                                      margin_max=v.parse_bound(form[rv.f_max]), issue=form[rv.f_issue] or None,
+                                      order=ORDERS.get(form[rv.f_order] or "")))
         except USER_ERRORS as exc:
             return self.empty(exc)
         return self.render(ws, q)
@@ -538,19 +615,21 @@ class ReviewHandlers(Handlers):
     def restore_view(self, sid, cid, request: gr.Request, msg: str = ""):
         """After a (re)connect: this reviewer's filters, card, and the last decisions recorded."""
         c = self.c
+        rv = c.review
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
         except USER_ERRORS as exc:
-            return self.empty(exc) | {c.recent: "", c.g_label: gr.update()}
+            return self.empty(exc) | {rv.recent: "", rv.g_label: gr.update()}
         f = q.filter
         return self.render(ws, q, msg, dd=gr.update(choices=ws.store.classes, value=None)) | {
-            c.f_suspects: show_choice(f.suspects), c.batch_src: "combined" if ws.ranked else "learned prompts",
-            c.f_class: gr.update(choices=v.filter_choices(ws.store.classes), value=f.label or ""),
-            c.f_status: f.status or "",
-            c.f_min: "" if f.margin_min is None else str(f.margin_min),
-            c.f_max: "" if f.margin_max is None else str(f.margin_max), c.recent: v.recent_html(ws.store, q.client),
-            c.g_label: gr.update(choices=ws.store.classes, value=None), c.f_issue: f.issue or "",
-            c.f_order: next((k for k, o in ORDERS.items() if o == (f.order or "margin")), "DEFT margin")}
+            rv.f_suspects: show_choice(f.suspects), rv.batch_src: "combined" if ws.ranked else "learned prompts",
+            rv.f_class: gr.update(choices=v.filter_choices(ws.store.classes), value=f.label or ""),
+            rv.f_status: f.status or "",
+            rv.f_min: "" if f.margin_min is None else str(f.margin_min),
+            rv.f_max: "" if f.margin_max is None else str(f.margin_max),
+            rv.recent: v.recent_html(ws.store.recent(q.client, 5)),
+            rv.g_label: gr.update(choices=ws.store.classes, value=None), rv.f_issue: f.issue or "",
+            rv.f_order: next((k for k, o in ORDERS.items() if o == (f.order or "margin")), "DEFT margin")}
 
     def zoom(self, sid, cid, shown_id, request: gr.Request):
         """The card on screen at its full resolution (a content-addressed copy; the data root is never served).
@@ -558,7 +637,7 @@ class ReviewHandlers(Handlers):
         The id comes from the client: only a sample of the loaded dataset is opened (:meth:`Workspace.sample_path`).
         """
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             sample = str(shown_id or q.anchor or "")
             path = ws.sample_path(sample)
             with open_image(path, ws.dataset.root) as im:  # a regular file inside the root, pixels capped
@@ -571,7 +650,7 @@ class ReviewHandlers(Handlers):
     def evidence(self, sid, cid, request: gr.Request):
         """The evidence strip for the card this reviewer has on screen (after every card change)."""
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             return evidence_html(ws, q.current())
         except (*USER_ERRORS, OSError) as exc:
             return v.err_html(exc)
@@ -579,48 +658,54 @@ class ReviewHandlers(Handlers):
     # ---- batch accept: preview (exact list + versions kept), then confirm; one batch in the log
     def batch_preview(self, sid, cid, t, src, request: gr.Request):
         c = self.c
+        rv = c.review
         try:
-            _, q = self.queue_of(sid, cid, request)
+            _, q = self.queue_of(Reviewer.of(sid, cid, request))
             items = q.batch_candidates(float(t), src)
         except USER_ERRORS as exc:
-            return {c.batch_msg: v.err_md(exc), c.batch_items: [],
-                    c.batch_ok: gr.update(interactive=False, value="Confirm")}
+            return {rv.batch_msg: v.err_md(exc), rv.batch_items: [],
+                    rv.batch_ok: gr.update(interactive=False, value="Confirm")}
         if not items:
-            return {c.batch_msg: "No pending sample in this filter has such a suggestion.", c.batch_items: [],
-                    c.batch_ok: gr.update(interactive=False)}
-        return {c.batch_msg: v.batch_preview_line(len(items), src, float(t)), c.batch_items: items,
-                c.batch_ok: gr.update(interactive=True, value=f"Confirm: accept {len(items)}")}
+            return {rv.batch_msg: "No pending sample in this filter has such a suggestion.", rv.batch_items: [],
+                    rv.batch_ok: gr.update(interactive=False)}
+        return {rv.batch_msg: v.batch_preview_line(len(items), src, float(t)), rv.batch_items: items,
+                rv.batch_ok: gr.update(interactive=True, value=f"Confirm: accept {len(items)}")}
 
     def batch_confirm(self, sid, cid, items, request: gr.Request):
         c = self.c
+        rv = c.review
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             res = q.apply_many([tuple(i) for i in items], Action.ACCEPT.value)
         except USER_ERRORS as exc:
-            return {c.batch_msg: v.err_md(exc), c.batch_items: [],
-                    c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
+            return {rv.batch_msg: v.err_md(exc), rv.batch_items: [],
+                    rv.batch_ok: gr.update(interactive=False, value="Confirm")} | self.empty(exc)
         line = v.batch_line(res, "Accepted")
         ws.learn()
-        return {c.batch_msg: line, c.batch_items: [],
-                c.batch_ok: gr.update(interactive=False, value="Confirm")} | self.render(ws, q, line)
+        return {rv.batch_msg: line, rv.batch_items: [],
+                rv.batch_ok: gr.update(interactive=False, value="Confirm")} | self.render(ws, q, line)
 
     # ---- grid
     def grid_view(self, sid, cid, page, request: gr.Request, msg: str = ""):
         """A page of the grid, its message, and the counter (a grid action changes what is reviewed)."""
         c = self.c
+        rv = c.review
         try:
-            ws, q = self.queue_of(sid, cid, request)
-            return {c.grid: v.grid_html(ws, grid_rows(q, int(page or 0))), c.grid_msg: msg,
-                    c.g_label: gr.update(choices=ws.store.classes), c.counter: self.counter_of(ws, q)}
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
+            rows = q.page(int(page or 0), GRID_PAGE)
+            srcs = {str(r["id"]): v.file_url(thumbnail_file(ws.dataset.root / str(r["id"]), 112, ws.thumbs))
+                    for r in rows}
+            return {rv.grid: v.grid_html(rows, srcs), rv.grid_msg: msg,
+                    rv.g_label: gr.update(choices=ws.store.classes), rv.counter: self.counter_of(ws, q)}
         except USER_ERRORS as exc:
-            return {c.grid: "", c.grid_msg: v.err_md(exc), c.g_label: gr.update()}
+            return {rv.grid: "", rv.grid_msg: v.err_md(exc), rv.g_label: gr.update()}
 
     def grid_follow(self, sid, cid, mode, request: gr.Request):
         """After a filter edit: the grid's first page under the new filter when the grid is on screen (it showed
         the old filter's tiles, and a click on Grid, already selected, did nothing)."""
         if mode != "grid":
             return gr.skip()
-        return self.grid_view(sid, cid, 0, request) | {self.c.grid_page: 0}
+        return self.grid_view(sid, cid, 0, request) | {self.c.review.grid_page: 0}
 
     def counter_of(self, ws: Workspace, q: ReviewQueue) -> str:
         """The counter for the card this reviewer has (its anchor, which is not moved: the card is not
@@ -633,7 +718,7 @@ class ReviewHandlers(Handlers):
     def grid_apply(self, sid: str, cid: str, selection: str, action: str, label: str, page: int,
                    request: gr.Request):
         try:
-            ws, q = self.queue_of(sid, cid, request)
+            ws, q = self.queue_of(Reviewer.of(sid, cid, request))
             items = json.loads(selection or "[]")
             if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 2 for i in items):
                 raise ReviewError("The selection must be a list of [sample id, version] pairs.")
@@ -652,16 +737,16 @@ class ReviewHandlers(Handlers):
         """Undo this reviewer's last step; a batch taken back also clears the batch accept's message."""
         batch = False
         try:
-            _, q = self.queue_of(sid, cid, request)
+            _, q = self.queue_of(Reviewer.of(sid, cid, request))
             done = q.undo()
             msg, batch = html.escape(v.undo_line(done)), undid_batch(done)
         except USER_ERRORS as exc:
             msg = v.err_md(exc)
-        return self.grid_view(sid, cid, page, request, msg) | ({self.c.batch_msg: ""} if batch else {})
+        return self.grid_view(sid, cid, page, request, msg) | ({self.c.review.batch_msg: ""} if batch else {})
 
 
 def _move(step: int):
-    return lambda q: q.move(step) and None
+    return lambda q: ("", q.move(step))
 
 
 # the card's navigation keys, shared by the Gradio buttons and the lean route

@@ -1,8 +1,10 @@
 """The lean key route: ``POST /deft/act`` answers a review key press with the next card's HTML.
 
 Gradio's event path costs a key press its client-side dispatch, the server's pre/post-processing and a
-Svelte re-render of every output (~300 ms median on a 2-core box); this route runs the same handler
-(:meth:`ui.handlers.ReviewHandlers.lean`) and the page script (:mod:`ui.page`) swaps the card itself.
+Svelte re-render of every output (~300 ms median on a 2-core box); this route runs the review handler
+(:meth:`ui.handlers.ReviewHandlers.lean`: every card decision goes through it, the API's ``/decide`` calls
+the same :meth:`~ui.handlers.ReviewHandlers.decide`) and the page script (``ui/static/review.js``) swaps the
+card itself.
 
 It is one more route of the same app, behind the same :class:`ui.security.Guard` (Host check, login):
 the user is read from the session cookie exactly as Gradio reads it, and only JSON bodies are taken

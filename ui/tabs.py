@@ -1,7 +1,10 @@
-"""The tabs' components, one builder per tab. Each builder puts its components on ``c`` under the names
-the handlers (:mod:`ui.handlers`) use; builders create components only, the wiring is in :mod:`ui.app`."""
+"""The tabs' components, one builder per tab, each returning its tab's dataclass (:class:`DatasetTab`, ...,
+gathered with the page's own components in :class:`Components`): the names the handlers (:mod:`ui.handlers`)
+use, with their types. Builders create components only, the wiring is in :mod:`ui.app`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -12,6 +15,167 @@ from deft.review import BATCH_SOURCES
 from .views import GRID_HELP, KEYS_HELP, filter_choices
 
 STATUSES = ["", Status.PENDING.value, *DECIDED_STATUSES]  # the Status filter ("": any)
+
+
+class _Parts:
+    """The components a tab builder makes, by name; checked into its tab's dataclass when the builder returns."""
+
+
+@dataclass
+class DatasetTab:
+    """1 · Dataset (with the audit's data-issue tables, shown beside the images per class)."""
+
+    data_in: gr.Textbox
+    root_in: gr.Textbox
+    load_btn: gr.Button
+    data_msg: gr.Markdown
+    counts_plot: gr.BarPlot
+    issues_msg: gr.Markdown
+    issue_counts_df: gr.Dataframe
+    issues_df: gr.Dataframe
+    class_report_df: gr.Dataframe
+    thumb_class: gr.Dropdown
+    gallery: gr.Gallery
+
+
+@dataclass
+class DetectTab:
+    """2 · Detect (with the audit's button, progress and methods table)."""
+
+    model_in: gr.Textbox
+    real_world_in: gr.Checkbox
+    preview_in: gr.Checkbox
+    epochs_in: gr.Number
+    det_method: gr.Radio
+    det_note: gr.Markdown
+    est_btn: gr.Button
+    run_btn: gr.Button
+    cancel_btn: gr.Button
+    det_msg: gr.Markdown
+    det_prog: gr.HTML
+    det_summary: gr.Markdown
+    audit_btn: gr.Button
+    audit_msg: gr.Markdown
+    audit_prog: gr.HTML
+    methods_msg: gr.Markdown
+    methods_df: gr.Dataframe
+    loss_plot: gr.LinePlot
+    clean_plot: gr.LinePlot
+    rate_plot: gr.BarPlot
+    hist_plot: gr.BarPlot
+
+
+@dataclass
+class ReviewTab:
+    """3 · Review: filters, counter, card mode, grid mode and their hidden plumbing."""
+
+    f_suspects: gr.Radio
+    f_class: gr.Dropdown
+    f_status: gr.Dropdown
+    f_min: gr.Textbox
+    f_max: gr.Textbox
+    f_issue: gr.Dropdown
+    f_order: gr.Dropdown
+    counter: gr.HTML
+    review_msg: gr.HTML
+    review_modes: gr.Tabs
+    grid_tab: gr.Tab
+    zoom_sid: gr.Textbox
+    g_sel: gr.Textbox
+    g_what: gr.Textbox
+    g_btn: gr.Button
+    ev_btn: gr.Button
+    batch_clear: gr.Button
+    g_mode: gr.Textbox
+    card: gr.HTML
+    evidence: gr.HTML
+    zoom_box: gr.HTML
+    keep_btn: gr.Button
+    excl_btn: gr.Button
+    undo_btn: gr.Button
+    relabel_dd: gr.Dropdown
+    relabel_btn: gr.Button
+    prev_btn: gr.Button
+    next_btn: gr.Button
+    pend_btn: gr.Button
+    zoom_btn: gr.Button
+    batch_src: gr.Dropdown
+    batch_t: gr.Number
+    batch_btn: gr.Button
+    batch_ok: gr.Button
+    batch_msg: gr.Markdown
+    batch_items: gr.State
+    recent: gr.HTML
+    g_accept: gr.Button
+    g_keep: gr.Button
+    g_excl: gr.Button
+    g_label: gr.Dropdown
+    g_relabel: gr.Button
+    g_undo: gr.Button
+    g_prev: gr.Button
+    g_next: gr.Button
+    grid_msg: gr.Markdown
+    grid: gr.HTML
+    grid_page: gr.State
+
+
+@dataclass
+class MapTab:
+    """4 · Map."""
+
+    map_msg: gr.Markdown
+    map_box: gr.HTML
+    map_sid: gr.Textbox
+    map_btn: gr.Button
+
+
+@dataclass
+class TrainTab:
+    """5 · Train."""
+
+    mode_in: gr.Radio
+    train_epochs_in: gr.Number
+    train_btn: gr.Button
+    tcancel_btn: gr.Button
+    train_msg: gr.Markdown
+    train_prog: gr.HTML
+    curve_plot: gr.LinePlot
+    train_summary: gr.Markdown
+    confusion: gr.Dataframe
+    train_runs: gr.Dataframe
+
+
+@dataclass
+class ExportTab:
+    """6 · Export."""
+
+    pseudo_in: gr.Checkbox
+    export_btn: gr.Button
+    export_msg: gr.Markdown
+    export_files: gr.File
+    export_preview: gr.Dataframe
+
+
+@dataclass
+class Components:
+    """The page's components: the ones every tab uses, then one group per tab (:mod:`ui.tabs` builds them,
+    :mod:`ui.app` wires them, the handlers key their results by them)."""
+
+    session: gr.Textbox  # which Workspace (dataset) this browser tab shows
+    client: gr.Textbox  # this browser's reviewer id
+    saved: gr.BrowserState  # per browser (localStorage): the reviewer's id, name and dataset
+    name_in: gr.Textbox  # the reviewer's name (no login)
+    tabs: gr.Tabs
+    map_tab: gr.Tab
+    train_tab: gr.Tab
+    timer: gr.Timer  # detection and training progress
+    audit_timer: gr.Timer
+    dataset: DatasetTab
+    detect: DetectTab
+    review: ReviewTab
+    map: MapTab
+    train: TrainTab
+    export: ExportTab
 
 
 def job_controls(label: str, key: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.HTML]:
@@ -26,18 +190,20 @@ NO_LOGIN_NOTE = ("**No login on this server:** decisions from this browser are r
                  "left (blank: *local*, as for everyone). For a team with logins, start the app with `--auth-file`.")
 
 
-def reviewer_box(c, login: bool) -> None:
+def reviewer_box(login: bool) -> gr.Textbox:
     """Who is reviewing, top right of every tab: without a login, a name field kept in this browser (recorded
     with each decision, shown in conflicts and the export) and a line saying a team needs a login."""
     with gr.Row(visible=not login, elem_id="reviewer-box"):
-        c.name_in = gr.Textbox("", label="Your name", show_label=False, container=False, max_lines=1,
+        name_in = gr.Textbox("", label="Your name", show_label=False, container=False, max_lines=1,
                                placeholder="Your name (recorded with your decisions)", elem_id="reviewer-name",
                                scale=1, min_width=220)
         gr.Markdown(NO_LOGIN_NOTE, elem_id="no-login-note")
+    return name_in
 
 
-def dataset_tab(c, s) -> None:
+def dataset_tab(s) -> DatasetTab:
     """1 · Dataset: load a folder or table; images per class, import problems, thumbnails, data issues."""
+    c = _Parts()
     with gr.Row():
         c.data_in = gr.Textbox(s.data, label="Image folder (<root>/<class>/<image>), CSV/Parquet, Hugging Face "
                                              "dataset folder, Label Studio JSON or FiftyOne folder",
@@ -60,16 +226,18 @@ def dataset_tab(c, s) -> None:
                                          interactive=False, elem_id="class-report", visible=False, max_height=260)
     c.thumb_class = gr.Dropdown([], label="Show class", interactive=True)
     c.gallery = gr.Gallery(label="Thumbnails", columns=8, height=300, allow_preview=True)
+    return DatasetTab(**vars(c))
 
 
-def detect_tab(c, s) -> None:
+def detect_tab(s) -> DetectTab:
     """2 · Detect: model, method, run/cancel, audit, methods table, curves and histograms."""
+    c = _Parts()
     with gr.Row():
         c.model_in = gr.Textbox(s.model, label="CLIP checkpoint (hub id or local folder)", scale=4,
                                 elem_id="model")
-        c.rw_in = gr.Checkbox(False, label="Real-world (human) noise")
-        c.pv_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
-        c.ep_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1, elem_id="det-epochs")
+        c.real_world_in = gr.Checkbox(False, label="Real-world (human) noise")
+        c.preview_in = gr.Checkbox(False, label="Quick preview (frozen image encoder, prompts only)")
+        c.epochs_in = gr.Number(s.epochs, label="Epochs", precision=0, minimum=1, elem_id="det-epochs")
     c.det_method = gr.Radio(list(DETECT_METHODS), value="deft", label="Method "
                             "(baselines: zero-shot CLIP label match, confident learning; all: DEFT, "
                             "then every baseline and the data-issue audit)", elem_id="det-method")
@@ -94,6 +262,7 @@ def detect_tab(c, s) -> None:
                                  y_lim=[0, 1])
         c.hist_plot = gr.BarPlot(x="margin", y="count", color="kind", title="Margin (cos+ − cos−)",
                                  height=260)
+    return DetectTab(**vars(c))
 
 
 # Review "Show" choice -> ReviewFilter.suspects (None: every sample, the order puts the likely wrong first)
@@ -104,8 +273,9 @@ def show_choice(suspects: bool | None) -> str:
     return next(k for k, v in SHOW.items() if v is suspects)
 
 
-def review_tab(c) -> None:
-    """3 · Review: filters, then the card and grid modes, then the hidden decision plumbing."""
+def review_tab() -> ReviewTab:
+    """3 · Review: filters, then the card and grid modes, then the hidden plumbing (grid, evidence, zoom)."""
+    c = _Parts()
     with gr.Row():
         # one row at 1440 px (the card stays above the fold): widths sum to the row, the radio takes two lines
         c.f_suspects = gr.Radio(list(SHOW), value="suspects", label="Show", elem_id="f-show", scale=5,
@@ -128,20 +298,16 @@ def review_tab(c) -> None:
             _card_mode(c)
         with gr.Tab("Grid", id="grid-mode") as c.grid_tab:
             _grid_mode(c)
-    # hidden plumbing: one route for every card decision (also the API: /decide)
+    # hidden plumbing of the grid, the evidence strip and the zoom (card decisions take the lean route: ui.lean)
     with gr.Row(elem_id="review-plumbing"):  # hidden by CSS (a Row's visible="hidden" showed it): scripts click it
-        c.act_sid = gr.Textbox(elem_id="act-sid")
-        c.act_ver = gr.Textbox("0", elem_id="act-ver")  # text: a malformed number is refused by decide, not Gradio
-        c.act_what = gr.Textbox(elem_id="act-action")
-        c.act_label = gr.Textbox(elem_id="act-label")
-        c.act_btn = gr.Button("act", elem_id="btn-act")
-        c.act_result = gr.Textbox(elem_id="act-result")
+        c.zoom_sid = gr.Textbox(elem_id="zoom-sid")  # the zoom's sample: the card's, filled by the event's script
         c.g_sel = gr.Textbox(elem_id="grid-sel")
         c.g_what = gr.Textbox(elem_id="grid-action")
         c.g_btn = gr.Button("grid act", elem_id="btn-grid-act")
         c.ev_btn = gr.Button("evidence", elem_id="btn-evidence")  # clicked by the page script, after a pause
         c.batch_clear = gr.Button("clear", elem_id="btn-batch-clear")  # by the page script, after a batch undo
         c.g_mode = gr.Textbox("card", elem_id="review-mode")  # filled by the page script: 'card' or 'grid'
+    return ReviewTab(**vars(c))
 
 
 def _card_mode(c) -> None:
@@ -200,22 +366,25 @@ def _grid_mode(c) -> None:
     c.grid_page = gr.State(0)
 
 
-def map_tab(c) -> None:
+def map_tab() -> MapTab:
     """4 · Map: the embeddings map; a click on a point opens that sample in Review."""
+    c = _Parts()
     c.map_msg = gr.Markdown(elem_id="map-msg")
     c.map_box = gr.HTML(elem_id="map-box")
     with gr.Row(elem_id="map-plumbing"):  # hidden by CSS: the page script clicks it
         c.map_sid = gr.Textbox(elem_id="map-sid")
         c.map_btn = gr.Button("open", elem_id="btn-map-open")
+    return MapTab(**vars(c))
 
 
-def train_tab(c, s) -> None:
+def train_tab(s) -> TrainTab:
     """5 · Train: training set, epochs, run/cancel, curves, result, confusion, past runs."""
+    c = _Parts()
     with gr.Row():
         c.mode_in = gr.Radio([("Clean only", "clean"), ("Clean + reviewed relabels", "relabels"),
                               ("+ pseudo-labels for unreviewed suspects", "pseudo")],
                              value="relabels", label="Training set")
-        c.tep_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
+        c.train_epochs_in = gr.Number(s.train_epochs, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
     c.train_btn, c.tcancel_btn, c.train_msg, c.train_prog = job_controls("Train classifier", "train")
     c.curve_plot = gr.LinePlot(x="epoch", y="value", color="series", title="Loss / held-out accuracy (x: epochs)",
                                height=260, elem_id="train-curve")
@@ -226,12 +395,15 @@ def train_tab(c, s) -> None:
     c.train_runs = gr.Dataframe(label="Past training runs (each in its own folder under RUN/phase2; "
                                       "an interrupted one resumes when run again with the same set)",
                                 interactive=False, elem_id="train-runs", visible=False)
+    return TrainTab(**vars(c))
 
 
-def export_tab(c) -> None:
+def export_tab() -> ExportTab:
     """6 · Export: the cleaned labels as CSV and Parquet, with a preview."""
+    c = _Parts()
     c.pseudo_in = gr.Checkbox(False, label="Fill unreviewed suspects with their suggested label (pseudo)")
     c.export_btn = gr.Button("Export cleaned labels", variant="primary", elem_id="btn-export")
     c.export_msg = gr.Markdown(elem_id="export-msg")
     c.export_files = gr.File(label="Downloads", file_count="multiple", elem_id="export-files")
     c.export_preview = gr.Dataframe(label="Preview", interactive=False)
+    return ExportTab(**vars(c))

@@ -14,14 +14,12 @@ import numpy as np
 import pandas as pd
 
 from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
-from deft.core.errors import DataError
 from deft.core.metrics import planted_line
 from deft.core.ranking import Remaining
 from deft.core.schema import LABEL_ACTIONS, JobName, Stage, Status
 from deft.learning import RerankReport
 from deft.review import group_title, suggestions
 from deft.storage.store import BatchResult, Decision
-from deft.storage.thumbs import thumbnail_file
 
 KEYS_HELP = ("<b>Keys:</b> <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> apply suggestion 1-3 · <kbd>k</kbd> keep label · "
              "<kbd>x</kbd> exclude · <kbd>r</kbd> relabel to… (type, Enter) · <kbd>u</kbd> undo · "
@@ -99,9 +97,9 @@ def batch_line(res: BatchResult, verb: str) -> str:
     return msg + "."
 
 
-def recent_html(store, client: str, limit: int = 5) -> str:
-    """The last decisions this reviewer's browser recorded (shown on (re)connect, to confirm them)."""
-    rows = store.recent(client, limit)
+def recent_html(rows: pd.DataFrame) -> str:
+    """The last decisions this reviewer's browser recorded (``ReviewStore.recent``; shown on (re)connect, to
+    confirm them)."""
     if rows.empty:
         return ""
     items = []
@@ -167,18 +165,19 @@ def train_summary_md(res) -> str:
             + (f"\n\n**⚠ {html.escape(res.below_zeroshot())}.**" if res.below_zeroshot() else ""))
 
 
-def card_html(ws, item: dict | None) -> str:
-    """The card on screen: image, evidence, suggestion buttons; ``data-sid``/``data-ver`` are what actions carry."""
+def card_image(sid: str, src: str | None, problem: str = "") -> str:
+    """The card's image: its thumbnail at URL ``src``, else why it is unreadable (``problem``), else nothing."""
+    if src is not None:
+        return f'<img class="main" id="card-img" alt="{html.escape(sid)}" src="{src}">'
+    return f"<p>image unreadable: {html.escape(problem)}</p>" if problem else ""
+
+
+def card_html(item: dict | None, img: str = "") -> str:
+    """The card on screen: image (``img``, :func:`card_image`), evidence, suggestion buttons; ``data-sid``/
+    ``data-ver`` are what actions carry."""
     if item is None:
         return '<div id="card" data-sid="" data-ver=""><p>Nothing matches this filter.</p></div>'
     sid = str(item["id"])
-    img = ""
-    if ws.dataset is not None:
-        try:
-            src = file_url(thumbnail_file(ws.dataset.root / sid, 300, ws.thumbs))
-            img = f'<img class="main" id="card-img" alt="{html.escape(sid)}" src="{src}">'
-        except (OSError, DataError) as exc:  # DataError: not a regular file, too many pixels
-            img = f"<p>image unreadable: {html.escape(str(exc))}</p>"
     btns = []
     sugg = suggestions(item)
     for k in range(3):
@@ -249,8 +248,8 @@ def map_html(points: pd.DataFrame, total: int, classes: list[str], size: int = 6
             f'</svg><p>{shown}; click a point to open it in Review.</p></div>')
 
 
-def grid_html(ws, rows: list[dict]) -> str:
-    """A page of suspects as thumbnails, grouped ``labelled X, looks like Y``."""
+def grid_html(rows: list[dict], srcs: dict[str, str]) -> str:
+    """A page of suspects as thumbnails (``srcs``: sample id -> thumbnail URL), grouped ``labelled X, looks like Y``."""
     if not rows:
         return '<div id="grid"><p>No pending suspects in this filter.</p></div>'
     groups: dict[str, list[dict]] = {}
@@ -261,7 +260,7 @@ def grid_html(ws, rows: list[dict]) -> str:
         tiles = []
         for r in groups[title]:
             sid = html.escape(str(r["id"]))
-            src = file_url(thumbnail_file(ws.dataset.root / str(r["id"]), 112, ws.thumbs))
+            src = srcs[str(r["id"])]
             tiles.append(f'<div class="tile" tabindex="0" data-sid="{sid}" data-ver="{int(r["version"])}">'
                          f'<img src="{src}" alt="{sid}"><div>{sid}</div></div>')
         parts.append(f'<div class="group"><h4>{html.escape(title)} ({len(tiles)})</h4>'

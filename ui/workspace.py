@@ -600,3 +600,12 @@ class Workspaces:
                     self._sessions.pop(old_key)
             self._sessions.move_to_end(session)
             return ws
+
+    def find(self, session: str) -> Workspace | None:
+        """The workspace of ``session`` if one was created (:meth:`get`) and is still kept, else None: an id
+        from a client creates nothing."""
+        with self._lock:
+            ws = self._sessions.get(session)
+            if ws is not None:
+                self._sessions.move_to_end(session)
+            return ws

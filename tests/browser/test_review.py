@@ -392,7 +392,7 @@ def test_keys_take_the_lean_route_and_gradio_renders_still_land(two, app):
     _, store = app
     a = two[0]
     set_class(a, "ship")
-    for plumbing in ("#btn-act", "#btn-evidence", "#btn-grid-act", "#act-sid"):  # in the page, not on screen
+    for plumbing in ("#btn-evidence", "#btn-grid-act", "#zoom-sid"):  # in the page, not on screen
         assert a.locator(plumbing).count() == 1 and not a.locator(plumbing).is_visible(), plumbing
     posts = []
     a.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
