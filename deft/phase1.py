@@ -33,13 +33,13 @@ from .detector import (
 )
 from .device import pick_device
 from .distributed import Dist, init_distributed
-from .metrics import detection_metrics
 from .models import ClipBundle, load_clip
 from .progress import CancelToken, ProgressCallback, null_progress
 from .run import Run, RunError
 from .run_images import load_run_images, run_normalizer
 from .stages import RunStatus, Stage
 from .train_loop import train_epochs
+from .truth import ground_truth_metrics
 
 __all__ = [
     "DeftModel", "DetectionResult", "FrozenFeatures", "PromptedTower", "build_scores_table", "class_texts",
@@ -123,7 +123,7 @@ def detect(
         save_safetensors(run.weights_path, model.prompt_state())
     scores = _score_run(run, model, bundle, images, cfg, progress, cancel, ddp=ddp, features=feats,
                         batch_size=inference.score_batch_size)
-    metrics = _ground_truth_metrics(run, scores) if ddp.is_main else None
+    metrics = ground_truth_metrics(run, scores) if ddp.is_main else None
     if ddp.is_main:
         run.set(status=RunStatus.SCORED, history=loop.history)
     return DetectionResult(run=run, scores=scores, history=loop.history, metrics=metrics)
@@ -146,16 +146,6 @@ def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarra
         run.save_scores(scores)
     ddp.barrier()
     return scores
-
-
-def _ground_truth_metrics(run: Run, scores: pd.DataFrame) -> dict[str, float] | None:
-    if "true_label" not in run.dataset.samples:
-        return None
-    s = run.dataset.samples.iloc[run.dataset.train_rows]
-    truly_clean = s["true_label"].to_numpy() == s["label"].to_numpy()  # over the training set, as the paper
-    m = detection_metrics(scores["is_clean"].to_numpy(), truly_clean, scores["margin"].to_numpy())
-    run.save_metrics(m)
-    return m
 
 
 def load_detector(run: Run, bundle: ClipBundle) -> DeftModel:
