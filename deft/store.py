@@ -452,13 +452,6 @@ class ReviewStore:
                 _set_wrong_sum(con, *_gens(con), rec["sum"], rec["n"])
         self._checkpoint_now()
 
-    @staticmethod
-    def path_for_run(run) -> Path:
-        """Where a run's decisions live (kept for the CLI until it uses :meth:`deft.project.Project.store_path_for`)."""
-        from .project import Project
-
-        return Project.store_path_for(run)
-
     @classmethod
     def for_run(cls, run, path: str | os.PathLike | None = None) -> ReviewStore:
         """The review store at ``path`` (default ``RUN/review.sqlite``), (re)loaded from ``run``'s scores when
@@ -466,7 +459,7 @@ class ReviewStore:
 
         Decisions are keyed by sample id, so they survive a re-detection.
         """
-        store = cls(path if path is not None else cls.path_for_run(run))
+        store = cls(path if path is not None else run.path / cls.FILE)
         stamp = f"{run.path.name}:{run.scores_path.stat().st_mtime_ns}"
         if store.get_meta("scores_stamp") != stamp:
             store.load_scores(run.scores(), run.dataset.classes)
