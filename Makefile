@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
-# MODEL: a CLIP checkpoint for `make demo`; empty = the app's default (deft.schema.DEFAULT_MODEL)
+# MODEL: a CLIP checkpoint for `make demo`; empty = the app's default (deft.core.schema.DEFAULT_MODEL)
 MODEL  ?=
 ARGS   ?=
 HASH_RT  := $(shell cat requirements.txt requirements-app.txt | sha1sum | cut -c1-12)

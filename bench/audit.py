@@ -33,15 +33,15 @@ try:  # python -m bench.audit (the repository root is the cwd)
     from bench.common import CIFAR_ZIP, ROOT, build_model
 except ModuleNotFoundError:  # python3 bench/audit.py: bench/ is on sys.path; common puts the repo root there
     from common import CIFAR_ZIP, ROOT, build_model  # noqa: I001
-from deft import data_issues as di  # noqa: E402
 from deft.audit import data_issue_frames, method_frames  # noqa: E402
-from deft.config import Phase1Config  # noqa: E402
-from deft.data import load_dataset  # noqa: E402
+from deft.core import data_issues as di  # noqa: E402
+from deft.core.config import Phase1Config  # noqa: E402
+from deft.core.schema import BASELINES  # noqa: E402
+from deft.detection import class_texts, image_features, load_run_images, zero_shot_text  # noqa: E402
 from deft.embeddings import Embeddings  # noqa: E402
-from deft.phase1 import class_texts, image_features, load_run_images, zero_shot_text  # noqa: E402
 from deft.projection import project_2d  # noqa: E402
-from deft.run import Run  # noqa: E402
-from deft.schema import BASELINES  # noqa: E402
+from deft.storage.load import load_dataset  # noqa: E402
+from deft.storage.run import Run  # noqa: E402
 from deft.testing import extract_cifar, save_tiny_clip  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     embed_s = decode_s + fwd_per_img * ds.N
 
     d512 = save_tiny_clip(work / "clip512", width=512)
-    from deft.models import load_clip
+    from deft.core.models import load_clip
 
     small = load_clip(str(d512), "cpu")
     small_imgs = load_run_images(run, small.image_size)

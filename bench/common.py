@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from deft.models import load_clip  # noqa: E402
+from deft.core.models import load_clip  # noqa: E402
 from deft.testing import save_tiny_clip  # noqa: E402
 
 SHARED = Path(os.environ.get("DEFT_SHARED", ROOT.parent / "shared"))
@@ -188,7 +188,7 @@ def run_bench(title: str, args, make: Callable) -> None:
     FLOPs per image come from one counted step of *our* recipe at two batch sizes (separating the per-step
     text cost from the per-image cost): the floor the fractions use, for both recipes.
     """
-    from deft.device import pick_device
+    from deft.core.device import pick_device
 
     device = pick_device(args.device)
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

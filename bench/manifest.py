@@ -20,8 +20,8 @@ try:  # python -m bench.manifest (the repository root is the cwd)
 except ModuleNotFoundError:  # python3 bench/manifest.py: bench/ is on sys.path; common puts the repo root there
     from common import ROOT  # noqa: I001
 
-from deft.data import load_table  # noqa: E402
-from deft.run import ids_hash  # noqa: E402
+from deft.storage.data import load_table  # noqa: E402
+from deft.storage.run import ids_hash  # noqa: E402
 
 
 def main() -> None:

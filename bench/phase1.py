@@ -3,7 +3,7 @@
 reference: fp16 weights (fp32 on CPU, where fp16 matmuls are not a real option), all 2K prompts
 re-encoded every step at the full 77-token context, fp32 data pipeline on the CPU (normalise +
 augment there, then copy), eager attention, no autocast.
-ours: the library's own step (deft.phase1.phase1_step): uint8 batches augmented on the device,
+ours: the library's own step (deft.detection.phase1_step): uint8 batches augmented on the device,
 bf16 autocast on CUDA, SDPA attention, prompts cut at the last EOS (exact under causal attention).
 
     python bench/phase1.py --device cuda --n 50000 --classes 100
@@ -19,11 +19,11 @@ try:  # python -m bench.phase1 (the repository root is the cwd)
 except ModuleNotFoundError:  # python3 bench/phase1.py: bench/ is on sys.path; common puts the repo root there
     from common import bench_args, run_bench, timed_training_step  # noqa: I001
 
-from deft.config import phase1_preset
-from deft.images import augment
-from deft.losses import deft_losses
-from deft.models import PromptLearner
-from deft.phase1 import DeftModel, phase1_step
+from deft.core.batches import augment
+from deft.core.config import phase1_preset
+from deft.core.losses import deft_losses
+from deft.core.models import PromptLearner
+from deft.detection import DeftModel, phase1_step
 from deft.train_loop import make_optimizer
 
 

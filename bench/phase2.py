@@ -1,7 +1,7 @@
 """Phase 2 throughput (full fine-tuning + linear head): the reference recipe vs our fast path.
 
 reference: fp16 weights (fp32 on CPU), fp32 data pipeline on the CPU, eager attention, no autocast.
-ours: the library's own step (deft.phase2.phase2_step): uint8 batches augmented on the device,
+ours: the library's own step (deft.training.phase2_step): uint8 batches augmented on the device,
 bf16 autocast with fp32 master weights on CUDA, SDPA attention.
 
     python bench/phase2.py --device cuda --n 50000 --classes 100
@@ -21,10 +21,10 @@ try:  # python -m bench.phase2 (the repository root is the cwd)
 except ModuleNotFoundError:  # python3 bench/phase2.py: bench/ is on sys.path; common puts the repo root there
     from common import bench_args, run_bench, timed_training_step  # noqa: I001
 
-from deft.config import Phase2Config
-from deft.images import augment
-from deft.phase2 import Classifier, phase2_step
+from deft.core.batches import augment
+from deft.core.config import Phase2Config
 from deft.train_loop import make_optimizer
+from deft.training import Classifier, phase2_step
 
 
 def make(recipe, bundle, images, labels, args, device):

@@ -40,11 +40,11 @@ try:  # python -m bench.review_latency (the repository root is the cwd)
 except ModuleNotFoundError:  # python3 bench/review_latency.py: bench/ is on sys.path; common puts the repo root there
     from common import ROOT  # noqa: I001
 
-from deft.config import Phase1Config  # noqa: E402
-from deft.data import load_dataset  # noqa: E402
+from deft.core.config import Phase1Config  # noqa: E402
 from deft.review import dataset_key  # noqa: E402
-from deft.run import Run  # noqa: E402
-from deft.store import SAMPLE_COLUMNS  # noqa: E402
+from deft.storage.load import load_dataset  # noqa: E402
+from deft.storage.run import Run  # noqa: E402
+from deft.storage.store import SAMPLE_COLUMNS  # noqa: E402
 
 DEMO = ROOT / "assets" / "demo"
 TIMER_JS = """
@@ -107,7 +107,7 @@ def fake_scores(ids: pd.Series, labels: pd.Series, classes: list[str], seed: int
 def fake_signals(scores: pd.DataFrame, classes: list[str], seed: int = 0):
     """Synthetic learning-queue signals of the real shapes (14 features, four top-5 sources, 10 neighbours,
     three methods' flags), so the app's QueueLearner refits and re-ranks during the bench as after an audit."""
-    from deft import ranking as rk
+    from deft.core import ranking as rk
     from deft.learning import Signals
 
     rng = np.random.default_rng(seed + 1)
@@ -130,8 +130,8 @@ def prepare(n: int, work: Path, learning: bool = False) -> tuple[Path, Path]:
     run = Run.create(runs / dataset_key(str(data)) / "detect-bench", ds, Phase1Config(model="bench"))
     scores = fake_scores(ds.samples["id"], ds.samples["label"], ds.classes)
     if learning:
-        from deft.atomic import write_parquet
         from deft.learning import initial_ranking, signals_path
+        from deft.storage.atomic import write_parquet
 
         sig = fake_signals(scores, ds.classes)
         sig.save(signals_path(run.path))

@@ -27,11 +27,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from deft.audit import AuditConfig, audit  # noqa: E402
-from deft.config import phase1_preset  # noqa: E402
-from deft.data import load_dataset  # noqa: E402
-from deft.noise import make_noise  # noqa: E402
-from deft.phase1 import detect  # noqa: E402
+from deft.core.config import phase1_preset  # noqa: E402
+from deft.core.noise import make_noise  # noqa: E402
+from deft.detection import detect  # noqa: E402
 from deft.simulate import ORDER_NAMES, SimConfig, simulate, table  # noqa: E402
+from deft.storage.load import load_dataset  # noqa: E402
 from deft.testing import extract_cifar  # noqa: E402
 
 PROXY = SHARED / "models" / "proxy-clip-cifar10"
@@ -48,7 +48,7 @@ def noisy_csv(work: Path, kind: str, rate: float, seed: int = 0) -> Path:
     ds = load_dataset(data)
     feats = None
     if kind == "ins":
-        from deft.images import decode_images
+        from deft.storage.images import decode_images
 
         feats = decode_images(ds.paths(), 32).reshape(ds.N, -1)
     noisy = make_noise(kind, ds.labels, ds.K, rate, seed, feats)

@@ -34,8 +34,8 @@ try:  # python -m bench.store (the repository root is the cwd)
 except ModuleNotFoundError:  # python3 bench/store.py: common puts this checkout's root first on sys.path
     from common import build_model, synthetic_images  # noqa: I001
 
-from deft.device import autocast_dtype, cpu_has_native_bf16
-from deft.shards import build_shards
+from deft.core.device import autocast_dtype, cpu_has_native_bf16
+from deft.storage.shards import build_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEFT_SHARED", ROOT.parent / "shared"))
@@ -108,7 +108,7 @@ def store_rows(name: str, paths: list[Path], work: Path, size: int = 224) -> dic
     }
 
 
-PRECISIONS = ("fp32", "bf16")  # deft.device.autocast names: fp32 = no autocast, bf16 = bf16 autocast (fp32 master)
+PRECISIONS = ("fp32", "bf16")  # deft.core.device.autocast names: fp32 = no autocast, bf16 = bf16 autocast (fp32 master)
 PHASE_BATCH = 64  # both phases' default batch (OptimConfig.batch_size): the batch the projection is for
 
 
@@ -124,21 +124,21 @@ def timed_steps(step, images: int, warmup: int, steps: int) -> dict:
 def model_rows(batch: int, classes: int, warmup: int, steps: int) -> list[dict]:
     """Library steps on a random-weight ViT-B/16 CLIP (bench/common.py), fp32 and bf16 autocast, this CPU.
 
-    * embedding forward: ``deft.detector.image_features`` (the frozen-tower embedding / scoring pass);
-    * Phase 1 step: ``deft.detector.phase1_step`` on a ``DeftModel`` (dual prompts + deep VPT, CLIP frozen)
+    * embedding forward: ``deft.core.detector.image_features`` (the frozen-tower embedding / scoring pass);
+    * Phase 1 step: ``deft.core.detector.phase1_step`` on a ``DeftModel`` (dual prompts + deep VPT, CLIP frozen)
       through ``deft.train_loop.optimizer_step`` (forward, backward, SGD step), ``classes`` classes;
     * Phase 1 preview step: the same with ``feature_cache=True`` (frozen features, prompts only) at the
       default batch of 64: almost all of it is the text tower over the 2K prompts, a per-step cost;
-    * Phase 2 step: ``deft.phase2.phase2_step`` on ``Classifier.from_clip`` (blocks + head train) through
+    * Phase 2 step: ``deft.training.phase2_step`` on ``Classifier.from_clip`` (blocks + head train) through
       ``optimizer_step``.
 
-    Precision goes through ``deft.device.autocast`` exactly as the library's loops use it.
+    Precision goes through ``deft.core.device.autocast`` exactly as the library's loops use it.
     """
-    from deft.config import Phase2Config, phase1_preset
-    from deft.detector import DeftModel, image_features, phase1_step
-    from deft.distributed import Dist
-    from deft.phase2 import Classifier, phase2_step
+    from deft.core.config import Phase2Config, phase1_preset
+    from deft.core.detector import DeftModel, image_features, phase1_step
+    from deft.core.distributed import Dist
     from deft.train_loop import make_optimizer, optimizer_step
+    from deft.training import Classifier, phase2_step
 
     cpu = torch.device("cpu")
     bundle = build_model("vitb16", cpu, "sdpa")

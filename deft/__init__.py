@@ -7,19 +7,21 @@ Names are imported lazily so that ``python -m deft --help`` does not pay for tor
 from importlib import import_module
 
 _EXPORTS = {
-    "DEFAULT_MODEL": "schema", "ImageEncoder": "config", "InferenceConfig": "config", "OptimConfig": "config",
-    "Phase1Config": "config", "Phase2Config": "config",
-    "EXPORT_COLUMNS": "schema", "curated_labels": "curation", "export_table": "curation",
-    "read_curated": "curation", "write_export": "curation",
-    "Dataset": "data", "load_dataset": "data", "load_image_folder": "data", "load_table": "data",
-    "DeftError": "errors", "DataError": "errors", "ModelLoadError": "errors", "RunError": "errors",
-    "ReviewError": "errors",
-    "DeftModel": "detector", "score": "detector",
-    "auroc": "metrics", "detection_metrics": "metrics",
-    "load_clip": "models", "make_noise": "noise",
-    "CancelToken": "progress", "Cancelled": "progress", "ProgressEvent": "progress",
-    "Run": "run", "ReviewStore": "store",
-    "detect": "phase1", "rescore": "phase1", "train_classifier": "phase2", "TrainedClassifier": "phase2",
+    "DEFAULT_MODEL": "core.schema", "EXPORT_COLUMNS": "core.schema",
+    "ImageEncoder": "core.config", "InferenceConfig": "core.config", "OptimConfig": "core.config",
+    "Phase1Config": "core.config", "Phase2Config": "core.config",
+    "DeftError": "core.errors", "DataError": "core.errors", "ModelLoadError": "core.errors", "RunError": "core.errors",
+    "ReviewError": "core.errors",
+    "DeftModel": "core.detector", "score": "core.detector",
+    "auroc": "core.metrics", "detection_metrics": "core.metrics",
+    "load_clip": "core.models", "make_noise": "core.noise",
+    "CancelToken": "core.progress", "Cancelled": "core.progress", "ProgressEvent": "core.progress",
+    "Dataset": "storage.data", "load_image_folder": "storage.data", "load_table": "storage.data",
+    "load_dataset": "storage.load",
+    "curated_labels": "storage.export", "export_table": "storage.export", "read_curated": "storage.export",
+    "write_export": "storage.export",
+    "Run": "storage.run", "ReviewStore": "storage.store",
+    "detect": "detection", "rescore": "detection", "train_classifier": "training", "TrainedClassifier": "training",
 }
 __all__ = sorted(_EXPORTS)
 

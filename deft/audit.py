@@ -22,21 +22,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import baselines as bl
-from . import data_issues as di
-from .atomic import write_csv, write_json, write_parquet
-from .embeddings import Embeddings, run_embeddings
-from .errors import read_derived
-from .progress import CancelToken, ProgressCallback, null_progress
-from .run import Run
-from .schema import BASELINES, issue_column, pred_column, score_column
-from .stages import RunStatus
-from .truth import ground_truth, ground_truth_metrics, true_labels  # noqa: F401  (true_labels re-exported)
+from deft.core import baselines as bl
+from deft.core import data_issues as di
+from deft.core.errors import read_derived
+from deft.core.progress import CancelToken, ProgressCallback, null_progress
+from deft.core.schema import BASELINES, RunStatus, issue_column, pred_column, score_column
+from deft.embeddings import Embeddings, run_embeddings
+from deft.storage.atomic import write_csv, write_json, write_parquet
+from deft.storage.imageio import file_hashes, image_sizes
+from deft.storage.run import Run
+from deft.storage.truth import ground_truth, ground_truth_metrics, true_labels  # noqa: F401  (true_labels re-exported)
 
 if TYPE_CHECKING:
-    from .config import Phase1Config
-    from .data import Dataset
-    from .models import ClipBundle
+    from deft.core.config import Phase1Config
+    from deft.core.models import ClipBundle
+    from deft.storage.data import Dataset
 
 AUDIT_FILE = "audit.parquet"
 
@@ -103,12 +103,12 @@ def data_issue_frames(run: Run, emb: Embeddings, cfg: di.DataIssueConfig, timing
                       progress: ProgressCallback = null_progress, cancel: CancelToken | None = None
                       ) -> tuple[pd.DataFrame, float]:
     """Duplicates, outliers and image problems of every sample; and the near-duplicate cosine distance."""
-    from .run_images import load_run_images
+    from deft.storage.run_images import load_run_images
 
     labels = run.dataset.labels
     paths = run.dataset.paths()
     with _timed(timings, "exact_duplicates"):
-        exact = di.find_exact_duplicates(di.file_hashes(paths), labels)
+        exact = di.find_exact_duplicates(file_hashes(paths), labels)
     with _timed(timings, "knn"):
         nn = di.knn(emb.image, cfg.k, cfg.chunk)
     with _timed(timings, "near_duplicates"):
@@ -118,7 +118,7 @@ def data_issue_frames(run: Run, emb: Embeddings, cfg: di.DataIssueConfig, timing
     images = load_run_images(run, emb.image_size, progress, cancel)  # the embedding pass's decode cache
     with _timed(timings, "image_problems"):
         stats = di.image_stats(images, cfg)
-        sizes = di.image_sizes(paths)
+        sizes = image_sizes(paths)
         problems = di.find_image_problems(stats, sizes, cfg)
     return pd.concat([exact, near, out, problems, stats.round(5), sizes], axis=1), thr
 
@@ -179,7 +179,7 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
     report = di.class_report(labels, ds.classes, table)
     proj = None
     if cfg.projection:
-        from .projection import run_projection
+        from deft.projection import run_projection
 
         with _timed(timings, "projection"):
             proj = run_projection(run, emb.image, emb.key, cfg.seed) if save else None
@@ -193,7 +193,7 @@ def audit(run: Run | str | os.PathLike, config: AuditConfig | None = None, *, bu
 def _rank(run: Run, scores: pd.DataFrame, table: pd.DataFrame, emb: Embeddings, labels: np.ndarray,
           probs: dict[str, np.ndarray], save: bool) -> tuple[pd.DataFrame, dict]:
     """The learning queue's signals (saved beside the run) and its columns added to the audit table."""
-    from . import learning
+    from deft import learning
 
     s = scores.set_index(scores["id"].astype(str)).reindex(table["id"].astype(str)).reset_index(drop=True)
     sig = learning.build_signals(s.assign(id=table["id"].to_numpy()), labels, run.dataset.classes, emb.image,

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import RunError, read_derived
-from .schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
-from .schema import REVIEW_ORDERS as ORDERS
+from deft.core.errors import RunError, read_derived
+from deft.core.schema import IMAGE_PROBLEMS, ISSUES, METHODS, Order, issue_column, score_column  # noqa: F401  (IMAGE_PROBLEMS re-exported)
+from deft.core.schema import REVIEW_ORDERS as ORDERS
 
 __all__ = ["AuditView", "load_audit", "issue_rows", "order_rows", "ORDERS", "ISSUES", "issue_mask", "issue_counts",
            "conflict_line", "methods_table", "map_points", "MAP_MAX_POINTS"]
@@ -45,11 +45,11 @@ def issue_rows(table: pd.DataFrame) -> list[tuple[str, str]]:
 def order_rows(table: pd.DataFrame) -> list[tuple[str, str, float]]:
     """``(order, sample id, rank)`` for every review order the audit table supports (see
     :func:`deft.audit.review_order`); DEFT margin needs none (the store sorts by it)."""
-    from .audit import review_order  # loads torch: only once a run was audited
+    from deft.audit import review_order  # loads torch: only once a run was audited
 
     out: list[tuple[str, str, float]] = []
     if "p_wrong" in table:
-        from .learning import order_rows as combined_rows
+        from deft.learning import order_rows as combined_rows
 
         out += combined_rows(table)
     for by in ORDERS.values():
@@ -156,7 +156,7 @@ def load_audit(run_path: str | Path) -> AuditView | None:
     """Read a run folder's audit outputs; None before the run was audited.
 
     Each is derived from the run (``deft audit`` or the app's Audit writes it again): a damaged
-    ``audit.parquet`` is a :class:`~deft.errors.RunError` saying so; any other damaged output is left out,
+    ``audit.parquet`` is a :class:`~deft.core.errors.RunError` saying so; any other damaged output is left out,
     with a sentence in :attr:`AuditView.notes`.
     """
     p = Path(run_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import (
+from deft.core.config import (
     LR_SCHEDULES,
     PIXEL_STATS,
     PRESETS,
@@ -28,13 +28,13 @@ from .config import (
     Phase2Config,
     phase1_preset,
 )
-from .curation import curated_labels, read_curated, write_export
-from .data import load_dataset
-from .errors import USER_ERRORS, DamagedFileWarning, write_error
-from .noise import make_noise
-from .progress import Cancelled, TqdmProgress
-from .run import Run, run_folder_lock
-from .schema import BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
+from deft.core.errors import USER_ERRORS, DamagedFileWarning, write_error
+from deft.core.noise import make_noise
+from deft.core.progress import Cancelled, TqdmProgress
+from deft.core.schema import BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
+from deft.storage.export import curated_labels, read_curated, write_export
+from deft.storage.load import load_dataset
+from deft.storage.run import Run, run_folder_lock
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -220,8 +220,8 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from .audit import AuditConfig
-    from .project import Project
+    from deft.audit import AuditConfig
+    from deft.project import Project
 
     ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     cfg = phase1_config(a)
@@ -251,8 +251,8 @@ def _rounded(obj: object) -> object:
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from .audit import AuditConfig
-    from .project import Project
+    from deft.audit import AuditConfig
+    from deft.project import Project
 
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip() and m.strip() != "deft")
     cfg = AuditConfig(methods=methods, n_folds=a.folds, seed=a.seed, data_issues=not a.no_data_issues,
@@ -275,8 +275,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    from .ranking import RankConfig
-    from .simulate import SimConfig, simulate
+    from deft.core.ranking import RankConfig
+    from deft.simulate import SimConfig, simulate
 
     try:
         budgets = tuple(int(b) for b in a.budget.split(",") if b.strip())
@@ -299,7 +299,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
-    from .phase1 import rescore
+    from deft.detection import rescore
 
     Run.open(a.run)  # a clear error for a damaged run folder before the lock file is created
     with run_folder_lock(a.run) if _main_rank() else contextlib.nullcontext():
@@ -309,7 +309,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .project import Project
+    from deft.project import Project
 
     run = Run.open(a.run)
     curated = read_curated(a.labels) if a.labels else curated_labels(Project.export_frame(run), a.mode)
@@ -328,20 +328,20 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .project import Project
+    from deft.project import Project
 
     run = Run.open(a.run)
     df = Project.export_frame(run, pseudo=a.pseudo)
     fmt = a.format or ("parquet" if Path(a.out).suffix.lower() in {".parquet", ".pq"} else "csv")
     counts = df["status"].value_counts().to_dict()
     if fmt == "hf":
-        from .interop_hf import write_hf
+        from deft.storage.interop_hf import write_hf
 
         write_hf(run, df, a.out)
         say(f"wrote a Hugging Face DatasetDict of {len(run.dataset.samples)} rows to {a.out} ({counts}); "
             f"read it with datasets.load_from_disk({str(a.out)!r})")
     elif fmt == "label-studio":
-        from .interop_ls import write_tasks
+        from deft.storage.interop_ls import write_tasks
 
         n, config = write_tasks(run, df, a.out, every=a.all, document_root=a.document_root,
                                 store=Project.run_store(run))
@@ -350,7 +350,7 @@ def cmd_export(a: argparse.Namespace) -> int:
             f"with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
             f"then import the tasks; bring the annotations back with: deft import-review {a.run} EXPORT.json")
     elif fmt == "fiftyone":
-        from .interop_fo import write_fiftyone
+        from deft.storage.interop_fo import write_fiftyone
 
         write_fiftyone(run, df, a.out)
         say(f"wrote a FiftyOne dataset of {len(run.dataset.samples)} samples to {a.out} ({counts}); load it with "
@@ -365,8 +365,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_import_review(a: argparse.Namespace) -> int:
-    from .interop_ls import import_review
-    from .project import Project
+    from deft.project import Project
+    from deft.storage.interop_ls import import_review
 
     run = Run.open(a.run)
     res = import_review(run, a.tasks, store=Project.run_store(run))
@@ -379,7 +379,7 @@ def cmd_import_review(a: argparse.Namespace) -> int:
 
 
 def cmd_noise(a: argparse.Namespace) -> int:
-    from .images import decode_images
+    from deft.storage.images import decode_images
 
     ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
     rows = ds.train_rows  # test/val rows keep their true label: a clean measure for Phase 2
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # every option after it is the app's (ui.serve parses them)
         return cmd_serve(argv[1:])
     a = build_parser().parse_args(argv)
-    if getattr(a, "image_cache", None):  # read by deft.run_images.load_run_images (and torchrun's other ranks)
+    if getattr(a, "image_cache", None):  # read by deft.storage.run_images.load_run_images (and torchrun's other ranks)
         os.environ["DEFT_IMAGE_CACHE"] = a.image_cache
     with _damaged_files_as_warnings():
         try:

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from .atomic import save_safetensors
-from .errors import read_derived
-from .progress import CancelToken, ProgressCallback, null_progress
-from .run import Run
+from deft.core.errors import read_derived
+from deft.core.progress import CancelToken, ProgressCallback, null_progress
+from deft.storage.atomic import save_safetensors
+from deft.storage.run import Run
 
 if TYPE_CHECKING:
-    from .models import ClipBundle
+    from deft.core.models import ClipBundle
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 
@@ -143,10 +143,10 @@ def run_embeddings(run: Run, *, bundle: ClipBundle | None = None, device: str | 
     recompute : bool
         Ignore the cache.
     """
-    from .detector import class_texts, image_features, zero_shot_text
-    from .device import pick_device
-    from .models import load_clip
-    from .run_images import load_run_images
+    from deft.core.detector import class_texts, image_features, zero_shot_text
+    from deft.core.device import pick_device
+    from deft.core.models import load_clip
+    from deft.storage.run_images import load_run_images
 
     cfg = run.config
     p = embeddings_path(run)

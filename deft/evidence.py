@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .embeddings import _cached, _cached_meta, content_key, embeddings_path
-from .run import Run, RunError
-from .schema import WRONG_STATUSES, Status
+from deft.core.schema import WRONG_STATUSES, Status
+from deft.embeddings import _cached, _cached_meta, content_key, embeddings_path
+from deft.storage.run import Run, RunError
 
 
 @dataclass(frozen=True)
@@ -70,18 +70,34 @@ def trusted_labels(ids: pd.Series, labels: pd.Series, scores: pd.DataFrame,
     labels, trusted : np.ndarray, np.ndarray
         One entry per row of ``ids`` (str labels, bool mask).
     """
+    out, trusted = clean_verdicts(ids, labels, scores)
+    if decisions is None or not len(decisions):
+        return out, trusted
+    return apply_decisions(out, trusted, {sid: i for i, sid in enumerate(ids.astype(str))}, decisions)
+
+
+def clean_verdicts(ids: pd.Series, labels: pd.Series, scores: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """DEFT's part of :func:`trusted_labels`: the given labels, trusted where ``scores.is_clean``."""
     ids = ids.astype(str)
     verdict = scores.set_index(scores["id"].astype(str))["is_clean"].astype(bool)
     trusted = np.array(ids.map(verdict).fillna(False), dtype=bool)  # a writable copy
-    out = np.array(labels.astype(str), dtype=object)
-    if decisions is not None and len(decisions):
-        d = decisions.set_index(decisions["id"].astype(str))
-        status = ids.map(d["status"])
-        final = ids.map(d["final_label"])
-        decided = status.notna().to_numpy()
-        trusted[decided] = (status[decided] != Status.EXCLUDED).to_numpy()
-        moved = status.isin(WRONG_STATUSES).to_numpy() & final.notna().to_numpy()
-        out[moved] = final[moved].astype(str).to_numpy()
+    return np.array(labels.astype(str), dtype=object), trusted
+
+
+def apply_decisions(labels: np.ndarray, trusted: np.ndarray, row: dict[str, int],
+                    decisions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The reviewers' part of :func:`trusted_labels`, on copies of ``labels`` / ``trusted`` (``row``: sample id
+    -> row). Costs the decisions, not the samples: a 1M-sample review re-reads no table after each decision."""
+    out, trusted = labels.copy(), trusted.copy()
+    if not len(decisions):
+        return out, trusted
+    at = np.fromiter((row.get(str(s), -1) for s in decisions["id"]), np.int64, len(decisions))
+    d = decisions.loc[at >= 0]
+    at = at[at >= 0]
+    status = d["status"].to_numpy(dtype=object)
+    trusted[at] = status != Status.EXCLUDED
+    moved = d["status"].isin(WRONG_STATUSES).to_numpy() & d["final_label"].notna().to_numpy()
+    out[at[moved]] = d["final_label"].to_numpy(dtype=object)[moved].astype(str)
     return out, trusted
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .progress import Cancelled, CancelToken, ProgressEvent
+from deft.core.progress import Cancelled, CancelToken, ProgressEvent
 
 JobFn = Callable[[Callable[[ProgressEvent], None], CancelToken], Any]
 

@@ -7,7 +7,7 @@ store shows: ``p_wrong`` (the probability the label is wrong), the combined sugg
 review order is ``p_wrong`` descending.
 
 While a team reviews, :class:`QueueLearner` refits on their decisions every ``RankConfig.every`` decisions
-and re-ranks the part of the queue nobody has seen (:meth:`deft.store.ReviewStore.rerank`): the card on
+and re-ranks the part of the queue nobody has seen (:meth:`deft.storage.store.ReviewStore.rerank`): the card on
 screen, the cards before it and decided samples keep their place and their suggestions. The app runs it
 off the key path (a background thread); ``deft simulate`` runs the same object in line.
 """
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import ranking as rk
-from .atomic import save_safetensors
-from .errors import RunError
-from .schema import METHODS as FLAG_METHODS
-from .schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order, issue_column
+from deft.core import ranking as rk
+from deft.core.errors import RunError
+from deft.core.schema import METHODS as FLAG_METHODS
+from deft.core.schema import TRUSTED_DECISIONS, WRONG_STATUSES, Order, issue_column
+from deft.storage.atomic import save_safetensors
 
 SIGNALS_FILE = "signals.safetensors"
 ORDER = Order.COMBINED.value
@@ -100,7 +100,7 @@ def build_signals(scores: pd.DataFrame, labels: np.ndarray, classes: list[str], 
     probs : dense (N, K) class probabilities per method, e.g. ``{"zeroshot": ..., "cleanlab": ...}``.
     table : the audit table (method flags, data issues), same rows.
     """
-    from .data_issues import knn
+    from deft.core.data_issues import knn
 
     cfg = config or rk.RankConfig()
     K = len(classes)  # noqa: N806
@@ -166,7 +166,7 @@ def order_rows(ranked: pd.DataFrame) -> list[tuple[str, str, float]]:
 class RerankReport:
     """What one refit did: ``decisions`` it learned from, the model's ``precision`` on ``holdout`` held-out
     decisions, ``moved`` samples re-keyed, ``remaining`` the stopping rule's wrong labels among ``unreviewed``
-    (:class:`deft.ranking.Remaining`: ``remaining_model`` the model's count, ``flagged`` DEFT's suspects among
+    (:class:`deft.core.ranking.Remaining`: ``remaining_model`` the model's count, ``flagged`` DEFT's suspects among
     them)."""
 
     decisions: int
@@ -294,7 +294,7 @@ class QueueLearner(_RefitsInBackground):
 
 def unreviewed_suspects(store, count: dict | None = None) -> int | None:
     """DEFT's suspects (``is_clean`` false) nobody has decided yet: the flagged half of the stopping rule
-    (``count``: the store's :meth:`~deft.store.ReviewStore.count`, when the caller has it)."""
+    (``count``: the store's :meth:`~deft.storage.store.ReviewStore.count`, when the caller has it)."""
     c = count if count is not None else store.count()
     return max(0, int(c["suspects"]) - int(c["reviewed"])) if c["suspects"] else None
 
@@ -365,7 +365,7 @@ class ProcessLearner(_RefitsInBackground):
 def _serve(conn, store_path: str, run_path: str, config: rk.RankConfig) -> None:
     """The worker of :class:`ProcessLearner`: load, then one refit per request until the pipe closes. It runs
     at a lower priority than the server: on two cores its refits (~30 s of CPU at 1M samples) delayed keys."""
-    from .store import ReviewStore
+    from deft.storage.store import ReviewStore
 
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
@@ -418,8 +418,8 @@ PROBE_MAX_SAMPLES = 200_000  # above this the probe on reviewed labels is left o
 def review_embeddings(run_path: str | os.PathLike, ids: np.ndarray) -> np.ndarray | None:
     """The run's cached CLIP image embeddings for the samples ``ids`` (the probe on reviewed labels), or None
     when there are none, they are stale or damaged, or there are more than :data:`PROBE_MAX_SAMPLES`."""
-    from .embeddings import EMBEDDINGS_FILE, load_embeddings
-    from .run import Run
+    from deft.embeddings import EMBEDDINGS_FILE, load_embeddings
+    from deft.storage.run import Run
 
     path = Path(run_path) / EMBEDDINGS_FILE
     if len(ids) > PROBE_MAX_SAMPLES or not path.is_file():

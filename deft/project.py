@@ -26,25 +26,26 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .audit import audit_columns, merge_audit_columns
-from .audit_view import issue_rows, order_rows
-from .config import Phase1Config, Phase2Config
-from .curation import export_table, write_export
-from .data import Dataset, load_dataset
-from .monitor import planted_errors_caught
-from .progress import CancelToken, ProgressCallback, null_progress
-from .review import dataset_key
-from .run import Run, run_folder_lock
-from .schema import ALL_METHODS, BASELINES, DETECT_METHODS, METHODS
-from .store import ReviewStore
-from .train_runs import TrainingRun, fingerprint, folder_for, list_training_runs, runs_table
-from .truth import ground_truth
-from .verified import folder_stamps, load_listing, recheck_in_background, save_listing
-from .verified import for_dataset as verified_files
+from deft.audit import audit_columns, merge_audit_columns
+from deft.audit_view import issue_rows, order_rows
+from deft.core.config import Phase1Config, Phase2Config
+from deft.core.metrics import planted_errors_caught
+from deft.core.progress import CancelToken, ProgressCallback, null_progress
+from deft.core.schema import ALL_METHODS, BASELINES, DETECT_METHODS, METHODS
+from deft.review import dataset_key
+from deft.storage.data import Dataset
+from deft.storage.export import export_table, write_export
+from deft.storage.load import load_dataset
+from deft.storage.run import Run, run_folder_lock
+from deft.storage.store import ReviewStore
+from deft.storage.train_runs import TrainingRun, fingerprint, folder_for, list_training_runs, runs_table
+from deft.storage.truth import ground_truth
+from deft.storage.verified import folder_stamps, load_listing, recheck_in_background, save_listing
+from deft.storage.verified import for_dataset as verified_files
 
 if TYPE_CHECKING:
-    from .audit import AuditConfig, AuditResult
-    from .phase2 import Phase2Result
+    from deft.audit import AuditConfig, AuditResult
+    from deft.training import Phase2Result
 
 DETECT_PREFIX = "detect-"
 """Run folders of a dataset's home start with this (``detect-<config hash>[-<baseline>]``)."""
@@ -219,8 +220,8 @@ class Project:
         main_rank : bool
             False on the other ranks of a distributed run: no lock, no audit pass.
         """
-        from .audit import audit, detect_with_baseline
-        from .phase1 import detect
+        from deft.audit import audit, detect_with_baseline
+        from deft.detection import detect
 
         check_method(method)
         out = Path(out) if out is not None else self.detect_dir(config, method)
@@ -242,7 +243,7 @@ class Project:
               lock: bool = True) -> AuditResult:
         """``deft audit`` on a run: baselines, data issues, class report and map (see :func:`deft.audit.audit`),
         holding the run folder's lock when ``lock``."""
-        from .audit import audit
+        from deft.audit import audit
 
         path = run.path if isinstance(run, Run) else Path(run)
         with run_folder_lock(path) if lock else nullcontext():
@@ -257,9 +258,9 @@ class Project:
     def train(run: Run, curated: pd.DataFrame, config: Phase2Config, *, out: str | os.PathLike | None = None,
               device: str = "auto", progress: ProgressCallback = null_progress, cancel: CancelToken | None = None,
               tags: dict | None = None, lock: bool = True) -> Phase2Result:
-        """Phase 2 on the curated labels (see :func:`deft.phase2.train_classifier`; ``out`` default
+        """Phase 2 on the curated labels (see :func:`deft.training.train_classifier`; ``out`` default
         ``RUN/phase2``), holding ``out``'s lock when ``lock``."""
-        from .phase2 import train_classifier
+        from deft.training import train_classifier
 
         with run_folder_lock(out) if lock and out is not None else nullcontext():
             return train_classifier(run, curated, config, out=out, device=device, progress=progress, cancel=cancel,
@@ -307,7 +308,7 @@ class Project:
 
     @staticmethod
     def ground_truth(run: Run):
-        """Which samples are truly clean, when known (:func:`deft.truth.ground_truth`: ``true_label`` or
+        """Which samples are truly clean, when known (:func:`deft.storage.truth.ground_truth`: ``true_label`` or
         ``PLANTED.csv``)."""
         return ground_truth(run)
 

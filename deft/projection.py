@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_parquet
-from .errors import read_derived
-from .run import Run
+from deft.core.errors import read_derived
+from deft.storage.atomic import write_parquet
+from deft.storage.run import Run
 
 PROJECTION_FILE = "projection.parquet"
 

@@ -1,8 +1,8 @@
-"""Review queue over a :class:`~deft.store.ReviewStore`: filter, card, act, undo, batch, grid.
+"""Review queue over a :class:`~deft.storage.store.ReviewStore`: filter, card, act, undo, batch, grid.
 
 The UI and the latency benchmark drive the same object, so the measured time is
 the time a reviewer waits for. Every action names the sample the reviewer saw and
-the version of its state (see :class:`~deft.store.StaleError`): a queue never
+the version of its state (see :class:`~deft.storage.store.StaleError`): a queue never
 applies a decision to "whatever is at position N now".
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .schema import Action, Status
-from .store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
+from deft.core.schema import Action, Status
+from deft.storage.store import BatchResult, Decision, ReviewError, ReviewStore, StaleError
 
 __all__ = ["ReviewFilter", "ReviewQueue", "StaleError", "Suggestion", "suggestions", "group_title", "dataset_key",
            "BATCH_SOURCES"]
@@ -37,7 +37,7 @@ class ReviewFilter:
     margin_min: float | None = None
     margin_max: float | None = None
     issue: str | None = None  # a data issue from `deft audit` (deft.audit_view.ISSUES), e.g. "near duplicate"
-    order: str | None = None  # None/"margin": DEFT margin; the other deft.schema.REVIEW_ORDERS after an audit
+    order: str | None = None  # None/"margin": DEFT margin; the other deft.core.schema.REVIEW_ORDERS after an audit
 
     def kwargs(self) -> dict:
         return {"suspects": self.suspects, "label": self.label or None, "status": self.status or None,

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DeftError
-from .ranking import RankConfig, Remaining, estimate_remaining, remaining_estimate
-from .schema import ORDER_NAMES, Action, Order
+from deft.core.errors import DeftError
+from deft.core.ranking import RankConfig, Remaining, estimate_remaining, remaining_estimate
+from deft.core.schema import ORDER_NAMES, Action, Order
 
 
 class SimulationError(DeftError):
@@ -43,7 +43,7 @@ class SimConfig:
 
 
 def _truth(run) -> dict[str, str]:
-    from .truth import true_labels
+    from deft.storage.truth import true_labels
 
     truth = true_labels(run)
     if truth is None:
@@ -53,9 +53,9 @@ def _truth(run) -> dict[str, str]:
 
 
 def _store(run, path: Path, order: str):
-    from .audit import audit_columns
-    from .audit_view import issue_rows, order_rows
-    from .store import ReviewStore
+    from deft.audit import audit_columns
+    from deft.audit_view import issue_rows, order_rows
+    from deft.storage.store import ReviewStore
 
     store = ReviewStore(path)
     store.load_scores(run.scores(), run.dataset.classes)
@@ -109,9 +109,9 @@ def _row(t: _Tally, errors_total: int, remaining: Remaining | None) -> dict:
 def simulate(run_path: str | os.PathLike, config: SimConfig | None = None,
              workdir: str | os.PathLike | None = None) -> dict:
     """Replay an oracle reviewer on a run; see the module docstring. Returns the JSON-ready result."""
-    from .learning import load_learner, unreviewed_suspects
-    from .review import ReviewFilter, ReviewQueue
-    from .run import Run
+    from deft.learning import load_learner, unreviewed_suspects
+    from deft.review import ReviewFilter, ReviewQueue
+    from deft.storage.run import Run
 
     cfg = config or SimConfig()
     if cfg.order not in ORDER_NAMES:
@@ -160,7 +160,7 @@ class SourceBest:
     to compare the one-key rate of the combined list with each source alone on the same errors."""
 
     def __init__(self, run, truth: dict[str, str]) -> None:
-        from .learning import Signals, signals_path
+        from deft.learning import Signals, signals_path
 
         scores = run.scores()
         self.ids = scores["id"].astype(str).to_numpy()
@@ -174,8 +174,8 @@ class SourceBest:
             for name, src in sig.sources.items():
                 second = src.idx[:, 1] if src.idx.shape[1] > 1 else np.full(len(self.ids), -1)
                 self.best[name] = names[np.where(src.idx[:, 0] == sig.labels, second, src.idx[:, 0])]
-            from .learning import unsupervised
-            from .ranking import prior_mixups
+            from deft.core.ranking import prior_mixups
+            from deft.learning import unsupervised
 
             mix = prior_mixups(sig.sources, sig.labels, unsupervised(sig).p_wrong, len(sig.classes))
             np.fill_diagonal(mix, -1.0)

@@ -5,7 +5,7 @@ demo, ``bench/`` and ``make tiny-clip`` use it too, without pytest.
 
 No pretrained weights can be fetched here, so tests build a small CLIP with a
 character-level BPE tokenizer, save it with ``save_pretrained`` and load it back
-through :func:`deft.models.load_clip`, the path users take.
+through :func:`deft.core.models.load_clip`, the path users take.
 
 ``python -m deft.testing OUT`` saves the tiny CLIP to ``OUT`` (what ``scripts/make_tiny_clip.py`` does).
 """

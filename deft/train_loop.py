@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from .atomic import save_torch
-from .config import OptimConfig
-from .device import autocast
-from .distributed import Dist
-from .errors import RunError
-from .progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.core.config import OptimConfig
+from deft.core.device import autocast
+from deft.core.distributed import Dist
+from deft.core.errors import RunError
+from deft.core.progress import CancelToken, ProgressCallback, ProgressEvent, null_progress
+from deft.storage.atomic import save_torch
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, steps_per_epoch: int):

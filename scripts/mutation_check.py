@@ -2,7 +2,7 @@
 
 For every mutation, a temporary copy of the repository (its tracked and untracked, not ignored files)
 gets one source edit, and the method tests (``tests/test_oracle.py``, ``tests/test_losses.py``,
-``tests/test_phase2.py``; slow tests deselected) run there with pytest, stopping at the first failure.
+``tests/test_training.py``; slow tests deselected) run there with pytest, stopping at the first failure.
 The unmutated copy runs first and must pass, or nothing is concluded. Prints a table
 mutation -> caught / NOT CAUGHT with the first failing test.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_TESTS = ("tests/test_oracle.py", "tests/test_losses.py", "tests/test_phase2.py")
+METHOD_TESTS = ("tests/test_oracle.py", "tests/test_losses.py", "tests/test_training.py")
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,22 @@ MUTATIONS = (
              "momentum=cfg.momentum, weight_decay=cfg.weight_decay)", "momentum=cfg.momentum)"),
     Mutation("b", "SGD without momentum", "deft/train_loop.py",
              "lr=cfg.lr, momentum=cfg.momentum, weight_decay", "lr=cfg.lr, weight_decay"),
-    Mutation("c", "VPT tokens left out of Phase 1's trainable set", "deft/detector.py",
+    Mutation("c", "VPT tokens left out of Phase 1's trainable set", "deft/core/detector.py",
              "return [self.prompts.ctx] + ([self.vpt.prompts] if self.vpt is not None else [])",
              "return [self.prompts.ctx]"),
-    Mutation("d", "scoring pass ignores real-world mode", "deft/detector.py",
+    Mutation("d", "scoring pass ignores real-world mode", "deft/core/detector.py",
              '"is_clean": clean_mask(sc, y, real_world)', '"is_clean": clean_mask(sc, y)'),
-    Mutation("e", "a run's scoring pass ignores the run's real-world setting", "deft/phase1.py",
+    Mutation("e", "a run's scoring pass ignores the run's real-world setting", "deft/detection.py",
              "bundle.normalizer, real_world=cfg.real_world,", "bundle.normalizer, real_world=False,"),
-    Mutation("f", "scoring pass text features in fp32, not training's precision", "deft/detector.py",
+    Mutation("f", "scoring pass text features in fp32, not training's precision", "deft/core/detector.py",
              "with autocast(tau.device, precision):", 'with autocast(tau.device, "fp32"):'),
-    Mutation("g", "CLIP's weights not frozen", "deft/models/clip.py",
+    Mutation("g", "CLIP's weights not frozen", "deft/core/models/clip.py",
              "model.requires_grad_(False).eval().to(device)", "model.eval().to(device)"),
-    Mutation("h", "Phase 2 trains every weight (embeddings, layer norms)", "deft/config.py",
+    Mutation("h", "Phase 2 trains every weight (embeddings, layer norms)", "deft/core/config.py",
              'trainable: str = "blocks"', 'trainable: str = "all"'),
-    Mutation("i", "Phase 1 lr 0.01 instead of 0.03", "deft/config.py",
+    Mutation("i", "Phase 1 lr 0.01 instead of 0.03", "deft/core/config.py",
              "OptimConfig(lr=0.03)", "OptimConfig(lr=0.01)"),
-    Mutation("j", "real-world warm-up without symmetric cross-entropy", "deft/losses.py",
+    Mutation("j", "real-world warm-up without symmetric cross-entropy", "deft/core/losses.py",
              'sce_loss(s_pos, labels, *sce, reduction="sum") if real_world else',
              'F.cross_entropy(s_pos, labels, reduction="sum") if real_world else'),
 )

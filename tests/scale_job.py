@@ -82,11 +82,11 @@ def _reset_peak() -> None:
 def run(csv: Path, clip_dir: str, run_dir: Path, out_json: Path) -> dict:
     import torch
 
-    from deft.config import InferenceConfig, OptimConfig, Phase1Config
-    from deft.data import load_dataset
-    from deft.phase1 import detect
-    from deft.run import Run
-    from deft.run_images import load_run_images
+    from deft.core.config import InferenceConfig, OptimConfig, Phase1Config
+    from deft.detection import detect
+    from deft.storage.load import load_dataset
+    from deft.storage.run import Run
+    from deft.storage.run_images import load_run_images
 
     torch.set_num_threads(1)
     res: dict = {"rss_start": _status("VmRSS")}

@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from deft import baselines as bl
-from deft import data_issues as di
 from deft.audit import AuditConfig, audit, ground_truth, review_order
-from deft.config import Phase1Config
-from deft.data import load_dataset
+from deft.core import baselines as bl
+from deft.core import data_issues as di
+from deft.core.config import Phase1Config
 from deft.embeddings import embeddings_path, load_embeddings, run_embeddings
 from deft.projection import project_2d
-from deft.run import Run
+from deft.storage.load import load_dataset
+from deft.storage.run import Run
 
 from .conftest import extract_cifar
 

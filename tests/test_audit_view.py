@@ -67,7 +67,8 @@ def test_map_downsamples_keeping_flagged_points():
 
 
 def test_names_match_the_audit_modules():
-    from deft import audit_view, baselines, data_issues
+    from deft import audit_view
+    from deft.core import baselines, data_issues
 
     assert audit_view.METHODS == baselines.METHODS and audit_view.IMAGE_PROBLEMS == data_issues.IMAGE_PROBLEMS
 
@@ -88,7 +89,7 @@ def test_review_filter_on_a_data_issue(tmp_path):
     """The Review queue restricted to one data issue: count, order, navigation, grid page, saved place."""
     from deft.audit_view import issue_rows
     from deft.review import ReviewFilter, ReviewQueue
-    from deft.store import ReviewStore
+    from deft.storage.store import ReviewStore
 
     from .test_store import CLASSES, fake_scores
 
@@ -159,7 +160,7 @@ def test_review_order_by_a_method_or_agreement(tmp_path):
     from deft.audit import review_order
     from deft.audit_view import order_rows
     from deft.review import ReviewFilter, ReviewQueue
-    from deft.store import ReviewStore
+    from deft.storage.store import ReviewStore
 
     from .test_store import CLASSES, fake_scores
 

@@ -29,15 +29,16 @@ from safetensors import safe_open
 
 from deft import cli
 from deft.audit import AuditConfig, audit
-from deft.config import OptimConfig, Phase1Config
-from deft.curation import read_curated, write_export
-from deft.data import DataError, load_dataset
-from deft.imageio import MAX_PIXELS, PixelBudget, check_image
-from deft.images import decode_image, decode_images
-from deft.phase1 import detect
-from deft.run import Run, RunError, run_folder_lock
-from deft.run_images import load_run_images
-from deft.store import ReviewStore
+from deft.core.config import OptimConfig, Phase1Config
+from deft.detection import detect
+from deft.storage.data import DataError
+from deft.storage.export import read_curated, write_export
+from deft.storage.imageio import MAX_PIXELS, PixelBudget, check_image
+from deft.storage.images import decode_image, decode_images
+from deft.storage.load import load_dataset
+from deft.storage.run import Run, RunError, run_folder_lock
+from deft.storage.run_images import load_run_images
+from deft.storage.store import ReviewStore
 
 from .conftest import ROOT
 
@@ -324,7 +325,7 @@ def test_near_collision_labels_are_warned(tmp_path, capsys):
 
 def test_label_studio_tasks_annotated_exclude_are_excluded_not_a_class(tmp_path, capsys):
     """QA: `deft check ls_export.json` counted deft's own Exclude choice (`__deft_exclude__`) as a class."""
-    from deft.interop_ls import EXCLUDE
+    from deft.storage.interop_ls import EXCLUDE
     root = make_folder(tmp_path / "d")
 
     def task(n: int, rel: str, choice: str) -> dict:
@@ -460,7 +461,7 @@ def test_thin_image_decodes_with_work_bounded_by_the_output(wh, tmp_path):
     path = thin_png(tmp_path / "thin.png", *wh)
     assert path.stat().st_size < 2000 and check_image(path) is None  # a tiny, valid file: `check` keeps it
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
-            "from deft.imageio import decode_image; px = decode_image(sys.argv[1], 224);"
+            "from deft.storage.imageio import decode_image; px = decode_image(sys.argv[1], 224);"
             "print(px.shape, int(px.max()))")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60,
                          cwd=ROOT)
@@ -956,7 +957,7 @@ def test_export_escapes_spreadsheet_formulas_and_reads_back_exactly(tmp_path):
 def test_second_detect_on_the_same_run_folder_is_refused(tmp_path, tiny_clip_dir, capsys):
     data, run = make_folder(tmp_path / "d"), tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from deft.run import run_folder_lock\n"
+        [sys.executable, "-c", "import sys, time; from deft.storage.run import run_folder_lock\n"
          f"with run_folder_lock({str(run)!r}):\n    print('locked', flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -970,6 +971,6 @@ def test_second_detect_on_the_same_run_folder_is_refused(tmp_path, tiny_clip_dir
         holder.kill()
         holder.wait()
     # the lock dies with its process (kill -9 too): the folder is usable again
-    from deft.run import run_folder_lock
+    from deft.storage.run import run_folder_lock
     with run_folder_lock(run):
         pass

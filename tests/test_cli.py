@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from deft.curation import EXPORT_COLUMNS
+from deft.storage.export import EXPORT_COLUMNS
 
 from .conftest import ROOT
 

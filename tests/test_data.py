@@ -5,7 +5,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from deft.data import DataError, load_class_descriptions, load_dataset
+from deft.storage.data import DataError, load_class_descriptions
+from deft.storage.load import load_dataset
 
 
 def test_image_folder_ids_and_classes(cifar_small):
@@ -101,7 +102,7 @@ def test_class_descriptions(tmp_path):
 
 
 def test_data_roots_refuse_outside_paths_and_symlinks_without_echoing(tmp_path):
-    from deft.roots import DataRoots, OutsideRootsError
+    from deft.storage.roots import DataRoots, OutsideRootsError
 
     inside, outside = tmp_path / "data", tmp_path / "secret"
     (inside / "a").mkdir(parents=True)
@@ -128,10 +129,10 @@ def test_workspace_refuses_paths_outside_roots_and_creates_no_run_folder(tmp_pat
 
 
 def test_worker_processes_report_the_same_problems_as_threads(tmp_path, cifar_small):
-    """Large imports check files in worker processes (``deft.parallel``); every problem reads the same."""
+    """Large imports check files in worker processes (``deft.storage.parallel``); every problem reads the same."""
     import os
 
-    from deft.data import check_images
+    from deft.storage.data import check_images
 
     root = tmp_path / "d"
     shutil.copytree(cifar_small, root)

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from deft.data import load_dataset
+from deft.storage.load import load_dataset
 
 from .conftest import ROOT
 

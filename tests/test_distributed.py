@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft.run import Run
+from deft.storage.run import Run
 
 from .conftest import ROOT
 
@@ -52,10 +52,10 @@ def test_two_process_scores_equal_single_process(tmp_path, cifar_small, tiny_cli
 DDP_STEP_SCRIPT = r"""
 import json, sys
 import numpy as np, torch
-from deft.config import OptimConfig, Phase1Config
-from deft.distributed import init_distributed
-from deft.models import load_clip
-from deft.phase1 import DeftModel, phase1_step
+from deft.core.config import OptimConfig, Phase1Config
+from deft.core.distributed import init_distributed
+from deft.core.models import load_clip
+from deft.detection import DeftModel, phase1_step
 from deft.train_loop import train_epochs
 
 clip_dir, out = sys.argv[1], sys.argv[2]

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from deft.config import Phase1Config
-from deft.data import load_dataset
+from deft.core.config import Phase1Config
 from deft.embeddings import run_embeddings
 from deft.evidence import EvidenceIndex, nearest_rows, trusted_labels
-from deft.run import Run
+from deft.storage.load import load_dataset
+from deft.storage.run import Run
 
 from .conftest import extract_cifar
 
@@ -78,7 +78,7 @@ def test_evidence_html_serves_thumbnails_through_the_ui_file_url(tmp_path, monke
     from types import SimpleNamespace
 
     from deft.evidence import Neighbour
-    from deft.thumbs import thumbnail_file
+    from deft.storage.thumbs import thumbnail_file
     from ui import views
     from ui.evidence import evidence_html
 

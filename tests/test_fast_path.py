@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from deft.config import OptimConfig, Phase1Config
-from deft.data import load_dataset
-from deft.device import cpu_has_native_bf16
-from deft.images import decode_images
-from deft.models import load_clip
-from deft.phase1 import class_texts, detect, load_detector, score_samples, zero_shot_text
-from deft.run import Run
+from deft.core.config import OptimConfig, Phase1Config
+from deft.core.device import cpu_has_native_bf16
+from deft.core.models import load_clip
+from deft.detection import class_texts, detect, load_detector, score_samples, zero_shot_text
+from deft.storage.images import decode_images
+from deft.storage.load import load_dataset
+from deft.storage.run import Run
 
 # bf16 keeps 8 mantissa bits (~3 significant digits): cosines move by up to ~1e-2.
 MARGIN_ATOL = 0.03
@@ -73,7 +73,7 @@ def test_training_step_runs_under_each_precision(tmp_path, cifar_small, tiny_cli
 
 
 def test_feature_cache_mode_embeds_every_image_once(tmp_path, cifar_small, tiny_clip_dir, monkeypatch):
-    import deft.detector as p1  # the detector module holds the image pass (deft.phase1 re-exports it)
+    import deft.core.detector as p1  # the detector module holds the image pass (deft.detection re-exports it)
 
     seen = []
     real = p1.encode_image

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from deft.config import OFFICIAL_PIXEL_STATS, OptimConfig, Phase1Config, Phase2Config
-from deft.data import load_dataset
-from deft.phase1 import detect, rescore
-from deft.phase2 import train_classifier
+from deft.core.config import OFFICIAL_PIXEL_STATS, OptimConfig, Phase1Config, Phase2Config
+from deft.detection import detect, rescore
+from deft.storage.load import load_dataset
+from deft.training import train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,9 @@ def test_pixel_stats_setting_and_flag():
 
 
 def test_dataset_pixel_stats_normalise_both_phases(folder, tiny_clip_dir, tmp_path, monkeypatch):
-    from deft.models import load_clip
-    from deft.run import Run
-    from deft.run_images import dataset_pixel_stats, load_run_images, run_normalizer
+    from deft.core.models import load_clip
+    from deft.storage.run import Run
+    from deft.storage.run_images import dataset_pixel_stats, load_run_images, run_normalizer
 
     monkeypatch.setenv("DEFT_IMAGE_CACHE", "raw")
     ds = load_dataset(folder)
@@ -81,7 +81,7 @@ def test_dataset_pixel_stats_normalise_both_phases(folder, tiny_clip_dir, tmp_pa
 
 def test_a_run_made_before_a_setting_existed_resumes(folder, tiny_clip_dir, tmp_path):
     # a setting added since (here pixel_stats) counts as its default when an older run.json lacks it
-    from deft.run import Run
+    from deft.storage.run import Run
 
     ds = load_dataset(folder)
     Run.create(tmp_path / "run", ds, _p1(tiny_clip_dir))

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deft.data import DataError, load_dataset
-from deft.run import Run
-from deft.store import ReviewStore
+from deft.storage.data import DataError
+from deft.storage.load import load_dataset
+from deft.storage.run import Run
+from deft.storage.store import ReviewStore
 
 from .conftest import ROOT, extract_cifar
 
@@ -250,7 +251,7 @@ def test_label_studio_sdk_accepts_the_tasks_and_reads_the_annotations_as_we_do(r
     from label_studio_sdk.converter import Converter
     from label_studio_sdk.label_interface import LabelInterface
 
-    from deft.interop_ls import annotator, choices_of, latest_annotation
+    from deft.storage.interop_ls import annotator, choices_of, latest_annotation
 
     run_dir, cache, classes = run_copy
     deft("export", run_dir, "--format", "label-studio", "--all", "--out", tmp_path / "tasks.json", cache=cache)
@@ -431,7 +432,7 @@ def test_serve_hands_the_source_to_the_app(monkeypatch):
 
 
 def test_the_app_loads_a_hugging_face_source_inside_its_data_roots(tmp_path, monkeypatch, cifar_small):
-    from deft.roots import default_roots
+    from deft.storage.roots import default_roots
     from ui.workspace import AppSettings, Workspace
 
     monkeypatch.setenv("DEFT_IMPORT_CACHE", str(tmp_path / "cache"))
@@ -444,7 +445,7 @@ def test_the_app_loads_a_hugging_face_source_inside_its_data_roots(tmp_path, mon
 
 
 def test_the_app_opens_only_the_fiftyone_dataset_it_was_started_on(tmp_path):
-    from deft.roots import OutsideRootsError, default_roots
+    from deft.storage.roots import OutsideRootsError, default_roots
     from ui.workspace import AppSettings, Workspace
 
     roots = default_roots("fiftyone:birds", tmp_path / "demo")

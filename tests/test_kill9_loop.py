@@ -23,11 +23,11 @@ import urllib.request
 
 import pytest
 
-from deft.config import OptimConfig, Phase1Config
-from deft.data import load_dataset
-from deft.errors import ReviewError
-from deft.phase1 import detect
-from deft.store import ReviewStore
+from deft.core.config import OptimConfig, Phase1Config
+from deft.core.errors import ReviewError
+from deft.detection import detect
+from deft.storage.load import load_dataset
+from deft.storage.store import ReviewStore
 from tests.browser.conftest import free_port
 from ui.workspace import dataset_key
 

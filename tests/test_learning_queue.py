@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft import ranking as rk
+from deft.core import ranking as rk
 from deft.learning import ORDER, QueueLearner, Signals, order_rows, rank_columns
 from deft.review import ReviewFilter, ReviewQueue, suggestions
-from deft.store import ReviewStore, StaleError
+from deft.storage.store import ReviewStore, StaleError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
@@ -316,8 +316,8 @@ def test_simulate_cli_reports_every_budget_and_leaves_the_run_untouched(demo_run
 def test_simulate_with_a_planted_signal_learns_to_find_it(demo_run, tmp_path):
     """The real simulator on a run whose signals file gains a feature that reveals the planted errors."""
     from deft.audit import true_labels
-    from deft.run import Run
     from deft.simulate import SimConfig, simulate
+    from deft.storage.run import Run
 
     run_dir = tmp_path / "run"
     shutil.copytree(demo_run, run_dir)
@@ -342,8 +342,8 @@ def test_simulate_with_a_planted_signal_learns_to_find_it(demo_run, tmp_path):
 def test_learner_suggests_from_a_probe_on_the_reviewers_labels(demo_run, tmp_path):
     from deft.audit import true_labels
     from deft.learning import load_learner
-    from deft.run import Run
     from deft.simulate import _store
+    from deft.storage.run import Run
 
     run = Run.open(demo_run)
     store = _store(run, tmp_path / "review.sqlite", "combined")

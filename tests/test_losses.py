@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deft.config import Phase1Config
-from deft.losses import DeftScores, clean_mask, deft_losses, deft_scores
-from deft.models import load_clip
-from deft.models.vpt import vision_tokens
-from deft.phase1 import DeftModel
+from deft.core.config import Phase1Config
+from deft.core.losses import DeftScores, clean_mask, deft_losses, deft_scores
+from deft.core.models import load_clip
+from deft.core.models.vpt import vision_tokens
+from deft.detection import DeftModel
 
 
 def test_losses_match_hand_computed_example():
@@ -156,7 +156,7 @@ def test_scores_and_losses_are_fp32_under_bf16_autocast():
 
 def test_real_world_neg_target_is_the_given_label_only_in_epoch_one():
     # issue 8 item 3: official `epoch <= 1` (1-based): pseudo target from epoch 2, even inside the 5 warm-up epochs
-    from deft.phase1 import neg_target_is_given
+    from deft.detection import neg_target_is_given
 
     rw, std = Phase1Config(real_world=True), Phase1Config()
     assert rw.warmup == 5 and [neg_target_is_given(rw, e) for e in range(6)] == [True] + [False] * 5

@@ -1,6 +1,6 @@
 import pytest
 
-from deft.models import ModelLoadError, load_clip
+from deft.core.models import ModelLoadError, load_clip
 
 
 def test_local_folder_loads_through_from_pretrained(tiny_clip_dir):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from deft.metrics import auroc, confusion_matrix, detection_metrics
-from deft.noise import instance_noise, make_noise, pair_noise, symmetric_noise
+from deft.core.metrics import auroc, confusion_matrix, detection_metrics
+from deft.core.noise import instance_noise, make_noise, pair_noise, symmetric_noise
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.4, 0.6])

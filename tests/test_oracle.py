@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from deft.config import OptimConfig
+from deft.core.config import OptimConfig
 from deft.train_loop import train_epochs
 
 
@@ -61,9 +61,9 @@ def test_pseudo_label_source_zeroshot_by_default_prompts_as_option(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from deft.config import Phase1Config
-    from deft.data import Dataset
-    from deft.phase1 import build_scores_table
+    from deft.core.config import Phase1Config
+    from deft.detection import build_scores_table
+    from deft.storage.data import Dataset
 
     samples = pd.DataFrame({"id": ["a.jpg", "b.jpg", "t.jpg"], "label": ["cat", "dog", "cat"],
                             "label_idx": [0, 1, 0], "split": ["train", "train", "test"]})
@@ -131,8 +131,8 @@ def ref_phase1(v, t_pos, t_neg, tau, y, cbar, *, epoch: int, real_world: bool):
 def oracle_setup(tiny_clip_dir):
     import numpy as np
 
-    from deft.config import Phase1Config
-    from deft.models import load_clip
+    from deft.core.config import Phase1Config
+    from deft.core.models import load_clip
 
     bundle = load_clip(tiny_clip_dir)
     with torch.no_grad():  # tau = 10: a random tiny CLIP saturates at 100 and gradients vanish
@@ -145,9 +145,9 @@ def oracle_setup(tiny_clip_dir):
 @pytest.mark.parametrize(("real_world", "epoch"), [(False, 0), (False, 1), (False, 4),
                                                    (True, 0), (True, 1), (True, 4), (True, 5)])
 def test_phase1_step_matches_the_reference(oracle_setup, real_world, epoch):
-    from deft.config import OptimConfig
-    from deft.models import encode_image
-    from deft.phase1 import DeftModel, phase1_step
+    from deft.core.config import OptimConfig
+    from deft.core.models import encode_image
+    from deft.detection import DeftModel, phase1_step
 
     bundle, images, labels, cfg_cls = oracle_setup
     cfg = cfg_cls(model="tiny", optim=OptimConfig(lr=0.03, epochs=10), real_world=real_world, augment=False, seed=3)
@@ -186,8 +186,8 @@ def test_phase2_step_matches_the_reference(tiny_clip_dir):
     import numpy as np
     import torch.nn.functional as F
 
-    from deft.models import load_clip
-    from deft.phase2 import Classifier, phase2_step, training_rows
+    from deft.core.models import load_clip
+    from deft.training import Classifier, phase2_step, training_rows
 
     bundle = load_clip(tiny_clip_dir)
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def test_phase2_step_matches_the_reference(tiny_clip_dir):
 def test_noise_structure_of_each_kind(rate):
     import numpy as np
 
-    from deft.noise import make_noise
+    from deft.core.noise import make_noise
 
     k, n = 10, 20_000
     rng = np.random.default_rng(0)
@@ -277,7 +277,7 @@ def ref_sgd(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], buf
 
 
 def test_default_optimisers_are_the_official_recipe():
-    from deft.config import Phase1Config, Phase2Config
+    from deft.core.config import Phase1Config, Phase2Config
 
     for phase, cfg in (("phase1", Phase1Config().optim), ("phase2", Phase2Config().optim)):
         got = {k: getattr(cfg, k) for k in RECIPE[phase]}
@@ -285,7 +285,7 @@ def test_default_optimisers_are_the_official_recipe():
 
 
 def test_phase1_trainable_set_is_the_two_contexts_and_the_vpt_tokens(oracle_setup):
-    from deft.phase1 import DeftModel
+    from deft.detection import DeftModel
 
     bundle, _, _, cfg_cls = oracle_setup
     model = DeftModel(bundle, ["cat", "dog", "bird", "maple tree"], cfg_cls(model="tiny"))
@@ -301,9 +301,9 @@ def test_phase1_trainable_set_is_the_two_contexts_and_the_vpt_tokens(oracle_setu
 
 
 def test_phase2_trainable_set_is_the_blocks_and_the_head(tiny_clip_dir):
-    from deft.config import Phase2Config
-    from deft.models import load_clip
-    from deft.phase2 import Classifier
+    from deft.core.config import Phase2Config
+    from deft.core.models import load_clip
+    from deft.training import Classifier
 
     model = Classifier.from_clip(load_clip(tiny_clip_dir), 4, Phase2Config().trainable)
     names = [n for n, _ in model.named_parameters()]
@@ -315,7 +315,7 @@ def test_phase2_trainable_set_is_the_blocks_and_the_head(tiny_clip_dir):
 
 @pytest.fixture(scope="module")
 def f64_bundle(tiny_clip_dir):
-    from deft.models import load_clip
+    from deft.core.models import load_clip
 
     bundle = load_clip(tiny_clip_dir)
     bundle.model.double()
@@ -357,9 +357,9 @@ def test_phase1_optimiser_steps_match_the_reference(f64_bundle, real_world):
 
     import numpy as np
 
-    from deft.config import Phase1Config
-    from deft.models import encode_image
-    from deft.phase1 import DeftModel, phase1_step
+    from deft.core.config import Phase1Config
+    from deft.core.models import encode_image
+    from deft.detection import DeftModel, phase1_step
 
     bundle, classes = f64_bundle, ["cat", "dog", "bird", "maple tree"]
     images = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
@@ -408,8 +408,8 @@ def test_phase2_optimiser_steps_match_the_reference(f64_bundle):
     import numpy as np
     import torch.nn.functional as F
 
-    from deft.config import Phase2Config
-    from deft.phase2 import Classifier, phase2_step, training_rows
+    from deft.core.config import Phase2Config
+    from deft.training import Classifier, phase2_step, training_rows
 
     bundle = f64_bundle
     images = np.random.default_rng(1).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
@@ -451,7 +451,7 @@ def ref_decisions(model, images, labels, normalizer) -> dict[str, torch.Tensor]:
     """METHOD.md's clean rules from the model's forward: p_y > 0.5; real-world also argmax_k p_k == y."""
     import torch.nn.functional as F
 
-    from deft.models import encode_image
+    from deft.core.models import encode_image
 
     with torch.no_grad():
         t = model.prompts(model.clip).float()
@@ -469,7 +469,7 @@ def ref_decisions(model, images, labels, normalizer) -> dict[str, torch.Tensor]:
 def test_scoring_pass_decisions_in_both_modes(oracle_setup):
     import numpy as np
 
-    from deft.phase1 import DeftModel, score_samples, zero_shot_text
+    from deft.detection import DeftModel, score_samples, zero_shot_text
 
     bundle, images, labels, cfg_cls = oracle_setup
     classes = ["cat", "dog", "bird", "maple tree"]
@@ -510,11 +510,11 @@ def test_run_scores_follow_the_runs_real_world_mode(noise_folder, tiny_clip_dir,
     """What the app acts on: a real-world run's saved decisions use the real-world rule (detect and rescore)."""
     import numpy as np
 
-    from deft.config import OptimConfig, Phase1Config
-    from deft.data import load_dataset
-    from deft.models import load_clip
-    from deft.phase1 import detect, load_detector, rescore
-    from deft.run_images import load_run_images
+    from deft.core.config import OptimConfig, Phase1Config
+    from deft.core.models import load_clip
+    from deft.detection import detect, load_detector, rescore
+    from deft.storage.load import load_dataset
+    from deft.storage.run_images import load_run_images
 
     monkeypatch.setenv("DEFT_IMAGE_CACHE", "raw")  # plain uint8 arrays for the reference below
     cfg = Phase1Config(model=str(tiny_clip_dir), real_world=True, augment=False, precision="fp32",
@@ -536,10 +536,10 @@ def test_scoring_pass_uses_the_text_features_training_saw(oracle_setup, precisio
     compute them under the same autocast (checked as state, not as bf16 values, which vary by CPU)."""
     import numpy as np
 
-    from deft.config import OptimConfig
-    from deft.detector import deft_scores
-    from deft.models import encode_image
-    from deft.phase1 import DeftModel, phase1_step, score_samples, zero_shot_text
+    from deft.core.config import OptimConfig
+    from deft.core.detector import deft_scores
+    from deft.core.models import encode_image
+    from deft.detection import DeftModel, phase1_step, score_samples, zero_shot_text
 
     bundle, images, labels, cfg_cls = oracle_setup
     classes = ["cat", "dog", "bird", "maple tree"]

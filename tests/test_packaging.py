@@ -24,7 +24,7 @@ def test_library_dependencies_leave_gradio_to_the_app_extra():
     lib = set().union(*(_requirements(f) for f in dyn["dependencies"]["file"]))
     app = set().union(*(_requirements(f) for f in dyn["optional-dependencies"]["app"]["file"]))
     assert "gradio" not in lib and "gradio" in app and "torch" in lib
-    assert {"deft", "deft.models", "ui"} <= set(meta["tool"]["setuptools"]["packages"])
+    assert {"deft", "deft.core.models", "ui"} <= set(meta["tool"]["setuptools"]["packages"])
     assert meta["project"]["scripts"]["deft"] == "deft.cli:main"
     # make demo / make test install the app's requirement too
     assert "-r requirements-app.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
@@ -54,7 +54,7 @@ def test_no_deft_module_imports_gradio_or_ui():
 
 def test_deft_imports_and_runs_without_gradio():
     code = BLOCK_GRADIO + (
-        "import deft, deft.cli, deft.schema, deft.store, deft.curation\n"
+        "import deft, deft.cli, deft.core.schema, deft.storage.store, deft.storage.export\n"
         "assert deft.DEFAULT_MODEL and deft.cli.build_parser().parse_args(['check', 'x']).cmd == 'check'\n"
         "assert deft.cli.main(['serve', '--port', '1']) == 2\n")  # a clear error, no traceback
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)

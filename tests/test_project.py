@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 
 from deft.cli import build_parser, main, phase1_config
-from deft.config import phase1_preset
-from deft.data import load_dataset
-from deft.metrics import detection_metrics
+from deft.core.config import phase1_preset
+from deft.core.metrics import detection_metrics
 from deft.project import Project
 from deft.review import dataset_key
-from deft.run import Run
-from deft.store import ReviewStore
-from deft.truth import PLANTED_FILE, ground_truth
+from deft.storage.load import load_dataset
+from deft.storage.run import Run
+from deft.storage.store import ReviewStore
+from deft.storage.truth import PLANTED_FILE, ground_truth
 
 
 @pytest.fixture

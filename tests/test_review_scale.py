@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft.data import Dataset
-from deft.store import SAMPLE_COLUMNS, ReviewStore
+from deft.storage.data import Dataset
+from deft.storage.store import SAMPLE_COLUMNS, ReviewStore
 from ui.handlers import ReviewHandlers
 from ui.workspace import AppSettings, Workspaces
 
@@ -123,8 +123,8 @@ def test_an_import_decodes_only_new_or_changed_images(tmp_path):
 
     from PIL import Image
 
-    from deft.data import load_dataset
-    from deft.verified import VerifiedFiles
+    from deft.storage.load import load_dataset
+    from deft.storage.verified import VerifiedFiles
 
     data = tmp_path / "data"
     for cls in ("cat", "dog"):

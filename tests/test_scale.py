@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft.run import Run
+from deft.storage.run import Run
 from deft.testing import save_tiny_clip
 
 from .conftest import ROOT

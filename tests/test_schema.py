@@ -1,5 +1,5 @@
 """Issue 22: every shared fact (columns, statuses, actions, methods, orders, the default checkpoint, the Phase 1
-learning rate, the app's error set) is defined once in :mod:`deft.schema` (or its one home module) and imported
+learning rate, the app's error set) is defined once in :mod:`deft.core.schema` (or its one home module) and imported
 everywhere else. The greps below fail when one is written out again; the value checks fail when a stored string
 changes (databases, exports and run folders on disk hold them)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deft import schema
+from deft.core import schema
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = sorted([*(REPO / "deft").rglob("*.py"), *(REPO / "ui").rglob("*.py"), REPO / "app.py",
@@ -34,30 +34,31 @@ def _hits(pattern: str, allowed: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("pattern, home", [
-    # the default checkpoint (was in deft/config.py, ui/workspace.py, app.py and the Makefile)
-    (r"[\"']openai/clip-vit-base-patch16[\"']", "deft/schema.py"),
+    # the default checkpoint (was in deft/core/config.py, ui/workspace.py, app.py and the Makefile)
+    (r"[\"']openai/clip-vit-base-patch16[\"']", "deft/core/schema.py"),
     # decided statuses as string literals (were in curation, learning, evidence and ui/tabs)
-    (r"[\"'](accepted|relabelled|kept|excluded)[\"']", "deft/schema.py"),
+    (r"[\"'](accepted|relabelled|kept|excluded)[\"']", "deft/core/schema.py"),
     # a list of method names (was in baselines, audit_view, learning, audit, simulate, cli, ui/tabs, bench)
     (r"[\"']zeroshot[\"']\s*,\s*[\"']cleanlab[\"']", None),
     # a method's audit columns, derived from its name in one place (was spelled out in baselines, audit, audit_view
     # and learning)
-    (r"f[\"']\{\w+\}_(issue|score|pred)[\"']|[\"']deft_(issue|score|pred)[\"']", "deft/schema.py"),
+    (r"f[\"']\{\w+\}_(issue|score|pred)[\"']|[\"']deft_(issue|score|pred)[\"']", "deft/core/schema.py"),
     # column lists: scores / samples / export (were in run, store, curation, learning), the store's SQL types
-    (r"[\"']sim_neg[\"']\s*,\s*[\"']margin[\"']", "deft/schema.py"),
-    (r"[\"']path[\"']\s*,\s*[\"']original_label[\"']\s*,\s*[\"']final_label[\"']\s*,\s*[\"']status", "deft/schema.py"),
+    (r"[\"']sim_neg[\"']\s*,\s*[\"']margin[\"']", "deft/core/schema.py"),
+    (r"[\"']path[\"']\s*,\s*[\"']original_label[\"']\s*,\s*[\"']final_label[\"']\s*,\s*[\"']status",
+     "deft/core/schema.py"),
     (r"[\"']s1[\"']\s*,\s*[\"']s1_conf[\"']\s*,\s*[\"']s1_src|[\"']zs1[\"']\s*,\s*[\"']zs1_conf[\"']\s*,", None),
     (r"\bsim_pos\s+REAL\b|\bs1_src\s+TEXT\b", None),
     # review orders and the data-issue registry (were in audit_view, simulate and data_issues)
-    (r"[\"']most likely wrong|[\"']agreement \(flagged", "deft/schema.py"),
-    (r"[\"']dark[\"']\s*,\s*[\"']bright[\"']|[\"']exact_duplicate[\"']\s*,\s*[\"']exact_dup", "deft/schema.py"),
+    (r"[\"']most likely wrong|[\"']agreement \(flagged", "deft/core/schema.py"),
+    (r"[\"']dark[\"']\s*,\s*[\"']bright[\"']|[\"']exact_duplicate[\"']\s*,\s*[\"']exact_dup", "deft/core/schema.py"),
     # stage names (were literals in images, shards, train_runs, monitor, ui/workspace and ui/views)
     (r"ProgressEvent\(\s*[\"']|[\"']stage[\"']\s*:\s*[\"']|stage: str = [\"']"
      r"|last\.get\([\"'](phase1|phase2|decode)[\"']\)", None),
     # job names (were literals in ui/workspace, ui/handlers and ui/views)
     (r"_start\([\"']|job\.name\s*==\s*[\"']|[\"']detection[\"']\s*:", None),
     # Phase 1's learning rate: the config's default, not a literal in the app (was in ui/workspace.py)
-    (r"\blr\s*=\s*(0\.03|5e-4)\b", "deft/config.py"),
+    (r"\blr\s*=\s*(0\.03|5e-4)\b", "deft/core/config.py"),
 ])
 def test_a_shared_fact_is_written_in_one_place(pattern: str, home: str | None):
     assert _hits(pattern, {home}) == [], f"defined again outside {home}: import it from there"
@@ -66,7 +67,7 @@ def test_a_shared_fact_is_written_in_one_place(pattern: str, home: str | None):
 
 
 def test_error_sets_are_defined_once_in_errors():
-    """``USER_ERRORS`` (CLI) and ``APP_ERRORS`` (the app: + RuntimeError) are tuples only in deft/errors.py."""
+    """``USER_ERRORS`` (CLI) and ``APP_ERRORS`` (the app: + RuntimeError) are tuples only in deft/core/errors.py."""
     found = []
     for p in CODE:
         for node in ast.walk(ast.parse(p.read_text())):
@@ -78,8 +79,8 @@ def test_error_sets_are_defined_once_in_errors():
                 continue
             if names & {"USER_ERRORS", "APP_ERRORS"}:
                 found.append(p.relative_to(REPO).as_posix())
-    assert found == ["deft/errors.py", "deft/errors.py"]
-    from deft import errors
+    assert found == ["deft/core/errors.py", "deft/core/errors.py"]
+    from deft.core import errors
     from ui.handlers import USER_ERRORS
 
     assert USER_ERRORS is errors.APP_ERRORS and set(errors.APP_ERRORS) == {*errors.USER_ERRORS, RuntimeError}
@@ -113,12 +114,14 @@ def test_stored_strings_are_unchanged():
 
 def test_modules_use_the_schema_values():
     """The old names stay importable from their modules and are the schema's objects (no copies)."""
-    from deft import audit, audit_view, baselines, config, curation, data_issues, learning, run, simulate, store
+    from deft import audit, audit_view, learning, simulate
+    from deft.core import baselines, config, data_issues
+    from deft.storage import export, run, store
     from ui import tabs
 
-    assert config.DEFAULT_MODEL is schema.DEFAULT_MODEL and curation.EXPORT_COLUMNS is schema.EXPORT_COLUMNS
+    assert config.DEFAULT_MODEL is schema.DEFAULT_MODEL and export.EXPORT_COLUMNS is schema.EXPORT_COLUMNS
     assert store.SAMPLE_COLUMNS is schema.SAMPLE_COLUMNS and store.ACTIONS is schema.ACTIONS
-    assert run.SCORE_COLUMNS is schema.SCORE_COLUMNS and curation.STATUSES is schema.STATUSES
+    assert run.SCORE_COLUMNS is schema.SCORE_COLUMNS and export.STATUSES is schema.STATUSES
     assert baselines.METHODS is audit_view.METHODS is learning.FLAG_METHODS is schema.METHODS
     assert audit.BASELINES is schema.BASELINES and simulate.ORDER_NAMES is schema.ORDER_NAMES
     assert audit_view.ORDERS is schema.REVIEW_ORDERS and audit_view.ISSUES is schema.ISSUES
@@ -128,16 +131,16 @@ def test_modules_use_the_schema_values():
 
 def test_schema_is_light():
     """The CLI, the app and every light module import the schema without numpy, pandas, torch or gradio."""
-    code = ("import sys, deft.schema; heavy = {'numpy', 'pandas', 'torch', 'gradio'} & set(sys.modules); "
+    code = ("import sys, deft.core.schema; heavy = {'numpy', 'pandas', 'torch', 'gradio'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 def test_the_export_has_the_schema_dtypes():
-    """``export_table`` writes each column with the dtype :data:`deft.schema.COLUMN_DTYPES` gives it."""
+    """``export_table`` writes each column with the dtype :data:`deft.core.schema.COLUMN_DTYPES` gives it."""
     import pandas as pd
 
-    from deft.curation import export_table
+    from deft.storage.export import export_table
 
     scores = pd.DataFrame({"id": ["a.png", "b.png"], "label": ["cat", "dog"], "is_clean": [True, False],
                            "sim_pos": [0.3, 0.1], "sim_neg": [0.1, 0.2], "margin": [0.2, -0.1],

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deft.store import ReviewStore
+from deft.storage.store import ReviewStore
 from tests.browser.conftest import Server
 from ui.security import AuthConfigError, LoginLimiter, load_credentials
 from ui.workspace import AppSettings, Workspace

@@ -14,13 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from deft.data import DataError, load_dataset
-from deft.images import Normalizer, decode_image, decode_images, make_batch
-from deft.phase1 import rescore
-from deft.progress import Cancelled, CancelToken, ProgressEvent
-from deft.run import Run
-from deft.run_images import image_cache_kind, load_run_images
-from deft.shards import ShardImages, build_shards, encode_image
+from deft.core.batches import Normalizer, make_batch
+from deft.core.progress import Cancelled, CancelToken, ProgressEvent
+from deft.detection import rescore
+from deft.storage.data import DataError
+from deft.storage.images import decode_image, decode_images
+from deft.storage.load import load_dataset
+from deft.storage.run import Run
+from deft.storage.run_images import image_cache_kind, load_run_images
+from deft.storage.shards import ShardImages, build_shards, encode_image
 
 from .conftest import ROOT, extract_cifar
 
@@ -246,7 +248,7 @@ def test_dataloader_worker_processes_read_the_store(tmp_path):
 
 
 def test_worker_processes_build_the_same_store(tmp_path):
-    """Large builds encode in worker processes (``deft.parallel``): same bytes, same error, same shards."""
+    """Large builds encode in worker processes (``deft.storage.parallel``): same bytes, same error, same shards."""
     paths = _photos(tmp_path / "img", n=7)
     root = extract_cifar(tmp_path / "c", 1)  # 32x32 JPEGs: kept as their original bytes at size 32
     paths += sorted(root.rglob("*.jpg"))[:5]

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft.curation import EXPORT_COLUMNS, curated_labels, export_table, read_curated, write_export
 from deft.review import ReviewFilter, ReviewQueue, suggestions
-from deft.store import ReviewError, ReviewStore, StaleError
+from deft.storage.export import EXPORT_COLUMNS, curated_labels, export_table, read_curated, write_export
+from deft.storage.store import ReviewError, ReviewStore, StaleError
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -286,7 +286,7 @@ def test_cached_counts_follow_a_new_scores_table_from_another_process(store):
 def test_thumbnails_are_immutable_content_addressed_files(tmp_path):
     from PIL import Image
 
-    from deft.thumbs import thumbnail_file
+    from deft.storage.thumbs import thumbnail_file
 
     src = tmp_path / "a.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(src)
@@ -307,8 +307,8 @@ def test_thumbnail_of_a_sample_replaced_by_a_fifo_is_refused_not_blocked(tmp_pat
     thumbnails of dataset files): refused at once with the import's reason, the caller never blocks."""
     import os
 
-    from deft.errors import DataError
-    from deft.thumbs import thumbnail_file
+    from deft.core.errors import DataError
+    from deft.storage.thumbs import thumbnail_file
 
     fifo = tmp_path / "cat" / "img.png"
     fifo.parent.mkdir()

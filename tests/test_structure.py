@@ -1,4 +1,5 @@
-"""Code-shape rules of issue 12: short functions, import directions, one error base, atomic writes."""
+"""Code-shape rules (issues 12 and 22): short functions, the bands and their import directions, no import circle,
+one error base, atomic writes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deft import errors
-from deft.atomic import write_json, write_parquet, write_text
+from deft.core import errors
+from deft.storage.atomic import write_json, write_parquet, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,8 +43,75 @@ def test_no_function_in_deft_or_ui_is_longer_than_100_lines():
     assert _long_functions(REPO / "ui") == []
 
 
-def test_phase2_does_not_import_phase1():
-    assert not {m for m in _imports(REPO / "deft" / "phase2.py") if m.startswith("deft.phase1")}
+def test_training_does_not_import_detection():
+    assert not {m for m in _imports(REPO / "deft" / "training.py") if m.startswith("deft.detection")}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _deft_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted((REPO / "deft").rglob("*.py"))}
+
+
+def _imported(path: Path) -> set[str]:
+    """Every name ``path`` imports, as module paths: ``from a.b import c`` gives ``a.b`` and ``a.b.c``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.relative_to(REPO)}:{node.lineno}: deft's own imports are absolute"
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def _deft_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The modules of ``deft`` that ``path`` imports (``from deft.core import ranking`` names ``deft.core.ranking``)."""
+    out = {m for m in _imported(path) if m in modules}
+    return {m for m in out if not any(n.startswith(m + ".") for n in out)} - {"deft"}  # a.b.c, not also a.b
+
+
+def _band_breaks(folder: str, allowed: tuple[str, ...]) -> list[str]:
+    breaks = []
+    for p in sorted((REPO / folder).rglob("*.py")):
+        for m in sorted(_imported(p)):
+            inside = any(m == a or m.startswith(a + ".") for a in allowed)
+            top = m.split(".")[0]
+            if (top == "deft" and not inside) or top in ("ui", "app", "bench", "scripts", "tests"):
+                breaks.append(f"{p.relative_to(REPO)} imports {m}")
+    return breaks
+
+
+def test_the_core_imports_nothing_from_storage_workflows_or_front_ends():
+    assert _band_breaks("deft/core", ("deft.core",)) == []
+
+
+def test_storage_imports_only_the_core_and_itself():
+    assert _band_breaks("deft/storage", ("deft.core", "deft.storage")) == []
+
+
+def test_no_import_circle_among_deft_modules():
+    modules = _deft_modules()
+    graph = {m: _deft_imports(p, modules) for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        if m in path:
+            return path[path.index(m):] + [m]
+        if m in done:
+            return None
+        for n in sorted(graph.get(m, ())):
+            if circle := visit(n, path + [m]):
+                return circle
+        done.add(m)
+        return None
+
+    for m in sorted(graph):
+        assert visit(m, []) is None, " -> ".join(visit(m, []))
 
 
 def test_bench_does_not_import_ui():
@@ -52,9 +120,9 @@ def test_bench_does_not_import_ui():
 
 
 def test_every_user_error_derives_from_deft_error():
-    from deft.imageio import ImageProblem
-    from deft.roots import OutsideRootsError
-    from deft.store import StaleError
+    from deft.storage.imageio import ImageProblem
+    from deft.storage.roots import OutsideRootsError
+    from deft.storage.store import StaleError
 
     for cls in (errors.DataError, errors.ModelLoadError, errors.RunError, errors.ReviewError, ImageProblem,
                 OutsideRootsError, StaleError):
@@ -83,7 +151,7 @@ def test_atomic_writer_keeps_the_old_file_on_failure(tmp_path: Path):
 
 def test_detect_presets_and_explicit_flags_override_them():
     from deft.cli import build_parser, phase1_config, phase2_config
-    from deft.config import Phase1Config, Phase2Config
+    from deft.core.config import Phase1Config, Phase2Config
 
     def cfg(*argv: str) -> Phase1Config:
         return phase1_config(build_parser().parse_args(["detect", "data", "--out", "o", *argv]))
@@ -101,7 +169,7 @@ def test_detect_presets_and_explicit_flags_override_them():
 
 
 def test_image_encoder_strategy_is_one_name_for_the_quick_preview():
-    from deft.config import ImageEncoder, Phase1Config
+    from deft.core.config import ImageEncoder, Phase1Config
 
     assert Phase1Config().image_encoder is ImageEncoder.PROMPTED
     assert Phase1Config(feature_cache=True).image_encoder is ImageEncoder.FROZEN

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from deft.train_runs import fingerprint, folder_for, list_training_runs, runs_table
+from deft.storage.train_runs import fingerprint, folder_for, list_training_runs, runs_table
 
 
 def _write(folder, name, obj):
@@ -56,7 +56,7 @@ def test_an_interrupted_run_with_the_same_fingerprint_is_resumed_else_a_new_fold
 def test_an_interrupted_run_counts_the_epochs_its_log_finished(tmp_path):
     """Issue 19, item 24: a run interrupted after 2 of 6 epochs was listed as 0/6 (only summary.json, written at
     the end, was read). Its own log counts them; an epoch retrained after a resume counts once, a torn line none."""
-    from deft.train_runs import log_epoch
+    from deft.storage.train_runs import log_epoch
 
     folder = tmp_path / "phase2" / "001"
     _write(folder, "train.json", {"fingerprint": "a", "config": {"optim": {"epochs": 6}}, "tags": {"mode": "clean"}})
@@ -75,8 +75,8 @@ def test_an_interrupted_run_without_its_own_log_counts_its_checkpoints_epochs(tm
     resume) was listed as 0/6; the checkpoint holds the history of every finished epoch, and is counted."""
     import torch
 
-    from deft.atomic import save_torch
-    from deft.train_runs import log_epoch
+    from deft.storage.atomic import save_torch
+    from deft.storage.train_runs import log_epoch
 
     folder = tmp_path / "phase2" / "001"
     _write(folder, "train.json", {"fingerprint": "a", "config": {"optim": {"epochs": 6}}, "tags": {"mode": "clean"}})

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deft.progress import ProgressEvent
-from deft.ranking import remaining_estimate
-from deft.store import BatchResult, Decision, ReviewStore, score_summary
+from deft.core.progress import ProgressEvent
+from deft.core.ranking import remaining_estimate
+from deft.storage.store import BatchResult, Decision, ReviewStore, score_summary
 from ui import views
 
 
@@ -230,7 +230,7 @@ def test_train_curve_is_one_tick_per_epoch_and_a_resumed_run_draws_from_epoch_1(
 
 
 def test_a_past_training_run_is_described_after_a_reload(tmp_path):
-    from deft.train_runs import TrainingRun
+    from deft.storage.train_runs import TrainingRun
 
     done = TrainingRun(tmp_path / "001", "pseudo", 2, 2, 0.5, 0.625, "12 curated rows <held out>", "finished")
     md = views.training_run_md(done)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from deft.errors import DataError
-from deft.thumbs import thumbnail_file
+from deft.core.errors import DataError
+from deft.storage.thumbs import thumbnail_file
 
 from . import views
 from .workspace import Workspace

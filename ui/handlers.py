@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import gradio as gr
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
-from deft.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
-from deft.errors import ReviewError, RunError
-from deft.imageio import open_image
+from deft.core.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
+from deft.core.errors import ReviewError, RunError
+from deft.core.schema import Action, JobName, Status
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
-from deft.schema import Action, JobName, Status
-from deft.thumbs import thumbnail_file
+from deft.storage.imageio import open_image
+from deft.storage.thumbs import thumbnail_file
 
 from . import views as v
 from .evidence import evidence_html

@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from deft.schema import DEFAULT_MODEL
+from deft.core.schema import DEFAULT_MODEL
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None, root: Path | None = None, prog: str | No
     except AuthConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     private_temp_dir()  # before gradio is imported: its cache (exports, thumbnails) stays private to this app
-    from deft.roots import default_roots
+    from deft.storage.roots import default_roots
 
     from .app import launch
     from .workspace import AppSettings, Workspace

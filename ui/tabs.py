@@ -6,8 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from deft.audit_view import ISSUES, ORDERS
+from deft.core.schema import DECIDED_STATUSES, DETECT_METHODS, Status
 from deft.review import BATCH_SOURCES
-from deft.schema import DECIDED_STATUSES, DETECT_METHODS, Status
 
 from .views import GRID_HELP, KEYS_HELP, filter_choices
 

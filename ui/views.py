@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 
 from deft.audit_view import AuditView, conflict_line, issue_counts, methods_table
-from deft.errors import DataError
+from deft.core.errors import DataError
+from deft.core.metrics import planted_line
+from deft.core.ranking import Remaining
+from deft.core.schema import LABEL_ACTIONS, JobName, Stage, Status
 from deft.learning import RerankReport
-from deft.monitor import planted_line
-from deft.ranking import Remaining
 from deft.review import group_title, suggestions
-from deft.schema import LABEL_ACTIONS, JobName, Stage, Status
-from deft.store import BatchResult, Decision
-from deft.thumbs import thumbnail_file
+from deft.storage.store import BatchResult, Decision
+from deft.storage.thumbs import thumbnail_file
 
 KEYS_HELP = ("<b>Keys:</b> <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> apply suggestion 1-3 · <kbd>k</kbd> keep label · "
              "<kbd>x</kbd> exclude · <kbd>r</kbd> relabel to… (type, Enter) · <kbd>u</kbd> undo · "
@@ -270,12 +270,13 @@ def grid_html(ws, rows: list[dict]) -> str:
 
 
 def suspect_rates(summary: dict) -> pd.DataFrame:
-    """Share of suspects per given label (of a :func:`deft.store.score_summary`): ``class``, ``suspect_rate``."""
+    """Share of suspects per given label (of a :func:`deft.storage.store.score_summary`): ``class``,
+    ``suspect_rate``."""
     return pd.DataFrame({"class": list(summary["rates"]), "suspect_rate": list(summary["rates"].values())})
 
 
 def margin_histogram(summary: dict) -> pd.DataFrame:
-    """Margin histogram of a :func:`deft.store.score_summary`, clean and suspect on the same bins: columns
+    """Margin histogram of a :func:`deft.storage.store.score_summary`, clean and suspect on the same bins: columns
     ``margin`` (bin centre), ``count``, ``kind``."""
     edges = np.asarray(summary["edges"])
     centers = np.round((edges[:-1] + edges[1:]) / 2, 3)
@@ -325,7 +326,7 @@ def counter_html(count: dict, pos: int | None, n: int, note: str = "") -> str:
 def queue_note(report: dict | None, wrong: Remaining | None) -> str:
     """What the learning queue says under the counter (HTML): the last re-rank (``report``, a
     :class:`deft.learning.RerankReport` as a dict) and the stopping rule (``wrong``, a
-    :class:`deft.ranking.Remaining` for the undecided samples); '' before an audit."""
+    :class:`deft.core.ranking.Remaining` for the undecided samples); '' before an audit."""
     parts = []
     if report:
         r = RerankReport(**report)
@@ -366,7 +367,8 @@ def merge_epochs(*histories: list[dict]) -> list[dict]:
 
 
 def training_run_md(run) -> str:
-    """The Train tab's result line for a past run (a :class:`deft.train_runs.TrainingRun`), shown after a reload."""
+    """The Train tab's result line for a past run (a :class:`deft.storage.train_runs.TrainingRun`), shown after a
+    reload."""
     done = f"{run.epochs_done}/{run.epochs} epochs"
     if run.status != "finished":
         return (f"Training run `{html.escape(run.path.name)}` ({html.escape(run.mode or 'training')}) was interrupted "

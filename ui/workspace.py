@@ -22,26 +22,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from deft.config import Phase1Config, Phase2Config, phase1_preset
-from deft.curation import curated_labels
-from deft.data import Dataset
-from deft.device import pick_device
+from deft.core.config import Phase1Config, Phase2Config, phase1_preset
+from deft.core.device import pick_device
+from deft.core.errors import ReviewError, RunError
+from deft.core.ranking import RankConfig, remaining_estimate
+from deft.core.schema import DEFAULT_MODEL, JobName, Stage
+from deft.detect_cost import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.embeddings import embeddings_path
-from deft.errors import ReviewError, RunError
-from deft.estimate import measure_full_deft_step, preselect_preview, projection_line, vision_width
-from deft.evidence import EvidenceIndex, Neighbour, trusted_labels
-from deft.interop import FIFTYONE_PREFIX
+from deft.evidence import EvidenceIndex, Neighbour, apply_decisions, clean_verdicts
 from deft.jobs import Job
 from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path, unreviewed_suspects
-from deft.monitor import epoch_history, training_curves
 from deft.project import Project, check_method, thumbs_dir
-from deft.ranking import RankConfig, remaining_estimate
 from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions  # noqa: F401  (dataset_key re-exported)
-from deft.roots import DataRoots
-from deft.run import Run
-from deft.schema import DEFAULT_MODEL, JobName, Stage
-from deft.store import ReviewStore
-from deft.train_runs import TrainingRun, epoch_log
+from deft.storage.data import Dataset
+from deft.storage.export import curated_labels
+from deft.storage.interop import FIFTYONE_PREFIX
+from deft.storage.roots import DataRoots
+from deft.storage.run import Run
+from deft.storage.store import ReviewStore
+from deft.storage.train_log import epoch_history, training_curves
+from deft.storage.train_runs import TrainingRun, epoch_log
 
 from .views import merge_epochs, queue_note
 
@@ -187,6 +187,7 @@ class Workspace:
     notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
+    _verdicts: tuple | None = None  # ((index, store path, samples generation), DEFT's labels, trusted, rows)
     _ids: tuple[Dataset, frozenset[str]] | None = None  # (dataset, its sample ids): what a client may name
     _note: tuple | None = None  # ((store, stamp, rank report), the counter's queue note)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -297,7 +298,7 @@ class Workspace:
 
     def queue_note(self, count: dict | None = None) -> str:
         """The Review counter's second line: the last re-rank and the stopping rule (cached per store stamp).
-        ``count``: the store's :meth:`~deft.store.ReviewStore.count` when the caller has it (DEFT's suspects
+        ``count``: the store's :meth:`~deft.storage.store.ReviewStore.count` when the caller has it (DEFT's suspects
         left unreviewed, the stopping rule's second estimate)."""
         store = self.store
         if store is None:
@@ -446,13 +447,21 @@ class Workspace:
         index = self._evidence[1]
         if index is None:
             return None
-        # who is trusted with which label changes only with a decision or new scores: re-read both tables
-        # (the whole store) only then, not on every settled card. The key is read before the tables, so a
-        # decision landing in between makes the next card recompute.
-        key = (index, str(store.path), store.stamp())
+        # who is trusted with which label changes only with a decision or new scores: DEFT's verdicts are read
+        # with new scores only (at 1M samples a read of the samples table after each decision took seconds),
+        # the decisions after each one. The key is read before the tables, so a decision landing in between
+        # makes the next card recompute.
+        stamp = store.stamp()
+        key = (index, str(store.path), stamp)
         if self._trusted != key:
-            samples = run.dataset.samples
-            index.trust(*trusted_labels(samples["id"], samples["label"], store.scores(), store.current()))
+            base = (index, str(store.path), stamp[0])
+            if self._verdicts is None or self._verdicts[0] != base:
+                samples = run.dataset.samples
+                labels, trusted = clean_verdicts(samples["id"], samples["label"], store.scores(["id", "is_clean"]))
+                row = {sid: i for i, sid in enumerate(samples["id"].astype(str))}
+                self._verdicts = (base, labels, trusted, row)
+            _, labels, trusted, row = self._verdicts
+            index.trust(*apply_decisions(labels, trusted, row, store.current()))
             self._trusted = key
         sid, given = str(item["id"]), str(item["label"])
         out = [("given label", given, index.nearest(sid, given, k))]

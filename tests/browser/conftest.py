@@ -109,7 +109,7 @@ def audited_server(tmp: Path, clip: Path, *args: str):
     """The bundled demo detected and audited (DEFT, then every baseline: the combined order, the map) with the
     tiny CLIP under ``tmp/runs``, and ``python app.py`` serving it with ``args``: ``(server, review store)``.
     The caller stops the server."""
-    from deft.store import ReviewStore
+    from deft.storage.store import ReviewStore
     from ui.workspace import dataset_key
 
     runs = tmp / "runs"

@@ -5,7 +5,7 @@ load -> detect -> review 3 suspects by keyboard -> undo -> kill -9 -> restart ->
 import pandas as pd
 import pytest
 
-from deft.curation import EXPORT_COLUMNS
+from deft.storage.export import EXPORT_COLUMNS
 
 from ..conftest import ROOT
 from .conftest import Server

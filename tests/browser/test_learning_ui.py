@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from deft.ranking import SOURCE_NAMES
+from deft.core.ranking import SOURCE_NAMES
 
 from .conftest import DEMO, audited_server
 from .test_review import assert_only_shown, card, open_reviewers, set_class, wait_card, wait_msg

@@ -13,7 +13,7 @@ import time
 import pytest
 from PIL import Image
 
-from deft.store import ReviewStore
+from deft.storage.store import ReviewStore
 from ui.workspace import dataset_key
 
 from ..conftest import ROOT
