@@ -31,6 +31,7 @@ from deft.embeddings import Embeddings, run_embeddings
 from deft.storage.atomic import write_csv, write_json, write_parquet
 from deft.storage.imageio import file_hashes, image_sizes
 from deft.storage.run import Run
+from deft.storage.truth import ground_truth, ground_truth_metrics, true_labels  # noqa: F401  (true_labels re-exported)
 
 if TYPE_CHECKING:
     from deft.core.config import Phase1Config
@@ -63,28 +64,6 @@ class AuditResult:
     class_report: pd.DataFrame
     summary: dict
     projection: pd.DataFrame | None
-
-
-def true_labels(run: Run) -> np.ndarray | None:
-    """Every sample's true label (str), when known: a ``true_label`` column (``deft noise``), or a
-    ``PLANTED.csv`` (``path,true_label,...``, the demo's list of planted errors) in the data root, whose
-    unlisted samples keep their given label."""
-    s = run.dataset.samples
-    if "true_label" in s:
-        return s["true_label"].astype(str).to_numpy()
-    planted = Path(run.dataset.root) / "PLANTED.csv"
-    if planted.is_file():
-        p = pd.read_csv(planted, dtype=str)
-        if {"path", "true_label"} <= set(p.columns):
-            truth = s["id"].map(dict(zip(p["path"], p["true_label"], strict=True)))
-            return truth.fillna(s["label"].astype(str)).astype(str).to_numpy()
-    return None
-
-
-def ground_truth(run: Run) -> np.ndarray | None:
-    """Which samples are truly clean, when known (see :func:`true_labels`)."""
-    truth = true_labels(run)
-    return None if truth is None else truth == run.dataset.samples["label"].astype(str).to_numpy()
 
 
 def _timed(timings: dict[str, float], name: str):
@@ -312,13 +291,7 @@ def detect_with_baseline(dataset: Dataset, out: str | os.PathLike, config: Phase
     acfg = audit_config or AuditConfig()
     scores = baseline_scores(run.dataset, emb, method, acfg.n_folds, acfg.seed)
     run.save_scores(scores)
-    truth = ground_truth(run)
-    if truth is not None:
-        from deft.core.metrics import detection_metrics
-
-        truth = truth[run.dataset.train_rows]
-        m = detection_metrics(scores["is_clean"].to_numpy(), truth, scores["margin"].to_numpy())
-        run.save_metrics(m)
+    ground_truth_metrics(run, scores)
     res = audit(run, AuditConfig(**{**asdict(acfg), "issues": acfg.issues, "methods": (method,)}),
                 device=device, progress=progress)
     run.set(status=RunStatus.SCORED)

@@ -31,7 +31,7 @@ from deft.core.config import (
 from deft.core.errors import USER_ERRORS, DamagedFileWarning, write_error
 from deft.core.noise import make_noise
 from deft.core.progress import Cancelled, TqdmProgress
-from deft.core.schema import ALL_METHODS, BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
+from deft.core.schema import BASELINES, DETECT_METHODS, ORDER_NAMES, TRAIN_MODES
 from deft.storage.export import curated_labels, read_curated, write_export
 from deft.storage.load import load_dataset
 from deft.storage.run import Run, run_folder_lock
@@ -99,7 +99,11 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
                    help="deft: the paper's recipe (default); deft-real: the human-noise variant (as --real-world); "
                         "preview: the quick preview (as --feature-cache). Flags given explicitly override it")
     p.add_argument("--model", help=f"CLIP hub id or local folder (default: {P1.model})")
-    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--out", help="run folder to create (or resume); default: the app's layout, "
+                                 "RUNS/<dataset key>/detect-<config hash>[-<method>] (where the review app finds "
+                                 "the dataset's detections)")
+    p.add_argument("--runs", default="runs", help="runs folder of the --out default (the app's --runs; "
+                                                  "default: %(default)s)")
     p.add_argument("--real-world", action="store_true", default=None,
                    help="human-noise variant: pred == label, SCE warm-up, 5 warm-up epochs")
     p.add_argument("--feature-cache", action="store_true", default=None,
@@ -199,19 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _export_frame(run: Run, pseudo: bool) -> pd.DataFrame:
-    from deft.audit import audit_columns, merge_audit_columns
-    from deft.storage.export import export_table
-    from deft.storage.store import ReviewStore
-
-    if ReviewStore.path_for_run(run).is_file():  # decisions made in the app (or the library)
-        df = ReviewStore.for_run(run).export(pseudo=pseudo)
-    else:
-        df = export_table(run.scores(), None, pseudo=pseudo)
-    extra = audit_columns(run)  # baselines and data issues, after `deft audit` / `detect --method`
-    return df if extra is None else merge_audit_columns(df, extra, key="path")
-
-
 def say(*args: object) -> None:
     if _main_rank():
         print(*args, flush=True)
@@ -229,37 +220,27 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from deft.detection import detect
+    from deft.audit import AuditConfig
+    from deft.project import Project
 
     ds = load_dataset(a.data, a.root, a.descriptions, label_column=a.label_column)
+    cfg = phase1_config(a)
+    project = Project(a.runs, a.data)
+    out = Path(a.out) if a.out is not None else project.detect_dir(cfg, a.method)
     if len(ds.issues):
-        say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {a.out}/import_issues.csv)")
+        say(f"note: {len(ds.issues)} file(s) excluded at import (listed in {out}/import_issues.csv)")
     for w in ds.warnings:
         say(f"warning: {w}")
-    cfg = phase1_config(a)
     bar = _bar() if _main_rank() else None
     t0 = time.perf_counter()
-    with run_folder_lock(a.out) if _main_rank() else contextlib.nullcontext():  # a second detect is refused
-        if a.method in BASELINES:
-            from deft.audit import AuditConfig, detect_with_baseline
-
-            _, scores, res = detect_with_baseline(ds, a.out, cfg, a.method, device=a.device,
-                                                  progress=bar or (lambda ev: None),
-                                                  audit_config=AuditConfig(seed=cfg.seed))
-            metrics = res.metrics
-        else:
-            det = detect(ds, a.out, cfg, device=a.device, progress=bar or (lambda ev: None))
-            scores, metrics = det.scores, det.metrics
+    res = project.detect(ds, cfg, a.method, out=out, device=a.device, progress=bar or (lambda ev: None),
+                         audit_config=AuditConfig(seed=cfg.seed), main_rank=_main_rank())
     if bar:
         bar.close()
-    n_sus = int((~scores["is_clean"]).sum())
-    say(f"{n_sus} suspects of {len(scores)} samples ({a.method}) in {time.perf_counter() - t0:.1f}s -> {a.out}")
-    if a.method == ALL_METHODS and _main_rank():
-        from deft.audit import AuditConfig, audit
-
-        metrics = audit(a.out, AuditConfig(seed=cfg.seed), device=a.device).metrics
-    if metrics:
-        say(json.dumps(_rounded(metrics)))
+    n_sus = int((~res.scores["is_clean"]).sum())
+    say(f"{n_sus} suspects of {len(res.scores)} samples ({a.method}) in {time.perf_counter() - t0:.1f}s -> {out}")
+    if res.metrics:
+        say(json.dumps(_rounded(res.metrics)))
     return 0
 
 
@@ -270,13 +251,14 @@ def _rounded(obj: object) -> object:
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from deft.audit import AuditConfig, audit
+    from deft.audit import AuditConfig
+    from deft.project import Project
 
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip() and m.strip() != "deft")
     cfg = AuditConfig(methods=methods, n_folds=a.folds, seed=a.seed, data_issues=not a.no_data_issues,
                       projection=not a.no_projection)
     bar = _bar()
-    res = audit(a.run, cfg, device=a.device, progress=bar)
+    res = Project.audit(a.run, cfg, device=a.device, progress=bar, lock=False)
     bar.close()
     say(f"audited {len(res.table)} samples -> {a.run}/audit.parquet, class_report.csv"
         + (", projection.parquet" if cfg.projection else ""))
@@ -327,13 +309,14 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from deft.training import train_classifier
+    from deft.project import Project
 
     run = Run.open(a.run)
-    curated = read_curated(a.labels) if a.labels else curated_labels(_export_frame(run, False), a.mode)
+    curated = read_curated(a.labels) if a.labels else curated_labels(Project.export_frame(run), a.mode)
     cfg = phase2_config(a, run.config.model)
     bar = _bar() if _main_rank() else None
-    res = train_classifier(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None))
+    res = Project.train(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None),
+                        lock=False)
     if bar:
         bar.close()
     say(f"trained on {res.classifier.meta['n_train']} samples; val accuracy last {res.last_val_acc:.4f} "
@@ -345,8 +328,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    from deft.project import Project
+
     run = Run.open(a.run)
-    df = _export_frame(run, a.pseudo)
+    df = Project.export_frame(run, pseudo=a.pseudo)
     fmt = a.format or ("parquet" if Path(a.out).suffix.lower() in {".parquet", ".pq"} else "csv")
     counts = df["status"].value_counts().to_dict()
     if fmt == "hf":
@@ -358,7 +343,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     elif fmt == "label-studio":
         from deft.storage.interop_ls import write_tasks
 
-        n, config = write_tasks(run, df, a.out, every=a.all, document_root=a.document_root)
+        n, config = write_tasks(run, df, a.out, every=a.all, document_root=a.document_root,
+                                store=Project.run_store(run))
         root = a.document_root or run.dataset.root
         say(f"wrote {n} Label Studio tasks to {a.out} and the labeling config to {config}; start Label Studio "
             f"with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
@@ -379,9 +365,11 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_import_review(a: argparse.Namespace) -> int:
+    from deft.project import Project
     from deft.storage.interop_ls import import_review
 
-    res = import_review(Run.open(a.run), a.tasks)
+    run = Run.open(a.run)
+    res = import_review(run, a.tasks, store=Project.run_store(run))
     by = ", ".join(f"{n} by {who}" for who, n in sorted(res.by_annotator.items())) or "none"
     say(f"recorded {res.recorded} decision(s) from {a.tasks} ({by}); {res.unannotated} task(s) without an "
         f"annotation skipped")

@@ -31,7 +31,6 @@ from deft.core.detector import (
 )
 from deft.core.device import pick_device
 from deft.core.distributed import Dist, init_distributed
-from deft.core.metrics import detection_metrics
 from deft.core.models import ClipBundle, load_clip
 from deft.core.progress import CancelToken, ProgressCallback, null_progress
 from deft.core.schema import RunStatus, Stage
@@ -39,6 +38,7 @@ from deft.storage.atomic import save_safetensors
 from deft.storage.data import Dataset
 from deft.storage.run import Run, RunError
 from deft.storage.run_images import load_run_images, run_normalizer
+from deft.storage.truth import ground_truth_metrics
 from deft.train_loop import train_epochs
 
 __all__ = [
@@ -123,7 +123,7 @@ def detect(
         save_safetensors(run.weights_path, model.prompt_state())
     scores = _score_run(run, model, bundle, images, cfg, progress, cancel, ddp=ddp, features=feats,
                         batch_size=inference.score_batch_size)
-    metrics = _ground_truth_metrics(run, scores) if ddp.is_main else None
+    metrics = ground_truth_metrics(run, scores) if ddp.is_main else None
     if ddp.is_main:
         run.set(status=RunStatus.SCORED, history=loop.history)
     return DetectionResult(run=run, scores=scores, history=loop.history, metrics=metrics)
@@ -146,16 +146,6 @@ def _score_run(run: Run, model: DeftModel, bundle: ClipBundle, images: np.ndarra
         run.save_scores(scores)
     ddp.barrier()
     return scores
-
-
-def _ground_truth_metrics(run: Run, scores: pd.DataFrame) -> dict[str, float] | None:
-    if "true_label" not in run.dataset.samples:
-        return None
-    s = run.dataset.samples.iloc[run.dataset.train_rows]
-    truly_clean = s["true_label"].to_numpy() == s["label"].to_numpy()  # over the training set, as the paper
-    m = detection_metrics(scores["is_clean"].to_numpy(), truly_clean, scores["margin"].to_numpy())
-    run.save_metrics(m)
-    return m
 
 
 def load_detector(run: Run, bundle: ClipBundle) -> DeftModel:

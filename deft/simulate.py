@@ -43,7 +43,7 @@ class SimConfig:
 
 
 def _truth(run) -> dict[str, str]:
-    from deft.audit import true_labels
+    from deft.storage.truth import true_labels
 
     truth = true_labels(run)
     if truth is None:

@@ -4,18 +4,14 @@ One :class:`Workspace` per browser session (a load by one client never changes w
 another is reviewing), kept by a :class:`Workspaces` registry that the UI builder
 gets (no module-level state). Two sessions on one dataset share its review.sqlite,
 which is safe: every action names the sample and version it was shown.
-Layout under ``runs/``::
 
-    runs/<dataset-key>/review.sqlite            decisions (survive re-detection)
-    runs/<dataset-key>/verified.parquet         files an import decoded (size, mtime, inode, problem)
-    runs/<dataset-key>/listing.*                an image folder's import, reused while its folders are unchanged
-    runs/<dataset-key>/detect-<config-hash>/    one deft run per detection setting
-    runs/.thumbs/                               content-addressed thumbnails (never rewritten)
+The layout under ``runs/`` and the operations on it (import, run discovery, review store, detection, audit,
+training, export, ground truth) belong to :class:`deft.project.Project`, which the CLI uses too; a Workspace
+keeps per-session state (dataset, run, store, queues, job, notes) and runs Project's operations in jobs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import threading
@@ -26,44 +22,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from deft.audit import audit_columns, ground_truth
-from deft.audit_view import issue_rows, order_rows
 from deft.core.config import Phase1Config, Phase2Config, phase1_preset
 from deft.core.device import pick_device
 from deft.core.errors import ReviewError, RunError
-from deft.core.metrics import planted_errors_caught
 from deft.core.ranking import RankConfig, remaining_estimate
-from deft.core.schema import ALL_METHODS, BASELINES, DEFAULT_MODEL, DETECT_METHODS, METHODS, JobName, Stage
+from deft.core.schema import DEFAULT_MODEL, JobName, Stage
 from deft.detect_cost import measure_full_deft_step, preselect_preview, projection_line, vision_width
 from deft.embeddings import embeddings_path
 from deft.evidence import EvidenceIndex, Neighbour, apply_decisions, clean_verdicts
 from deft.jobs import Job
 from deft.learning import ORDER, ProcessLearner, QueueLearner, load_learner, signals_path, unreviewed_suspects
-from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions
+from deft.project import Project, check_method, thumbs_dir
+from deft.review import ReviewFilter, ReviewQueue, dataset_key, suggestions  # noqa: F401  (dataset_key re-exported)
 from deft.storage.data import Dataset
-from deft.storage.export import curated_labels, write_export
+from deft.storage.export import curated_labels
 from deft.storage.interop import FIFTYONE_PREFIX
-from deft.storage.load import load_dataset
 from deft.storage.roots import DataRoots
-from deft.storage.run import Run, run_folder_lock
+from deft.storage.run import Run
 from deft.storage.store import ReviewStore
 from deft.storage.train_log import epoch_history, training_curves
-from deft.storage.train_runs import TrainingRun, epoch_log, fingerprint, folder_for, list_training_runs, runs_table
-from deft.storage.verified import folder_stamps, load_listing, recheck_in_background, save_listing
-from deft.storage.verified import for_dataset as verified_files
+from deft.storage.train_runs import TrainingRun, epoch_log
 
 from .views import merge_epochs, queue_note
-
-
-def _touched(run: TrainingRun) -> float:
-    """When a training run last wrote its start, an epoch or its result (a resumed run counts as recent)."""
-    times = []
-    for name in ("train.json", "log.jsonl", "summary.json"):
-        try:
-            times.append((run.path / name).stat().st_mtime)
-        except OSError:
-            continue
-    return max(times, default=0.0)
 
 
 @dataclass
@@ -214,10 +194,15 @@ class Workspace:
 
     # -- dataset --------------------------------------------------------------
     @property
-    def home(self) -> Path:
+    def project(self) -> Project:
+        """The loaded dataset's :class:`~deft.project.Project` (its layout and operations)."""
         if self.dataset is None:
             raise RuntimeError("load a dataset first")
-        return Path(self.settings.runs) / dataset_key(self.dataset.source)
+        return Project(self.settings.runs, self.dataset.source)
+
+    @property
+    def home(self) -> Path:
+        return self.project.home
 
     def load(self, source: str, root: str | None = None) -> Dataset:
         """Import a dataset; re-open its latest finished detection and review store if any."""
@@ -230,13 +215,12 @@ class Workspace:
             self.dataset, self.run, self.store, self.notes = ds, None, None, []
             self.queues.clear()
             self.home.mkdir(parents=True, exist_ok=True)
-            runs = sorted((p for p in self.home.glob("detect-*") if (p / "scores.parquet").is_file()),
-                          key=lambda p: (p / "scores.parquet").stat().st_mtime)
-            if runs:
+            latest = self.project.latest_run_dir()
+            if latest is not None:
                 try:
-                    self.attach(Run.open(runs[-1]))
+                    self.attach(Run.open(latest))
                 except RunError as exc:  # a damaged run (or review store): the dataset still loads, and says why
-                    self.notes.append(f"The detection results in {runs[-1]} were not loaded: {exc}")
+                    self.notes.append(f"The detection results in {latest} were not loaded: {exc}")
         return ds
 
     def sample_path(self, sample_id: str) -> Path:
@@ -260,32 +244,17 @@ class Workspace:
         return self.datasets.get(key, lambda: self._verified_import(source, root))
 
     def _verified_import(self, source: str, root: str | None) -> Dataset:
-        """Import ``source``, decoding only the images no earlier import (recorded under the dataset's runs
-        folder, or a finished detection's manifest) decoded: a 1M-image folder took minutes per app start."""
-        p = Path(source)
-        if not p.exists():
-            return load_dataset(source, root)  # its own sentence
-        home = Path(self.settings.runs) / dataset_key(source)
-        folder = p.is_dir()
-        if folder:  # an image folder whose folders' entries did not change: its recorded import (a restart)
-            ds = load_listing(home, source)
-            if ds is not None:
-                recheck_in_background(home, ds.root)
-                return ds
-            stamps = folder_stamps(p)  # before listing: a file added meanwhile makes the next start list again
-        img_root = Path(root) if root else (p.parent if p.is_file() else p)
-        ds = load_dataset(source, root, verify=verified_files(home, img_root))
-        if folder:
-            home.mkdir(parents=True, exist_ok=True)
-            save_listing(home, ds, stamps)
-        return ds
+        """Import ``source`` (:meth:`deft.project.Project.import_dataset`: only the images no earlier import
+        decoded are decoded)."""
+        return Project(self.settings.runs, source).import_dataset(root)
 
     def attach(self, run: Run) -> None:
         """Make ``run`` current and load its scores into the dataset's review store (once: a session attaching
         the same store meanwhile waits, then finds it loaded)."""
-        path = self.home / "review.sqlite"
+        project = self.project
+        path = project.store_path
         with self.datasets.lock(("store", str(path.resolve()))) if self.datasets is not None else nullcontext():
-            store = self._load_store(run, path)
+            store = project.open_store(run, path)
         if self.learners is None:
             self.learners = Learners(self.settings.rank_config())
         self.learners.get(store, run, wait=False)  # starts loading it in the background
@@ -294,20 +263,6 @@ class Workspace:
             self.notes = list(run.notes)
             self.queues.clear()
         self.learn()
-
-    @staticmethod
-    def _load_store(run: Run, path: Path) -> ReviewStore:
-        """``run``'s scores and data issues in the review store at ``path``, loaded where they changed."""
-        store = ReviewStore.for_run(run, path)  # raises on a damaged database
-        audit_file = run.path / "audit.parquet"  # data issues from `deft audit`, for the Review filter
-        stamp = f"{run.path.name}:{audit_file.stat().st_mtime_ns}" if audit_file.is_file() else ""
-        if store.get_meta("issues_stamp", "") != stamp:
-            table = audit_columns(run) if stamp else None  # damaged: ignored, with a note (run.notes)
-            stamp = stamp if table is not None else ""
-            store.load_issues(issue_rows(table) if stamp else [], stamp, order_rows(table) if stamp else [])
-            store.set_meta("rank_report", "")  # a fresh combined order: the last re-rank's report is void,
-            store.set_meta("rank_at", "0")  # and the decisions so far are learned from at the next one
-        return store
 
     @property
     def learner(self) -> QueueLearner | None:
@@ -398,30 +353,19 @@ class Workspace:
 
     def start_detect(self, model: str, real_world: bool, epochs: int, preview: bool = False,
                      method: str = "deft") -> Job:
-        """Detection in the background: ``method`` deft, a baseline (zeroshot / cleanlab, no prompt
-        training, then the audit pass), or all (DEFT, then the audit pass with every baseline)."""
-        from deft.audit import audit, detect_with_baseline
-        from deft.detection import detect
-
+        """Detection in the background (:meth:`deft.project.Project.detect`): ``method`` deft, a baseline
+        (zeroshot / cleanlab, no prompt training, then the audit pass), or all (DEFT, then the audit pass with
+        every baseline)."""
         if self.dataset is None:
             raise RuntimeError("load a dataset first (Dataset tab)")
-        if method not in DETECT_METHODS:
-            raise ValueError(f"unknown method {method!r}; choose {', '.join(METHODS)} or {ALL_METHODS}")
-        ds, cfg = self.dataset, self.phase1_config(model, real_world, epochs, preview)
-        digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-        out = self.home / (f"detect-{digest}-{method}" if method in BASELINES else f"detect-{digest}")
-        self.detect_dir = out
+        check_method(method)
+        ds, project, cfg = self.dataset, self.project, self.phase1_config(model, real_world, epochs, preview)
+        out = self.detect_dir = project.detect_dir(cfg, method)
 
         def fn(progress, cancel):
-            with run_folder_lock(out):  # a CLI `deft detect` on the same folder is refused, and vice versa
-                if method in BASELINES:
-                    res = detect_with_baseline(ds, out, cfg, method, device=self.settings.device,
-                                               progress=progress)[0]
-                else:
-                    res = detect(ds, out, cfg, device=self.settings.device, progress=progress, cancel=cancel)
-                    if method == ALL_METHODS:
-                        audit(res.run, device=self.settings.device, progress=progress, cancel=cancel)
-            run = res if isinstance(res, Run) else Run.open(res.run.path)  # re-read: the audit rewrote scores
+            res = project.detect(ds, cfg, method, out=out, device=self.settings.device, progress=progress,
+                                 cancel=cancel)
+            run = Run.open(res.run.path)  # re-read: the audit rewrote scores
             with self._lock:
                 if self.dataset is ds:  # the user may have loaded another dataset meanwhile
                     self.attach(run)
@@ -431,15 +375,12 @@ class Workspace:
 
     def start_audit(self) -> Job:
         """``deft audit`` on the current run in the background (baselines, data issues, class report, map)."""
-        from deft.audit import audit
-
         if self.run is None:
             raise RuntimeError("run detection first (Detect tab)")
         ds, path = self.dataset, self.run.path
 
         def fn(progress, cancel):
-            with run_folder_lock(path):
-                res = audit(Run.open(path), device=self.settings.device, progress=progress, cancel=cancel)
+            res = Project.audit(path, device=self.settings.device, progress=progress, cancel=cancel)
             with self._lock:
                 if self.dataset is ds:
                     self.attach(Run.open(path))  # the scores table now carries the audit columns
@@ -448,8 +389,6 @@ class Workspace:
         return self._start(JobName.AUDIT, fn)
 
     def start_train(self, mode: str, epochs: int) -> Job:
-        from deft.training import train_classifier
-
         if self.run is None or self.store is None:
             raise RuntimeError("run detection first (Detect tab)")
         run, store = self.run, self.store
@@ -459,23 +398,19 @@ class Workspace:
 
         def fn(progress, cancel):
             curated = curated_labels(store.export(), mode)
-            # one folder per training run; an interrupted run on the same labels and config resumes there
-            out = folder_for(run.phase2_dir, fingerprint(cfg.to_dict(), curated[["id", "label"]]))
-            self.train_dir = out
-            with run_folder_lock(out):
-                return train_classifier(run, curated, cfg, out=out, device=self.settings.device, progress=progress,
-                                        cancel=cancel, tags={"mode": mode})
+            out = self.train_dir = Project.train_dir(run, curated, cfg)
+            return Project.train(run, curated, cfg, out=out, device=self.settings.device, progress=progress,
+                                 cancel=cancel, tags={"mode": mode})
 
         return self._start(JobName.TRAINING, fn)
 
     def training_runs(self) -> pd.DataFrame:
         """The current detection run's past training runs (mode, epochs, last/best accuracy, held out on)."""
-        return runs_table(list_training_runs(self.run.phase2_dir) if self.run is not None else [])
+        return Project.training_runs(self.run)
 
     def latest_training_run(self) -> TrainingRun | None:
         """The current detection run's most recent training run (what the Train tab shows after a reload)."""
-        runs = list_training_runs(self.run.phase2_dir) if self.run is not None else []
-        return max(runs, key=_touched, default=None)
+        return Project.latest_training_run(self.run)
 
     def train_epochs(self, job: Job | None = None) -> list[dict]:
         """The training job's finished epochs, after those its folder logged before (a resumed run's whole curve)."""
@@ -496,13 +431,7 @@ class Workspace:
 
     def planted_summary(self) -> dict | None:
         """Precision, recall and planted errors caught, when the table carries ground truth."""
-        if self.run is None or self.store is None:
-            return None
-        truth = ground_truth(self.run)
-        if truth is None:
-            return None
-        return planted_errors_caught(self.store.scores(["id", "is_clean", "margin"]), self.run.dataset.samples["id"],
-                                     truth)
+        return Project.planted_summary(self.run, self.store)
 
     # -- review ---------------------------------------------------------------
     def evidence(self, item: dict, k: int = 4) -> list[tuple[str, str, list[Neighbour]]] | None:
@@ -555,21 +484,13 @@ class Workspace:
 
     @property
     def thumbs(self) -> Path:
-        return Path(self.settings.runs).resolve() / ".thumbs"
+        return thumbs_dir(self.settings.runs)
 
     def export(self, pseudo: bool = False) -> tuple[Path, Path, pd.DataFrame]:
+        """The cleaned labels with the audit columns, as ``deft export`` writes them, in the dataset's exports."""
         if self.store is None:
             raise RuntimeError("nothing to export yet: run detection first")
-        from deft.audit import audit_columns, merge_audit_columns
-
-        df = self.store.export(pseudo=pseudo)
-        extra = audit_columns(self.run) if self.run is not None else None
-        if extra is not None:  # baselines and data issues, as `deft export` writes them
-            df = merge_audit_columns(df, extra, key="path")
-        out = self.home / "exports"
-        csv = write_export(df, out / "cleaned_labels.csv")
-        pq = write_export(df, out / "cleaned_labels.parquet")
-        return csv, pq, df
+        return self.project.export(self.run, self.store, pseudo)
 
 
 @dataclass

@@ -163,13 +163,14 @@ def image_url(path: Path, document_root: Path) -> str:
 
 
 def write_tasks(run, frame: pd.DataFrame, out: str | os.PathLike, every: bool = False,
-                document_root: str | os.PathLike | None = None) -> tuple[int, Path]:
-    """Write the task list to ``out`` and the labeling config beside it; ``(tasks, config path)``."""
+                document_root: str | os.PathLike | None = None, store=None) -> tuple[int, Path]:
+    """Write the task list to ``out`` and the labeling config beside it; ``(tasks, config path)``. ``store``: the
+    run's review store (default ``RUN/review.sqlite``; the CLI passes :meth:`deft.project.Project.run_store`)."""
     from deft.storage.export import check_output_file
     from deft.storage.store import ReviewStore
 
     out = check_output_file(out)
-    store = ReviewStore.for_run(run)
+    store = store if store is not None else ReviewStore.for_run(run)
     versions = store.versions()
     root = Path(run.dataset.root)
     doc = Path(document_root) if document_root is not None else root
@@ -240,12 +241,13 @@ def plan(tasks: list[dict], scores: pd.DataFrame, res: ReviewImport) -> dict[str
     return todo
 
 
-def import_review(run, tasks_path: str | os.PathLike) -> ReviewImport:
-    """Record the annotations of a Label Studio export as decisions (see the module docstring)."""
+def import_review(run, tasks_path: str | os.PathLike, store=None) -> ReviewImport:
+    """Record the annotations of a Label Studio export as decisions (see the module docstring) in ``store``
+    (default ``RUN/review.sqlite``; the CLI passes :meth:`deft.project.Project.run_store`)."""
     from deft.storage.store import ReviewStore
 
     tasks = read_tasks(tasks_path)
-    store = ReviewStore.for_run(run)
+    store = store if store is not None else ReviewStore.for_run(run)
     res = ReviewImport()
     for who, items in plan(tasks, store.scores(), res).items():
         batch = store.decide_many(items, "keep", client="label-studio", by=who)

@@ -261,6 +261,9 @@ WRITE_FAILURES = {SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLIT
 class ReviewStore:
     """One SQLite file per run. Safe to use from many threads and processes."""
 
+    FILE = "review.sqlite"
+    """The store's file name (``RUN/review.sqlite``; where a front end keeps it: :mod:`deft.project`)."""
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._local = threading.local()  # one open connection per thread (and process)
@@ -449,21 +452,14 @@ class ReviewStore:
                 _set_wrong_sum(con, *_gens(con), rec["sum"], rec["n"])
         self._checkpoint_now()
 
-    @staticmethod
-    def path_for_run(run) -> Path:
-        """Where a run's decisions live: ``RUN/review.sqlite``, or the app's per-dataset
-        ``RUN/../review.sqlite`` (shared by all detections of one dataset) when that exists."""
-        shared = run.path.parent / "review.sqlite"
-        own = run.path / "review.sqlite"
-        return shared if shared.is_file() and not own.is_file() else own
-
     @classmethod
     def for_run(cls, run, path: str | os.PathLike | None = None) -> ReviewStore:
-        """The review store of ``run``, (re)loaded from the run's scores when they changed.
+        """The review store at ``path`` (default ``RUN/review.sqlite``), (re)loaded from ``run``'s scores when
+        they changed. Where a dataset's runs share one store: :meth:`deft.project.Project.store_path_for`.
 
         Decisions are keyed by sample id, so they survive a re-detection.
         """
-        store = cls(path if path is not None else cls.path_for_run(run))
+        store = cls(path if path is not None else run.path / cls.FILE)
         stamp = f"{run.path.name}:{run.scores_path.stat().st_mtime_ns}"
         if store.get_meta("scores_stamp") != stamp:
             store.load_scores(run.scores(), run.dataset.classes)
