@@ -16,19 +16,6 @@ from deft.storage.atomic import write_json, write_parquet, write_text
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module name ``path`` imports (relative imports resolved inside ``deft``)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = ("deft." if node.level else "") + (node.module or "")
-            names.add(base)
-            names.update(f"{base}.{a.name}" if node.level and not node.module else base for a in node.names)
-    return names
-
-
 def _long_functions(folder: Path, limit: int = 100) -> list[str]:
     out = []
     for p in sorted(folder.rglob("*.py")):
@@ -44,7 +31,7 @@ def test_no_function_in_deft_or_ui_is_longer_than_100_lines():
 
 
 def test_training_does_not_import_detection():
-    assert not {m for m in _imports(REPO / "deft" / "training.py") if m.startswith("deft.detection")}
+    assert not {m for m in _imported(REPO / "deft" / "training.py") if m.startswith("deft.detection")}
 
 
 def _module_name(path: Path) -> str:
@@ -116,7 +103,7 @@ def test_no_import_circle_among_deft_modules():
 
 def test_bench_does_not_import_ui():
     for p in (REPO / "bench").glob("*.py"):
-        assert not {m for m in _imports(p) if m == "ui" or m.startswith("ui.")}, p
+        assert not {m for m in _imported(p) if m == "ui" or m.startswith("ui.")}, p
 
 
 def test_every_user_error_derives_from_deft_error():
