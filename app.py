@@ -1,6 +1,6 @@
 """Start the deft-audit review app: ``python app.py [--data FOLDER_OR_CSV] [--model CLIP]``.
 
-The same as ``deft serve`` (``pip install .[app]``); the options are parsed in :mod:`ui.serve`.
+The same as ``deft serve`` (``pip install .[app]``); the options are parsed in :mod:`deft.ui.serve`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ui import serve  # sets GRADIO_ANALYTICS_ENABLED and HF_HUB_DISABLE_TELEMETRY before anything loads gradio
+from deft.ui import serve  # sets GRADIO_ANALYTICS_ENABLED and HF_HUB_DISABLE_TELEMETRY before anything loads gradio
 
 ROOT = Path(__file__).resolve().parent
 DEMO = ROOT / "assets" / "demo"

@@ -6,7 +6,7 @@ long), starts the real app (``python app.py``), and drives Debian's chromium wit
 A key press is timed inside the page: from the ``keydown`` event to the first animation frame
 after the card's sample id or version changed (what the reviewer sees). The key sequence mixes
 keep, exclude, accept (1), next (j) and undo (u), all committed to SQLite (WAL, synchronous=FULL).
-Keys travel the app's lean route (``POST /deft/act``, :mod:`ui.lean`), as they do for a reviewer.
+Keys travel the app's lean route (``POST /deft/act``, :mod:`deft.ui.key_route`), as they do for a reviewer.
 By default the run also holds synthetic learning-queue signals (as ``deft audit`` leaves them), so the
 server refits and re-ranks the queue every 25 decisions in the background while the keys are timed
 (``--no-learning``: the app before an audit). Each size also times the first card of the fresh server (no

@@ -405,7 +405,7 @@ def _main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-# -- `deft serve`: the review app (needs the [app] extra); its options are python app.py's, parsed by ui.serve --
+# -- `deft serve`: the review app (needs the [app] extra); its options are python app.py's, parsed by deft.ui.serve --
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("serve", add_help=False, help="start the review app, with the options of `python app.py` "
@@ -417,11 +417,11 @@ def cmd_serve(argv: list[str]) -> int:
     Hugging Face dataset, Label Studio export or ``fiftyone:NAME``); Gradio and ``ui`` are imported only here."""
     from importlib.util import find_spec
 
-    if find_spec("gradio") is None or find_spec("ui") is None:
+    if find_spec("gradio") is None:
         print("error: `deft serve` needs the app's extra: pip install 'deft-audit[app]' (in a checkout: make demo)",
               file=sys.stderr)
         return 2
-    from ui.serve import main as serve
+    from deft.ui.serve import main as serve
 
     if argv and not argv[0].startswith("-"):
         argv = ["--data", *argv]
@@ -479,7 +479,7 @@ def os_error_line(exc: OSError) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:  # every option after it is the app's (ui.serve parses them)
+    if argv[:1] == ["serve"]:  # every option after it is the app's (deft.ui.serve parses them)
         return cmd_serve(argv[1:])
     a = build_parser().parse_args(argv)
     if getattr(a, "image_cache", None):  # read by deft.storage.run_images.load_run_images (and torchrun's other ranks)

@@ -1,6 +1,6 @@
 """The project layer: one dataset's runs under a runs folder, and what both front ends do with them.
 
-:class:`Project` owns the layout and the operations that the app (:mod:`ui.workspace`, which wraps them in
+:class:`Project` owns the layout and the operations that the app (:mod:`deft.ui.workspace`, which wraps them in
 background jobs and keeps per-session state) and the CLI (:mod:`deft.cli`) share: run discovery, the review
 store, detection, audit, training, export with the audit columns, and the ground-truth summary. Layout::
 

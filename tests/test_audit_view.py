@@ -120,7 +120,7 @@ def test_review_filter_on_a_data_issue(tmp_path):
 def test_workspace_baseline_detect_audits_filters_and_exports(tmp_path, cifar_small, tiny_clip_dir):
     """The app's server side: detect with a baseline (the audit runs with it), the Review issue filter
     matches the audit table, a re-audit in the background works, and the app's export has the audit columns."""
-    from ui.workspace import AppSettings, Workspace
+    from deft.ui.workspace import AppSettings, Workspace
 
     ws = Workspace(AppSettings(data=str(cifar_small), model=str(tiny_clip_dir), runs=tmp_path / "runs",
                                device="cpu", batch_size=64))

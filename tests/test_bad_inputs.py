@@ -414,7 +414,7 @@ def test_classes_named_none_and_nan_are_offered_as_suggestions(tmp_path):
 
 def test_auth_file_line_is_one_entry_whose_password_may_hold_commas(tmp_path):
     """Issue 19 item 12: the --auth-file line `alice:a,b:c` made alice's password `a` and created a user `b`."""
-    from ui.security import load_credentials
+    from deft.ui.security import load_credentials
 
     (tmp_path / "auth").write_text("alice:a,b:c\nbob:x\n")
     assert load_credentials(None, str(tmp_path / "auth"), {}) == [("alice", "a,b:c"), ("bob", "x")]
@@ -733,8 +733,8 @@ def test_damaged_run_file_never_stops_the_app_loading_the_dataset(case, finished
     page shows: detect results, curves, audit tables, map, evidence, training runs), called directly: the dataset
     loads, nothing raises, and a damaged file the app reads is named in what it shows."""
     from deft.review import dataset_key
-    from ui.handlers import ReviewHandlers
-    from ui.workspace import AppSettings, Workspaces
+    from deft.ui.handlers import ReviewHandlers
+    from deft.ui.workspace import AppSettings, Workspaces
 
     source = json.loads((finished_run / "run.json").read_text())["source"]
     run = tmp_path / "runs" / dataset_key(source) / "detect-0"

@@ -118,7 +118,7 @@ def test_data_roots_refuse_outside_paths_and_symlinks_without_echoing(tmp_path):
 
 
 def test_workspace_refuses_paths_outside_roots_and_creates_no_run_folder(tmp_path, cifar_small):
-    from ui.workspace import AppSettings, Workspace
+    from deft.ui.workspace import AppSettings, Workspace
 
     runs = tmp_path / "runs"
     ws = Workspace(AppSettings(runs=runs, data_roots=(str(tmp_path / "allowed"),)))

@@ -79,8 +79,8 @@ def test_evidence_html_serves_thumbnails_through_the_ui_file_url(tmp_path, monke
 
     from deft.evidence import Neighbour
     from deft.storage.thumbs import thumbnail_file
-    from ui import views
-    from ui.evidence import evidence_html
+    from deft.ui import views
+    from deft.ui.evidence_strip import evidence_html
 
     root = tmp_path / "data"
     for sid in ("cat/a.jpg", "dog/b c.jpg"):  # a space: the URL quoting rules apply

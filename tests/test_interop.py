@@ -422,7 +422,7 @@ def test_serve_hands_the_source_to_the_app(monkeypatch):
     from deft import cli
 
     seen = []
-    monkeypatch.setitem(sys.modules, "ui.serve", types.SimpleNamespace(main=lambda argv, prog: seen.append(argv)))
+    monkeypatch.setitem(sys.modules, "deft.ui.serve", types.SimpleNamespace(main=lambda argv, prog: seen.append(argv)))
     assert cli.main(["serve", "some/hf_dataset", "--port", "7999"]) == 0
     assert cli.main(["serve", "--data", "x.json", "--root", "media"]) == 0
     assert seen == [["--data", "some/hf_dataset", "--port", "7999"], ["--data", "x.json", "--root", "media"]]
@@ -433,7 +433,7 @@ def test_serve_hands_the_source_to_the_app(monkeypatch):
 
 def test_the_app_loads_a_hugging_face_source_inside_its_data_roots(tmp_path, monkeypatch, cifar_small):
     from deft.storage.roots import default_roots
-    from ui.workspace import AppSettings, Workspace
+    from deft.ui.workspace import AppSettings, Workspace
 
     monkeypatch.setenv("DEFT_IMPORT_CACHE", str(tmp_path / "cache"))
     hf_dataset(tmp_path / "data" / "hf", cifar_small)
@@ -446,7 +446,7 @@ def test_the_app_loads_a_hugging_face_source_inside_its_data_roots(tmp_path, mon
 
 def test_the_app_opens_only_the_fiftyone_dataset_it_was_started_on(tmp_path):
     from deft.storage.roots import OutsideRootsError, default_roots
-    from ui.workspace import AppSettings, Workspace
+    from deft.ui.workspace import AppSettings, Workspace
 
     roots = default_roots("fiftyone:birds", tmp_path / "demo")
     assert roots == [tmp_path / "demo"]  # the working folder is not opened by a database name

@@ -3,7 +3,7 @@ Gradio queue (``/gradio_api/call/decide``, the queue the browser's buttons use);
 saw acknowledged must be in the review database afterwards.
 
 Importing Gradio takes ~20 s on the loaded 2-core dev box, so ten ``python app.py`` starts would take minutes.
-A zygote process imports ``app`` and ``ui.app`` once, then forks a fresh server (``app.main``: the same code
+A zygote process imports ``app`` and ``deft.ui.blocks`` once, then forks a fresh server (``app.main``: the same code
 path as ``python app.py``, own process, own port binding, own SQLite connections) for each cycle; the test
 SIGKILLs that child. Nothing is shared between two servers but the files on disk.
 """
@@ -28,8 +28,8 @@ from deft.core.errors import ReviewError
 from deft.detection import detect
 from deft.storage.load import load_dataset
 from deft.storage.store import ReviewStore
+from deft.ui.workspace import dataset_key
 from tests.browser.conftest import free_port
-from ui.workspace import dataset_key
 
 from .conftest import ROOT
 
@@ -39,7 +39,7 @@ KILLS = 10
 def zygote() -> None:
     """Import the app once; for each line on stdin fork ``app.main(argv)`` and print the child's PID."""
     import app  # noqa: I001 - heavy imports (gradio, pandas, PIL) happen here, once, before any thread starts
-    import ui.app  # noqa: F401
+    import deft.ui.blocks  # noqa: F401
 
     argv, log = json.loads(sys.argv[1]), sys.argv[2]
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed children are reaped by the kernel

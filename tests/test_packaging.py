@@ -24,7 +24,7 @@ def test_library_dependencies_leave_gradio_to_the_app_extra():
     lib = set().union(*(_requirements(f) for f in dyn["dependencies"]["file"]))
     app = set().union(*(_requirements(f) for f in dyn["optional-dependencies"]["app"]["file"]))
     assert "gradio" not in lib and "gradio" in app and "torch" in lib
-    assert {"deft", "deft.core.models", "ui"} <= set(meta["tool"]["setuptools"]["packages"])
+    assert {"deft", "deft.core.models", "deft.ui"} <= set(meta["tool"]["setuptools"]["packages"])
     assert meta["project"]["scripts"]["deft"] == "deft.cli:main"
     # make demo / make test install the app's requirement too
     assert "-r requirements-app.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
@@ -44,11 +44,14 @@ def test_no_deft_module_imports_gradio_or_ui():
     """Not even inside a function: the front ends import the library, never the other way."""
     bad = []
     for p in sorted((REPO / "deft").rglob("*.py")):
+        if p.is_relative_to(REPO / "deft" / "ui"):  # the app itself (the [app] extra)
+            continue
         for node in ast.walk(ast.parse(p.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             bad += [f"{p.relative_to(REPO)}:{node.lineno} {n}" for n in names
-                    if n.split(".")[0] in {"gradio", "ui"} and not (p.name == "cli.py" and n == "ui.serve")]
+                    if (n.split(".")[0] == "gradio" or n == "deft.ui" or n.startswith("deft.ui."))
+                    and not (p.name == "cli.py" and n == "deft.ui.serve")]
     assert bad == []
 
 
@@ -64,7 +67,7 @@ def test_deft_imports_and_runs_without_gradio():
 
 def test_deft_serve_takes_the_options_of_app_py():
     import app
-    from ui.serve import parse_args
+    from deft.ui.serve import parse_args
 
     argv = ["--port", "7999", "--rerank-every", "5", "--host", "0.0.0.0", "--model", "m"]
     assert parse_args(argv, app.ROOT) == app.parse_args(argv)
@@ -75,18 +78,18 @@ def test_deft_serve_takes_the_options_of_app_py():
 
 
 def test_the_wheel_ships_the_page_scripts_and_style_sheet():
-    """The page's scripts and style sheet are files under ui/static (read when the app launches): package data,
-    so that an installed ``deft serve`` has them (a wheel built from this pyproject lists ui/static/*.js, *.css)."""
+    """The page's scripts and style sheet are files under deft/ui/static (read when the app launches): package data,
+    so that an installed ``deft serve`` has them (a wheel built from this pyproject lists its static/*.js, *.css)."""
     from fnmatch import fnmatch
 
     from setuptools.config.pyprojecttoml import read_configuration
 
-    from ui.page import SCRIPTS, STATIC, STYLES, css_paths, head_html
+    from deft.ui.page_assets import SCRIPTS, STATIC, STYLES, css_paths, head_html
 
     cfg = read_configuration(REPO / "pyproject.toml", expand=True)
-    globs = cfg["tool"]["setuptools"]["package-data"]["ui"]
+    globs = cfg["tool"]["setuptools"]["package-data"]["deft.ui"]
     for name in (*SCRIPTS, *STYLES):
-        assert (STATIC / name).is_file() and STATIC.parent == REPO / "ui", name
+        assert (STATIC / name).is_file() and STATIC.parent == REPO / "deft" / "ui", name
         assert any(fnmatch(f"static/{name}", g) for g in globs), (name, globs)
     assert head_html().count("<script>") == len(SCRIPTS) and "window.deftAct" in head_html()
     assert all(p.is_file() for p in css_paths())

@@ -92,7 +92,7 @@ def test_ground_truth_reads_planted_csv_in_detect_and_audit(tmp_path, planted, t
 
 
 def test_export_is_the_same_from_cli_and_app(tmp_path, planted, tiny_clip_dir):
-    from ui.workspace import AppSettings, Workspace
+    from deft.ui.workspace import AppSettings, Workspace
 
     ws = Workspace(AppSettings(data=str(planted), model=str(tiny_clip_dir), runs=tmp_path / "runs", device="cpu",
                                batch_size=32))
@@ -121,7 +121,7 @@ def test_detect_out_defaults_to_the_project_layout(tmp_path, planted, tiny_clip_
     project = Project(runs, str(planted))
     expected = project.detect_dir(phase1_config(build_parser().parse_args(argv)))
     assert (expected / "scores.parquet").is_file() and project.latest_run_dir() == expected
-    from ui.workspace import AppSettings, Workspace
+    from deft.ui.workspace import AppSettings, Workspace
 
     ws = Workspace(AppSettings(data=str(planted), runs=runs, device="cpu"))
     ws.load(str(planted))

@@ -2,7 +2,7 @@
 
 Not timed: SQLite's progress handler counts the virtual-machine instructions of every query a key press runs
 on the server's connection (a scan of the samples table costs several per row), through the app's own lean
-route handler (:meth:`ui.handlers.ReviewHandlers.lean`), after warm-up, right after a re-rank of the learning
+route handler (:meth:`deft.ui.handlers.ReviewHandlers.lean`), after warm-up, right after a re-rank of the learning
 queue (which changes every unseen sample's ``p_wrong``) and in a freshly started server on the same database.
 """
 
@@ -16,8 +16,8 @@ import pytest
 
 from deft.storage.data import Dataset
 from deft.storage.store import SAMPLE_COLUMNS, ReviewStore
-from ui.handlers import ReviewHandlers
-from ui.workspace import AppSettings, Workspaces
+from deft.ui.handlers import ReviewHandlers
+from deft.ui.workspace import AppSettings, Workspaces
 
 N = 30_000  # big enough that one scan of the samples table (several VM steps per row) dwarfs a key press
 CLASSES = ["cat", "dog", "ship"]

@@ -16,7 +16,7 @@ import pytest
 from deft.core import schema
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = sorted([*(REPO / "deft").rglob("*.py"), *(REPO / "ui").rglob("*.py"), REPO / "app.py",
+CODE = sorted([*(REPO / "deft").rglob("*.py"), REPO / "app.py",
                *(REPO / "bench").glob("*.py")])
 
 
@@ -34,7 +34,7 @@ def _hits(pattern: str, allowed: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("pattern, home", [
-    # the default checkpoint (was in deft/core/config.py, ui/workspace.py, app.py and the Makefile)
+    # the default checkpoint (was in deft/core/config.py, deft/ui/workspace.py, app.py and the Makefile)
     (r"[\"']openai/clip-vit-base-patch16[\"']", "deft/core/schema.py"),
     # decided statuses as string literals (were in curation, learning, evidence and ui/tabs)
     (r"[\"'](accepted|relabelled|kept|excluded)[\"']", "deft/core/schema.py"),
@@ -57,7 +57,7 @@ def _hits(pattern: str, allowed: set[str]) -> list[str]:
      r"|last\.get\([\"'](phase1|phase2|decode)[\"']\)", None),
     # job names (were literals in ui/workspace, ui/handlers and ui/views)
     (r"_start\([\"']|job\.name\s*==\s*[\"']|[\"']detection[\"']\s*:", None),
-    # Phase 1's learning rate: the config's default, not a literal in the app (was in ui/workspace.py)
+    # Phase 1's learning rate: the config's default, not a literal in the app (was in deft/ui/workspace.py)
     (r"\blr\s*=\s*(0\.03|5e-4)\b", "deft/core/config.py"),
 ])
 def test_a_shared_fact_is_written_in_one_place(pattern: str, home: str | None):
@@ -81,7 +81,7 @@ def test_error_sets_are_defined_once_in_errors():
                 found.append(p.relative_to(REPO).as_posix())
     assert found == ["deft/core/errors.py", "deft/core/errors.py"]
     from deft.core import errors
-    from ui.handlers import USER_ERRORS
+    from deft.ui.handlers import USER_ERRORS
 
     assert USER_ERRORS is errors.APP_ERRORS and set(errors.APP_ERRORS) == {*errors.USER_ERRORS, RuntimeError}
 
@@ -117,7 +117,7 @@ def test_modules_use_the_schema_values():
     from deft import audit, audit_view, learning, simulate
     from deft.core import baselines, config, data_issues
     from deft.storage import export, run, store
-    from ui import tabs
+    from deft.ui import tabs
 
     assert config.DEFAULT_MODEL is schema.DEFAULT_MODEL and export.EXPORT_COLUMNS is schema.EXPORT_COLUMNS
     assert store.SAMPLE_COLUMNS is schema.SAMPLE_COLUMNS and store.ACTIONS is schema.ACTIONS

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from deft.storage.store import ReviewStore
+from deft.ui.security import AuthConfigError, LoginLimiter, load_credentials
+from deft.ui.workspace import AppSettings, Workspace
 from tests.browser.conftest import Server
-from ui.security import AuthConfigError, LoginLimiter, load_credentials
-from ui.workspace import AppSettings, Workspace
 
 PROTECTED = ["/config", "/openapi.json", "/docs", "/gradio_api/info", "/gradio_api/openapi.json",
              "/gradio_api/user", "/gradio_api/token", "/gradio_api/app_id", "/monitoring",

@@ -1,4 +1,4 @@
-"""The app's pure view functions (ui/views.py), without a browser or a Gradio server."""
+"""The app's pure view functions (deft/ui/views.py), without a browser or a Gradio server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from deft.core.progress import ProgressEvent
 from deft.core.ranking import remaining_estimate
 from deft.storage.store import BatchResult, Decision, ReviewStore, score_summary
-from ui import views
+from deft.ui import views
 
 
 def _job(status="running", name="detection", last=None, epochs=()):
@@ -192,7 +192,7 @@ def test_map_html_and_note():
 
 
 def test_job_timers_share_one_dedupe_each_with_its_own_seen_map():
-    from ui.handlers import Handlers
+    from deft.ui.handlers import Handlers
 
     ws = SimpleNamespace(job=None)
     h = Handlers(SimpleNamespace(settings=None, get=lambda sid: ws), SimpleNamespace())
@@ -241,7 +241,7 @@ def test_a_past_training_run_is_described_after_a_reload(tmp_path):
 
 def test_reviewer_name_without_login_and_the_login_first():
     """Issue 19, item 19: without --auth the name a browser gives is who decides (tidied); a login wins."""
-    from ui.handlers import clean_name, user_of
+    from deft.ui.handlers import clean_name, user_of
 
     assert clean_name("  Ben\tOkafor \n") == "Ben Okafor" and clean_name(None) == ""
     assert clean_name("x" * 100) == "x" * 40 and clean_name("a\x00b") == "a b"
@@ -252,8 +252,8 @@ def test_reviewer_name_without_login_and_the_login_first():
 
 def test_the_name_field_is_shown_only_without_a_login(tmp_path):
     """Issue 19, item 19: with --auth the login names the reviewer; the name field and its note are not shown."""
-    from ui.app import build
-    from ui.workspace import AppSettings, Workspaces
+    from deft.ui.blocks import build
+    from deft.ui.workspace import AppSettings, Workspaces
 
     reg = Workspaces(AppSettings(data=str(tmp_path), model="none", runs=tmp_path / "runs", device="cpu"))
     for login in (False, True):
@@ -276,8 +276,8 @@ def test_a_decision_for_a_session_the_server_did_not_open_is_refused(tmp_path):
     """Issue 22: the API's /decide (and the lean route) for a made-up session created a workspace (pushing a
     reviewer's out of the registry) and imported the server's dataset. It is refused with a sentence; nothing is
     created or imported. A bad version is refused before anything else, as before."""
-    from ui.handlers import ReviewHandlers
-    from ui.workspace import AppSettings, Workspaces
+    from deft.ui.handlers import ReviewHandlers
+    from deft.ui.workspace import AppSettings, Workspaces
 
     reg = Workspaces(AppSettings(data=str(tmp_path / "never-read"), runs=tmp_path / "runs"))
     names = ("card", "counter", "review_msg", "zoom_box", "relabel_dd")

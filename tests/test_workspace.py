@@ -7,7 +7,7 @@ import pytest
 
 from deft.review import StaleError
 from deft.storage.export import EXPORT_COLUMNS
-from ui.workspace import AppSettings, Workspace
+from deft.ui.workspace import AppSettings, Workspace
 
 from .conftest import ROOT
 
@@ -45,7 +45,7 @@ def test_two_tabs_stale_refused_and_undo_is_per_tab(tmp_path, tiny_clip_dir):
 
 
 def test_sessions_do_not_share_datasets(tmp_path, cifar_small):
-    from ui.workspace import Workspaces
+    from deft.ui.workspace import Workspaces
 
     reg = Workspaces(AppSettings(data=str(DEMO), runs=tmp_path / "runs", device="cpu"))
     reg.get("a").load(str(DEMO))
@@ -106,7 +106,7 @@ def test_cli_export_sees_the_decisions_made_in_the_app(tmp_path, tiny_clip_dir):
 
 @pytest.mark.slow
 def test_each_training_run_gets_its_own_folder_and_is_listed(tmp_path, tiny_clip_dir):
-    from ui.app import train_summary_md
+    from deft.ui.blocks import train_summary_md
 
     ws = _ready(tmp_path, tiny_clip_dir)
     assert ws.training_runs().empty
@@ -176,7 +176,7 @@ def test_card_evidence_after_audit_nearest_clean_of_given_and_suggested_label(tm
 
 
 def test_evidence_strip_html_says_how_to_get_it_then_shows_thumbnails(tmp_path, tiny_clip_dir):
-    from ui.evidence import evidence_html
+    from deft.ui.evidence_strip import evidence_html
 
     ws = _ready(tmp_path, tiny_clip_dir)
     item = ws.queue("tab-a").current()
@@ -247,7 +247,7 @@ def test_sessions_on_an_audited_run_share_one_learning_queue(tmp_path, tiny_clip
     every sample by default, a refit started by the decisions (in the background) and the stopping rule."""
     import threading
 
-    from ui.workspace import Workspaces
+    from deft.ui.workspace import Workspaces
 
     reg = Workspaces(AppSettings(data=str(DEMO), model=str(tiny_clip_dir), runs=tmp_path / "runs", device="cpu",
                                  batch_size=64, rerank_every=5))
@@ -291,7 +291,7 @@ def test_sessions_loading_at_once_import_and_fill_the_store_once(tmp_path, tiny_
     import time
 
     from deft.storage.store import ReviewStore
-    from ui.workspace import Workspaces
+    from deft.ui.workspace import Workspaces
 
     _ready(tmp_path, tiny_clip_dir)  # a finished detection in tmp_path/runs; its review store is removed below
     for p in (tmp_path / "runs").glob("*/review.sqlite*"):

@@ -96,7 +96,7 @@ def browser():
 def detect_into(runs: Path, data: Path, clip: Path, method: str = "deft", timeout: float = 600) -> None:
     """One detection (``method``: deft, a baseline or all) of ``data`` with the tiny CLIP, 1 epoch, under
     ``runs``, as the app's Detect tab starts it; fails the test unless it finishes."""
-    from ui.workspace import AppSettings, Workspace
+    from deft.ui.workspace import AppSettings, Workspace
 
     ws = Workspace(AppSettings(data=str(data), model=str(clip), runs=runs, device="cpu"))
     ws.load(str(data))
@@ -110,7 +110,7 @@ def audited_server(tmp: Path, clip: Path, *args: str):
     tiny CLIP under ``tmp/runs``, and ``python app.py`` serving it with ``args``: ``(server, review store)``.
     The caller stops the server."""
     from deft.storage.store import ReviewStore
-    from ui.workspace import dataset_key
+    from deft.ui.workspace import dataset_key
 
     runs = tmp / "runs"
     detect_into(runs, DEMO, clip, method="all")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from deft.storage.store import ReviewStore
-from ui.workspace import dataset_key
+from deft.ui.workspace import dataset_key
 
 from ..conftest import ROOT
 from .conftest import Server, detect_into
@@ -106,7 +106,7 @@ def wait_card(page, pred_js, arg, timeout=20_000):
                            arg=arg, timeout=timeout)
 
 
-# the serial comment (``<!--r<n>-->``) that ends every Gradio render of the card outputs (ui/handlers.py
+# the serial comment (``<!--r<n>-->``) that ends every Gradio render of the card outputs (deft/ui/handlers.py
 # ReviewHandlers): a new one per render; key presses take the lean route and leave it as it is
 SERIAL_JS = ("(() => { const e = document.querySelector('#review-counter'); "
              "const m = e ? e.innerHTML.match(/<!--r\\d+-->/g) : null; return m ? m.pop() : ''; })()")

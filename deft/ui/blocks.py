@@ -1,8 +1,8 @@
 """The Gradio Blocks app: Dataset, Detect, Review, Map, Train, Export.
 
-:mod:`ui.tabs` builds each tab's components, :mod:`ui.handlers` holds the event handlers,
-:mod:`ui.views` the pure view functions (text, HTML, frames) and :mod:`ui.page` the page's scripts and
-style sheet (files under ``ui/static/``); this module wires the events (in the order the page relies on) and
+:mod:`deft.ui.tabs` builds each tab's components, :mod:`deft.ui.handlers` holds the event handlers,
+:mod:`deft.ui.views` the pure view functions (text, HTML, frames) and :mod:`deft.ui.page_assets` the page's scripts and
+style sheet (files under ``deft/ui/static/``); this module wires the events (in the order the page relies on) and
 launches the app.
 """
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import tabs
-from .handlers import NAV_OPS, USER_ERRORS, ReviewHandlers
-from .lean import act_route
-from .page import css_paths, head_html
-from .security import MAX_UPLOAD
-from .tabs import STATUSES, Components, job_controls
-from .views import (
+from deft.ui import tabs
+from deft.ui.handlers import NAV_OPS, USER_ERRORS, ReviewHandlers
+from deft.ui.key_route import act_route
+from deft.ui.page_assets import css_paths, head_html
+from deft.ui.security import MAX_UPLOAD
+from deft.ui.tabs import STATUSES, Components, job_controls
+from deft.ui.views import (
     GRID_HELP,
     KEYS_HELP,
     MAP_COLOURS,
@@ -35,7 +35,7 @@ from .views import (
     train_summary_md,
     undo_line,
 )
-from .workspace import Workspace, Workspaces
+from deft.ui.workspace import Workspace, Workspaces
 
 __all__ = ["GRID_HELP", "KEYS_HELP", "MAP_COLOURS", "STATUSES", "USER_ERRORS",
            "batch_line", "build", "card_html", "decision_line", "file_url", "grid_html", "job_controls",
@@ -79,7 +79,7 @@ def wire_card(h: ReviewHandlers) -> None:
     """Card decisions (the lean route; the API ``/decide``), navigation and filters."""
     c = h.c
     rv = c.review
-    # every card decision takes the lean route (ui.lean, sent by the page script); the API's /decide is the same
+    # every card decision takes the lean route (key_route, sent by the page script); the API's /decide is the same
     # handler, with no component: nothing in the page feeds it
     gr.api(h.api_decide, api_name="decide", queue=False)
     for btn, what in ((rv.keep_btn, "keep"), (rv.excl_btn, "exclude")):
@@ -201,7 +201,7 @@ def wire_jobs(h: ReviewHandlers) -> None:
 
 
 def build(reg: Workspaces, login: bool = False) -> tuple[gr.Blocks, ReviewHandlers]:
-    """The Blocks app and its handlers (which :func:`ui.lean.act_route` serves on the same server); ``login``:
+    """The Blocks app and its handlers (which :func:`deft.ui.key_route.act_route` serves on the same server); ``login``:
     the server asks for a login (then the login names the reviewer, else a name field in the page does)."""
     s = reg.settings
     with gr.Blocks(title="deft-audit") as demo:
@@ -240,7 +240,7 @@ def build(reg: Workspaces, login: bool = False) -> tuple[gr.Blocks, ReviewHandle
 
 def launch(reg: Workspaces | Workspace, host: str = "127.0.0.1", port: int = 7860,
            auth: tuple[str, str] | list[tuple[str, str]] | None = None, share: bool = False, **extra) -> None:
-    """Serve the app; ``extra`` goes to ``Blocks.launch`` (e.g. ``app_kwargs`` from :mod:`ui.security`)."""
+    """Serve the app; ``extra`` goes to ``Blocks.launch`` (e.g. ``app_kwargs`` from :mod:`deft.ui.security`)."""
     if isinstance(reg, Workspace):  # one settings object -> one workspace per browser session
         reg = Workspaces(reg.settings)
     thumbs = Path(reg.settings.runs).resolve() / ".thumbs"

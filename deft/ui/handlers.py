@@ -1,5 +1,5 @@
 """The app's event handlers: one :class:`Handlers` per app, holding the registry of workspaces and the
-components (``c``: :class:`ui.tabs.Components`, one group per tab). Handlers with several outputs return
+components (``c``: :class:`deft.ui.tabs.Components`, one group per tab). Handlers with several outputs return
 ``{component: value}`` dicts (Gradio orders them by the event's outputs; a component left out is not updated),
 so no handler depends on the position of an output in a list."""
 
@@ -14,18 +14,17 @@ from dataclasses import dataclass
 import gradio as gr
 
 from deft.audit_view import ORDERS, AuditView, load_audit, map_points
-from deft.core.errors import APP_ERRORS as USER_ERRORS  # ui.app and ui.lean import it from here
+from deft.core.errors import APP_ERRORS as USER_ERRORS  # deft.ui.blocks and deft.ui.key_route import it from here
 from deft.core.errors import DataError, ReviewError, RunError
 from deft.core.schema import Action, JobName
 from deft.jobs import Job
 from deft.review import ReviewFilter, ReviewQueue, StaleError
 from deft.storage.imageio import open_image
 from deft.storage.thumbs import thumbnail_file
-
-from . import views as v
-from .evidence import evidence_html
-from .tabs import SHOW, show_choice
-from .workspace import Workspace, Workspaces
+from deft.ui import views as v
+from deft.ui.evidence_strip import evidence_html
+from deft.ui.tabs import SHOW, show_choice
+from deft.ui.workspace import Workspace, Workspaces
 
 GRID_PAGE = 36
 GRID_VERBS = {Action.ACCEPT: "Accepted", Action.KEEP: "Kept", Action.EXCLUDE: "Excluded"}
@@ -70,7 +69,7 @@ def clean_name(name) -> str:
 class Reviewer:
     """Who sent a review action: the page's session (its workspace: which dataset), this browser's client id and
     the logged-in user (None without a login). The lean route builds it from its JSON body and the session cookie
-    (:func:`ui.security.scope_user`), a Gradio event from its ``gr.Request`` (:meth:`of`)."""
+    (:func:`deft.ui.security.scope_user`), a Gradio event from its ``gr.Request`` (:meth:`of`)."""
 
     session: str = ""
     client: str = ""
@@ -105,7 +104,7 @@ def undid_batch(done: list) -> bool:
 
 
 def curve_update(epochs: list[dict]):
-    """The Train curve for ``epochs``: one x tick per epoch, in epoch order (:func:`ui.views.job_curves`)."""
+    """The Train curve for ``epochs``: one x tick per epoch, in epoch order (:func:`deft.ui.views.job_curves`)."""
     curve = v.job_curves(epochs)
     return None if curve is None else gr.update(value=curve, sort=v.epoch_order(curve))
 
@@ -115,7 +114,7 @@ def audit_of(ws: Workspace) -> AuditView | None:
 
 
 class Handlers:
-    """The handlers of one app; ``c`` is its components (:class:`ui.tabs.Components`: one group per tab)."""
+    """The handlers of one app; ``c`` is its components (:class:`deft.ui.tabs.Components`: one group per tab)."""
 
     def __init__(self, reg: Workspaces, c):
         self.reg, self.s, self.c = reg, reg.settings, c
@@ -447,7 +446,7 @@ class Handlers:
 class ReviewHandlers(Handlers):
     """Review: every handler renders the card from the store (the log is the truth).
 
-    Key presses take the lean route (:meth:`lean`, served by :mod:`ui.lean`): the page script swaps the
+    Key presses take the lean route (:meth:`lean`, served by :mod:`deft.ui.key_route`): the page script swaps the
     card's HTML itself. Gradio's own renders carry a serial number (an HTML comment) so that a Gradio
     update is never skipped as "unchanged" after the script changed what is on screen.
     """
@@ -473,7 +472,7 @@ class ReviewHandlers(Handlers):
 
     @staticmethod
     def card_image(ws: Workspace, item: dict | None) -> str:
-        """The card's image (:func:`ui.views.card_image`): its 300 px thumbnail, written once to the cache."""
+        """The card's image (:func:`deft.ui.views.card_image`): its 300 px thumbnail, written once to the cache."""
         if item is None or ws.dataset is None:
             return ""
         sid = str(item["id"])

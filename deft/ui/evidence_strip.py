@@ -7,9 +7,8 @@ from pathlib import Path
 
 from deft.core.errors import DataError
 from deft.storage.thumbs import thumbnail_file
-
-from . import views
-from .workspace import Workspace
+from deft.ui import views
+from deft.ui.workspace import Workspace
 
 NO_EMBEDDINGS = ('<div id="evidence" class="evidence"><p>Nearest clean examples appear here after '
                  "<b>Audit</b> (Detect tab) has computed the run's image embeddings.</p></div>")

@@ -1,11 +1,11 @@
-// The review page's script (inlined into the page's <head> by ui/page.py): card keys, the lean key route,
+// The review page's script (inlined into the page's <head> by deft/ui/page_assets.py): card keys, the lean key route,
 // the counter's poll, the evidence strip's timing, the grid's selection and keys, the zoom overlay.
 //
 // Review actions are sent by this script, never "whatever the server has at position N": each one
 // carries the sample id and version read from the card on screen (#card data-sid / data-ver) when
 // the key was pressed. Bursts are queued in order; one that arrives for a card that changed is
 // refused by the server with a message (not silently dropped, never applied to another sample).
-// Keys, the card's own buttons and "Relabel to" take the lean route (POST deft/act, see ui/lean.py), the only
+// Keys, the card's own buttons and "Relabel to" take the lean route (POST deft/act, see deft/ui/key_route.py), the only
 // way a card decision reaches the server: one request at a time, in order, and the answer's HTML is swapped
 // into #card, #counter-live and #msg-live here.
 (() => {

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None, root: Path | None = None, prog: str | No
     """Parse the options and serve the app until interrupted."""
     root = default_root() if root is None else root
     a = parse_args(argv, root, prog)
-    from .security import AuthConfigError, guard_kwargs, load_credentials, private_temp_dir
+    from deft.ui.security import AuthConfigError, guard_kwargs, load_credentials, private_temp_dir
 
     try:
         auth = load_credentials(a.auth, a.auth_file)
@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None, root: Path | None = None, prog: str | No
         raise SystemExit(f"error: {exc}") from None
     private_temp_dir()  # before gradio is imported: its cache (exports, thumbnails) stays private to this app
     from deft.storage.roots import default_roots
-
-    from .app import launch
-    from .workspace import AppSettings, Workspace
+    from deft.ui.blocks import launch
+    from deft.ui.workspace import AppSettings, Workspace
 
     demo = root / "assets" / "demo"
     roots = [*a.data_root] or [str(p) for p in default_roots(a.data, demo)] + ([a.root] if a.root else [])

@@ -1,4 +1,4 @@
-// The Map tab's script (inlined into the page's <head> by ui/page.py): a click on a point opens that sample
+// The Map tab's script (inlined into the page's <head> by deft/ui/page_assets.py): a click on a point opens that sample
 // in Review (the sample id travels from the point clicked).
 // Points overlap (flagged ones are drawn over the others, and over each other), so a click opens the point whose
 // centre is nearest to it among those under it, ringed ones first: every point opens with a click at its centre,

@@ -1,6 +1,6 @@
-"""What the page carries besides components: its scripts and style sheet, kept as files under ``ui/static/``
+"""What the page carries besides components: its scripts and style sheet, kept as files under ``deft/ui/static/``
 (``review.js``: keys, the lean key route, grid; ``map.js``: the map's clicks; ``review.css``) and put into the
-page when the app is launched (:func:`ui.app.launch`). The files ship in the wheel (``pyproject.toml``
+page when the app is launched (:func:`deft.ui.blocks.launch`). The files ship in the wheel (``pyproject.toml``
 package-data)."""
 
 from __future__ import annotations

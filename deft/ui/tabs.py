@@ -1,6 +1,6 @@
 """The tabs' components, one builder per tab, each returning its tab's dataclass (:class:`DatasetTab`, ...,
-gathered with the page's own components in :class:`Components`): the names the handlers (:mod:`ui.handlers`)
-use, with their types. Builders create components only, the wiring is in :mod:`ui.app`."""
+gathered with the page's own components in :class:`Components`): the names the handlers (:mod:`deft.ui.handlers`)
+use, with their types. Builders create components only, the wiring is in :mod:`deft.ui.blocks`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import gradio as gr
 from deft.audit_view import ISSUES, ORDERS
 from deft.core.schema import DECIDED_STATUSES, DETECT_METHODS, Status
 from deft.review import BATCH_SOURCES
-
-from .views import GRID_HELP, KEYS_HELP, filter_choices
+from deft.ui.views import GRID_HELP, KEYS_HELP, filter_choices
 
 STATUSES = ["", Status.PENDING.value, *DECIDED_STATUSES]  # the Status filter ("": any)
 
@@ -158,8 +157,8 @@ class ExportTab:
 
 @dataclass
 class Components:
-    """The page's components: the ones every tab uses, then one group per tab (:mod:`ui.tabs` builds them,
-    :mod:`ui.app` wires them, the handlers key their results by them)."""
+    """The page's components: the ones every tab uses, then one group per tab (:mod:`deft.ui.tabs` builds them,
+    :mod:`deft.ui.blocks` wires them, the handlers key their results by them)."""
 
     session: gr.Textbox  # which Workspace (dataset) this browser tab shows
     client: gr.Textbox  # this browser's reviewer id
@@ -298,7 +297,7 @@ def review_tab() -> ReviewTab:
             _card_mode(c)
         with gr.Tab("Grid", id="grid-mode") as c.grid_tab:
             _grid_mode(c)
-    # hidden plumbing of the grid, the evidence strip and the zoom (card decisions take the lean route: ui.lean)
+    # hidden plumbing of the grid, the evidence strip and the zoom (card decisions take the lean route: key_route)
     with gr.Row(elem_id="review-plumbing"):  # hidden by CSS (a Row's visible="hidden" showed it): scripts click it
         c.zoom_sid = gr.Textbox(elem_id="zoom-sid")  # the zoom's sample: the card's, filled by the event's script
         c.g_sel = gr.Textbox(elem_id="grid-sel")

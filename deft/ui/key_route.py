@@ -2,11 +2,11 @@
 
 Gradio's event path costs a key press its client-side dispatch, the server's pre/post-processing and a
 Svelte re-render of every output (~300 ms median on a 2-core box); this route runs the review handler
-(:meth:`ui.handlers.ReviewHandlers.lean`: every card decision goes through it, the API's ``/decide`` calls
-the same :meth:`~ui.handlers.ReviewHandlers.decide`) and the page script (``ui/static/review.js``) swaps the
+(:meth:`deft.ui.handlers.ReviewHandlers.lean`: every card decision goes through it, the API's ``/decide`` calls
+the same :meth:`~deft.ui.handlers.ReviewHandlers.decide`) and the page script (``deft/ui/static/review.js``) swaps the
 card itself.
 
-It is one more route of the same app, behind the same :class:`ui.security.Guard` (Host check, login):
+It is one more route of the same app, behind the same :class:`deft.ui.security.Guard` (Host check, login):
 the user is read from the session cookie exactly as Gradio reads it, and only JSON bodies are taken
 (a cross-site form cannot send one without a CORS preflight, which this app never grants).
 """
@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .handlers import USER_ERRORS, ReviewHandlers
-from .security import json_problem, scope_user
+from deft.ui.handlers import USER_ERRORS, ReviewHandlers
+from deft.ui.security import json_problem, scope_user
 
 PATH = "/deft/act"
 MAX_BODY = 64 * 1024

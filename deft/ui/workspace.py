@@ -42,8 +42,7 @@ from deft.storage.run import Run
 from deft.storage.store import ReviewStore
 from deft.storage.train_log import epoch_history, training_curves
 from deft.storage.train_runs import TrainingRun, epoch_log
-
-from .views import merge_epochs, queue_note
+from deft.ui.views import merge_epochs, queue_note
 
 
 @dataclass
