@@ -4,8 +4,10 @@ For each size the bench builds an image folder of N files (hard links to the bun
 images), a detection run with synthetic scores (every sample a suspect, so the queue is N
 long), starts the real app (``python app.py``), and drives Debian's chromium with Playwright.
 A key press is timed inside the page: from the ``keydown`` event to the first animation frame
-after the card's sample id or version changed (what the reviewer sees). The key sequence mixes
-keep, exclude, accept (1), next (j) and undo (u), all committed to SQLite (WAL, synchronous=FULL).
+after the card's sample id or version changed (what the reviewer sees), once the page has settled after the
+first card (its start-up events answered); ``server_*_ms`` are the key route's own share (its Server-Timing).
+The key sequence mixes keep, exclude, accept (1), next (j) and undo (u), all committed to SQLite
+(WAL, synchronous=FULL).
 Keys travel the app's lean route (``POST /deft/act``, :mod:`deft.ui.key_route`), as they do for a reviewer.
 By default the run also holds synthetic learning-queue signals (as ``deft audit`` leaves them), so the
 server refits and re-ranks the queue every 25 decisions in the background while the keys are timed
@@ -61,7 +63,20 @@ new MutationObserver(() => {
   window.__t0 = null;
   requestAnimationFrame(() => window.__lat.push(performance.now() - t0));
 }).observe(document, {subtree: true, childList: true, attributes: true});
+window.__srv = [];  // each key route answer's Server-Timing: thread wait + review handler, ms
+new PerformanceObserver((l) => { for (const e of l.getEntries()) if (e.name.includes('/deft/act'))
+  window.__srv.push((e.serverTiming || []).reduce((a, x) => a + x.duration, 0)); }).observe({type: 'resource'});
 """
+# The page has settled: its start-up events (the page-load chain, the first card's evidence strip) have all been
+# answered (Gradio's event stream closed after the last one joined) and nothing new started for 0.5 s.
+SETTLED_JS = """() => {
+  const r = performance.getEntriesByType('resource'), now = performance.now();
+  const joins = r.filter(e => e.name.includes('queue/join')).map(e => e.startTime);
+  const ends = r.filter(e => e.name.includes('queue/data')).map(e => e.responseEnd);
+  if (!joins.length || !ends.length) return false;
+  const last = Math.max(...ends);
+  return last > Math.max(...joins) && now - last > 500;
+}"""
 
 
 def make_folder(n: int, out: Path) -> Path:
@@ -187,6 +202,8 @@ def measure(url: str, presses: int, chromium: str) -> dict:
         page.get_by_role("tab", name="3 · Review").click()
         page.wait_for_selector("#card-id", timeout=600_000)
         first_card_s = time.perf_counter() - t
+        if presses:  # keys are timed on a settled page (a reviewer looks at the first card before a key)
+            page.wait_for_function(SETTLED_JS, timeout=600_000)
         lost = 0  # presses whose card did not change within 30 s (an error answer, or a stall): counted, not timed
         for i in range(presses + 5):  # the first 5 warm up the page
             n0 = page.evaluate("() => window.__lat.length")
@@ -196,12 +213,15 @@ def measure(url: str, presses: int, chromium: str) -> dict:
             except PlaywrightTimeout:
                 lost += 1
         lat = np.array(page.evaluate("() => window.__lat"))[5:]
+        srv = np.array(page.evaluate("() => window.__srv"))[5:]
         b.close()
     if not len(lat):
         return {"first_card_s": first_card_s}
     return {"presses": int(len(lat)), "lost_presses": lost, "median_ms": float(np.median(lat)),
             "p90_ms": float(np.percentile(lat, 90)),
-            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "first_card_s": first_card_s}
+            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "first_card_s": first_card_s,
+            "server_median_ms": float(np.median(srv)) if len(srv) else None,
+            "server_p99_ms": float(np.percentile(srv, 99)) if len(srv) else None}
 
 
 def cpu_model() -> str:

@@ -157,15 +157,17 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
         lambda sid: h.detect_curves(sid), c.session, [det.loss_plot, det.clean_plot], show_progress="hidden").then(
         h.advise, [c.session, det.model_in], [det.preview_in, det.det_note], show_progress="hidden").then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c), show_progress="hidden").then(
-        h.train_view, c.session, train_outputs(c), show_progress="hidden")
+        h.train_view, c.session, train_outputs(c), show_progress="hidden").then(
+        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
     dtab.load_btn.click(h.on_load, [c.session, dtab.data_in, dtab.root_in, c.saved],
                         [*dataset_outputs(c), c.saved]).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c)).then(
         h.train_view, c.session, train_outputs(c), show_progress="hidden")
-    det.audit_btn.click(h.on_audit, c.session, det.audit_msg)
+    det.audit_btn.click(h.on_audit, c.session, det.audit_msg).then(
+        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
     c.audit_timer.tick(h.on_audit_tick, c.session, [det.audit_prog, det.audit_msg, det.det_msg, c.train.train_msg,
-                                                    *audit_outputs(c)], show_progress="hidden")
+                                                    *audit_outputs(c), c.audit_timer], show_progress="hidden")
     c.map_tab.select(h.map_view, c.session, [mp.map_msg, mp.map_box])
     mp.map_btn.click(h.map_open, [c.session, c.client, mp.map_sid], [mp.map_msg, c.tabs, c.review.review_modes,
                                                                      *restore_outputs(c)],
@@ -184,20 +186,22 @@ def wire_jobs(h: ReviewHandlers) -> None:
     det = c.detect
     det.run_btn.click(h.on_detect, {c.session, det.model_in, det.real_world_in, det.epochs_in, det.preview_in,
                                     det.det_method},
-                      [det.det_msg, det.det_summary])  # a set: the handler gets them by component
+                      [det.det_msg, det.det_summary]).then(  # a set: the handler gets them by component
+        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
     det.cancel_btn.click(h.cancel_into(det.det_msg), c.session, det.det_msg)
     for ev in (det.model_in.blur, det.model_in.submit):
         ev(h.advise, [c.session, det.model_in], [det.preview_in, det.det_note], api_visibility="private")
     det.est_btn.click(h.estimate, [c.session, det.model_in, det.epochs_in], det.det_note, concurrency_limit=1,
                       concurrency_id="estimate", api_visibility="private")
-    tr.train_btn.click(h.on_train, [c.session, tr.mode_in, tr.train_epochs_in], tr.train_msg)
+    tr.train_btn.click(h.on_train, [c.session, tr.mode_in, tr.train_epochs_in], tr.train_msg).then(
+        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
     tr.tcancel_btn.click(h.cancel_into(tr.train_msg), c.session, tr.train_msg)
     for ev in (c.train_tab.select, tr.train_summary.change):
         ev(h.runs_list, c.session, tr.train_runs, api_visibility="private")
     ex.export_btn.click(h.on_export, [c.session, ex.pseudo_in], [ex.export_msg, ex.export_files, ex.export_preview])
     c.timer.tick(h.on_tick, c.session, [det.det_prog, det.loss_plot, det.det_summary, det.rate_plot, det.hist_plot,
                                         tr.train_prog, tr.curve_plot, tr.train_summary, tr.confusion, c.review.f_class,
-                                        det.clean_plot, det.det_msg, tr.train_msg], show_progress="hidden")
+                                        det.clean_plot, det.det_msg, tr.train_msg, c.timer], show_progress="hidden")
     c.tabs.select(h.show_card, [c.session, c.client], card_outputs(c))
 
 
@@ -229,7 +233,8 @@ def build(reg: Workspaces, login: bool = False) -> tuple[gr.Blocks, ReviewHandle
             with gr.Tab("6 · Export", id="export"):
                 export = tabs.export_tab()
         c = Components(session=session, client=client, saved=saved, name_in=name_in, tabs=all_tabs, map_tab=map_tab,
-                       train_tab=train_tab, timer=gr.Timer(1.0), audit_timer=gr.Timer(1.0), dataset=dataset,
+                       train_tab=train_tab, timer=gr.Timer(1.0, active=False),
+                       audit_timer=gr.Timer(1.0, active=False), dataset=dataset,
                        detect=detect, review=review, map=map_parts, train=train, export=export)
         h = ReviewHandlers(reg, c)
         wire_card(h)

@@ -14,6 +14,7 @@ the user is read from the session cookie exactly as Gradio reads it, and only JS
 from __future__ import annotations
 
 import json
+import time
 
 from anyio import to_thread
 from starlette.requests import Request
@@ -42,6 +43,12 @@ async def bounded_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def server_timing(t0: float, started: float, done: float) -> str:
+    """``Server-Timing`` of one key press (seen in the browser's devtools and resource timing, read by
+    ``bench/review_latency.py``): ``wait`` for a worker thread, ``handler`` the review handler, in ms."""
+    return f"wait;dur={(started - t0) * 1000:.1f}, handler;dur={(done - started) * 1000:.1f}"
+
+
 def act_route(h: ReviewHandlers) -> Route:
     """The route, bound to this app's handlers."""
 
@@ -55,10 +62,20 @@ def act_route(h: ReviewHandlers) -> Route:
         why = json_problem(raw)
         if why:
             return JSONResponse({"error": why}, status_code=400)
+        body, user, t0 = json.loads(raw), scope_user(request.scope), time.perf_counter()
+        took: list[float] = []
+
+        def timed() -> dict:
+            took.append(time.perf_counter())
+            try:
+                return h.lean(body, user)
+            finally:
+                took.append(time.perf_counter())
+
         try:
-            out = await to_thread.run_sync(h.lean, json.loads(raw), scope_user(request.scope))
+            out = await to_thread.run_sync(timed)
         except USER_ERRORS as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(out, headers={"Cache-Control": "no-store"})
+        return JSONResponse(out, headers={"Cache-Control": "no-store", "Server-Timing": server_timing(t0, *took)})
 
     return Route(PATH, act, methods=["POST"])

@@ -45,6 +45,29 @@ def reviewer(cockpit, browser):
     page.context.close()
 
 
+# Gradio events the page has sent (each a POST to queue/join) and whether all of them have been answered
+GRADIO_EVENTS = "() => performance.getEntriesByType('resource').filter(e => e.name.includes('queue/join')).length"
+# (a chain of events sends the next one as soon as one is answered: answered and a second without a new one)
+ANSWERED = """() => { const r = performance.getEntriesByType('resource');
+  const t = (s, k) => r.filter(e => e.name.includes(s)).map(e => e[k]);
+  const end = Math.max(0, ...t('queue/data', 'responseEnd'));
+  return end > Math.max(0, ...t('queue/join', 'startTime')) && performance.now() - end > 1000; }"""
+
+
+def sends_no_event_for(page, seconds: float) -> int:
+    """Once every event sent so far is answered, the number the page sends in the next ``seconds``."""
+    page.wait_for_function(ANSWERED, timeout=60_000)
+    before = page.evaluate(GRADIO_EVENTS)
+    page.wait_for_timeout(seconds * 1000)  # a window in which nothing may happen: no condition to wait for
+    return page.evaluate(GRADIO_EVENTS) - before
+
+
+def test_an_idle_page_sends_no_events(cockpit, reviewer):
+    """Issue 24: the job timers are off while no job runs. Each tick (two timers, once a second) was a Gradio
+    round trip and an update of its outputs in the page, and a key press that met one waited 60-130 ms."""
+    assert sends_no_event_for(reviewer, 3.5) == 0
+
+
 def shown_filters(page) -> dict:
     return page.evaluate("""() => ({
         show: document.querySelector('#f-show input[type=radio]:checked').value,
@@ -212,6 +235,7 @@ def test_job_messages_give_way_to_the_outcome(cockpit, browser, tiny_clip_dir, a
         for sel in ("#detect-msg", "#audit-msg", "#train-msg"):
             text = page.inner_text(sel)
             assert "started" not in text and "Cancelling" not in text, (sel, text)
+        assert sends_no_event_for(page, 3.5) == 0  # the job timers turned themselves off once it was shown
     finally:
         page.close()
 
