@@ -390,7 +390,7 @@ def scan_class_folder(root: Path, folder: Path) -> tuple[list[str], list[dict[st
             continue
         rel = os.path.relpath(here, base).replace(os.sep, "/")
         prefix = "" if rel == "." else rel + "/"
-        inside = real.inside(os.path.join(here, "x"), False)  # plain files here are inside the root iff here is
+        inside = real.folder_inside(here)  # the plain files here are inside the root exactly when here is
         subdirs = []
         for e in entries:
             why = _name_problem(e.name)

@@ -81,9 +81,12 @@ class RealPaths:
         """``path``'s real path is under the root; ``link``: ``path`` itself is a symlink (resolved in full)."""
         if link:
             return Path(os.path.realpath(path)).is_relative_to(self.root)
-        folder = os.path.dirname(path)
+        return self.folder_inside(os.path.dirname(path))  # a plain file is inside exactly when its folder is
+
+    def folder_inside(self, folder: str) -> bool:
+        """``folder``'s real path is under the root (cached per folder)."""
         ok = self._dirs.get(folder)
-        if ok is None:  # a plain file is inside the root exactly when its folder's real path is
+        if ok is None:
             ok = self._dirs[folder] = Path(os.path.realpath(folder or ".")).is_relative_to(self.root)
         return ok
 

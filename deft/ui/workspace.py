@@ -186,7 +186,7 @@ class Workspace:
     notes: list[str] = field(default_factory=list)  # run files found damaged at the last load (one sentence each)
     _evidence: tuple[tuple, EvidenceIndex | None] | None = None  # (embeddings stamp, index) of the current run
     _trusted: tuple | None = None  # (index, store path, store.stamp()) when the index was last given trusted labels
-    _verdicts: tuple | None = None  # ((index, store path, samples generation), DEFT's labels, trusted, rows)
+    _verdicts: tuple | None = None  # ((index, store path, samples generation), DEFT's labels, trusted)
     _ids: tuple[Dataset, frozenset[str]] | None = None  # (dataset, its sample ids): what a client may name
     _note: tuple | None = None  # ((store, stamp, rank report), the counter's queue note)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -457,10 +457,9 @@ class Workspace:
             if self._verdicts is None or self._verdicts[0] != base:
                 samples = run.dataset.samples
                 labels, trusted = clean_verdicts(samples["id"], samples["label"], store.scores(["id", "is_clean"]))
-                row = {sid: i for i, sid in enumerate(samples["id"].astype(str))}
-                self._verdicts = (base, labels, trusted, row)
-            _, labels, trusted, row = self._verdicts
-            index.trust(*apply_decisions(labels, trusted, row, store.current()))
+                self._verdicts = (base, labels, trusted)
+            _, labels, trusted = self._verdicts  # in the index's row order (the dataset's), so its row map fits
+            index.trust(*apply_decisions(labels, trusted, index.row, store.current()))
             self._trusted = key
         sid, given = str(item["id"]), str(item["label"])
         out = [("given label", given, index.nearest(sid, given, k))]
