@@ -11,10 +11,12 @@ The key sequence mixes keep, exclude, accept (1), next (j) and undo (u), all com
 Keys travel the app's lean route (``POST /deft/act``, :mod:`deft.ui.key_route`), as they do for a reviewer.
 By default the run also holds synthetic learning-queue signals (as ``deft audit`` leaves them), so the
 server refits and re-ranks the queue every 25 decisions in the background while the keys are timed
-(``--no-learning``: the app before an audit). Each size also times the first card of the fresh server (no
-review database yet: the detection's scores are loaded into one) and, after stopping it, of the same server
-started again (``restart_first_card_s``: nothing on disk is recomputed); ``server_up_s`` is the time before
-the app answers HTTP, which the first-card times (page opened -> card shown) do not include.
+(``--no-learning``: the app before an audit); the keys go on past ``--presses`` until a re-rank has
+finished (at 1M the learner loads for ~20 s and refits for ~40 s), so every size's numbers include keys
+pressed beside one. Each size also times the first card of the fresh server (no review database yet: the
+detection's scores are loaded into one) and, after stopping it, of the same server started again
+(``restart_first_card_s``: nothing on disk is recomputed); ``server_up_s`` is the time before the app
+answers HTTP, which the first-card times (page opened -> card shown) do not include.
 
     python bench/review_latency.py --sizes 1000 100000 1000000 [--presses 120] [--out bench/results/review_latency.json]
 """
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +189,9 @@ def serve(data: Path, runs: Path, log: Path, rerank_every: int = 25) -> tuple[su
     raise RuntimeError("app.py did not start")
 
 
-def measure(url: str, presses: int, chromium: str) -> dict:
+def measure(url: str, presses: int, chromium: str, reranked=None, cap: int = 3000) -> dict:
+    """Time ``presses`` key presses; with ``reranked`` (a callable: has a re-rank finished?), go on pressing
+    until one has and 25 presses more (at most ``cap``), so that the timed presses include the re-rank's."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -205,13 +210,20 @@ def measure(url: str, presses: int, chromium: str) -> dict:
         if presses:  # keys are timed on a settled page (a reviewer looks at the first card before a key)
             page.wait_for_function(SETTLED_JS, timeout=600_000)
         lost = 0  # presses whose card did not change within 30 s (an error answer, or a stall): counted, not timed
-        for i in range(presses + 5):  # the first 5 warm up the page
+        i, end, at = 0, presses + 5, None  # the first 5 warm up the page
+        while i < end:
             n0 = page.evaluate("() => window.__lat.length")
             page.keyboard.press(keys[i % len(keys)])
             try:
                 page.wait_for_function("(n) => window.__lat.length > n", arg=n0, timeout=30_000)
             except PlaywrightTimeout:
                 lost += 1
+            i += 1
+            if i == end and presses and reranked is not None and at is None:
+                if reranked():
+                    at, end = i - 5, i + 25
+                elif i < cap:
+                    end = i + 25
         lat = np.array(page.evaluate("() => window.__lat"))[5:]
         srv = np.array(page.evaluate("() => window.__srv"))[5:]
         b.close()
@@ -220,6 +232,7 @@ def measure(url: str, presses: int, chromium: str) -> dict:
     return {"presses": int(len(lat)), "lost_presses": lost, "median_ms": float(np.median(lat)),
             "p90_ms": float(np.percentile(lat, 90)),
             "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "first_card_s": first_card_s,
+            "rerank_seen_after_press": at,
             "server_median_ms": float(np.median(srv)) if len(srv) else None,
             "server_p99_ms": float(np.percentile(srv, 99)) if len(srv) else None}
 
@@ -257,6 +270,9 @@ def main() -> None:
     ap.add_argument("--no-learning", dest="learning", action="store_false",
                     help="no audit signals: the queue does not learn (the app before `deft audit`)")
     ap.add_argument("--rerank-every", type=int, default=25, help="app.py --rerank-every (default: %(default)s)")
+    ap.add_argument("--no-until-rerank", dest="until_rerank", action="store_false",
+                    help="stop after --presses even if no re-rank has finished (by default the keys go on until "
+                         "one has, so that every size times keys beside a re-rank)")
     a = ap.parse_args()
     rows, load_start = [], os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
@@ -266,7 +282,8 @@ def main() -> None:
             prep_s = time.perf_counter() - t
             proc, url, up_s = serve(data, runs, Path(d) / f"server{n}.log", a.rerank_every)
             try:
-                r = measure(url, a.presses, a.chromium)
+                done = partial(rerank_report, runs) if a.learning and a.until_rerank else None
+                r = measure(url, a.presses, a.chromium, done)
             finally:
                 proc.terminate()
                 proc.wait(20)
