@@ -258,7 +258,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     cfg = AuditConfig(methods=methods, n_folds=a.folds, seed=a.seed, data_issues=not a.no_data_issues,
                       projection=not a.no_projection)
     bar = _bar()
-    res = Project.audit(a.run, cfg, device=a.device, progress=bar, lock=False)
+    res = Project.audit(a.run, cfg, device=a.device, progress=bar)  # the app's audit of this run is refused
     bar.close()
     say(f"audited {len(res.table)} samples -> {a.run}/audit.parquet, class_report.csv"
         + (", projection.parquet" if cfg.projection else ""))
@@ -316,7 +316,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = phase2_config(a, run.config.model)
     bar = _bar() if _main_rank() else None
     res = Project.train(run, curated, cfg, out=a.out, device=a.device, progress=bar or (lambda ev: None),
-                        lock=False)
+                        lock=_main_rank())  # one lock per training (torchrun: its first rank)
     if bar:
         bar.close()
     say(f"trained on {res.classifier.meta['n_train']} samples; val accuracy last {res.last_val_acc:.4f} "

@@ -259,10 +259,10 @@ class Project:
               device: str = "auto", progress: ProgressCallback = null_progress, cancel: CancelToken | None = None,
               tags: dict | None = None, lock: bool = True) -> Phase2Result:
         """Phase 2 on the curated labels (see :func:`deft.training.train_classifier`; ``out`` default
-        ``RUN/phase2``), holding ``out``'s lock when ``lock``."""
+        ``RUN/phase2``), holding that folder's lock when ``lock`` (a second training into it is refused)."""
         from deft.training import train_classifier
 
-        with run_folder_lock(out) if lock and out is not None else nullcontext():
+        with run_folder_lock(out if out is not None else run.phase2_dir) if lock else nullcontext():
             return train_classifier(run, curated, config, out=out, device=device, progress=progress, cancel=cancel,
                                     tags=tags)
 

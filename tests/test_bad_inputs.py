@@ -962,6 +962,31 @@ def test_export_escapes_spreadsheet_formulas_and_reads_back_exactly(tmp_path):
 
 
 # ============================================================================ concurrent detect
+@pytest.mark.parametrize("command", ["audit", "train"])
+def test_audit_or_train_while_another_process_writes_the_folder_is_refused(command, finished_run, tmp_path, capsys):
+    """`deft audit` and `deft train` hold the folder they write (RUN, RUN/phase2) as `deft detect` does: run beside
+    the app's audit of the same run (or a second training), the second process says who holds it and writes
+    nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    folder = run if command == "audit" else run / "phase2"
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from deft.storage.run import run_folder_lock\n"
+         f"with run_folder_lock({str(folder)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rc = cli.main(cli_args(command, run, tmp_path))
+        err = capsys.readouterr().err
+        assert rc == 2 and f"run folder {folder} in use by PID {holder.pid}" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    after = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before  # nothing written by the refused process
+
+
 def test_second_detect_on_the_same_run_folder_is_refused(tmp_path, tiny_clip_dir, capsys):
     data, run = make_folder(tmp_path / "d"), tmp_path / "run"
     holder = subprocess.Popen(
