@@ -962,6 +962,25 @@ def test_export_escapes_spreadsheet_formulas_and_reads_back_exactly(tmp_path):
 
 
 # ============================================================================ concurrent detect
+@contextlib.contextmanager
+def held_by_another_process(folder: Path):
+    """``folder``'s run lock held by a child process for the ``with`` block; yields its PID."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from deft.storage.run import run_folder_lock\n"
+         f"with run_folder_lock({str(folder)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def refused(rc: int, err: str, folder: Path, pid: int) -> bool:
+    return rc == 2 and f"run folder {folder} in use by PID {pid}" in err
+
+
 @pytest.mark.parametrize("command", ["audit", "train"])
 def test_audit_or_train_while_another_process_writes_the_folder_is_refused(command, finished_run, tmp_path, capsys):
     """`deft audit` and `deft train` hold the folder they write (RUN, RUN/phase2) as `deft detect` does: run beside
@@ -971,38 +990,22 @@ def test_audit_or_train_while_another_process_writes_the_folder_is_refused(comma
     shutil.copytree(finished_run, run)
     folder = run if command == "audit" else run / "phase2"
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from deft.storage.run import run_folder_lock\n"
-         f"with run_folder_lock({str(folder)!r}):\n    print('locked', flush=True); time.sleep(60)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_by_another_process(folder) as pid:
         rc = cli.main(cli_args(command, run, tmp_path))
         err = capsys.readouterr().err
-        assert rc == 2 and f"run folder {folder} in use by PID {holder.pid}" in err, err
-    finally:
-        holder.kill()
-        holder.wait()
+        assert refused(rc, err, folder, pid), err
     after = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before  # nothing written by the refused process
 
 
 def test_second_detect_on_the_same_run_folder_is_refused(tmp_path, tiny_clip_dir, capsys):
     data, run = make_folder(tmp_path / "d"), tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from deft.storage.run import run_folder_lock\n"
-         f"with run_folder_lock({str(run)!r}):\n    print('locked', flush=True); time.sleep(60)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_by_another_process(run) as pid:
         rc = cli.main(["detect", str(data), "--model", str(tiny_clip_dir), "--out", str(run), "--epochs", "1",
                        "--device", "cpu"])
         err = capsys.readouterr().err
-        assert rc == 2 and f"run folder {run} in use by PID {holder.pid}" in err, err
+        assert refused(rc, err, run, pid), err
         assert not (run / "run.json").exists()  # nothing trained or written by the second process
-    finally:
-        holder.kill()
-        holder.wait()
     # the lock dies with its process (kill -9 too): the folder is usable again
     from deft.storage.run import run_folder_lock
     with run_folder_lock(run):
