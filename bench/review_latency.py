@@ -53,6 +53,7 @@ from deft.storage.store import SAMPLE_COLUMNS  # noqa: E402
 
 DEMO = ROOT / "assets" / "demo"
 TIMER_JS = """
+performance.setResourceTimingBufferSize(1000000);  // SETTLED_JS reads them (250 by default)
 window.__lat = []; window.__t0 = null; window.__last = null;
 document.addEventListener('keydown', () => { window.__t0 = performance.now(); }, true);
 new MutationObserver(() => {

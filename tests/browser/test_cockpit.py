@@ -38,14 +38,17 @@ def cockpit(tmp_path_factory, tiny_clip_dir):
 def reviewer(cockpit, browser):
     """One reviewer on the Review tab, once the page load's restore has filled the filters (the audited run's
     order): a filter chosen before it lands could be reset by it."""
-    page = open_reviewers(browser, cockpit[0].url, 1)[0]
+    page = open_reviewers(browser, cockpit[0].url, 1, init=KEEP_TIMINGS)[0]
     page.wait_for_function("() => document.querySelector('#f-order input').value.startsWith('most likely wrong')",
                            timeout=30_000)
     yield page
     page.context.close()
 
 
-# Gradio events the page has sent (each a POST to queue/join) and whether all of them have been answered
+# Gradio events the page has sent (each a POST to queue/join) and whether all of them have been answered, read
+# from the page's resource timing: its buffer holds 250 entries unless a page raises it (KEEP_TIMINGS, an init
+# script), and a long test with job timers ticking fills it (the last entries would be missing)
+KEEP_TIMINGS = "performance.setResourceTimingBufferSize(1000000);"
 GRADIO_EVENTS = "() => performance.getEntriesByType('resource').filter(e => e.name.includes('queue/join')).length"
 # (a chain of events sends the next one as soon as one is answered: answered and a second without a new one)
 ANSWERED = """() => { const r = performance.getEntriesByType('resource');
@@ -201,6 +204,7 @@ def test_job_messages_give_way_to_the_outcome(cockpit, browser, tiny_clip_dir, a
     job's outcome when it ends; while a detection runs, the previous run's summary says it is the previous."""
     server, _, mini = cockpit
     page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.add_init_script(KEEP_TIMINGS)
     try:
         page.goto(server.url)
         wait_msg(page, "#data-msg", "400 images")

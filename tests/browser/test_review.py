@@ -53,13 +53,13 @@ def app(tmp_path_factory, tiny_clip_dir, cifar_small):
         server.stop()
 
 
-def open_reviewers(browser, url: str, n: int = 2) -> list:
+def open_reviewers(browser, url: str, n: int = 2, init: str = "") -> list:
     """``n`` reviewers: separate browser contexts (own storage, own client id) on the Review tab at 1440x900,
-    each recording the cards it was shown."""
+    each recording the cards it was shown (``init``: a script of the caller's, run before the page's own)."""
     pages = []
     for _ in range(n):
         ctx = browser.new_context(viewport={"width": 1440, "height": 900})
-        ctx.add_init_script(RECORD_SHOWN)
+        ctx.add_init_script(RECORD_SHOWN + init)
         page = ctx.new_page()
         page.goto(url)
         open_review(page)
