@@ -142,6 +142,13 @@ def wire_grid(h: ReviewHandlers) -> None:
                        concurrency_id="review")  # after a filter edit still being applied, not before it
 
 
+def wake_timers_after(h: ReviewHandlers, event) -> None:
+    """Switch the job timers on after ``event`` (a click that starts a job; the page load, for a job that runs):
+    they are off while nothing runs (:meth:`~deft.ui.handlers.Handlers.wake_timers`)."""
+    c = h.c
+    event.then(h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
+
+
 def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
     """Page load (session, dataset, review place, detection results, curves, advice, audit: in this order),
     dataset loading, audit, map."""
@@ -149,7 +156,8 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
     mp = c.map
     det = c.detect
     dtab = c.dataset
-    demo.load(h.on_start, [c.saved], [c.session, c.client, c.saved, dtab.data_in, dtab.root_in, c.name_in]).then(
+    loaded = demo.load(h.on_start, [c.saved],
+                       [c.session, c.client, c.saved, dtab.data_in, dtab.root_in, c.name_in]).then(
         h.on_page_load, c.session, dataset_outputs(c)).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.detect_results(reg.get(sid)), c.session, [det.det_summary, det.rate_plot, det.hist_plot],
@@ -157,15 +165,14 @@ def wire_page(h: ReviewHandlers, demo: gr.Blocks) -> None:
         lambda sid: h.detect_curves(sid), c.session, [det.loss_plot, det.clean_plot], show_progress="hidden").then(
         h.advise, [c.session, det.model_in], [det.preview_in, det.det_note], show_progress="hidden").then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c), show_progress="hidden").then(
-        h.train_view, c.session, train_outputs(c), show_progress="hidden").then(
-        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
+        h.train_view, c.session, train_outputs(c), show_progress="hidden")
+    wake_timers_after(h, loaded)  # a job of this session may be running
     dtab.load_btn.click(h.on_load, [c.session, dtab.data_in, dtab.root_in, c.saved],
                         [*dataset_outputs(c), c.saved]).then(
         h.restore_view, [c.session, c.client], restore_outputs(c)).then(
         lambda sid: h.audit_views(reg.get(sid)), c.session, audit_outputs(c)).then(
         h.train_view, c.session, train_outputs(c), show_progress="hidden")
-    det.audit_btn.click(h.on_audit, c.session, det.audit_msg).then(
-        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
+    wake_timers_after(h, det.audit_btn.click(h.on_audit, c.session, det.audit_msg))
     c.audit_timer.tick(h.on_audit_tick, c.session, [det.audit_prog, det.audit_msg, det.det_msg, c.train.train_msg,
                                                     *audit_outputs(c), c.audit_timer], show_progress="hidden")
     c.map_tab.select(h.map_view, c.session, [mp.map_msg, mp.map_box])
@@ -184,17 +191,15 @@ def wire_jobs(h: ReviewHandlers) -> None:
     ex = c.export
     tr = c.train
     det = c.detect
-    det.run_btn.click(h.on_detect, {c.session, det.model_in, det.real_world_in, det.epochs_in, det.preview_in,
-                                    det.det_method},
-                      [det.det_msg, det.det_summary]).then(  # a set: the handler gets them by component
-        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
+    wake_timers_after(h, det.run_btn.click(h.on_detect, {c.session, det.model_in, det.real_world_in, det.epochs_in,
+                                                         det.preview_in, det.det_method},
+                                           [det.det_msg, det.det_summary]))  # a set: the handler gets them by component
     det.cancel_btn.click(h.cancel_into(det.det_msg), c.session, det.det_msg)
     for ev in (det.model_in.blur, det.model_in.submit):
         ev(h.advise, [c.session, det.model_in], [det.preview_in, det.det_note], api_visibility="private")
     det.est_btn.click(h.estimate, [c.session, det.model_in, det.epochs_in], det.det_note, concurrency_limit=1,
                       concurrency_id="estimate", api_visibility="private")
-    tr.train_btn.click(h.on_train, [c.session, tr.mode_in, tr.train_epochs_in], tr.train_msg).then(
-        h.wake_timers, c.session, [c.timer, c.audit_timer], show_progress="hidden")
+    wake_timers_after(h, tr.train_btn.click(h.on_train, [c.session, tr.mode_in, tr.train_epochs_in], tr.train_msg))
     tr.tcancel_btn.click(h.cancel_into(tr.train_msg), c.session, tr.train_msg)
     for ev in (c.train_tab.select, tr.train_summary.change):
         ev(h.runs_list, c.session, tr.train_runs, api_visibility="private")

@@ -113,6 +113,16 @@ def audit_of(ws: Workspace) -> AuditView | None:
     return load_audit(ws.run.path) if ws.run is not None else None
 
 
+def news(ws: Workspace | None, sid, seen: dict[str, tuple[int, str]]) -> tuple[Job | None, tuple | None]:
+    """``ws``'s job and its (job, status) key when a timer with the ``seen`` map has not shown it yet, or while it
+    runs; (None, None) when there is nothing new."""
+    job = ws.job if ws is not None else None
+    if job is None:
+        return None, None
+    key = (id(job), job.status)
+    return (job, key) if job.running or seen.get(sid) != key else (None, None)
+
+
 class Handlers:
     """The handlers of one app; ``c`` is its components (:class:`deft.ui.tabs.Components`: one group per tab)."""
 
@@ -279,20 +289,15 @@ class Handlers:
         """A timer tick's session and its job, or job None when there is nothing new to show: no job, or a
         finished one whose status this timer (its ``seen`` map: one per timer) already showed."""
         ws = self.reg.get(sid) if sid else None
-        job = ws.job if ws is not None else None
-        if job is None:
-            return ws, None
-        key = (id(job), job.status)
-        if seen.get(sid) == key and not job.running:
-            return ws, None
-        seen[sid] = key
+        job, key = news(ws, sid, seen)
+        if job is not None:
+            seen[sid] = key
         return ws, job
 
     def has_news(self, sid, seen: dict[str, tuple[int, str]]) -> bool:
-        """Whether a timer with the ``seen`` map has something to show (:meth:`job_news`), without marking it seen."""
-        ws = self.reg.find(sid) if sid else None
-        job = ws.job if ws is not None else None
-        return job is not None and (job.running or seen.get(sid) != (id(job), job.status))
+        """Whether a timer with the ``seen`` map has something to show (:meth:`job_news`), without marking it seen
+        (and without making a workspace for an unknown session)."""
+        return news(self.reg.find(sid) if sid else None, sid, seen)[0] is not None
 
     def wake_timers(self, sid) -> dict:
         """The job timers on while this session's job runs or has an outcome not yet shown, off otherwise.

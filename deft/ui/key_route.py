@@ -63,19 +63,16 @@ def act_route(h: ReviewHandlers) -> Route:
         if why:
             return JSONResponse({"error": why}, status_code=400)
         body, user, t0 = json.loads(raw), scope_user(request.scope), time.perf_counter()
-        took: list[float] = []
 
-        def timed() -> dict:
-            took.append(time.perf_counter())
-            try:
-                return h.lean(body, user)
-            finally:
-                took.append(time.perf_counter())
+        def timed() -> tuple[dict, float, float]:
+            started = time.perf_counter()
+            return h.lean(body, user), started, time.perf_counter()
 
         try:
-            out = await to_thread.run_sync(timed)
+            out, started, done = await to_thread.run_sync(timed)
         except USER_ERRORS as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(out, headers={"Cache-Control": "no-store", "Server-Timing": server_timing(t0, *took)})
+        return JSONResponse(out, headers={"Cache-Control": "no-store",
+                                          "Server-Timing": server_timing(t0, started, done)})
 
     return Route(PATH, act, methods=["POST"])
